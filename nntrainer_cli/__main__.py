@@ -1,0 +1,3 @@
+from nntrainer_cli.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""The `nntrainer` command: train, plan and check NNTrainer models."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+
+import click
+
+from nntrainer_cli import __version__
+from nntrainer_cli.errors import ConfigError, TrainingError, UserError
+from nntrainer_cli.plan import PLANNER_NAMES
+
+MODEL_EXTENSIONS = (".ini",)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Turn every failure into one line and an exit code: 2 for bad input, 1 for a
+    failed run, 130 for Ctrl-C. --debug shows the traceback instead."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug")
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, TrainingError) as e:
+            if debug:
+                traceback.print_exc()
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; weights of the unfinished epoch were not saved", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # a bug of ours: say so plainly
+            if debug:
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for details)", 1)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nntrainer")
+@click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
+def main(debug: bool) -> None:
+    """Train NNTrainer INI models with memory planned ahead of time.
+
+    Every tensor of a training iteration is placed in one arena; tensors whose
+    lifetimes do not overlap share bytes.
+    """
+
+
+_model_arg = click.argument("model", type=click.Path(dir_okay=False))
+_planner_opt = click.option("--planner", type=click.Choice(PLANNER_NAMES), default="best",
+                            show_default=True,
+                            help="Memory planner; 'best' runs all and keeps the smallest arena.")
+_batch_opt = click.option("--batch-size", type=click.IntRange(min=1),
+                          help="Override [Model] batch_size.")
+_set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help="Override a config value, e.g. --set model.epochs=5 or "
+                             "--set train_set.path=data.dat (repeatable).")
+
+
+@main.command()
+@_model_arg
+@click.option("--epochs", type=click.IntRange(min=1), help="Override [Model] epochs.")
+@_batch_opt
+@_planner_opt
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for weight initialization and shuffling.")
+@click.option("--no-shuffle", is_flag=True, help="Read training data in file order.")
+@click.option("--init-weights", type=click.Path(dir_okay=False),
+              help="Start from this NNTrainer weights file (.bin).")
+@click.option("--save", type=click.Path(dir_okay=False),
+              help="Save weights here after every epoch (NNTrainer .bin layout, atomic); "
+                   "default: [Model] save_path.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the results as JSON to this file.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@_set_opt
+@handle_errors
+def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
+          quiet, overrides):
+    """Train MODEL and report accuracy and peak memory (planned and measured)."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import plan_summary, train_summary
+    from nntrainer_cli.runtime import weights as weights_io
+    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
+    from nntrainer_cli.optim.schedulers import make_schedule
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner)
+    cfg = p.cfg
+    if p.optimizer is None:
+        raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
+                          file=model)
+    if "train" not in cfg.data:
+        raise ConfigError("no training data: add [train_set] with path = FILE, or pass "
+                          "--set train_set.path=FILE", file=model)
+    if save is None and cfg.model["save_path"]:
+        save = cfg.resolve(cfg.model["save_path"])
+    if save:
+        weights_io.check_writable(save)
+    if report_path:
+        weights_io.check_writable(report_path)
+    data = open_datasets(cfg, p.graph)
+    try:
+        if not quiet:
+            click.echo(plan_summary(p.plan), err=True)
+        opts = TrainOptions(epochs=epochs or cfg.model["epochs"], seed=seed,
+                            shuffle=not no_shuffle, quiet=quiet, save=save,
+                            init_weights=init_weights)
+        report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
+    finally:
+        for ds in data.values():
+            ds.close()
+    if report_path:
+        with open(report_path, "w") as f:
+            json.dump(report, f, indent=2)
+    if not quiet:
+        click.echo(train_summary(report))
+
+
+@main.command()
+@_model_arg
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Readable tables or one JSON object.")
+@_batch_opt
+@_planner_opt
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write to this file instead of standard output.")
+@_set_opt
+@handle_errors
+def plan(model, fmt, batch_size, planner, output, overrides):
+    """Print MODEL's memory plan: execution order, tensors, offsets, peak."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import plan_json, plan_text
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner)
+    text = json.dumps(plan_json(p.plan, model), indent=2) if fmt == "json" \
+        else plan_text(p.plan, model)
+    if output:
+        with open(output, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    else:
+        click.echo(text)
+
+
+def _model_files(paths) -> list[str]:
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files += [os.path.join(root, n) for n in sorted(names)
+                          if n.lower().endswith(MODEL_EXTENSIONS)]
+        else:
+            files.append(path)
+    return files
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@_batch_opt
+@handle_errors
+def check(paths, batch_size):
+    """Parse, build, infer shapes and plan every model in PATHS (files or folders,
+    default: configs/) without training. Missing data files are warnings.
+    Exits 2 if any model fails."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import human
+
+    files = _model_files(paths or ["configs"])
+    if not files:
+        _fail(f"no model files ({', '.join(MODEL_EXTENSIONS)}) in {' '.join(paths or ['configs'])}", 2)
+    failed = 0
+    for path in files:
+        try:
+            p = prepare(path, batch_size=batch_size)
+        except UserError as e:
+            failed += 1
+            click.echo(f"error: {e}")
+            continue
+        missing = [loc for loc in p.cfg.data.values()
+                   if not os.path.isfile(p.cfg.resolve(loc.value))]
+        for loc in missing:
+            entry = loc.section.entries.get(loc.key)
+            line = f":{entry.line}" if entry and entry.line else ""
+            click.echo(f"warning: {path}{line} [{loc.section.name}] {loc.key}: "
+                       f"data file not found: {p.cfg.resolve(loc.value)}")
+        click.echo(f"ok {path}: {len(p.graph.nodes)} layers, peak {human(p.plan.peak_bytes)}, "
+                   f"lower bound {human(p.plan.lower_bound_bytes)}, "
+                   f"naive {human(p.plan.naive_bytes)}")
+    click.echo(f"{len(files) - failed} of {len(files)} models passed")
+    if failed:
+        sys.exit(2)

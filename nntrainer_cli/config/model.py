@@ -1,0 +1,253 @@
+"""The non-layer parts of a model file: [Model], [Optimizer], [LearningRateScheduler] and
+the data sections, validated; layer sections are passed on (with backbones spliced in)
+for the graph builder, which knows the layer types."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nntrainer_cli.errors import ConfigError
+
+from . import props as P
+from .ini import Entry, Section, read_ini
+
+SPECIAL = ("model", "optimizer", "learningratescheduler", "dataset", "train_set", "valid_set",
+           "test_set")
+SPLITS = ("train", "valid", "test")
+
+MODEL_SCHEMA: P.Schema = {
+    "type": P.Prop(P.text),
+    "epochs": P.Prop(P.positive_int, 1),
+    "batch_size": P.Prop(P.positive_int, 1),
+    "loss": P.Prop(P.enum("cross", "mse", "cross_softmax", "cross_sigmoid")),
+    "save_path": P.Prop(P.text),
+    "save_best_path": P.Prop(P.text),
+    "continue_train": P.Prop(P.boolean, False),
+    "memory_optimization": P.Prop(P.boolean, True),
+    "memory_swap": P.Prop(P.boolean, False),
+    "memory_swap_path": P.Prop(P.text),
+    "memory_swap_lookahead": P.Prop(P.nonneg_int),
+    "fsu": P.Prop(P.boolean, False),
+    "fsu_path": P.Prop(P.text),
+    "fsu_lookahead": P.Prop(P.nonneg_int),
+    "model_tensor_type": P.Prop(P.enum("fp32-fp32"), "fp32-fp32"),
+    "loss_scale": P.Prop(P.floating),
+    "clip_grad_by_norm": P.Prop(P.positive_float),
+    "input_layers": P.Prop(P.connections),
+    "label_layers": P.Prop(P.connections),
+    # The deprecated optimizer-in-[Model] form; ignored unless `optimizer` is given.
+    "optimizer": P.Prop(P.enum("sgd", "adam", "adamw")),
+    "learning_rate": P.Prop(P.positive_float),
+    "decay_rate": P.Prop(P.positive_float),
+    "decay_steps": P.Prop(P.positive_int),
+    "beta1": P.Prop(P.unit_interval),
+    "beta2": P.Prop(P.unit_interval),
+    "epsilon": P.Prop(P.positive_float),
+    "tensor_type": P.Prop(P.text),
+    "tensor_format": P.Prop(P.text),
+}
+
+_LR = {"learning_rate": P.Prop(P.positive_float), "decay_rate": P.Prop(P.positive_float),
+       "decay_steps": P.Prop(P.positive_int)}
+OPTIMIZER_SCHEMAS: dict[str, P.Schema] = {
+    "sgd": {**_LR, "momentum": P.Prop(P.unit_interval, 0.0)},
+    "adam": {**_LR, "beta1": P.Prop(P.unit_interval, 0.9), "beta2": P.Prop(P.unit_interval, 0.999),
+             "epsilon": P.Prop(P.positive_float, 1e-7), "torch_ref": P.Prop(P.boolean, False)},
+    "adamw": {**_LR, "beta1": P.Prop(P.unit_interval, 0.9),
+              "beta2": P.Prop(P.unit_interval, 0.999), "epsilon": P.Prop(P.positive_float, 1e-8),
+              "torch_ref": P.Prop(P.boolean, False), "weight_decay": P.Prop(P.nonneg_float, 0.0)},
+}
+DEFAULT_LR = {"sgd": 1e-4, "adam": 1e-3, "adamw": 1e-3}
+
+_MINMAX = {"max_learning_rate": P.Prop(P.positive_float, required=True),
+           "min_learning_rate": P.Prop(P.nonneg_float, required=True),
+           "decay_steps": P.Prop(P.positive_int, required=True)}
+SCHEDULER_SCHEMAS: dict[str, P.Schema] = {
+    "constant": {"learning_rate": P.Prop(P.positive_float, required=True)},
+    "exponential": {"learning_rate": P.Prop(P.positive_float, required=True),
+                    "decay_rate": P.Prop(P.positive_float, required=True),
+                    "decay_steps": P.Prop(P.positive_int, required=True)},
+    "step": {"learning_rate": P.Prop(P.float_list, required=True),
+             "iteration": P.Prop(P.int_list, required=True)},
+    "cosine": _MINMAX,
+    "linear": _MINMAX,
+}
+
+
+@dataclass
+class Located:
+    """A value together with where it was written, so later stages can point at it."""
+    value: Any
+    section: Section
+    key: str
+
+    def error(self, message: str) -> ConfigError:
+        return self.section.error(message, self.key)
+
+
+@dataclass
+class ModelConfig:
+    path: str
+    sections: list[Section]
+    model: dict[str, Any]
+    model_section: Section
+    optimizer: str | None = None
+    optimizer_props: dict[str, Any] = field(default_factory=dict)
+    optimizer_section: Section | None = None
+    scheduler: str | None = None
+    scheduler_props: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Located] = field(default_factory=dict)
+    layers: list[Section] = field(default_factory=list)
+
+    @property
+    def base_dir(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def resolve(self, path: str) -> str:
+        """Relative paths in a config are relative to the config file, as in NNTrainer."""
+        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
+
+
+def apply_overrides(sections: list[Section], overrides: list[str], file: str) -> None:
+    """`SECTION.KEY=VALUE` from the command line; creates the section if needed."""
+    for item in overrides:
+        where = ConfigError("expected SECTION.KEY=VALUE", file="--set", key=item)
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise where
+        lhs, value = item.split("=", 1)
+        name, key = (s.strip().lower() for s in lhs.rsplit(".", 1))
+        if not name or not key:
+            raise where
+        section = next((s for s in sections if s.name == name), None)
+        if section is None:
+            section = Section(name, 0, "--set")
+            if name in ("train_set", "valid_set", "test_set"):
+                section.entries["type"] = Entry("type", "file", 0)
+            sections.append(section)
+        section.entries[key] = Entry(key, value.strip(), 0)
+
+
+def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] = ()) -> list[Section]:
+    """Replace each `backbone = other.ini` section with that file's layer sections."""
+    out = []
+    base = os.path.dirname(os.path.abspath(top))
+    for s in sections:
+        entry = s.get("backbone")
+        if entry is None:
+            out.append(s)
+            continue
+        path = os.path.normpath(os.path.join(base, entry.value))
+        if not path.lower().endswith(".ini"):
+            raise s.error(f"backbone {entry.value!r} is not an INI model; TensorFlow Lite and "
+                          "NNStreamer backbones are not supported", "backbone")
+        if not os.path.isfile(path):
+            raise s.error(f"backbone file not found: {path}", "backbone")
+        if path in seen:
+            raise s.error("backbone includes itself", "backbone")
+        inner = [b for b in read_ini(path) if b.name not in SPECIAL and b.name != ""]
+        if not inner:
+            raise s.error(f"backbone {entry.value!r} has no layer sections", "backbone")
+        trainable = s.get("trainable")
+        for b in _splice_backbones(inner, top, seen + (path,)):
+            if trainable is not None:
+                b.entries["trainable"] = trainable
+            out.append(b)
+    return out
+
+
+def _optimizer(cfg: ModelConfig, sections: dict[str, Section]) -> None:
+    model = cfg.model
+    section = sections.get("optimizer")
+    if model["optimizer"] is not None:
+        if section is not None:
+            raise cfg.model_section.error("optimizer given both here and in [Optimizer]",
+                                          "optimizer")
+        cfg.optimizer = model["optimizer"]
+        keys = [k for k in ("learning_rate", "decay_rate", "decay_steps", "beta1", "beta2",
+                            "epsilon") if model[k] is not None]
+        fake = Section("model", cfg.model_section.line, cfg.model_section.file,
+                       {k: cfg.model_section.entries[k] for k in keys})
+        cfg.optimizer_props = P.parse_section(fake, OPTIMIZER_SCHEMAS[cfg.optimizer])
+        cfg.optimizer_section = cfg.model_section
+        return
+    if section is None:
+        return
+    type_entry = section.get("type")
+    cfg.optimizer = (type_entry.value.lower() if type_entry else "adam")
+    if cfg.optimizer not in OPTIMIZER_SCHEMAS:
+        raise section.error(f"unknown optimizer {type_entry.value!r}"
+                            f"{P.did_you_mean(cfg.optimizer, OPTIMIZER_SCHEMAS)}; "
+                            f"expected one of {', '.join(OPTIMIZER_SCHEMAS)}", "type")
+    cfg.optimizer_props = P.parse_section(section, OPTIMIZER_SCHEMAS[cfg.optimizer],
+                                          ignore=("type",))
+    cfg.optimizer_section = section
+    sched = sections.get("learningratescheduler")
+    if sched is not None:
+        type_entry = sched.get("type")
+        if type_entry is None:
+            raise sched.error("missing required key 'type'")
+        kind = type_entry.value.lower()
+        if kind not in SCHEDULER_SCHEMAS:
+            raise sched.error(f"unknown scheduler {type_entry.value!r}"
+                              f"{P.did_you_mean(kind, SCHEDULER_SCHEMAS)}; expected one of "
+                              f"{', '.join(SCHEDULER_SCHEMAS)}", "type")
+        cfg.scheduler = kind
+        cfg.scheduler_props = P.parse_section(sched, SCHEDULER_SCHEMAS[kind], ignore=("type",))
+        if kind == "step":
+            lrs, its = cfg.scheduler_props["learning_rate"], cfg.scheduler_props["iteration"]
+            if len(lrs) != len(its) + 1:
+                raise sched.error(f"step needs one more learning rate than iterations, got "
+                                  f"{len(lrs)} and {len(its)}", "learning_rate")
+            if any(b <= a for a, b in zip(its, its[1:])):
+                raise sched.error("iterations must increase", "iteration")
+        if cfg.optimizer_props["decay_rate"] or cfg.optimizer_props["decay_steps"]:
+            raise section.error("decay keys here conflict with [LearningRateScheduler]",
+                                "decay_rate" if "decay_rate" in section.entries else "decay_steps")
+    elif (cfg.optimizer_props["decay_rate"] is None) != (cfg.optimizer_props["decay_steps"] is None):
+        missing = "decay_steps" if cfg.optimizer_props["decay_steps"] is None else "decay_rate"
+        raise section.error(f"exponential decay needs both decay_rate and decay_steps; "
+                            f"{missing} is missing")
+
+
+_SET_SCHEMA: P.Schema = {"type": P.Prop(P.enum("file"), "file"),
+                         "path": P.Prop(P.text, required=True),
+                         "buffer_size": P.Prop(P.positive_int, 1)}
+
+
+def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
+    legacy = sections.get("dataset")
+    if legacy is not None:
+        keys = {"traindata": "train", "validdata": "valid", "testdata": "test"}
+        if "traindata" not in legacy.entries:
+            raise legacy.error("missing required key 'TrainData'")
+        for key, split in keys.items():
+            if key in legacy.entries:
+                cfg.data[split] = Located(legacy.entries[key].value, legacy, key)
+    for split in SPLITS:
+        s = sections.get(f"{split}_set")
+        if s is not None:
+            P.parse_section(s, _SET_SCHEMA)
+            cfg.data[split] = Located(s.entries["path"].value, s, "path")
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
+    sections = read_ini(path)
+    apply_overrides(sections, list(overrides), path)
+    by_name = {s.name: s for s in sections}
+    if "" in by_name:
+        s = by_name[""]
+        raise ConfigError("keys before the first [section]", file=s.file, line=s.line)
+    model_section = by_name.get("model")
+    if model_section is None:
+        raise ConfigError("no [Model] section", file=path, line=1)
+    model = P.parse_section(model_section, MODEL_SCHEMA)
+    cfg = ModelConfig(path=path, sections=sections, model=model, model_section=model_section)
+    _optimizer(cfg, by_name)
+    _data(cfg, by_name)
+    layers = [s for s in sections if s.name not in SPECIAL]
+    if not layers:
+        raise ConfigError("no layer sections: a model needs at least one layer", file=path)
+    cfg.layers = _splice_backbones(layers, path)
+    return cfg

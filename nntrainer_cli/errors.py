@@ -1,0 +1,46 @@
+"""Errors a user can act on. Each renders as one line naming where the problem is."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input (config, data, flags): reported in one line, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 section: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.line = line
+        self.section = section
+        self.key = key
+
+    def where(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
+        if self.section is not None:
+            parts.append(f"[{self.section}]")
+        if self.key:
+            parts.append(self.key)
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        where = self.where()
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ConfigError(UserError):
+    """A model file (or an override of it) says something we cannot accept."""
+
+
+class DataError(UserError):
+    """A data or weights file is missing, unreadable or does not fit the model."""
+
+
+class TrainingError(Exception):
+    """Training itself went wrong (e.g. the loss became NaN): exit code 1."""
+
+    exit_code = 1

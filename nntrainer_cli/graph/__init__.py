@@ -1,0 +1,3 @@
+from .graph import LayerGraph, Node, build_graph
+
+__all__ = ["LayerGraph", "Node", "build_graph"]

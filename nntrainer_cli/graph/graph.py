@@ -1,0 +1,254 @@
+"""From layer sections to a finalized layer graph.
+
+Implicit structure is made explicit the way NNTrainer's realizers do it, in the same
+order: previous-input chaining, `flatten = true` and `activation = …` as separate
+nodes, the loss layer from [Model] loss, and a `multiout` node wherever one output
+feeds several layers. The graph is then sorted topologically (NNTrainer's DFS order,
+so weight files line up) and every layer is finalized with its input shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nntrainer_cli.config import props as P
+from nntrainer_cli.config.ini import Section
+from nntrainer_cli.config.model import ModelConfig
+from nntrainer_cli.errors import ConfigError
+from nntrainer_cli.layers import REGISTRY, FinalizeContext, Layer, LayerError
+from nntrainer_cli.layers.activation import check_name
+from nntrainer_cli.layers.base import NODE_SCHEMA, WEIGHT_SCHEMA
+
+UNSUPPORTED_KEYS = ("distribute", "shared_from", "packed", "weight_dtype", "loss_scale",
+                    "engine", "lora_rank", "lora_alpha")
+
+
+@dataclass
+class Node:
+    name: str
+    layer: Layer
+    section: Section            # where it was written (realized nodes: their origin)
+    inputs: list[tuple[str, int]] = field(default_factory=list)
+    trainable: bool = True
+    input_shape: tuple | None = None
+    # filled by finalize
+    ctx: FinalizeContext | None = None
+    consumers: list[tuple[str, int]] = field(default_factory=list)  # per output index
+
+    @property
+    def type(self) -> str:
+        return self.layer.type
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        return self.section.error(message, key)
+
+
+@dataclass
+class LayerGraph:
+    nodes: list[Node]            # topological order
+    batch_size: int
+
+    def __post_init__(self):
+        self.by_name = {n.name: n for n in self.nodes}
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes if not n.inputs]
+
+    @property
+    def losses(self) -> list[Node]:
+        return [n for n in self.nodes if n.layer.is_loss]
+
+    def producer_shape(self, conn: tuple[str, int]) -> tuple:
+        return self.by_name[conn[0]].ctx.output_shapes[conn[1]]
+
+
+def _make_node(section: Section) -> Node:
+    type_entry = section.get("type")
+    if type_entry is None:
+        raise section.error("missing required key 'type' (the layer type, e.g. fully_connected)")
+    kind = type_entry.value.lower()
+    cls = REGISTRY.get(kind)
+    if cls is None:
+        raise section.error(f"unknown layer type {type_entry.value!r}"
+                            f"{P.did_you_mean(kind, REGISTRY)}", "type")
+    for key in UNSUPPORTED_KEYS:
+        if key in section.entries:
+            raise section.error("not supported by nntrainer_cli", key)
+    schema = {**NODE_SCHEMA, **(WEIGHT_SCHEMA if cls.weighted else {}), **cls.schema}
+    values = P.parse_section(section, schema, ignore=("type",))
+    if values["activation"] is not None:
+        try:
+            values["activation"] = check_name(values["activation"])
+        except ValueError as e:
+            raise section.error(str(e), "activation") from None
+    layer = cls(section.name, values)
+    return Node(section.name, layer, section, inputs=list(values["input_layers"] or []),
+                trainable=values["trainable"], input_shape=values["input_shape"])
+
+
+def _realized(origin: Node, suffix: str, kind: str, props: dict[str, Any]) -> Node:
+    name = f"{origin.name}/{suffix}"
+    return Node(name, REGISTRY[kind](name, props), origin.section,
+                inputs=[(origin.name, 0)], trainable=origin.trainable)
+
+
+def _insert_after(nodes: list[Node], origin: Node, new: Node) -> None:
+    """Put `new` right after `origin` and move origin's consumers onto it."""
+    for n in nodes:
+        n.inputs = [(new.name, i) if c == origin.name else (c, i) for c, i in n.inputs]
+    nodes.insert(nodes.index(origin) + 1, new)
+
+
+def _chain(nodes: list[Node], model_inputs: set[str]) -> None:
+    for i, n in enumerate(nodes):
+        if n.inputs or n.input_shape is not None or n.name in model_inputs:
+            continue
+        if i == 0:
+            raise n.error("the first layer needs input_shape (or input_layers)")
+        n.inputs = [(nodes[i - 1].name, 0)]
+
+
+def _attach_loss(nodes: list[Node], cfg: ModelConfig) -> None:
+    consumed = {c for n in nodes for c, _ in n.inputs}
+    loss = cfg.model["loss"]
+    for out in [n for n in nodes if n.name not in consumed and not n.layer.is_loss]:
+        if loss is None:
+            raise cfg.model_section.error(
+                f"layer [{out.name}] is an output but no loss is set: add 'loss = cross' or "
+                "'loss = mse' to [Model], or a loss layer")
+        kind = loss
+        if loss == "cross":
+            act = out.layer.p.get("activation") if out.type == "activation" else None
+            if act not in ("softmax", "sigmoid"):
+                raise cfg.model_section.error(
+                    f"loss = cross needs the last layer [{out.section.name}] to end in "
+                    "'activation = softmax' or 'sigmoid'", "loss")
+            kind = "cross_" + act
+            nodes.remove(out)
+            for n in nodes:
+                n.inputs = [(out.inputs[0][0], out.inputs[0][1]) if c == out.name else (c, i)
+                            for c, i in n.inputs]
+            feed = out.inputs[0]
+        else:
+            feed = (out.name, 0)
+        name = kind
+        k = 0
+        while any(n.name == name for n in nodes):
+            k += 1
+            name = f"{kind}{k}"
+        nodes.append(Node(name, REGISTRY[kind](name, {}), out.section, inputs=[feed],
+                          trainable=out.trainable))
+
+
+def _multiout(nodes: list[Node]) -> None:
+    uses: dict[tuple[str, int], list[tuple[Node, int]]] = {}
+    for n in nodes:
+        for k, conn in enumerate(n.inputs):
+            uses.setdefault(conn, []).append((n, k))
+    for (producer, idx), readers in uses.items():
+        if len(readers) < 2:
+            continue
+        origin = next(n for n in nodes if n.name == producer)
+        name = f"{producer}/generated_out_{idx}"
+        while any(n.name == name for n in nodes):
+            name += "_"
+        mo = Node(name, REGISTRY["multiout"](name, {"outputs": len(readers)}), origin.section,
+                  inputs=[(producer, idx)], trainable=origin.trainable)
+        for j, (reader, k) in enumerate(readers):
+            reader.inputs[k] = (name, j)
+        nodes.insert(nodes.index(origin) + 1, mo)
+
+
+def _sort(nodes: list[Node]) -> list[Node]:
+    """NNTrainer's order: DFS over the node list, each node after all its consumers,
+    reversed. Also finds cycles."""
+    consumers: dict[str, list[str]] = {n.name: [] for n in nodes}
+    for n in nodes:
+        for c, _ in n.inputs:
+            consumers[c].append(n.name)
+    state: dict[str, int] = {}
+    post: list[str] = []
+    by_name = {n.name: n for n in nodes}
+    for root in nodes:
+        if root.name in state:
+            continue
+        stack = [(root.name, iter(consumers[root.name]))]
+        state[root.name] = 1
+        while stack:
+            name, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                state[name] = 2
+                post.append(name)
+            elif state.get(nxt) == 1:
+                raise by_name[nxt].error(f"the graph has a cycle through [{nxt}] and [{name}]",
+                                         "input_layers")
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, iter(consumers[nxt])))
+    return [by_name[n] for n in reversed(post)]
+
+
+def _finalize(graph: LayerGraph) -> None:
+    batch = graph.batch_size
+    for node in graph.nodes:
+        lo, hi = node.layer.inputs
+        count = max(len(node.inputs), 1)
+        if count < lo or (hi is not None and count > hi):
+            raise node.error(f"a {node.type} layer takes {lo}..{hi} inputs, got {count}",
+                             "input_layers")
+        if node.inputs:
+            shapes = [graph.producer_shape(c) for c in node.inputs]
+            if node.input_shape is not None and (batch,) + node.input_shape != shapes[0]:
+                raise node.error(f"input_shape {':'.join(map(str, node.input_shape))} does not "
+                                 f"match the incoming shape {':'.join(map(str, shapes[0][1:]))}",
+                                 "input_shape")
+        elif node.input_shape is None:
+            raise node.error("a layer without input_layers needs input_shape", "input_shape")
+        else:
+            shapes = [(batch,) + node.input_shape]
+        ctx = FinalizeContext(shapes, trainable=node.trainable)
+        try:
+            node.layer.finalize(ctx)
+        except LayerError as e:
+            raise node.error(str(e), e.key) from None
+        node.ctx = ctx
+        node.consumers = [None] * len(ctx.output_shapes)
+    for node in graph.nodes:
+        for k, (c, i) in enumerate(node.inputs):
+            producer = graph.by_name[c]
+            if i >= len(producer.consumers):
+                raise node.error(f"[{c}] has no output {i}", "input_layers")
+            producer.consumers[i] = (node.name, k)
+
+
+def build_graph(cfg: ModelConfig, batch_size: int | None = None) -> LayerGraph:
+    nodes = [_make_node(s) for s in cfg.layers]
+    seen: dict[str, Node] = {}
+    for n in nodes:
+        if n.name in seen:
+            raise n.error(f"layer name [{n.name}] is used twice")
+        seen[n.name] = n
+    model_inputs = {c for c, _ in cfg.model["input_layers"] or []}
+    _chain(nodes, model_inputs)
+    for n in nodes:
+        for c, _ in n.inputs:
+            if c not in seen:
+                raise n.error(f"no layer named [{c}]{P.did_you_mean(c, seen)}", "input_layers")
+    for n in list(nodes):
+        if n.layer.p.get("flatten"):
+            _insert_after(nodes, n, _realized(n, "flatten_realized", "flatten",
+                                              {"start_dimension": 1, "end_dimension": 3}))
+    for n in list(nodes):
+        act = n.layer.p.get("activation")
+        if n.type != "activation" and act not in (None, "none"):
+            _insert_after(nodes, n, _realized(n, "activation_realized", "activation",
+                                              {"activation": act}))
+    _attach_loss(nodes, cfg)
+    _multiout(nodes)
+    graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"])
+    _finalize(graph)
+    return graph

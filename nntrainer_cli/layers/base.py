@@ -1,0 +1,140 @@
+"""The layer contract, after NNTrainer's: a layer declares its tensors in `finalize`
+and computes in `forward` / `calc_gradient` / `calc_derivative`, always writing into
+the arena views its run context hands it. It never allocates full-size arrays itself.
+
+What a backward step reads is declared (`grad_reads`, `deriv_reads`) so the planner can
+end each tensor's lifespan at its true last reader. A layer's calc_derivative is the
+last reader of the layer's own outputs, so it may use them as scratch space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nntrainer_cli.config import props as P
+
+Shape = tuple[int, ...]
+
+# Keys every layer section accepts (NNTrainer's node-level properties).
+NODE_SCHEMA: P.Schema = {
+    "name": P.Prop(P.text),
+    "input_layers": P.Prop(P.connections),
+    "input_shape": P.Prop(P.dims),
+    "trainable": P.Prop(P.boolean, True),
+    "flatten": P.Prop(P.boolean, False),
+    "activation": P.Prop(P.text),  # validated against the activation registry
+    "clip_grad_by_norm": P.Prop(P.positive_float),
+    "print": P.Prop(P.boolean, False),
+}
+
+INITIALIZERS = ("zeros", "ones", "lecun_normal", "lecun_uniform", "xavier_normal",
+                "xavier_uniform", "he_normal", "he_uniform", "none")
+
+# Keys of layers that own weights (NNTrainer's LayerImpl).
+WEIGHT_SCHEMA: P.Schema = {
+    "weight_initializer": P.Prop(P.enum(*INITIALIZERS), "xavier_uniform"),
+    "bias_initializer": P.Prop(P.enum(*INITIALIZERS), "zeros"),
+    "weight_regularizer": P.Prop(P.enum("l2norm", "none"), "none"),
+    "weight_regularizer_constant": P.Prop(P.nonneg_float, 1.0),
+    "weight_decay": P.Prop(P.nonneg_float, 0.0),
+    "bias_decay": P.Prop(P.nonneg_float, 0.0),
+    "disable_bias": P.Prop(P.boolean, False),
+}
+
+
+@dataclass
+class WeightRequest:
+    name: str
+    shape: Shape
+    initializer: str
+    trainable: bool = True
+    regularizer: str = "none"
+    regularizer_constant: float = 0.0
+    decay: float = 0.0
+
+
+@dataclass
+class TempRequest:
+    name: str
+    shape: Shape
+    phase: str  # forward | calc_gradient | calc_derivative | backward | iteration
+    dtype: Any = np.float32
+
+
+@dataclass
+class FinalizeContext:
+    """What a layer sees while it declares its tensors: input shapes (with batch)."""
+    input_shapes: list[Shape]
+    trainable: bool = True
+    output_shapes: list[Shape] = field(default_factory=list)
+    weights: list[WeightRequest] = field(default_factory=list)
+    temps: list[TempRequest] = field(default_factory=list)
+
+    def weight(self, name, shape, initializer, **kw) -> None:
+        self.weights.append(WeightRequest(name, tuple(shape), initializer,
+                                          trainable=self.trainable, **kw))
+
+    def temp(self, name, shape, phase, dtype=np.float32) -> None:
+        self.temps.append(TempRequest(name, tuple(shape), phase, dtype))
+
+
+@dataclass
+class RunContext:
+    """Arena views for one layer: the only memory a layer touches."""
+    inputs: list[np.ndarray]
+    outputs: list[np.ndarray]
+    weights: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    in_grads: list[np.ndarray | None]
+    out_grads: list[np.ndarray | None]
+    temps: dict[str, np.ndarray]
+    label: np.ndarray | None = None
+    rows: int = 0       # valid rows of the batch (evaluation may pad the last batch)
+    loss: float = 0.0   # set by loss layers in forward
+
+
+class LayerError(ValueError):
+    """A layer cannot accept its inputs or properties; the graph adds the location."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class Layer:
+    type: str = ""
+    schema: P.Schema = {}
+    weighted = False          # accepts WEIGHT_SCHEMA keys
+    inputs = (1, 1)           # (min, max) number of inputs; max None = any
+    forward_alias: str | None = None     # "view" or "overwrite": output may share input bytes
+    derivative_alias: str | None = None  # same for the input derivative over the output's
+    grad_reads: frozenset = frozenset()  # of {"input", "output"}, read by calc_gradient
+    deriv_reads: frozenset = frozenset()  # read by calc_derivative
+    is_loss = False
+
+    def __init__(self, name: str, props: dict[str, Any]):
+        self.name = name
+        self.p = props
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        raise NotImplementedError
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        raise NotImplementedError
+
+    def calc_gradient(self, ctx: RunContext) -> None:
+        pass
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Layer]] = {}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    REGISTRY[cls.type] = cls
+    return cls

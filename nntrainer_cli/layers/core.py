@@ -1,0 +1,125 @@
+"""Structural and dense layers: input, fully_connected, flatten, multiout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nntrainer_cli.config import props as P
+
+from .base import WEIGHT_SCHEMA, FinalizeContext, Layer, LayerError, RunContext, register
+
+
+def rows2d(a: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) → (N·C·H, W), a view: dense layers act on the last axis."""
+    return a.reshape(-1, a.shape[-1])
+
+
+@register
+class Input(Layer):
+    type = "input"
+    schema = {"normalization": P.Prop(P.boolean, False),
+              "standardization": P.Prop(P.boolean, False)}
+    forward_alias = "overwrite"
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        ctx.output_shapes = [ctx.input_shapes[0]]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        x, y = ctx.inputs[0], ctx.outputs[0]
+        if x is not y:
+            np.copyto(y, x)
+        if self.p["normalization"]:
+            lo, hi = y.min(), y.max()
+            y -= lo
+            if hi > lo:
+                y /= hi - lo
+        if self.p["standardization"]:
+            flat = y.reshape(len(y), -1)
+            flat -= flat.mean(axis=1, keepdims=True)
+            std = np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1])[:, None]
+            flat /= np.where(std > 0, std, 1)
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        raise AssertionError("the input layer never runs backward")
+
+
+@register
+class FullyConnected(Layer):
+    type = "fully_connected"
+    schema = {"unit": P.Prop(P.positive_int, required=True)}
+    weighted = True
+    grad_reads = frozenset({"input"})
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        shape = ctx.input_shapes[0]
+        ctx.output_shapes = [shape[:-1] + (self.p["unit"],)]
+        ctx.weight("weight", (shape[-1], self.p["unit"]), self.p["weight_initializer"],
+                   regularizer=self.p["weight_regularizer"],
+                   regularizer_constant=self.p["weight_regularizer_constant"],
+                   decay=self.p["weight_decay"])
+        if not self.p["disable_bias"]:
+            ctx.weight("bias", (self.p["unit"],), self.p["bias_initializer"],
+                       decay=self.p["bias_decay"])
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        y = rows2d(ctx.outputs[0])
+        np.matmul(rows2d(ctx.inputs[0]), ctx.weights["weight"], out=y)
+        if "bias" in ctx.weights:
+            y += ctx.weights["bias"]
+
+    def calc_gradient(self, ctx: RunContext) -> None:
+        dy = rows2d(ctx.out_grads[0])
+        np.matmul(rows2d(ctx.inputs[0]).T, dy, out=ctx.grads["weight"])
+        if "bias" in ctx.grads:
+            np.sum(dy, axis=0, out=ctx.grads["bias"])
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        np.matmul(rows2d(ctx.out_grads[0]), ctx.weights["weight"].T, out=rows2d(ctx.in_grads[0]))
+
+
+@register
+class Flatten(Layer):
+    type = "flatten"
+    schema = {"start_dimension": P.Prop(P.positive_int, 1),
+              "end_dimension": P.Prop(P.positive_int, 3)}
+    forward_alias = "view"
+    derivative_alias = "view"
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        shape = ctx.input_shapes[0]
+        lo, hi = self.p["start_dimension"], self.p["end_dimension"]
+        if not 1 <= lo <= hi <= 3:
+            raise LayerError(f"need 1 <= start_dimension <= end_dimension <= 3, got {lo}, {hi}",
+                             "end_dimension")
+        merged = int(np.prod(shape[lo:hi + 1]))
+        out = shape[:lo] + (merged,) + shape[hi + 1:]
+        ctx.output_shapes = [(out[0],) + (1,) * (4 - len(out)) + out[1:]]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        if not np.shares_memory(ctx.inputs[0], ctx.outputs[0]):
+            np.copyto(ctx.outputs[0], ctx.inputs[0].reshape(ctx.outputs[0].shape))
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        if not np.shares_memory(ctx.in_grads[0], ctx.out_grads[0]):
+            np.copyto(ctx.in_grads[0], ctx.out_grads[0].reshape(ctx.in_grads[0].shape))
+
+
+@register
+class MultiOut(Layer):
+    """One output read by several layers: the value is shared, derivatives are summed."""
+    type = "multiout"
+    forward_alias = "view"
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        ctx.output_shapes = [ctx.input_shapes[0]] * self.p.get("outputs", 1)
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        for y in ctx.outputs:
+            if not np.shares_memory(y, ctx.inputs[0]):
+                np.copyto(y, ctx.inputs[0])
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        dx = ctx.in_grads[0]
+        np.copyto(dx, ctx.out_grads[0])
+        for dy in ctx.out_grads[1:]:
+            dx += dy

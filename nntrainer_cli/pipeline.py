@@ -1,0 +1,31 @@
+"""The one-way flow shared by the commands: config → graph → optimizer → plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nntrainer_cli.config import ModelConfig, load_config
+from nntrainer_cli.graph import LayerGraph, build_graph
+from nntrainer_cli.optim.optimizers import make_optimizer
+from nntrainer_cli.plan import MemoryPlan, make_plan
+
+
+@dataclass
+class Prepared:
+    cfg: ModelConfig
+    graph: LayerGraph
+    optimizer: object | None
+    plan: MemoryPlan
+
+
+def prepare(path: str, *, overrides=(), batch_size: int | None = None,
+            planner: str = "best") -> Prepared:
+    cfg = load_config(path, overrides)
+    graph = build_graph(cfg, batch_size)
+    for node in graph.nodes:
+        if node.layer.p.get("clip_grad_by_norm") or cfg.model["clip_grad_by_norm"]:
+            section = node.section if node.layer.p.get("clip_grad_by_norm") else cfg.model_section
+            raise section.error("gradient clipping is not supported yet", "clip_grad_by_norm")
+    optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
+    plan = make_plan(graph, optimizer.state if optimizer else (), planner)
+    return Prepared(cfg, graph, optimizer, plan)

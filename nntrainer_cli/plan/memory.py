@@ -1,0 +1,47 @@
+"""The memory plan: tensor specs with arena offsets, peak, lower bound, naive total."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nntrainer_cli.graph import LayerGraph
+
+from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
+from .specs import TensorSet, TensorSpec, build_specs
+
+
+@dataclass
+class MemoryPlan:
+    tensors: TensorSet
+    planner: str           # the planner that produced the offsets
+    requested: str         # the planner asked for (e.g. best)
+    batch_size: int
+    peak_bytes: int
+    lower_bound_bytes: int
+    naive_bytes: int
+
+    @property
+    def specs(self) -> dict[str, TensorSpec]:
+        return self.tensors.specs
+
+    @property
+    def slots(self):
+        return self.tensors.slots
+
+
+def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best") -> MemoryPlan:
+    ts = build_specs(graph, optimizer_state)
+    roots = ts.roots()
+    items = [Item(s.bytes, s.first, s.last) for s in roots]
+    chosen, offsets = plan_offsets(items, planner)
+    peak = peak_of(items, offsets)
+    problems = check_valid(items, offsets, peak)
+    if problems:  # a planner bug, never the user's: fail loudly
+        raise AssertionError(f"planner {chosen} produced an invalid plan: {problems[:3]}")
+    for s, off in zip(roots, offsets):
+        s.offset = off
+    for s in ts.specs.values():
+        if s.alias_of:
+            s.offset = ts.specs[s.alias_of].offset
+    return MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
+                      sum(it.size for it in items))

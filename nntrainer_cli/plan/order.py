@@ -1,0 +1,61 @@
+"""The execution order of one training iteration, NNTrainer-style: forward of every
+layer in topological order, then backward in reverse with calc_gradient,
+calc_derivative and apply_gradient slots per layer. Only phases that really run get
+a slot: a layer without trainable weights has no calc_gradient/apply_gradient, and a
+layer whose inputs need no derivative (the input layer, a frozen prefix) no
+calc_derivative."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nntrainer_cli.graph import LayerGraph, Node
+
+PHASES = ("forward", "calc_gradient", "calc_derivative", "apply_gradient")
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    node: str
+    phase: str
+
+
+@dataclass
+class NodeSlots:
+    forward: int
+    calc_gradient: int | None = None
+    calc_derivative: int | None = None
+    apply_gradient: int | None = None
+
+    def backward(self) -> list[int]:
+        return [s for s in (self.calc_gradient, self.calc_derivative, self.apply_gradient)
+                if s is not None]
+
+
+def trainable_weights(node: Node) -> bool:
+    return any(w.trainable for w in node.ctx.weights)
+
+
+def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
+    """Slots in order, each node's slots, and which nodes need dL/d(output)."""
+    wants: dict[str, bool] = {}
+    runs_cd: dict[str, bool] = {}
+    for n in graph.nodes:
+        runs_cd[n.name] = any(wants[c] for c, _ in n.inputs)
+        wants[n.name] = (trainable_weights(n) or runs_cd[n.name]) and not n.layer.is_loss
+    slots = [Slot(i, n.name, "forward") for i, n in enumerate(graph.nodes)]
+    per_node = {n.name: NodeSlots(i) for i, n in enumerate(graph.nodes)}
+    for n in reversed(graph.nodes):
+        ns = per_node[n.name]
+        phases = []
+        if trainable_weights(n):
+            phases.append("calc_gradient")
+        if runs_cd[n.name]:
+            phases.append("calc_derivative")
+        if trainable_weights(n):
+            phases.append("apply_gradient")
+        for phase in phases:
+            setattr(ns, phase, len(slots))
+            slots.append(Slot(len(slots), n.name, phase))
+    return slots, per_node, wants

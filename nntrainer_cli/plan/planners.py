@@ -1,0 +1,113 @@
+"""Memory planners: give every tensor an offset in one arena so that tensors whose
+lifespans overlap never share a byte. Each works on plain (size, first, last) items,
+so it can be tested on made-up sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Item:
+    size: int
+    first: int
+    last: int
+
+    def overlaps(self, other: "Item") -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+def naive(items: Sequence[Item]) -> list[int]:
+    """Every tensor gets its own bytes: what a framework that keeps everything does."""
+    offsets, at = [], 0
+    for it in items:
+        offsets.append(at)
+        at += it.size
+    return offsets
+
+
+def _place(items: Sequence[Item], order: list[int], best_fit: bool) -> list[int]:
+    """Place items in the given order, each in the lowest (first fit) or tightest
+    (best fit) gap left by already-placed items whose lifespans overlap it."""
+    offsets: list[int | None] = [None] * len(items)
+    placed: list[int] = []
+    for i in order:
+        it = items[i]
+        busy = sorted((offsets[j], offsets[j] + items[j].size) for j in placed
+                      if items[j].overlaps(it))
+        best, best_gap, at = None, None, 0
+        for lo, hi in busy:
+            gap = lo - at
+            if gap >= it.size:
+                if not best_fit:
+                    best = at
+                    break
+                if best_gap is None or gap < best_gap:
+                    best, best_gap = at, gap
+            at = max(at, hi)
+        offsets[i] = best if best is not None else at
+        placed.append(i)
+    return offsets  # type: ignore[return-value]
+
+
+def sorted_by_first_use(items: Sequence[Item]) -> list[int]:
+    """In the spirit of NNTrainer's optimized planner: tensors in order of first use,
+    each reusing the lowest block that has expired."""
+    order = sorted(range(len(items)), key=lambda i: (items[i].first, -items[i].size))
+    return _place(items, order, best_fit=False)
+
+
+def greedy_by_size(items: Sequence[Item]) -> list[int]:
+    """Pisarchyk & Lee (2020), TFLite's arena planner: largest tensor first, each into
+    the smallest gap that fits among tensors whose lifespans overlap it."""
+    order = sorted(range(len(items)), key=lambda i: (-items[i].size, items[i].first))
+    return _place(items, order, best_fit=True)
+
+
+PLANNERS: dict[str, Callable[[Sequence[Item]], list[int]]] = {
+    "naive": naive,
+    "sorted": sorted_by_first_use,
+    "greedy-size": greedy_by_size,
+}
+NAMES = tuple(PLANNERS) + ("best",)
+
+
+def peak_of(items: Sequence[Item], offsets: Sequence[int]) -> int:
+    return max((o + it.size for o, it in zip(offsets, items)), default=0)
+
+
+def plan_offsets(items: Sequence[Item], planner: str) -> tuple[str, list[int]]:
+    """Run a planner by name; `best` runs them all and keeps the smallest arena."""
+    if planner != "best":
+        return planner, PLANNERS[planner](items)
+    results = [(peak_of(items, f(items)), name) for name, f in PLANNERS.items()]
+    _, name = min(results)
+    return name, PLANNERS[name](items)
+
+
+def lower_bound(items: Sequence[Item]) -> int:
+    """Max over slots of the bytes live in that slot: no planner can do better."""
+    delta: dict[int, int] = {}
+    for it in items:
+        delta[it.first] = delta.get(it.first, 0) + it.size
+        delta[it.last + 1] = delta.get(it.last + 1, 0) - it.size
+    live = best = 0
+    for t in sorted(delta):
+        live += delta[t]
+        best = max(best, live)
+    return best
+
+
+def check_valid(items: Sequence[Item], offsets: Sequence[int], arena: int) -> list[str]:
+    """Independent check: every item inside the arena, and no two items whose lifespans
+    overlap share a byte. Returns the problems found (empty when valid)."""
+    problems = []
+    for i, (a, oa) in enumerate(zip(items, offsets)):
+        if oa < 0 or oa + a.size > arena:
+            problems.append(f"item {i} [{oa}, {oa + a.size}) outside arena of {arena}")
+        for j in range(i + 1, len(items)):
+            b, ob = items[j], offsets[j]
+            if a.overlaps(b) and oa < ob + b.size and ob < oa + a.size and a.size and b.size:
+                problems.append(f"items {i} and {j} overlap in time and in bytes")
+    return problems

@@ -1,0 +1,97 @@
+"""Plans and training results for people (aligned text) and machines (JSON dicts)."""
+
+from __future__ import annotations
+
+from nntrainer_cli.plan import MemoryPlan
+
+
+def human(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for r in cells:
+        lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def live_bytes(plan: MemoryPlan) -> list[int]:
+    live = [0] * len(plan.slots)
+    for s in plan.specs.values():
+        if not s.alias_of:
+            for t in range(s.first, s.last + 1):
+                live[t] += s.bytes
+    return live
+
+
+def plan_summary(plan: MemoryPlan) -> str:
+    saved = 1 - plan.peak_bytes / plan.naive_bytes if plan.naive_bytes else 0
+    chosen = plan.planner if plan.planner == plan.requested else \
+        f"{plan.planner} (best of all)"
+    return (f"planner {chosen}, batch {plan.batch_size}\n"
+            f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
+            f"lower bound {human(plan.lower_bound_bytes)}   "
+            f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}")
+
+
+def plan_text(plan: MemoryPlan, model: str) -> str:
+    live = live_bytes(plan)
+    order = table(["slot", "phase", "layer", "live"],
+                  [[s.index, s.phase, s.node, human(live[s.index])] for s in plan.slots],
+                  right={0, 3})
+    tensors = table(["name", "kind", "shape", "bytes", "offset", "first", "last", "alias_of"],
+                    [[s.name, s.kind, "x".join(map(str, s.shape)), s.bytes, s.offset,
+                      s.first, s.last, s.alias_of or ""] for s in plan.specs.values()],
+                    right={3, 4, 5, 6})
+    return (f"model {model}\n{plan_summary(plan)}\n\nexecution order\n{order}\n\n"
+            f"tensors\n{tensors}\n")
+
+
+def plan_json(plan: MemoryPlan, model: str) -> dict:
+    return {
+        "model": model,
+        "planner": plan.planner,
+        "batch_size": plan.batch_size,
+        "peak_bytes": plan.peak_bytes,
+        "lower_bound_bytes": plan.lower_bound_bytes,
+        "naive_bytes": plan.naive_bytes,
+        "resident_peak_bytes": plan.peak_bytes,
+        "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase}
+                            for s in plan.slots],
+        "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,
+                     "bytes": s.bytes, "offset": s.offset, "first": s.first, "last": s.last,
+                     "alias_of": s.alias_of, "swapped": False}
+                    for s in plan.specs.values()],
+    }
+
+
+def train_summary(report: dict) -> str:
+    m = report["memory"]
+    last = report["epochs"][-1]
+    rows = [["train accuracy", f"{last['train_accuracy']:.4f}"],
+            ["train loss", f"{last['train_loss']:.4f}"]]
+    if last["val_accuracy"] is not None:
+        rows += [["validation accuracy", f"{last['val_accuracy']:.4f}"],
+                 ["validation loss", f"{last['val_loss']:.4f}"]]
+    if report.get("test"):
+        rows += [["test accuracy", f"{report['test']['accuracy']:.4f}"],
+                 ["test loss", f"{report['test']['loss']:.4f}"]]
+    ratio = m["measured_peak_bytes"] / m["planned_peak_bytes"] if m["planned_peak_bytes"] else 0
+    rows += [["planned peak", human(m["planned_peak_bytes"])],
+             ["lower bound", human(m["lower_bound_bytes"])],
+             ["naive total", human(m["naive_bytes"])],
+             ["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x plan)"],
+             ["process peak RSS", human(m["rss_peak_bytes"])],
+             ["time", f"{report['seconds']:.1f} s"]]
+    return table(["result", "value"], rows, right={1})

@@ -1,0 +1,147 @@
+"""The training loop: epochs of shuffled batches read into the arena, validation after
+each epoch, the test set at the end, weights saved atomically after every epoch."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from nntrainer_cli.config import ModelConfig
+from nntrainer_cli.errors import TrainingError
+from nntrainer_cli.graph import LayerGraph
+from nntrainer_cli.plan import MemoryPlan
+from nntrainer_cli.report.measure import TracedPeak, rss_peak_bytes
+
+from . import weights as weights_io
+from .data import RawDataset
+from .executor import Executor, allocate_arena, small_buffers
+
+
+@dataclass
+class TrainOptions:
+    epochs: int
+    seed: int = 0
+    shuffle: bool = True
+    quiet: bool = False
+    save: str | None = None
+    init_weights: str | None = None
+
+
+def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, RawDataset]:
+    inputs = [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.inputs]
+    labels = [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.losses]
+    out: dict[str, RawDataset] = {}
+    try:
+        for split, loc in cfg.data.items():
+            out[split] = RawDataset(cfg.resolve(loc.value), inputs, labels, loc.error)
+    except BaseException:
+        for ds in out.values():
+            ds.close()
+        raise
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg, graph, plan: MemoryPlan, optimizer, schedule, data, opts: TrainOptions):
+        self.cfg, self.graph, self.plan = cfg, graph, plan
+        self.optimizer, self.schedule = optimizer, schedule
+        self.data, self.opts = data, opts
+        self.interactive = sys.stderr.isatty()
+        tqdm.get_lock()  # its first call imports multiprocessing: keep that out of the measurement
+
+    def _log(self, text: str) -> None:
+        if not self.opts.quiet:
+            tqdm.write(text, file=sys.stderr)
+
+    def _evaluate(self, ex: Executor, ds: RawDataset) -> tuple[float, float]:
+        batch, loss, correct, batches = self.graph.batch_size, 0.0, 0, 0
+        views = ex.input_views + ex.label_views
+        for start, rows in ds.batches(batch, drop_last=False):
+            ds.read(start, batch, views)
+            l, c = ex.eval_step(rows)
+            loss, correct, batches = loss + l * rows, correct + c, batches + rows
+        return loss / batches, correct / batches
+
+    def _epoch(self, ex: Executor, epoch: int, rng, iteration: int) -> tuple[float, float, int]:
+        ds, batch = self.data["train"], self.graph.batch_size
+        if self.opts.shuffle:
+            ds.shuffle(rng)
+        steps = ds.count // batch
+        views = ex.input_views + ex.label_views
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.opts.epochs}", unit="batch",
+                   leave=False, disable=self.opts.quiet or not self.interactive, file=sys.stderr)
+        loss_sum, correct = 0.0, 0
+        with bar:
+            for k, (start, _) in enumerate(ds.batches(batch, drop_last=True)):
+                ds.read(start, batch, views)
+                loss, c = ex.train_step(iteration)
+                if not math.isfinite(loss):
+                    raise TrainingError(f"the loss became {loss} at epoch {epoch}, iteration "
+                                        f"{iteration}; try a smaller learning rate. "
+                                        "Weights of this epoch were not saved.")
+                iteration += 1
+                loss_sum, correct = loss_sum + loss, correct + c
+                bar.update(1)
+                if k % 10 == 0 or k == steps - 1:
+                    bar.set_postfix(loss=f"{loss_sum / (k + 1):.4f}",
+                                    acc=f"{correct / ((k + 1) * batch):.3f}")
+        return loss_sum / steps, correct / (steps * batch), iteration
+
+    def run(self) -> dict:
+        opts, plan = self.opts, self.plan
+        if self.data["train"].count < self.graph.batch_size:
+            raise TrainingError(f"the training set has {self.data['train'].count} records, fewer "
+                                f"than one batch of {self.graph.batch_size}")
+        rng = np.random.default_rng(opts.seed)
+        report = {"model": self.cfg.path, "batch_size": self.graph.batch_size,
+                  "planner": plan.planner, "epochs": []}
+        save_path = opts.save
+        init_rng = np.random.default_rng(opts.seed)
+        t0 = time.perf_counter()
+        with small_buffers(), TracedPeak() as traced:
+            arena = allocate_arena(plan)
+            traced.exclude_since_here()
+            ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena)
+            traced.resume()
+            ex.initialize(init_rng)
+            if opts.init_weights:
+                weights_io.load(ex, opts.init_weights)
+            iteration = 0
+            for epoch in range(1, opts.epochs + 1):
+                e0 = time.perf_counter()
+                loss, acc, iteration = self._epoch(ex, epoch, rng, iteration)
+                row = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
+                       "val_loss": None, "val_accuracy": None}
+                if "valid" in self.data:
+                    row["val_loss"], row["val_accuracy"] = self._evaluate(ex, self.data["valid"])
+                row["seconds"] = time.perf_counter() - e0
+                report["epochs"].append(row)
+                if save_path:
+                    weights_io.save(ex, save_path, epoch, iteration,
+                                    with_adam=self.optimizer.state == ("adam_m", "adam_v"))
+                self._log(_epoch_line(row, opts.epochs))
+            if "test" in self.data:
+                loss, acc = self._evaluate(ex, self.data["test"])
+                report["test"] = {"loss": loss, "accuracy": acc}
+        report["memory"] = {
+            "planned_peak_bytes": plan.peak_bytes,
+            "lower_bound_bytes": plan.lower_bound_bytes,
+            "naive_bytes": plan.naive_bytes,
+            "measured_peak_bytes": traced.peak,
+            "rss_peak_bytes": rss_peak_bytes(),
+        }
+        report["seconds"] = time.perf_counter() - t0
+        return report
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+            f"acc {row['train_accuracy']:.4f}")
+    if row["val_loss"] is not None:
+        text += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
+    return text + f"  ({row['seconds']:.2f}s)"

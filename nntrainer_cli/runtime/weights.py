@@ -1,0 +1,89 @@
+"""NNTrainer's weight file: for each layer in graph order, its weights in declaration
+order as raw little-endian float32; then, for Adam, the tag `adam` and each trainable
+weight's m and v; then the epoch and iteration as uint32. A file holding only the
+weights is a valid init file. Writes are atomic: a temp file renamed over the target."""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+from nntrainer_cli.errors import DataError
+
+from .executor import Executor
+
+
+def _weights(ex: Executor):
+    for node, w in ex.weights:
+        yield ex.ctx[node.name].weights[w.name]
+
+
+def _adam_state(ex: Executor):
+    io = ex.plan.tensors.io
+    for node, w in ex.weights:
+        if w.trainable:
+            for name in io[node.name]["state"][w.name]:
+                yield ex.views[name]
+
+
+def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for arr in _weights(ex):
+                f.write(arr.data)
+            if with_adam:
+                f.write(b"adam")
+                for arr in _adam_state(ex):
+                    f.write(arr.data)
+            f.write(struct.pack("<II", epoch, iteration))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def check_writable(path: str) -> None:
+    """Fail before training, not after it, when the weights could not be saved."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise DataError(f"save path is a directory: {path}")
+    if not os.path.isdir(directory):
+        raise DataError(f"cannot save weights: no such directory {directory}")
+    if not os.access(directory, os.W_OK):
+        raise DataError(f"cannot save weights: directory {directory} is not writable")
+
+
+def load(ex: Executor, path: str) -> None:
+    """Read weights (and Adam state when present) into the arena."""
+    weights = list(_weights(ex))
+    need = sum(a.nbytes for a in weights)
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read weights file {path}: {e.strerror}") from None
+    with f:
+        if size < need:
+            raise DataError(f"weights file {path} has {size} bytes but the model's weights need "
+                            f"{need} ({len(weights)} tensors)")
+        for arr in weights:
+            f.readinto(arr.data.cast("B"))
+        rest = size - need
+        state = list(_adam_state(ex)) if ex.optimizer.state == ("adam_m", "adam_v") else []
+        state_bytes = 4 + sum(a.nbytes for a in state)
+        if rest in (0, 8):
+            return
+        if state and rest in (state_bytes, state_bytes + 8) and f.read(4) == b"adam":
+            for arr in state:
+                f.readinto(arr.data.cast("B"))
+            return
+        raise DataError(f"weights file {path} has {size} bytes, which does not fit this model: "
+                        f"weights take {need}, optional Adam state {state_bytes}, counters 8")
