@@ -19,7 +19,7 @@ class Prepared:
 
 
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
-            planner: str = "best") -> Prepared:
+            planner: str = "best", in_place: bool = True) -> Prepared:
     cfg = load_config(path, overrides)
     graph = build_graph(cfg, batch_size)
     for node in graph.nodes:
@@ -27,5 +27,5 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
             section = node.section if node.layer.p.get("clip_grad_by_norm") else cfg.model_section
             raise section.error("gradient clipping is not supported yet", "clip_grad_by_norm")
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
-    plan = make_plan(graph, optimizer.state if optimizer else (), planner)
+    plan = make_plan(graph, optimizer.state if optimizer else (), planner, in_place)
     return Prepared(cfg, graph, optimizer, plan)

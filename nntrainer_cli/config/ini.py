@@ -19,6 +19,7 @@ class Entry:
     key: str
     value: str
     line: int
+    source: str | None = None   # set when the value came from elsewhere (e.g. --set)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Section:
 
     def error(self, message: str, key: str | None = None) -> ConfigError:
         entry = self.entries.get(key) if key else None
+        if entry is not None and entry.source:
+            return ConfigError(message, file=entry.source, section=self.name, key=key)
         return ConfigError(message, file=self.file, line=entry.line if entry else self.line,
                            section=self.name, key=key)
 

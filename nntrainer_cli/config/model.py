@@ -110,7 +110,7 @@ class ModelConfig:
         return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
 
 
-def apply_overrides(sections: list[Section], overrides: list[str], file: str) -> None:
+def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
     """`SECTION.KEY=VALUE` from the command line; creates the section if needed."""
     for item in overrides:
         where = ConfigError("expected SECTION.KEY=VALUE", file="--set", key=item)
@@ -124,9 +124,9 @@ def apply_overrides(sections: list[Section], overrides: list[str], file: str) ->
         if section is None:
             section = Section(name, 0, "--set")
             if name in ("train_set", "valid_set", "test_set"):
-                section.entries["type"] = Entry("type", "file", 0)
+                section.entries["type"] = Entry("type", "file", 0, "--set")
             sections.append(section)
-        section.entries[key] = Entry(key, value.strip(), 0)
+        section.entries[key] = Entry(key, value.strip(), 0, "--set")
 
 
 def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] = ()) -> list[Section]:
@@ -234,7 +234,7 @@ def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
 
 def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
     sections = read_ini(path)
-    apply_overrides(sections, list(overrides), path)
+    apply_overrides(sections, list(overrides))
     by_name = {s.name: s for s in sections}
     if "" in by_name:
         s = by_name[""]

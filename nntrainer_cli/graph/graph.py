@@ -238,6 +238,7 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None) -> LayerGraph:
         for c, _ in n.inputs:
             if c not in seen:
                 raise n.error(f"no layer named [{c}]{P.did_you_mean(c, seen)}", "input_layers")
+    _sort(nodes)  # finds cycles before they confuse the realizers
     for n in list(nodes):
         if n.layer.p.get("flatten"):
             _insert_after(nodes, n, _realized(n, "flatten_realized", "flatten",

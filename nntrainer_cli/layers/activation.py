@@ -21,9 +21,8 @@ def relu_grad(y, dy, dx):
 
 
 def sigmoid(x, y):
-    with np.errstate(over="ignore"):
-        np.negative(x, out=y)
-        np.exp(y, out=y)
+    np.negative(x, out=y)
+    np.exp(y, out=y)
     y += 1
     np.reciprocal(y, out=y)
 

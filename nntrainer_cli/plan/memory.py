@@ -29,8 +29,9 @@ class MemoryPlan:
         return self.tensors.slots
 
 
-def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best") -> MemoryPlan:
-    ts = build_specs(graph, optimizer_state)
+def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
+              in_place: bool = True) -> MemoryPlan:
+    ts = build_specs(graph, optimizer_state, in_place)
     roots = ts.roots()
     items = [Item(s.bytes, s.first, s.last) for s in roots]
     chosen, offsets = plan_offsets(items, planner)

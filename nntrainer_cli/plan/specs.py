@@ -73,7 +73,8 @@ def _reads(ns: NodeSlots, which: str, layer) -> set[int]:
     return out
 
 
-def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...]) -> TensorSet:
+def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
+                in_place: bool = True) -> TensorSet:
     slots, node_slots, wants = execution_order(graph)
     ts = TensorSet(slots, node_slots)
     specs = ts.specs
@@ -122,7 +123,8 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...]) -> TensorSe
         for t in ctx.temps:
             io["temps"][t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape,
                                       _phase_slots(ns, t.phase), dtype=t.dtype)
-    _alias(graph, ts)
+    if in_place:
+        _alias(graph, ts)
     _lifespans(ts)
     return ts
 

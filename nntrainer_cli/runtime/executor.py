@@ -24,10 +24,13 @@ KERNEL_BUFSIZE = 1024
 
 
 @contextlib.contextmanager
-def small_buffers():
+def kernel_settings():
+    """Small iterator buffers, and no floating-point warnings: a diverging run is
+    caught by the trainer's check of the loss, with one clear message."""
     old = np.setbufsize(KERNEL_BUFSIZE)
     try:
-        yield
+        with np.errstate(all="ignore"):
+            yield
     finally:
         np.setbufsize(old)
 

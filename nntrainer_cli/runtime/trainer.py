@@ -19,7 +19,7 @@ from nntrainer_cli.report.measure import TracedPeak, rss_peak_bytes
 
 from . import weights as weights_io
 from .data import RawDataset
-from .executor import Executor, allocate_arena, small_buffers
+from .executor import Executor, allocate_arena, kernel_settings
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Trainer:
         save_path = opts.save
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
-        with small_buffers(), TracedPeak() as traced:
+        with kernel_settings(), TracedPeak() as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
             ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena)

@@ -1,0 +1,164 @@
+"""The command line, end to end, through click's CliRunner."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nntrainer_cli.cli import main
+
+from helpers import REPO
+
+DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def tiny_model(tmp_path, records=64, extra=""):
+    """A 4-feature, 3-class problem that is linearly separable, as NNTrainer raw data."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((records, 4)).astype("<f4")
+    y = np.eye(3, dtype="<f4")[np.argmax(x[:, :3], axis=1)]
+    np.concatenate([x, y], axis=1).tofile(tmp_path / "train.dat")
+    path = tmp_path / "tiny.ini"
+    path.write_text("[Model]\nepochs = 5\nloss = cross\nbatch_size = 8\n"
+                    "[Optimizer]\ntype = sgd\nlearning_rate = 0.5\n"
+                    "[train_set]\ntype = file\npath = train.dat\n"
+                    "[in]\ntype = input\ninput_shape = 1:1:4\n"
+                    "[hidden]\ntype = fully_connected\nunit = 8\nactivation = tanh\n"
+                    "[out]\ntype = fully_connected\nunit = 3\nactivation = softmax\n" + extra)
+    return str(path)
+
+
+def test_train_digits_learns_and_keeps_to_the_plan(tmp_path):
+    report = tmp_path / "r.json"
+    res = run("train", DIGITS, "--epochs", "3", "--report", str(report), "--quiet")
+    assert res.exit_code == 0, res.output
+    r = json.loads(report.read_text())
+    losses = [e["train_loss"] for e in r["epochs"]]
+    assert losses[0] > losses[-1]
+    assert r["test"]["accuracy"] > 0.9
+    m = r["memory"]
+    assert m["lower_bound_bytes"] <= m["planned_peak_bytes"] <= m["naive_bytes"]
+    assert m["measured_peak_bytes"] >= m["planned_peak_bytes"]      # the arena is in it
+    assert m["measured_peak_bytes"] <= 1.15 * m["planned_peak_bytes"]
+    for e in r["epochs"]:
+        assert 0 <= e["train_accuracy"] <= 1 and 0 <= e["val_accuracy"] <= 1
+
+
+def test_train_prints_summary(tmp_path):
+    res = run("train", tiny_model(tmp_path))
+    assert res.exit_code == 0, res.output
+    for word in ("train accuracy", "planned peak", "measured peak", "lower bound"):
+        assert word in res.output
+
+
+def test_in_place_changes_memory_not_results(tmp_path):
+    from nntrainer_cli.optim.schedulers import make_schedule
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
+
+    weights = []
+    for in_place in (True, False):
+        p = prepare(tiny_model(tmp_path), in_place=in_place)
+        save = tmp_path / f"w{in_place}.bin"
+        data = open_datasets(p.cfg, p.graph)
+        Trainer(p.cfg, p.graph, p.plan, p.optimizer, make_schedule(p.cfg), data,
+                TrainOptions(epochs=2, quiet=True, save=str(save))).run()
+        weights.append(save.read_bytes())
+    assert weights[0] == weights[1]
+
+
+def test_save_then_init_weights_round_trip(tmp_path):
+    model = tiny_model(tmp_path)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    assert run("train", model, "-q", "--save", str(a)).exit_code == 0
+    floats = (4 * 8 + 8 + 8 * 3 + 3)
+    assert a.stat().st_size == 4 * floats + 8   # weights, then epoch and iteration
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+    # zero learning rate: the weights come back unchanged
+    res = run("train", model, "-q", "--init-weights", str(a), "--save", str(b),
+              "--set", "optimizer.learning_rate=1e-30")
+    assert res.exit_code == 0, res.output
+    assert a.read_bytes()[:4 * floats] == b.read_bytes()[:4 * floats]
+
+
+def test_plan_json_has_the_documented_fields():
+    res = run("plan", DIGITS, "--format", "json", "--batch-size", "16")
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    for key in ("planner", "batch_size", "peak_bytes", "lower_bound_bytes", "naive_bytes",
+                "resident_peak_bytes", "execution_order", "tensors"):
+        assert key in plan
+    assert plan["batch_size"] == 16
+    t = plan["tensors"][0]
+    assert set(t) >= {"name", "kind", "shape", "bytes", "offset", "first", "last", "alias_of",
+                      "swapped"}
+    ends = [x["offset"] + x["bytes"] for x in plan["tensors"] if not x["alias_of"]]
+    assert max(ends) == plan["peak_bytes"]
+
+
+def test_plan_text():
+    res = run("plan", DIGITS, "--planner", "sorted")
+    assert res.exit_code == 0
+    assert "execution order" in res.output and "apply_gradient" in res.output
+    assert "planner sorted" in res.output
+
+
+def test_check_configs_and_broken_files(tmp_path):
+    res = run("check", os.path.join(REPO, "configs"))
+    assert res.exit_code == 0, res.output
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[Model]\nbatch_size = 2\n[in]\ntype = input\ninput_shape = 1:1:4\n"
+                   "[fc]\ntype = fully_connected\nunits = 3\n")
+    res = run("check", str(bad), os.path.join(REPO, "configs"))
+    assert res.exit_code == 2
+    assert "bad.ini:8 [fc] units: unknown key (did you mean 'unit'?)" in res.output
+    missing = tmp_path / "nodata.ini"
+    missing.write_text(open(tiny_model(tmp_path)).read().replace("train.dat", "gone.dat"))
+    res = run("check", str(missing))
+    assert res.exit_code == 0 and "warning:" in res.output and "gone.dat" in res.output
+
+
+@pytest.mark.parametrize("mutate,args,message", [
+    (lambda t: t.replace("unit = 8", "unit = eight"), (), "[hidden] unit: expected a positive"),
+    (lambda t: t.replace("train.dat", "gone.dat"), (), "[train_set] path: data file not found"),
+    (lambda t: t, ("--init-weights", "{tmp}/w.bin"), "weights file"),
+    (lambda t: t, ("--save", "{tmp}/no/such/dir/w.bin"), "no such directory"),
+    (lambda t: t, ("--set", "model.epochs=-1"), "--set [model] epochs"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, mutate, args, message):
+    path = tiny_model(tmp_path)
+    with open(path) as f:
+        text = mutate(f.read())
+    with open(path, "w") as f:
+        f.write(text)
+    (tmp_path / "w.bin").write_bytes(b"\0" * 12)
+    res = run("train", path, *[a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == 2, res.output
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_data_file_of_the_wrong_record_size(tmp_path):
+    path = tiny_model(tmp_path)
+    with open(tmp_path / "train.dat", "ab") as f:
+        f.write(b"\0" * 4)
+    res = run("train", path)
+    assert res.exit_code == 2
+    assert "not a whole number of 28-byte records" in res.output
+
+
+def test_nan_loss_exits_1_without_saving(tmp_path):
+    path = tiny_model(tmp_path)
+    save = tmp_path / "w.bin"
+    res = run("train", path, "--save", str(save), "--set", "optimizer.learning_rate=1e30",
+              "--set", "hidden.activation=none")
+    assert res.exit_code == 1
+    assert "loss became" in res.output
+    assert not save.exists()

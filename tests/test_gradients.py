@@ -1,0 +1,84 @@
+"""Every registered layer and loss: analytic gradients against central differences."""
+
+import numpy as np
+import pytest
+
+from nntrainer_cli.layers import REGISTRY
+
+from helpers import Harness, make_layer
+
+# (layer type, properties, input shapes) — every registered type must appear here.
+CASES = [
+    ("input", {}, [(2, 1, 1, 5)]),
+    ("fully_connected", {"unit": 4}, [(3, 1, 2, 5)]),
+    ("fully_connected", {"unit": 3, "disable_bias": True}, [(2, 1, 1, 4)]),
+    ("flatten", {}, [(2, 3, 2, 2)]),
+    ("multiout", {"outputs": 3}, [(2, 1, 1, 4)]),
+    ("activation", {"activation": "relu"}, [(3, 1, 1, 6)]),
+    ("activation", {"activation": "sigmoid"}, [(3, 1, 1, 6)]),
+    ("activation", {"activation": "tanh"}, [(3, 1, 1, 6)]),
+    ("activation", {"activation": "softmax"}, [(3, 1, 2, 6)]),
+    ("mse", {}, [(4, 1, 1, 3)]),
+    ("cross_softmax", {}, [(4, 1, 1, 5)]),
+    ("cross_sigmoid", {}, [(4, 1, 1, 3)]),
+]
+
+
+def test_every_layer_has_a_case():
+    assert {c[0] for c in CASES} == set(REGISTRY)
+
+
+def numeric_grad(h, array, eps=1e-6):
+    grad = np.zeros_like(array)
+    flat, g = array.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + eps
+        up = h.objective()
+        flat[i] = keep - eps
+        down = h.objective()
+        flat[i] = keep
+        g[i] = (up - down) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("kind,props,shapes", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_gradients_match_finite_differences(kind, props, shapes):
+    rng = np.random.default_rng(7)
+    h = Harness(make_layer(kind, **props), shapes, rng)
+    if kind == "activation" and props["activation"] == "relu":
+        for x in h.ctx.inputs:  # keep away from the kink at 0
+            x += np.sign(x) * 0.1
+    if kind == "input":  # never runs backward; check it is the identity
+        h.objective()
+        np.testing.assert_array_equal(h.ctx.outputs[0], h.ctx.inputs[0])
+        return
+    h.backward()
+    for name, w in h.ctx.weights.items():
+        np.testing.assert_allclose(h.ctx.grads[name], numeric_grad(h, w), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{kind} weight {name}")
+    for i, x in enumerate(h.ctx.inputs):
+        np.testing.assert_allclose(h.ctx.in_grads[i], numeric_grad(h, x), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{kind} input {i}")
+
+
+def test_loss_values_are_the_textbook_ones():
+    rng = np.random.default_rng(1)
+    h = Harness(make_layer("cross_softmax"), [(4, 1, 1, 5)], rng)
+    h.objective()
+    x = h.ctx.inputs[0].reshape(4, 5)
+    p = np.exp(x) / np.exp(x).sum(1, keepdims=True)
+    expected = -(h.ctx.label.reshape(4, 5) * np.log(p)).sum(1).mean()
+    assert h.ctx.loss == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(h.ctx.outputs[0].reshape(4, 5), p)
+
+    h = Harness(make_layer("mse"), [(4, 1, 1, 3)], rng)
+    h.objective()
+    assert h.ctx.loss == pytest.approx(((h.ctx.inputs[0] - h.ctx.label) ** 2).mean())
+
+    h = Harness(make_layer("cross_sigmoid"), [(4, 1, 1, 3)], rng)
+    h.objective()
+    s = 1 / (1 + np.exp(-h.ctx.inputs[0]))
+    y = h.ctx.label
+    assert h.ctx.loss == pytest.approx(-(y * np.log(s) + (1 - y) * np.log(1 - s)).mean())

@@ -1,0 +1,63 @@
+"""Planners on made-up tensor sets: always valid, never below the lower bound, never
+above the naive total. The validity check itself is tested on known-bad layouts."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nntrainer_cli.plan.planners import (PLANNERS, Item, check_valid, lower_bound, peak_of,
+                                         plan_offsets)
+
+
+@st.composite
+def item_sets(draw):
+    n = draw(st.integers(1, 40))
+    items = []
+    for _ in range(n):
+        first = draw(st.integers(0, 30))
+        items.append(Item(draw(st.integers(1, 64)) * 64, first, first + draw(st.integers(0, 15))))
+    return items
+
+
+def overlap_free(items, offsets):
+    """A second, brute-force statement of validity: per slot, the byte ranges of the
+    live items are pairwise disjoint."""
+    for t in range(max(it.last for it in items) + 1):
+        live = sorted((offsets[i], offsets[i] + it.size) for i, it in enumerate(items)
+                      if it.first <= t <= it.last)
+        for (a0, a1), (b0, b1) in zip(live, live[1:]):
+            if b0 < a1:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("name", list(PLANNERS) + ["best"])
+@settings(max_examples=150, deadline=None)
+@given(items=item_sets())
+def test_planner_valid_and_bounded(name, items):
+    _, offsets = plan_offsets(items, name)
+    peak = peak_of(items, offsets)
+    assert check_valid(items, offsets, peak) == []
+    assert overlap_free(items, offsets)
+    assert lower_bound(items) <= peak <= sum(it.size for it in items)
+
+
+def test_best_is_no_worse_than_any():
+    items = [Item(64 * (i % 7 + 1), i % 5, i % 5 + i % 3) for i in range(30)]
+    _, offsets = plan_offsets(items, "best")
+    best = peak_of(items, offsets)
+    assert all(best <= peak_of(items, f(items)) for f in PLANNERS.values())
+
+
+def test_check_valid_catches_overlap_and_overflow():
+    items = [Item(128, 0, 3), Item(128, 2, 5)]
+    assert check_valid(items, [0, 64], 192)          # share bytes while both live
+    assert check_valid(items, [0, 128], 200)         # second runs past the arena
+    assert check_valid(items, [0, 128], 256) == []
+    disjoint_in_time = [Item(128, 0, 1), Item(128, 2, 3)]
+    assert check_valid(disjoint_in_time, [0, 0], 128) == []
+
+
+def test_lower_bound_is_max_live_sum():
+    items = [Item(100, 0, 2), Item(50, 1, 1), Item(70, 2, 4), Item(10, 5, 5)]
+    assert lower_bound(items) == 170
