@@ -117,6 +117,24 @@ def int_pair(value: str) -> tuple[int, int]:
     return a, b
 
 
+def padding(value: str):
+    """`valid`, `same`, or 1, 2 (top=bottom, left=right) or 4 (t, b, l, r) integers."""
+    low = value.lower()
+    if low in ("valid", "same"):
+        return low
+    try:
+        nums = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise ValueError(f"expected valid, same, or 1, 2 or 4 integers, got {value!r}") from None
+    if len(nums) not in (1, 2, 4) or any(n < 0 for n in nums):
+        raise ValueError(f"expected valid, same, or 1, 2 or 4 non-negative integers, got {value!r}")
+    if len(nums) == 1:
+        return (nums[0],) * 4
+    if len(nums) == 2:
+        return (nums[0], nums[0], nums[1], nums[1])
+    return tuple(nums)
+
+
 _CONN = re.compile(r"^([A-Za-z0-9][-_./A-Za-z0-9]*)(?:\((\d+)\))?$")
 
 

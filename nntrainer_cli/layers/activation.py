@@ -20,6 +20,23 @@ def relu_grad(y, dy, dx):
     np.multiply(dy, y, out=dx)
 
 
+LEAKY_SLOPE = 0.01  # NNTrainer's fixed negative slope
+
+
+def leaky_relu(x, y):
+    """max(x, a·x); needs y apart from x (not in place)."""
+    np.multiply(x, LEAKY_SLOPE, out=y)
+    np.maximum(x, y, out=y)
+
+
+def leaky_relu_grad(y, dy, dx):
+    """Slope 1 where y > 0, else LEAKY_SLOPE (y keeps the sign of x)."""
+    np.sign(y, out=y)                            # 1, 0 or -1
+    y *= (1 - LEAKY_SLOPE) / 2                   # (1-a)/2 · sign
+    y += (1 + LEAKY_SLOPE) / 2                   # 1 or a (0 → (1+a)/2, measure zero)
+    np.multiply(dy, y, out=dx)
+
+
 def sigmoid(x, y):
     np.negative(x, out=y)
     np.exp(y, out=y)
@@ -58,10 +75,14 @@ def softmax_grad(y, dy, dx):
 
 FUNCTIONS = {
     "relu": (relu, relu_grad),
+    "leaky_relu": (leaky_relu, leaky_relu_grad),
     "sigmoid": (sigmoid, sigmoid_grad),
     "tanh": (tanh, tanh_grad),
     "softmax": (softmax, softmax_grad),
 }
+
+
+NOT_IN_PLACE = {"leaky_relu"}
 
 
 def check_name(value: str) -> str:
@@ -85,6 +106,8 @@ class Activation(Layer):
             from .base import LayerError
             raise LayerError("an activation layer needs 'activation' (e.g. relu)", "activation")
         self.fn, self.grad = FUNCTIONS[name]
+        if name in NOT_IN_PLACE:
+            self.forward_alias = None
         ctx.output_shapes = [ctx.input_shapes[0]]
 
     def forward(self, ctx: RunContext, training: bool) -> None:

@@ -73,9 +73,10 @@ class FinalizeContext:
     weights: list[WeightRequest] = field(default_factory=list)
     temps: list[TempRequest] = field(default_factory=list)
 
-    def weight(self, name, shape, initializer, **kw) -> None:
+    def weight(self, name, shape, initializer, trainable=True, **kw) -> None:
+        """Request a weight; `trainable=False` for state such as moving statistics."""
         self.weights.append(WeightRequest(name, tuple(shape), initializer,
-                                          trainable=self.trainable, **kw))
+                                          trainable=self.trainable and trainable, **kw))
 
     def temp(self, name, shape, phase, dtype=np.float32) -> None:
         self.temps.append(TempRequest(name, tuple(shape), phase, dtype))
@@ -94,6 +95,7 @@ class RunContext:
     label: np.ndarray | None = None
     rows: int = 0       # valid rows of the batch (evaluation may pad the last batch)
     loss: float = 0.0   # set by loss layers in forward
+    rng: np.random.Generator | None = None  # for dropout and other random layers
 
 
 class LayerError(ValueError):

@@ -42,8 +42,9 @@ def allocate_arena(plan: MemoryPlan) -> np.ndarray:
 
 class Executor:
     def __init__(self, graph: LayerGraph, plan: MemoryPlan, optimizer, schedule,
-                 arena: np.ndarray | None = None):
+                 arena: np.ndarray | None = None, rng: np.random.Generator | None = None):
         self.graph, self.plan = graph, plan
+        self.rng = rng or np.random.default_rng(0)
         self.optimizer, self.schedule = optimizer, schedule
         self.arena = allocate_arena(plan) if arena is None else arena
         self.views = {name: self._view(spec) for name, spec in plan.specs.items()}
@@ -71,7 +72,7 @@ class Executor:
             grads={k: v[n] for k, n in io["grads"].items()},
             in_grads=pick(io["in_grads"]), out_grads=pick(io["out_grads"]),
             temps={k: v[n] for k, n in io["temps"].items()},
-            label=v[io["label"]] if io["label"] else None)
+            label=v[io["label"]] if io["label"] else None, rng=self.rng)
 
     def _train_steps(self):
         by_name = self.graph.by_name

@@ -106,7 +106,8 @@ class Trainer:
         with kernel_settings(), TracedPeak() as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
-            ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena)
+            ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
+                          np.random.default_rng([opts.seed, 1]))
             traced.resume()
             ex.initialize(init_rng)
             if opts.init_weights:

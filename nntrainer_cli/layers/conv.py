@@ -1,0 +1,219 @@
+"""Convolution and pooling over (N, C, H, W). Windows are gathered with strided views
+into planned temporaries (im2col), so each kernel is one batched matmul and nothing
+is allocated outside the plan."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nntrainer_cli.config import props as P
+
+from .base import FinalizeContext, Layer, LayerError, RunContext, register
+
+
+def resolve_padding(pad, size, kernel, stride, dilation):
+    """(top, bottom, left, right) as NNTrainer computes it; `same` is TF-style."""
+    if pad == "valid":
+        return (0, 0, 0, 0)
+    if pad != "same":
+        return pad
+    out = []
+    for n, k, s, d in zip(size, kernel, stride, dilation):
+        eff = (k - 1) * d + 1
+        total = max((math.ceil(n / s) - 1) * s + eff - n, 0)
+        out += [total // 2, total - total // 2]
+    return tuple(out)
+
+
+class Window:
+    """The geometry of a sliding window, and the valid ranges per kernel offset."""
+
+    def __init__(self, hw, kernel, stride, padding, dilation=(1, 1)):
+        self.hw, self.kernel, self.stride, self.dilation = hw, kernel, stride, dilation
+        self.pad = padding
+        t, b, l, r = padding
+        eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+        self.out = ((hw[0] + t + b - eff[0]) // stride[0] + 1,
+                    (hw[1] + l + r - eff[1]) // stride[1] + 1)
+        if min(self.out) < 1:
+            raise LayerError(f"the window {kernel[0]}x{kernel[1]} does not fit the "
+                             f"{hw[0]}x{hw[1]} input with this padding", "kernel_size")
+        self.offsets = []  # per (ki, kj): (output slices, input slices)
+        for ki in range(kernel[0]):
+            rows = self._range(ki, 0, t)
+            for kj in range(kernel[1]):
+                cols = self._range(kj, 1, l)
+                self.offsets.append((ki, kj, rows, cols))
+
+    def _range(self, k, axis, before):
+        """Output positions o with 0 <= o·s + k·d - before < size: (output, input) slices."""
+        s, d, n, count = self.stride[axis], self.dilation[axis], self.hw[axis], self.out[axis]
+        start = k * d - before
+        lo = max(0, -(start // s) if start < 0 else 0)  # ceil(-start / s) for start < 0
+        hi = min(count, (n - 1 - start) // s + 1) if n - 1 - start >= 0 else 0
+        if hi <= lo:
+            return None
+        first = lo * s + start
+        return slice(lo, hi), slice(first, first + (hi - lo - 1) * s + 1, s)
+
+    def valid(self):
+        for ki, kj, rows, cols in self.offsets:
+            if rows and cols:
+                yield ki, kj, (rows[0], cols[0]), (rows[1], cols[1])
+
+
+def im2col(x, win: Window, col):
+    """col[n, c, ki, kj, oh, ow] = x[n, c, input row, input col] (0 in the padding)."""
+    col.fill(0)
+    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+        np.copyto(col[:, :, ki, kj, orow, ocol], x[:, :, irow, icol])
+
+
+def col2im(col, win: Window, dx):
+    dx.fill(0)
+    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+        target = dx[:, :, irow, icol]
+        np.add(target, col[:, :, ki, kj, orow, ocol], out=target)
+
+
+@register
+class Conv2D(Layer):
+    type = "conv2d"
+    weighted = True
+    grad_reads = frozenset({"input"})
+    schema = {"filters": P.Prop(P.positive_int, required=True),
+              "kernel_size": P.Prop(P.int_pair, required=True),
+              "stride": P.Prop(P.int_pair, (1, 1)),
+              "padding": P.Prop(P.padding, "valid"),
+              "dilation": P.Prop(P.int_pair, (1, 1))}
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        n, c, h, w = ctx.input_shapes[0]
+        p = self.p
+        pad = resolve_padding(p["padding"], (h, w), p["kernel_size"], p["stride"], p["dilation"])
+        self.win = Window((h, w), p["kernel_size"], p["stride"], pad, p["dilation"])
+        oh, ow = self.win.out
+        kh, kw = p["kernel_size"]
+        f = p["filters"]
+        ctx.output_shapes = [(n, f, oh, ow)]
+        ctx.weight("filter", (f, c, kh, kw), p["weight_initializer"],
+                   regularizer=p["weight_regularizer"],
+                   regularizer_constant=p["weight_regularizer_constant"], decay=p["weight_decay"])
+        if not p["disable_bias"]:
+            ctx.weight("bias", (f,), p["bias_initializer"], decay=p["bias_decay"])
+        col = (n, c, kh, kw, oh, ow)
+        ctx.temp("col", col, "forward")
+        ctx.temp("col_grad", col, "calc_gradient")
+        ctx.temp("filter_part", (f, c, kh, kw), "calc_gradient")
+        ctx.temp("col_deriv", col, "calc_derivative")
+
+    def _shapes(self, ctx):
+        n, f = ctx.outputs[0].shape[:2]
+        return n, f, ctx.weights["filter"][0].size, self.win.out[0] * self.win.out[1]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        n, f, k, pix = self._shapes(ctx)
+        col = ctx.temps["col"]
+        im2col(ctx.inputs[0], self.win, col)
+        y = ctx.outputs[0].reshape(n, f, pix)
+        np.matmul(ctx.weights["filter"].reshape(f, k), col.reshape(n, k, pix), out=y)
+        if "bias" in ctx.weights:
+            y += ctx.weights["bias"][:, None]
+
+    def calc_gradient(self, ctx: RunContext) -> None:
+        n, f, k, pix = self._shapes(ctx)
+        col = ctx.temps["col_grad"]
+        im2col(ctx.inputs[0], self.win, col)
+        col3, dy = col.reshape(n, k, pix), ctx.out_grads[0].reshape(n, f, pix)
+        dw, part = ctx.grads["filter"].reshape(f, k), ctx.temps["filter_part"].reshape(f, k)
+        np.matmul(dy[0], col3[0].T, out=dw)
+        for i in range(1, n):
+            np.matmul(dy[i], col3[i].T, out=part)
+            dw += part
+        if "bias" in ctx.grads:
+            np.sum(dy, axis=(0, 2), out=ctx.grads["bias"])
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        n, f, k, pix = self._shapes(ctx)
+        col = ctx.temps["col_deriv"]
+        np.matmul(ctx.weights["filter"].reshape(f, k).T, ctx.out_grads[0].reshape(n, f, pix),
+                  out=col.reshape(n, k, pix))
+        col2im(col, self.win, ctx.in_grads[0])
+
+
+@register
+class Pooling2D(Layer):
+    type = "pooling2d"
+    schema = {"pooling": P.Prop(P.enum("max", "average", "global_max", "global_average"),
+                                required=True),
+              "pool_size": P.Prop(P.int_pair),
+              "stride": P.Prop(P.int_pair, (1, 1)),
+              "padding": P.Prop(P.padding, "valid")}
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        n, c, h, w = ctx.input_shapes[0]
+        p = self.p
+        self.kind = p["pooling"]
+        if self.kind.startswith("global"):
+            pool, stride, pad = (h, w), (1, 1), (0, 0, 0, 0)
+        else:
+            if p["pool_size"] is None:
+                raise LayerError(f"{self.kind} pooling needs pool_size (e.g. 2,2)", "pool_size")
+            pool, stride = p["pool_size"], p["stride"]
+            pad = resolve_padding(p["padding"], (h, w), pool, stride, (1, 1))
+        self.win = Window((h, w), pool, stride, pad)
+        oh, ow = self.win.out
+        out = (n, c, oh, ow)
+        ctx.output_shapes = [out]
+        if self.kind in ("max", "global_max"):
+            self.deriv_reads = frozenset()
+            ctx.temp("argmax", out, "iteration", np.int32)
+            ctx.temp("mask", out, "forward", np.bool_)
+            ctx.temp("mask_back", out, "calc_derivative", np.bool_)
+        else:
+            ctx.temp("count", (oh, ow), "iteration")
+            ctx.temp("scaled", out, "calc_derivative")
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        x, y = ctx.inputs[0], ctx.outputs[0]
+        if self.kind in ("max", "global_max"):
+            idx, mask = ctx.temps["argmax"], ctx.temps["mask"]
+            y.fill(-np.inf)
+            idx.fill(-1)
+            for k, (ki, kj, orow_ocol, irow_icol) in enumerate(self._windows()):
+                src, dst = x[:, :, irow_icol[0], irow_icol[1]], y[:, :, orow_ocol[0], orow_ocol[1]]
+                m = mask[:, :, orow_ocol[0], orow_ocol[1]]
+                np.greater(src, dst, out=m)
+                np.copyto(dst, src, where=m)
+                np.copyto(idx[:, :, orow_ocol[0], orow_ocol[1]], k, where=m)
+        else:
+            count = ctx.temps["count"]
+            y.fill(0)
+            count.fill(0)
+            for _, _, (orow, ocol), (irow, icol) in self.win.valid():
+                dst = y[:, :, orow, ocol]
+                np.add(dst, x[:, :, irow, icol], out=dst)
+                count[orow, ocol] += 1
+            y /= count
+
+    def _windows(self):
+        return [(ki, kj, o, i) for ki, kj, o, i in self.win.valid()]
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        dx, dy = ctx.in_grads[0], ctx.out_grads[0]
+        dx.fill(0)
+        if self.kind in ("max", "global_max"):
+            idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
+            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self._windows()):
+                m = mask[:, :, orow, ocol]
+                np.equal(idx[:, :, orow, ocol], k, out=m)
+                target = dx[:, :, irow, icol]
+                np.add(target, dy[:, :, orow, ocol], out=target, where=m)
+        else:
+            scaled = ctx.temps["scaled"]
+            np.divide(dy, ctx.temps["count"], out=scaled)
+            for _, _, (orow, ocol), (irow, icol) in self.win.valid():
+                target = dx[:, :, irow, icol]
+                np.add(target, scaled[:, :, orow, ocol], out=target)

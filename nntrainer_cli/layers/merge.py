@@ -1,0 +1,96 @@
+"""Layers that join or reshape tensors: addition, concat, reshape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nntrainer_cli.config import props as P
+
+from .base import FinalizeContext, Layer, LayerError, RunContext, register
+
+
+def _fmt(shape):
+    return ":".join(map(str, shape[1:]))
+
+
+@register
+class Addition(Layer):
+    type = "addition"
+    inputs = (1, None)
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        first = ctx.input_shapes[0]
+        for s in ctx.input_shapes[1:]:
+            if s != first:
+                raise LayerError(f"cannot add inputs of shapes {_fmt(first)} and {_fmt(s)}",
+                                 "input_layers")
+        ctx.output_shapes = [first]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        y = ctx.outputs[0]
+        np.copyto(y, ctx.inputs[0])
+        for x in ctx.inputs[1:]:
+            y += x
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        for dx in ctx.in_grads:
+            if dx is not None:
+                np.copyto(dx, ctx.out_grads[0])
+
+
+@register
+class Concat(Layer):
+    type = "concat"
+    inputs = (1, None)
+    schema = {"axis": P.Prop(P.enum("1", "2", "3"))}
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        shapes = ctx.input_shapes
+        axis = int(self.p["axis"]) if self.p["axis"] else (3 if shapes[0][1] > 1 else 1)
+        self.axis = axis
+        for s in shapes[1:]:
+            if s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]:
+                raise LayerError(f"cannot concatenate {_fmt(shapes[0])} and {_fmt(s)} along "
+                                 f"axis {axis}", "input_layers")
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        ctx.output_shapes = [tuple(out)]
+        self.bounds = np.cumsum([0] + [s[axis] for s in shapes]).tolist()
+
+    def _part(self, a, i):
+        index = [slice(None)] * 4
+        index[self.axis] = slice(self.bounds[i], self.bounds[i + 1])
+        return a[tuple(index)]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        for i, x in enumerate(ctx.inputs):
+            np.copyto(self._part(ctx.outputs[0], i), x)
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        for i, dx in enumerate(ctx.in_grads):
+            if dx is not None:
+                np.copyto(dx, self._part(ctx.out_grads[0], i))
+
+
+@register
+class Reshape(Layer):
+    type = "reshape"
+    forward_alias = "view"
+    derivative_alias = "view"
+    schema = {"target_shape": P.Prop(P.dims, required=True)}
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        shape = ctx.input_shapes[0]
+        target = (shape[0],) + self.p["target_shape"]
+        if np.prod(target) != np.prod(shape):
+            raise LayerError(f"cannot reshape {_fmt(shape)} into {_fmt(target)}: the sizes differ",
+                             "target_shape")
+        ctx.output_shapes = [target]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        if not np.shares_memory(ctx.inputs[0], ctx.outputs[0]):
+            np.copyto(ctx.outputs[0], ctx.inputs[0].reshape(ctx.outputs[0].shape))
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        if not np.shares_memory(ctx.in_grads[0], ctx.out_grads[0]):
+            np.copyto(ctx.in_grads[0], ctx.out_grads[0].reshape(ctx.in_grads[0].shape))

@@ -1,0 +1,109 @@
+"""Forward results against direct, loop-based definitions (the gradient checks only
+prove backward agrees with forward)."""
+
+import numpy as np
+import pytest
+
+from helpers import Harness, make_layer
+
+
+def direct_conv(x, w, b, stride, pad, dil):
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    t, bo, l, r = pad
+    xp = np.zeros((n, c, h + t + bo, wd + l + r))
+    xp[:, :, t:t + h, l:l + wd] = x
+    oh = (h + t + bo - (kh - 1) * dil[0] - 1) // stride[0] + 1
+    ow = (wd + l + r - (kw - 1) * dil[1] - 1) // stride[1] + 1
+    y = np.zeros((n, f, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * stride[0]:i * stride[0] + (kh - 1) * dil[0] + 1:dil[0],
+                       j * stride[1]:j * stride[1] + (kw - 1) * dil[1] + 1:dil[1]]
+            y[:, :, i, j] = np.einsum("nckl,fckl->nf", patch, w) + b
+    return y
+
+
+@pytest.mark.parametrize("props,shape,pad", [
+    ({"filters": 4, "kernel_size": (3, 3)}, (2, 3, 7, 6), (0, 0, 0, 0)),
+    ({"filters": 2, "kernel_size": (5, 5), "padding": "same"}, (1, 2, 8, 8), (2, 2, 2, 2)),
+    ({"filters": 2, "kernel_size": (3, 3), "stride": (2, 2), "padding": "same"}, (1, 1, 6, 6),
+     (0, 1, 0, 1)),
+    ({"filters": 3, "kernel_size": (2, 3), "stride": (2, 1), "dilation": (2, 2),
+      "padding": (1, 1, 2, 2)}, (2, 2, 7, 7), (1, 1, 2, 2)),
+])
+def test_conv2d_matches_direct_definition(props, shape, pad):
+    h = Harness(make_layer("conv2d", **props), [shape], np.random.default_rng(0))
+    h.layer.forward(h.ctx, True)
+    expected = direct_conv(h.ctx.inputs[0], h.ctx.weights["filter"], h.ctx.weights["bias"],
+                           props.get("stride", (1, 1)), pad, props.get("dilation", (1, 1)))
+    np.testing.assert_allclose(h.ctx.outputs[0], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_same_padding_is_tensorflow_style():
+    h = Harness(make_layer("conv2d", filters=1, kernel_size=(3, 3), stride=(2, 2),
+                           padding="same"), [(1, 1, 6, 6)], np.random.default_rng(0))
+    assert h.fc.output_shapes == [(1, 1, 3, 3)]
+    assert h.layer.win.pad == (0, 1, 0, 1)   # total 1: top/left get floor(1/2) = 0
+
+
+def test_pooling_matches_direct_definition():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 6))
+    for kind, reduce in (("max", np.max), ("average", np.mean)):
+        h = Harness(make_layer("pooling2d", pooling=kind, pool_size=(2, 2), stride=(2, 2)),
+                    [x.shape], rng)
+        h.ctx.inputs[0][...] = x
+        h.layer.forward(h.ctx, True)
+        expected = reduce(x.reshape(2, 3, 3, 2, 3, 2), axis=(3, 5))
+        np.testing.assert_allclose(h.ctx.outputs[0], expected)
+    h = Harness(make_layer("pooling2d", pooling="global_average"), [x.shape], rng)
+    h.ctx.inputs[0][...] = x
+    h.layer.forward(h.ctx, True)
+    np.testing.assert_allclose(h.ctx.outputs[0][:, :, 0, 0], x.mean(axis=(2, 3)))
+
+
+def test_average_pooling_divides_by_the_non_padding_count():
+    h = Harness(make_layer("pooling2d", pooling="average", pool_size=(3, 3), stride=(1, 1),
+                           padding=(1, 1, 1, 1)), [(1, 1, 3, 3)], np.random.default_rng(0))
+    h.ctx.inputs[0][...] = 1.0
+    h.layer.forward(h.ctx, True)
+    np.testing.assert_allclose(h.ctx.outputs[0], 1.0)
+
+
+def test_batch_norm_training_and_inference():
+    rng = np.random.default_rng(5)
+    h = Harness(make_layer("batch_normalization", momentum=0.9), [(8, 3, 2, 2)], rng)
+    x = h.ctx.inputs[0]
+    h.ctx.weights.update(moving_mean=np.zeros(3), moving_variance=np.ones(3),
+                         gamma=np.ones(3), beta=np.zeros(3))
+    h.layer.forward(h.ctx, True)
+    y = h.ctx.outputs[0]
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    var = x.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), var / (var + 0.001), rtol=1e-10)
+    np.testing.assert_allclose(h.ctx.weights["moving_mean"], 0.1 * x.mean(axis=(0, 2, 3)))
+    h.layer.forward(h.ctx, False)   # inference uses the moving statistics
+    mm, mv = h.ctx.weights["moving_mean"], h.ctx.weights["moving_variance"]
+    expected = (x - mm[:, None, None]) / np.sqrt(mv[:, None, None] + 0.001)
+    np.testing.assert_allclose(h.ctx.outputs[0], expected, rtol=1e-10)
+
+
+def test_dropout_scales_kept_units_and_is_off_at_inference():
+    rng = np.random.default_rng(0)
+    h = Harness(make_layer("dropout", dropout_rate=0.25), [(64, 1, 1, 100)], rng)
+    h.ctx.temps["mask"] = np.zeros((64, 1, 1, 100), np.float32)
+    h.ctx.rng = rng
+    x = h.ctx.inputs[0]
+    x[...] = 1.0
+    h.layer.forward(h.ctx, True)
+    y = h.ctx.outputs[0]
+    kept = y[y != 0]
+    np.testing.assert_allclose(kept, 1 / 0.75, rtol=1e-6)
+    assert abs((y == 0).mean() - 0.25) < 0.03
+    dy = np.ones_like(y)
+    h.ctx.out_grads[0][...] = dy
+    h.layer.calc_derivative(h.ctx)
+    np.testing.assert_allclose(h.ctx.in_grads[0], y)   # the same mask, same scale
+    h.layer.forward(h.ctx, False)
+    np.testing.assert_array_equal(h.ctx.outputs[0], x)
