@@ -141,7 +141,8 @@ def plan(model, fmt, batch_size, planner, output, overrides):
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.tables import plan_json, plan_text
 
-    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner)
+    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
+                require_loss=False)
     text = json.dumps(plan_json(p.plan, model), indent=2) if fmt == "json" \
         else plan_text(p.plan, model)
     if output:
@@ -181,7 +182,7 @@ def check(paths, batch_size):
     failed = 0
     for path in files:
         try:
-            p = prepare(path, batch_size=batch_size)
+            p = prepare(path, batch_size=batch_size, require_loss=False)
         except UserError as e:
             failed += 1
             click.echo(f"error: {e}")
@@ -193,7 +194,8 @@ def check(paths, batch_size):
             line = f":{entry.line}" if entry and entry.line else ""
             click.echo(f"warning: {path}{line} [{loc.section.name}] {loc.key}: "
                        f"data file not found: {p.cfg.resolve(loc.value)}")
-        click.echo(f"ok {path}: {len(p.graph.nodes)} layers, peak {human(p.plan.peak_bytes)}, "
+        mode = "" if p.graph.training else " (no loss: planned for inference)"
+        click.echo(f"ok {path}{mode}: {len(p.graph.nodes)} layers, peak {human(p.plan.peak_bytes)}, "
                    f"lower bound {human(p.plan.lower_bound_bytes)}, "
                    f"naive {human(p.plan.naive_bytes)}")
     click.echo(f"{len(files) - failed} of {len(files)} models passed")

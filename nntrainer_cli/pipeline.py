@@ -19,9 +19,9 @@ class Prepared:
 
 
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
-            planner: str = "best", in_place: bool = True) -> Prepared:
+            planner: str = "best", in_place: bool = True, require_loss: bool = True) -> Prepared:
     cfg = load_config(path, overrides)
-    graph = build_graph(cfg, batch_size)
+    graph = build_graph(cfg, batch_size, require_loss)
     for node in graph.nodes:
         if node.layer.p.get("clip_grad_by_norm") or cfg.model["clip_grad_by_norm"]:
             section = node.section if node.layer.p.get("clip_grad_by_norm") else cfg.model_section

@@ -50,6 +50,17 @@ def test_train_digits_learns_and_keeps_to_the_plan(tmp_path):
         assert 0 <= e["train_accuracy"] <= 1 and 0 <= e["val_accuracy"] <= 1
 
 
+def test_cnn_keeps_to_the_plan(tmp_path):
+    report = tmp_path / "r.json"
+    cnn = os.path.join(REPO, "configs", "digits_cnn.ini")
+    res = run("train", cnn, "--epochs", "1", "--report", str(report), "--quiet")
+    assert res.exit_code == 0, res.output
+    r = json.loads(report.read_text())
+    m = r["memory"]
+    assert m["planned_peak_bytes"] <= m["measured_peak_bytes"] <= 1.15 * m["planned_peak_bytes"]
+    assert r["test"]["accuracy"] > 0.5      # chance is 0.1
+
+
 def test_train_prints_summary(tmp_path):
     res = run("train", tiny_model(tmp_path))
     assert res.exit_code == 0, res.output

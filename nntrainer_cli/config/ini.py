@@ -58,7 +58,7 @@ def _value(raw: str) -> str:
 
 
 def parse_ini(text: str, file: str) -> list[Section]:
-    """Sections in file order. Keys before any section go to a section named ''."""
+    """Sections in file order."""
     sections: list[Section] = []
     by_name: dict[str, Section] = {}
     current: Section | None = None
@@ -92,9 +92,7 @@ def parse_ini(text: str, file: str) -> list[Section]:
             raise ConfigError("a line starts with '=': the key is missing", file=file,
                               line=lineno, section=current.name if current else None)
         if current is None:
-            current = Section("", lineno, file)
-            sections.append(current)
-            by_name[""] = current
+            raise ConfigError(f"'{key}' comes before any [section]", file=file, line=lineno)
         current.entries[key] = Entry(key, _value(raw), lineno)
     return sections
 

@@ -146,7 +146,7 @@ def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] =
             raise s.error(f"backbone file not found: {path}", "backbone")
         if path in seen:
             raise s.error("backbone includes itself", "backbone")
-        inner = [b for b in read_ini(path) if b.name not in SPECIAL and b.name != ""]
+        inner = [b for b in read_ini(path) if b.name not in SPECIAL]
         if not inner:
             raise s.error(f"backbone {entry.value!r} has no layer sections", "backbone")
         trainable = s.get("trainable")
@@ -236,9 +236,6 @@ def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
     sections = read_ini(path)
     apply_overrides(sections, list(overrides))
     by_name = {s.name: s for s in sections}
-    if "" in by_name:
-        s = by_name[""]
-        raise ConfigError("keys before the first [section]", file=s.file, line=s.line)
     model_section = by_name.get("model")
     if model_section is None:
         raise ConfigError("no [Model] section", file=path, line=1)

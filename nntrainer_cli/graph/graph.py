@@ -48,6 +48,7 @@ class Node:
 class LayerGraph:
     nodes: list[Node]            # topological order
     batch_size: int
+    training: bool = True        # False: no loss anywhere, so a forward-only graph
 
     def __post_init__(self):
         self.by_name = {n.name: n for n in self.nodes}
@@ -110,9 +111,13 @@ def _chain(nodes: list[Node], model_inputs: set[str]) -> None:
         n.inputs = [(nodes[i - 1].name, 0)]
 
 
-def _attach_loss(nodes: list[Node], cfg: ModelConfig) -> None:
+def _attach_loss(nodes: list[Node], cfg: ModelConfig, require_loss: bool) -> bool:
+    """Add loss layers after the outputs; False when the model has none and may be
+    planned for inference only."""
     consumed = {c for n in nodes for c, _ in n.inputs}
     loss = cfg.model["loss"]
+    if loss is None and not require_loss and not any(n.layer.is_loss for n in nodes):
+        return False
     for out in [n for n in nodes if n.name not in consumed and not n.layer.is_loss]:
         if loss is None:
             raise cfg.model_section.error(
@@ -140,6 +145,7 @@ def _attach_loss(nodes: list[Node], cfg: ModelConfig) -> None:
             name = f"{kind}{k}"
         nodes.append(Node(name, REGISTRY[kind](name, {}), out.section, inputs=[feed],
                           trainable=out.trainable))
+    return True
 
 
 def _multiout(nodes: list[Node]) -> None:
@@ -225,7 +231,10 @@ def _finalize(graph: LayerGraph) -> None:
             producer.consumers[i] = (node.name, k)
 
 
-def build_graph(cfg: ModelConfig, batch_size: int | None = None) -> LayerGraph:
+def build_graph(cfg: ModelConfig, batch_size: int | None = None,
+                require_loss: bool = True) -> LayerGraph:
+    """The finalized graph. Without `require_loss`, a model with no loss at all gives
+    a forward-only graph (for planning inference) instead of an error."""
     nodes = [_make_node(s) for s in cfg.layers]
     seen: dict[str, Node] = {}
     for n in nodes:
@@ -248,8 +257,8 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None) -> LayerGraph:
         if n.type != "activation" and act not in (None, "none"):
             _insert_after(nodes, n, _realized(n, "activation_realized", "activation",
                                               {"activation": act}))
-    _attach_loss(nodes, cfg)
+    training = _attach_loss(nodes, cfg, require_loss)
     _multiout(nodes)
-    graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"])
+    graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training)
     _finalize(graph)
     return graph

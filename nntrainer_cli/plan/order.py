@@ -37,23 +37,27 @@ def trainable_weights(node: Node) -> bool:
     return any(w.trainable for w in node.ctx.weights)
 
 
+def gets_gradients(graph: LayerGraph, node: Node) -> bool:
+    return graph.training and trainable_weights(node)
+
+
 def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
     """Slots in order, each node's slots, and which nodes need dL/d(output)."""
     wants: dict[str, bool] = {}
     runs_cd: dict[str, bool] = {}
     for n in graph.nodes:
         runs_cd[n.name] = any(wants[c] for c, _ in n.inputs)
-        wants[n.name] = (trainable_weights(n) or runs_cd[n.name]) and not n.layer.is_loss
+        wants[n.name] = (gets_gradients(graph, n) or runs_cd[n.name]) and not n.layer.is_loss
     slots = [Slot(i, n.name, "forward") for i, n in enumerate(graph.nodes)]
     per_node = {n.name: NodeSlots(i) for i, n in enumerate(graph.nodes)}
     for n in reversed(graph.nodes):
         ns = per_node[n.name]
         phases = []
-        if trainable_weights(n):
+        if gets_gradients(graph, n):
             phases.append("calc_gradient")
         if runs_cd[n.name]:
             phases.append("calc_derivative")
-        if trainable_weights(n):
+        if gets_gradients(graph, n):
             phases.append("apply_gradient")
         for phase in phases:
             setattr(ns, phase, len(slots))

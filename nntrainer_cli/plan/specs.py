@@ -114,13 +114,15 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
             name = f"{n.name}:{w.name}"
             io["weights"][w.name] = add(name, "weight", w.shape, {ns.forward, *ns.backward()},
                                         persistent=True)
-            if w.trainable:
+            if w.trainable and graph.training:
                 io["grads"][w.name] = add(f"{name}:grad", "gradient", w.shape,
                                           {ns.calc_gradient, ns.apply_gradient})
                 io["state"][w.name] = [add(f"{name}:{s}", "optimizer_state", w.shape,
                                            {ns.apply_gradient}, persistent=True)
                                        for s in optimizer_state]
         for t in ctx.temps:
+            if not _phase_slots(ns, t.phase):
+                continue  # that phase never runs (e.g. no derivative for the first layer)
             io["temps"][t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape,
                                       _phase_slots(ns, t.phase), dtype=t.dtype)
     if in_place:

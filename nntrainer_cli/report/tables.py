@@ -39,7 +39,8 @@ def plan_summary(plan: MemoryPlan) -> str:
     saved = 1 - plan.peak_bytes / plan.naive_bytes if plan.naive_bytes else 0
     chosen = plan.planner if plan.planner == plan.requested else \
         f"{plan.planner} (best of all)"
-    return (f"planner {chosen}, batch {plan.batch_size}\n"
+    mode = "" if plan.slots[-1].phase != "forward" else ", forward only (no loss)"
+    return (f"planner {chosen}, batch {plan.batch_size}{mode}\n"
             f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
             f"lower bound {human(plan.lower_bound_bytes)}   "
             f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}")
