@@ -77,13 +77,26 @@ class FullyConnected(Layer):
         np.matmul(rows2d(ctx.out_grads[0]), ctx.weights["weight"].T, out=rows2d(ctx.in_grads[0]))
 
 
+class ViewLayer(Layer):
+    """A layer whose output is its input under another shape: planned as a view, it
+    copies only when the planner could not alias the two (in_place off)."""
+    forward_alias = "view"
+    derivative_alias = "view"
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        if not np.shares_memory(ctx.inputs[0], ctx.outputs[0]):
+            np.copyto(ctx.outputs[0], ctx.inputs[0].reshape(ctx.outputs[0].shape))
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        if not np.shares_memory(ctx.in_grads[0], ctx.out_grads[0]):
+            np.copyto(ctx.in_grads[0], ctx.out_grads[0].reshape(ctx.in_grads[0].shape))
+
+
 @register
-class Flatten(Layer):
+class Flatten(ViewLayer):
     type = "flatten"
     schema = {"start_dimension": P.Prop(P.positive_int, 1),
               "end_dimension": P.Prop(P.positive_int, 3)}
-    forward_alias = "view"
-    derivative_alias = "view"
 
     def finalize(self, ctx: FinalizeContext) -> None:
         shape = ctx.input_shapes[0]
@@ -95,13 +108,6 @@ class Flatten(Layer):
         out = shape[:lo] + (merged,) + shape[hi + 1:]
         ctx.output_shapes = [(out[0],) + (1,) * (4 - len(out)) + out[1:]]
 
-    def forward(self, ctx: RunContext, training: bool) -> None:
-        if not np.shares_memory(ctx.inputs[0], ctx.outputs[0]):
-            np.copyto(ctx.outputs[0], ctx.inputs[0].reshape(ctx.outputs[0].shape))
-
-    def calc_derivative(self, ctx: RunContext) -> None:
-        if not np.shares_memory(ctx.in_grads[0], ctx.out_grads[0]):
-            np.copyto(ctx.in_grads[0], ctx.out_grads[0].reshape(ctx.in_grads[0].shape))
 
 
 @register

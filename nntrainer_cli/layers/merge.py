@@ -7,6 +7,7 @@ import numpy as np
 from nntrainer_cli.config import props as P
 
 from .base import FinalizeContext, Layer, LayerError, RunContext, register
+from .core import ViewLayer
 
 
 def _fmt(shape):
@@ -73,10 +74,8 @@ class Concat(Layer):
 
 
 @register
-class Reshape(Layer):
+class Reshape(ViewLayer):
     type = "reshape"
-    forward_alias = "view"
-    derivative_alias = "view"
     schema = {"target_shape": P.Prop(P.dims, required=True)}
 
     def finalize(self, ctx: FinalizeContext) -> None:
@@ -86,11 +85,3 @@ class Reshape(Layer):
             raise LayerError(f"cannot reshape {_fmt(shape)} into {_fmt(target)}: the sizes differ",
                              "target_shape")
         ctx.output_shapes = [target]
-
-    def forward(self, ctx: RunContext, training: bool) -> None:
-        if not np.shares_memory(ctx.inputs[0], ctx.outputs[0]):
-            np.copyto(ctx.outputs[0], ctx.inputs[0].reshape(ctx.outputs[0].shape))
-
-    def calc_derivative(self, ctx: RunContext) -> None:
-        if not np.shares_memory(ctx.in_grads[0], ctx.out_grads[0]):
-            np.copyto(ctx.in_grads[0], ctx.out_grads[0].reshape(ctx.in_grads[0].shape))
