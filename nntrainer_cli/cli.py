@@ -152,6 +152,20 @@ def plan(model, fmt, batch_size, planner, output, overrides):
         click.echo(text)
 
 
+@main.command()
+@_model_arg
+@_batch_opt
+@_set_opt
+@handle_errors
+def summary(model, batch_size, overrides):
+    """List MODEL's layers: output shapes, parameters and memory per layer."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import model_summary
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False)
+    click.echo(model_summary(p.plan, p.graph))
+
+
 def _model_files(paths) -> list[str]:
     files = []
     for path in paths:

@@ -173,3 +173,11 @@ def test_nan_loss_exits_1_without_saving(tmp_path):
     assert res.exit_code == 1
     assert "loss became" in res.output
     assert not save.exists()
+
+
+def test_summary_lists_layers_and_parameters():
+    res = run("summary", DIGITS)
+    assert res.exit_code == 0, res.output
+    assert "fc1/activation_realized" in res.output
+    # 64·256+256 + 256·128+128 + 128·10+10
+    assert "parameters 50,698 (50,698 trainable)" in res.output

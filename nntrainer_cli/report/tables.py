@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from nntrainer_cli.plan import MemoryPlan
 
 
@@ -75,6 +77,25 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
                      "alias_of": s.alias_of, "swapped": False}
                     for s in plan.specs.values()],
     }
+
+
+def model_summary(plan: MemoryPlan, graph) -> str:
+    """Per layer: type, output shape, parameters, and the bytes of the tensors it owns
+    (weights with their gradients and optimizer state, outputs, temporaries)."""
+    io, specs = plan.tensors.io, plan.specs
+    rows, total_params, trainable = [], 0, 0
+    for node in graph.nodes:
+        params = sum(math.prod(w.shape) for w in node.ctx.weights)
+        train = sum(math.prod(w.shape) for w in node.ctx.weights if w.trainable)
+        total_params, trainable = total_params + params, trainable + train
+        prefix = node.name + ":"
+        owned = sum(s.bytes for s in specs.values() if s.name.startswith(prefix))
+        shapes = ", ".join(":".join(map(str, s[1:])) for s in node.ctx.output_shapes)
+        rows.append([node.name, node.type, shapes, f"{params:,}", human(owned)])
+    body = table(["layer", "type", "output (C:H:W)", "params", "tensors (unshared)"], rows,
+                 right={3, 4})
+    return (f"{body}\n\nparameters {total_params:,} ({trainable:,} trainable)   "
+            f"batch {plan.batch_size}\n{plan_summary(plan)}")
 
 
 def train_summary(report: dict) -> str:
