@@ -180,4 +180,4 @@ def test_summary_lists_layers_and_parameters():
     assert res.exit_code == 0, res.output
     assert "fc1/activation_realized" in res.output
     # 64·256+256 + 256·128+128 + 128·10+10
-    assert "parameters 50,698 (50,698 trainable)" in res.output
+    assert "parameters 50,826 (50,826 trainable)" in res.output
