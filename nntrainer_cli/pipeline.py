@@ -26,6 +26,9 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
         if node.layer.p.get("clip_grad_by_norm") or cfg.model["clip_grad_by_norm"]:
             section = node.section if node.layer.p.get("clip_grad_by_norm") else cfg.model_section
             raise section.error("gradient clipping is not supported yet", "clip_grad_by_norm")
+    for key in ("memory_swap", "fsu"):
+        if cfg.model[key]:
+            raise cfg.model_section.error("swapping tensors to disk is not supported yet", key)
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
     plan = make_plan(graph, optimizer.state if optimizer else (), planner, in_place)
     return Prepared(cfg, graph, optimizer, plan)

@@ -168,7 +168,6 @@ class Pooling2D(Layer):
         out = (n, c, oh, ow)
         ctx.output_shapes = [out]
         if self.kind in ("max", "global_max"):
-            self.deriv_reads = frozenset()
             ctx.temp("argmax", out, "iteration", np.int32)
             ctx.temp("mask", out, "forward", np.bool_)
             ctx.temp("mask_back", out, "calc_derivative", np.bool_)
@@ -182,12 +181,11 @@ class Pooling2D(Layer):
             idx, mask = ctx.temps["argmax"], ctx.temps["mask"]
             y.fill(-np.inf)
             idx.fill(-1)
-            for k, (ki, kj, orow_ocol, irow_icol) in enumerate(self._windows()):
-                src, dst = x[:, :, irow_icol[0], irow_icol[1]], y[:, :, orow_ocol[0], orow_ocol[1]]
-                m = mask[:, :, orow_ocol[0], orow_ocol[1]]
+            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid()):
+                src, dst, m = x[:, :, irow, icol], y[:, :, orow, ocol], mask[:, :, orow, ocol]
                 np.greater(src, dst, out=m)
                 np.copyto(dst, src, where=m)
-                np.copyto(idx[:, :, orow_ocol[0], orow_ocol[1]], k, where=m)
+                np.copyto(idx[:, :, orow, ocol], k, where=m)
         else:
             count = ctx.temps["count"]
             y.fill(0)
@@ -198,15 +196,12 @@ class Pooling2D(Layer):
                 count[orow, ocol] += 1
             y /= count
 
-    def _windows(self):
-        return [(ki, kj, o, i) for ki, kj, o, i in self.win.valid()]
-
     def calc_derivative(self, ctx: RunContext) -> None:
         dx, dy = ctx.in_grads[0], ctx.out_grads[0]
         dx.fill(0)
         if self.kind in ("max", "global_max"):
             idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self._windows()):
+            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid()):
                 m = mask[:, :, orow, ocol]
                 np.equal(idx[:, :, orow, ocol], k, out=m)
                 target = dx[:, :, irow, icol]
