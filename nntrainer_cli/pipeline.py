@@ -18,17 +18,24 @@ class Prepared:
     plan: MemoryPlan
 
 
+def _refuse_unbuilt(cfg: ModelConfig, graph: LayerGraph) -> None:
+    """Keys the format allows but this tool cannot honour yet: say so, never ignore."""
+    if cfg.model["clip_grad_by_norm"]:
+        raise cfg.model_section.error("gradient clipping is not supported yet",
+                                      "clip_grad_by_norm")
+    for node in graph.nodes:
+        if node.layer.p.get("clip_grad_by_norm"):
+            raise node.error("gradient clipping is not supported yet", "clip_grad_by_norm")
+    for key in ("memory_swap", "fsu"):
+        if cfg.model[key]:
+            raise cfg.model_section.error("swapping tensors to disk is not supported yet", key)
+
+
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
             planner: str = "best", in_place: bool = True, require_loss: bool = True) -> Prepared:
     cfg = load_config(path, overrides)
     graph = build_graph(cfg, batch_size, require_loss)
-    for node in graph.nodes:
-        if node.layer.p.get("clip_grad_by_norm") or cfg.model["clip_grad_by_norm"]:
-            section = node.section if node.layer.p.get("clip_grad_by_norm") else cfg.model_section
-            raise section.error("gradient clipping is not supported yet", "clip_grad_by_norm")
-    for key in ("memory_swap", "fsu"):
-        if cfg.model[key]:
-            raise cfg.model_section.error("swapping tensors to disk is not supported yet", key)
+    _refuse_unbuilt(cfg, graph)
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
     plan = make_plan(graph, optimizer.state if optimizer else (), planner, in_place)
     return Prepared(cfg, graph, optimizer, plan)

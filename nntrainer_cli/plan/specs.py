@@ -121,10 +121,10 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
                                            {ns.apply_gradient}, persistent=True)
                                        for s in optimizer_state]
         for t in ctx.temps:
-            if not _phase_slots(ns, t.phase):
-                continue  # that phase never runs (e.g. no derivative for the first layer)
-            io["temps"][t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape,
-                                      _phase_slots(ns, t.phase), dtype=t.dtype)
+            uses = _phase_slots(ns, t.phase)
+            if uses:  # else that phase never runs (e.g. no derivative for the first layer)
+                io["temps"][t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape, uses,
+                                          dtype=t.dtype)
     if in_place:
         _alias(graph, ts)
     _lifespans(ts)

@@ -100,7 +100,6 @@ class Trainer:
         rng = np.random.default_rng(opts.seed)
         report = {"model": self.cfg.path, "batch_size": self.graph.batch_size,
                   "planner": plan.planner, "epochs": []}
-        save_path = opts.save
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
         with kernel_settings(), TracedPeak() as traced:
@@ -122,8 +121,8 @@ class Trainer:
                     row["val_loss"], row["val_accuracy"] = self._evaluate(ex, self.data["valid"])
                 row["seconds"] = time.perf_counter() - e0
                 report["epochs"].append(row)
-                if save_path:
-                    weights_io.save(ex, save_path, epoch, iteration,
+                if opts.save:
+                    weights_io.save(ex, opts.save, epoch, iteration,
                                     with_adam=self.optimizer.state == ("adam_m", "adam_v"))
                 self._log(_epoch_line(row, opts.epochs))
             if "test" in self.data:
