@@ -20,12 +20,6 @@ class Prepared:
 
 def _refuse_unbuilt(cfg: ModelConfig, graph: LayerGraph) -> None:
     """Keys the format allows but this tool cannot honour yet: say so, never ignore."""
-    if cfg.model["clip_grad_by_norm"]:
-        raise cfg.model_section.error("gradient clipping is not supported yet",
-                                      "clip_grad_by_norm")
-    for node in graph.nodes:
-        if node.layer.p.get("clip_grad_by_norm"):
-            raise node.error("gradient clipping is not supported yet", "clip_grad_by_norm")
     for key in ("memory_swap", "fsu"):
         if cfg.model[key]:
             raise cfg.model_section.error("swapping tensors to disk is not supported yet", key)

@@ -181,3 +181,26 @@ def test_summary_lists_layers_and_parameters():
     assert "fc1/activation_realized" in res.output
     # 64·256+256 + 256·128+128 + 128·10+10
     assert "parameters 50,826 (50,826 trainable)" in res.output
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_clipping_bounds_the_sgd_step(tmp_path, clip):
+    """With plain SGD one step moves the weights by lr·g; clipped by global norm, that
+    step's norm is at most lr·clip. A huge clip changes nothing at all."""
+    model = tiny_model(tmp_path)
+    w0, w1, w2 = (tmp_path / f"w{i}.bin" for i in range(3))
+    weights = lambda p: np.fromfile(p, "<f4")[:-2]  # noqa: E731  (drop the counters)
+    assert run("train", model, "-q", "--save", str(w0), "--epochs", "1").exit_code == 0
+    one_step = ["--init-weights", str(w0), "--epochs", "1", "--no-shuffle",
+                "--set", "train_set.path=" + str(tmp_path / "one.dat")]
+    (tmp_path / "one.dat").write_bytes((tmp_path / "train.dat").read_bytes()[:8 * 7 * 4])
+    assert run("train", model, "-q", "--save", str(w1), *one_step).exit_code == 0
+    res = run("train", model, "-q", "--save", str(w2), *one_step,
+              "--set", f"model.clip_grad_by_norm={clip}")
+    assert res.exit_code == 0, res.output
+    free, clipped = weights(w1) - weights(w0), weights(w2) - weights(w0)
+    if clip > 1:
+        assert np.array_equal(free, clipped)
+    else:
+        assert np.linalg.norm(clipped) == pytest.approx(0.5 * clip, rel=1e-3)
+        assert np.linalg.norm(free) > 100 * np.linalg.norm(clipped)

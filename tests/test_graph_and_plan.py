@@ -112,3 +112,23 @@ def test_frozen_layers_have_no_gradients(tmp_path):
     assert "fc1:weight:grad" not in plan.specs
     assert "fc1:weight:adam_m" not in plan.specs
     assert "fc2:weight:grad" in plan.specs
+
+
+def test_clipping_keeps_clipped_gradients_to_the_end(tmp_path):
+    clipped = make_plan(graph_of(tmp_path, MLP.replace("unit=8\n", "unit=8\nclip_grad_by_norm=1\n")),
+                        ("adam_m", "adam_v"))
+    last = clipped.slots[-1]
+    assert last.phase == "clip_and_apply"
+    assert clipped.specs["fc1:weight:grad"].last == last.index       # clipped: to the end
+    phases = [(s.node, s.phase) for s in clipped.slots]
+    assert ("fc2", "apply_gradient") in phases                        # not clipped: per layer
+    assert ("fc1", "apply_gradient") not in phases
+    # model-wide clipping: every gradient lives at once, and the plan shows the cost
+    path = tmp_path / "clip.ini"
+    path.write_text(HEAD.format(loss="cross") + MLP)
+    cfg = load_config(str(path), ["model.clip_grad_by_norm=1"])
+    everything = make_plan(build_graph(cfg), ("adam_m", "adam_v"))
+    grads = [s for s in everything.specs.values() if s.kind == "gradient"]
+    assert all(s.last == everything.slots[-1].index for s in grads)
+    kept = sum(s.bytes for s in everything.specs.values() if s.persistent)
+    assert everything.lower_bound_bytes >= kept + sum(s.bytes for s in grads)

@@ -61,3 +61,22 @@ def test_check_valid_catches_overlap_and_overflow():
 def test_lower_bound_is_max_live_sum():
     items = [Item(100, 0, 2), Item(50, 1, 1), Item(70, 2, 4), Item(10, 5, 5)]
     assert lower_bound(items) == 170
+
+
+@pytest.mark.parametrize("name", [n for n in PLANNERS if n != "naive"])
+def test_nested_extremes(name):
+    """NNTrainer's own planner tests: all lifespans overlapping needs the sum; all
+    disjoint needs only the largest, every tensor at offset 0."""
+    together = [Item(64 * (i + 1), 0, 9) for i in range(6)]
+    assert peak_of(together, PLANNERS[name](together)) == sum(it.size for it in together)
+    apart = [Item(64 * (i % 3 + 1), i, i) for i in range(6)]
+    offsets = PLANNERS[name](apart)
+    assert offsets == [0] * 6 and peak_of(apart, offsets) == 192
+
+
+def test_stack_planner_wastes_holes_first_fit_uses_them():
+    """The difference between NNTrainer's v1 and v3 ideas: a small expired block under
+    a live one is reused by first fit but not by the stack planner."""
+    items = [Item(128, 0, 1), Item(128, 0, 5), Item(64, 2, 5)]
+    assert peak_of(items, PLANNERS["first-fit"](items)) == 256
+    assert peak_of(items, PLANNERS["sorted"](items)) == 320

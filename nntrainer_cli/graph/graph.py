@@ -32,6 +32,7 @@ class Node:
     inputs: list[tuple[str, int]] = field(default_factory=list)
     trainable: bool = True
     input_shape: tuple | None = None
+    clip: float | None = None   # clip_grad_by_norm: apply after backward, by global norm
     # filled by finalize
     ctx: FinalizeContext | None = None
     consumers: list[tuple[str, int]] = field(default_factory=list)  # per output index
@@ -259,6 +260,8 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
                                               {"activation": act}))
     training = _attach_loss(nodes, cfg, require_loss)
     _multiout(nodes)
+    for n in nodes:  # NNTrainer pushes the model's value to every layer
+        n.clip = cfg.model["clip_grad_by_norm"] or n.layer.p.get("clip_grad_by_norm")
     graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training)
     _finalize(graph)
     return graph

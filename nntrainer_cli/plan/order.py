@@ -3,7 +3,9 @@ layer in topological order, then backward in reverse with calc_gradient,
 calc_derivative and apply_gradient slots per layer. Only phases that really run get
 a slot: a layer without trainable weights has no calc_gradient/apply_gradient, and a
 layer whose inputs need no derivative (the input layer, a frozen prefix) no
-calc_derivative."""
+calc_derivative. Layers with clip_grad_by_norm skip their own apply_gradient: one
+last slot clips all their gradients by the global norm and applies them, so those
+gradients stay live to the end (NNTrainer does the same)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 
 from nntrainer_cli.graph import LayerGraph, Node
 
-PHASES = ("forward", "calc_gradient", "calc_derivative", "apply_gradient")
+PHASES = ("forward", "calc_gradient", "calc_derivative", "apply_gradient", "clip_and_apply")
+CLIP_SLOT_NODE = "(clipped layers)"
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,14 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
             phases.append("calc_gradient")
         if runs_cd[n.name]:
             phases.append("calc_derivative")
-        if gets_gradients(graph, n):
+        if gets_gradients(graph, n) and not n.clip:
             phases.append("apply_gradient")
         for phase in phases:
             setattr(ns, phase, len(slots))
             slots.append(Slot(len(slots), n.name, phase))
+    clipped = [n for n in graph.nodes if n.clip and gets_gradients(graph, n)]
+    if clipped:
+        for n in clipped:
+            per_node[n.name].apply_gradient = len(slots)
+        slots.append(Slot(len(slots), CLIP_SLOT_NODE, "clip_and_apply"))
     return slots, per_node, wants

@@ -51,11 +51,38 @@ def _place(items: Sequence[Item], order: list[int], best_fit: bool) -> list[int]
     return offsets  # type: ignore[return-value]
 
 
-def sorted_by_first_use(items: Sequence[Item]) -> list[int]:
-    """In the spirit of NNTrainer's optimized planner: tensors in order of first use,
-    each reusing the lowest block that has expired."""
-    order = sorted(range(len(items)), key=lambda i: (items[i].first, -items[i].size))
-    return _place(items, order, best_fit=False)
+def _by_first_use(items: Sequence[Item]) -> list[int]:
+    return sorted(range(len(items)), key=lambda i: (items[i].first, items[i].last))
+
+
+def stack_by_first_use(items: Sequence[Item]) -> list[int]:
+    """NNTrainer's optimized (v1) idea: tensors in order of first use, stacked like a
+    bump allocator. Expired blocks are released only from the top of the stack, and a
+    block deeper down is reused only by a tensor of exactly its size. Fast and good
+    when lifetimes nest, as forward activations and their backward uses do."""
+    offsets = [0] * len(items)
+    stack: list[int] = []  # placed items, ascending offset; top is the last
+    for i in _by_first_use(items):
+        it = items[i]
+        while stack and items[stack[-1]].last < it.first:
+            stack.pop()
+        reuse = next((k for k in range(len(stack) - 1, -1, -1)
+                      if items[stack[k]].last < it.first
+                      and items[stack[k]].size == it.size), None)
+        if reuse is not None:
+            offsets[i] = offsets[stack[reuse]]
+            stack[reuse] = i
+            continue
+        top = stack[-1] if stack else None
+        offsets[i] = offsets[top] + items[top].size if top is not None else 0
+        stack.append(i)
+    return offsets
+
+
+def first_fit(items: Sequence[Item]) -> list[int]:
+    """NNTrainer's v3 idea: tensors in order of first use, each into the lowest gap
+    left between the blocks still live at its first use."""
+    return _place(items, _by_first_use(items), best_fit=False)
 
 
 def greedy_by_size(items: Sequence[Item]) -> list[int]:
@@ -67,7 +94,8 @@ def greedy_by_size(items: Sequence[Item]) -> list[int]:
 
 PLANNERS: dict[str, Callable[[Sequence[Item]], list[int]]] = {
     "naive": naive,
-    "sorted": sorted_by_first_use,
+    "sorted": stack_by_first_use,
+    "first-fit": first_fit,
     "greedy-size": greedy_by_size,
 }
 NAMES = tuple(PLANNERS) + ("best",)

@@ -8,6 +8,7 @@ planned."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from nntrainer_cli.plan import MemoryPlan
 # `bufsize` elements; its default (8192 elements) would be an unplanned 32 KiB temporary
 # per kernel, larger than some whole models. 1024 elements costs no measurable speed.
 KERNEL_BUFSIZE = 1024
+CLIP_EPSILON = 1e-6
 
 
 @contextlib.contextmanager
@@ -75,18 +77,21 @@ class Executor:
             label=v[io["label"]] if io["label"] else None, rng=self.rng)
 
     def _train_steps(self):
-        by_name = self.graph.by_name
         steps = []
         for slot in self.plan.slots:
-            node, ctx = by_name[slot.node], self.ctx[slot.node]
+            node, ctx = self.graph.by_name.get(slot.node), self.ctx.get(slot.node)
             if slot.phase == "forward":
                 steps.append((node.layer.forward, (ctx, True)))
             elif slot.phase == "calc_gradient":
                 steps.append((node.layer.calc_gradient, (ctx,)))
             elif slot.phase == "calc_derivative":
                 steps.append((node.layer.calc_derivative, (ctx,)))
-            else:
+            elif slot.phase == "apply_gradient":
                 steps.append((self._apply, (node, ctx)))
+            else:
+                clipped = [n for n in self.graph.nodes
+                           if self.plan.tensors.node_slots[n.name].apply_gradient == slot.index]
+                steps.append((self._clip_and_apply, (clipped,)))
         return steps
 
     def initialize(self, rng: np.random.Generator) -> None:
@@ -106,6 +111,17 @@ class Executor:
                 grad *= extra
             state = [self.views[s] for s in io["state"][w.name]]
             self.optimizer.apply(weight, grad, state, self.lr, self.iteration)
+
+    def _clip_and_apply(self, nodes) -> None:
+        """NNTrainer's clipping: one L2 norm over all clipped gradients; each is scaled
+        by its layer's clip / (norm + 1e-6) when the norm exceeds it, then applied."""
+        grads = [(n.clip, self.ctx[n.name].grads[w]) for n in nodes for w in self.ctx[n.name].grads]
+        norm = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for _, g in grads))
+        for clip, g in grads:
+            if norm + CLIP_EPSILON > clip:
+                g *= clip / (norm + CLIP_EPSILON)
+        for n in nodes:
+            self._apply(n, self.ctx[n.name])
 
     def regularization_loss(self) -> float:
         """NNTrainer reports constant·½·‖W‖₂ (the norm, not its square) per l2norm weight."""
