@@ -12,6 +12,7 @@ import click
 
 from nntrainer_cli import __version__
 from nntrainer_cli.errors import ConfigError, TrainingError, UserError
+from nntrainer_cli.files import check_writable, write_text
 from nntrainer_cli.plan import PLANNER_NAMES
 
 MODEL_EXTENSIONS = (".ini",)
@@ -90,7 +91,6 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.tables import plan_summary, train_summary
-    from nntrainer_cli.runtime import weights as weights_io
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
     from nntrainer_cli.optim.schedulers import make_schedule
 
@@ -105,9 +105,9 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     if save is None and cfg.model["save_path"]:
         save = cfg.resolve(cfg.model["save_path"])
     if save:
-        weights_io.check_writable(save)
+        check_writable(save, "weights")
     if report_path:
-        weights_io.check_writable(report_path)
+        check_writable(report_path, "report")
     data = open_datasets(cfg, p.graph)
     try:
         if not quiet:
@@ -120,16 +120,17 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         for ds in data.values():
             ds.close()
     if report_path:
-        with open(report_path, "w") as f:
-            json.dump(report, f, indent=2)
+        write_text(report_path, json.dumps(report, indent=2))
     if not quiet:
         click.echo(train_summary(report))
 
 
 @main.command()
 @_model_arg
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Readable tables or one JSON object.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "svg"]), default="text",
+              show_default=True,
+              help="Readable tables, one JSON object, or an SVG memory map (time across, "
+                   "arena offset down; open it in a browser).")
 @_batch_opt
 @_planner_opt
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
@@ -139,15 +140,18 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
 def plan(model, fmt, batch_size, planner, output, overrides):
     """Print MODEL's memory plan: execution order, tensors, offsets, peak."""
     from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.svg import plan_svg
     from nntrainer_cli.report.tables import plan_json, plan_text
 
+    if output:
+        check_writable(output)
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
                 require_loss=False)
-    text = json.dumps(plan_json(p.plan, model), indent=2) if fmt == "json" \
-        else plan_text(p.plan, model)
+    text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
+            "svg": lambda: plan_svg(p.plan, model),
+            "text": lambda: plan_text(p.plan, model)}[fmt]()
     if output:
-        with open(output, "w") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
+        write_text(output, text)
     else:
         click.echo(text)
 

@@ -25,9 +25,10 @@ def make_layer(kind: str, **props):
 class Harness:
     """Holds every tensor a layer requests as its own float64 array."""
 
-    def __init__(self, layer, input_shapes, rng):
+    def __init__(self, layer, input_shapes, rng, requested_outputs=1):
         self.layer = layer
-        fc = FinalizeContext([tuple(s) for s in input_shapes])
+        fc = FinalizeContext([tuple(s) for s in input_shapes],
+                             requested_outputs=requested_outputs)
         layer.finalize(fc)
         self.fc = fc
         f = lambda s: np.zeros(s, dtype=np.float64)  # noqa: E731

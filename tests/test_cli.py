@@ -204,3 +204,20 @@ def test_clipping_bounds_the_sgd_step(tmp_path, clip):
     else:
         assert np.linalg.norm(clipped) == pytest.approx(0.5 * clip, rel=1e-3)
         assert np.linalg.norm(free) > 100 * np.linalg.norm(clipped)
+
+
+def test_plan_svg_draws_every_tensor(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from nntrainer_cli.pipeline import prepare
+
+    out = tmp_path / "plan.svg"
+    res = run("plan", DIGITS, "--format", "svg", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    svg = ET.parse(out).getroot()
+    tips = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    roots = [s for s in prepare(DIGITS).plan.specs.values() if not s.alias_of and s.bytes]
+    assert len(tips) == len(roots)
+    assert all(any(t.startswith(s.name + ":") or t.startswith(s.name + " (") for t in tips)
+               for s in roots)
+    assert "lower bound" in out.read_text()

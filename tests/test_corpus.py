@@ -18,7 +18,7 @@ EXPECTED = {
     "Applications/AlexNet/res/alex.ini": None,
     "Applications/Custom/LayerClient/res/custom_layer_client.ini": "unknown layer type 'custom_pow'",
     "Applications/Layers/res/Conv.ini": None,
-    "Applications/Layers/res/LSTM.ini": "unknown layer type 'lstm'",
+    "Applications/Layers/res/LSTM.ini": None,
     "Applications/Layers/res/Linear.ini": None,
     "Applications/Layers/res/Model_A_Conv.ini": None,
     "Applications/Layers/res/Model_A_Linear.ini": None,
@@ -27,9 +27,9 @@ EXPECTED = {
     "Applications/LogisticRegression/res/LogisticRegression.ini": None,
     "Applications/MNIST/res/mnist.ini": None,
     "Applications/MNIST/res/mnist_valid.ini": None,
-    "Applications/ProductRatings/res/product_ratings_model.ini": "unknown layer type 'split'",
+    "Applications/ProductRatings/res/product_ratings_model.ini": None,
     "Applications/ReinforcementLearning/DeepQ/res/DeepQ.ini": None,
-    "Applications/Resnet/res/resnet18.ini": "unknown layer type 'output'",
+    "Applications/Resnet/res/resnet18.ini": None,
     "Applications/TFlite_export/res/fc_model.ini": None,
     "Applications/Tizen_native/CustomShortcut/res/model.ini": None,
     "Applications/TransferLearning/CIFAR_Classification/res/Classification.ini": None,
@@ -68,11 +68,10 @@ def test_check_each_corpus_file(name):
         assert "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("name", ["Applications/MNIST/res/mnist.ini",
-                                  "Applications/AlexNet/res/alex.ini",
-                                  "Applications/VGG/res/vgg_small.ini"])
+@pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e is None))
 def test_corpus_plans_are_valid(name):
-    p = prepare(os.path.join(CORPUS, name), batch_size=4)
+    """Every supported corpus model: an independently valid plan near the lower bound."""
+    p = prepare(os.path.join(CORPUS, name), batch_size=4, require_loss=False)
     roots = [s for s in p.plan.specs.values() if not s.alias_of]
     items = [Item(s.bytes, s.first, s.last) for s in roots]
     assert check_valid(items, [s.offset for s in roots], p.plan.peak_bytes) == []

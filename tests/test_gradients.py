@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nntrainer_cli.layers import REGISTRY
+from nntrainer_cli.layers.activation import FUNCTIONS
 
 from helpers import Harness, make_layer
 
@@ -19,6 +20,8 @@ CASES = [
     ("activation", {"activation": "tanh"}, [(3, 1, 1, 6)]),
     ("activation", {"activation": "softmax"}, [(3, 1, 2, 6)]),
     ("activation", {"activation": "leaky_relu"}, [(3, 1, 1, 6)]),
+    ("activation", {"activation": "swish"}, [(3, 1, 1, 6)]),
+    ("activation", {"activation": "gelu"}, [(3, 1, 1, 6)]),
     ("conv2d", {"filters": 3, "kernel_size": (3, 3)}, [(2, 2, 5, 5)]),
     ("conv2d", {"filters": 2, "kernel_size": (3, 2), "stride": (2, 1), "padding": "same",
                 "dilation": (1, 2)}, [(2, 3, 6, 5)]),
@@ -37,6 +40,13 @@ CASES = [
     ("concat", {"axis": "3"}, [(2, 1, 2, 3), (2, 1, 2, 2)]),
     ("concat", {"axis": "1"}, [(2, 2, 2, 3), (2, 1, 2, 3)]),
     ("reshape", {"target_shape": (3, 2, 1)}, [(2, 1, 1, 6)]),
+    ("output", {}, [(2, 1, 2, 3)]),
+    ("split", {"axis": "3"}, [(2, 1, 2, 3)]),
+    ("split", {"axis": "2", "split_number": 2}, [(2, 1, 4, 3)]),
+    ("embedding", {"in_dim": 5, "out_dim": 3}, [(3, 1, 1, 4)]),
+    ("lstm", {"unit": 3}, [(2, 1, 4, 5)]),
+    ("lstm", {"unit": 2, "return_sequences": True, "integrate_bias": True}, [(3, 1, 3, 2)]),
+    ("lstm", {"unit": 2, "return_sequences": True, "disable_bias": True}, [(1, 1, 2, 3)]),
     ("mse", {}, [(4, 1, 1, 3)]),
     ("cross_softmax", {}, [(4, 1, 1, 5)]),
     ("cross_sigmoid", {}, [(4, 1, 1, 3)]),
@@ -45,6 +55,7 @@ CASES = [
 
 def test_every_layer_has_a_case():
     assert {c[0] for c in CASES} == set(REGISTRY)
+    assert {c[1]["activation"] for c in CASES if c[0] == "activation"} == set(FUNCTIONS)
 
 
 def numeric_grad(h, array, eps=1e-6):
@@ -65,7 +76,11 @@ def numeric_grad(h, array, eps=1e-6):
                          ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_gradients_match_finite_differences(kind, props, shapes):
     rng = np.random.default_rng(7)
-    h = Harness(make_layer(kind, **props), shapes, rng)
+    layer = make_layer(kind, **props)
+    outputs = (props.get("split_number") or shapes[0][int(props["axis"])]) if kind == "split" else 1
+    h = Harness(layer, shapes, rng, requested_outputs=outputs)
+    if kind == "embedding":  # token ids, away from the integer steps of the cast
+        h.ctx.inputs[0][...] = rng.integers(0, props["in_dim"], shapes[0]) + 0.5
     if kind == "activation" and "relu" in props["activation"]:
         for x in h.ctx.inputs:  # keep away from the kink at 0
             x += np.sign(x) * 0.1
@@ -74,11 +89,13 @@ def test_gradients_match_finite_differences(kind, props, shapes):
         np.testing.assert_array_equal(h.ctx.outputs[0], h.ctx.inputs[0])
         return
     h.backward()
+    # gelu's erf is a 1.5e-7 approximation: its slope differs from φ by about 1e-6
+    atol = 2e-6 if props.get("activation") == "gelu" else 1e-7
     for name, w in h.ctx.weights.items():
-        np.testing.assert_allclose(h.ctx.grads[name], numeric_grad(h, w), rtol=1e-5, atol=1e-7,
+        np.testing.assert_allclose(h.ctx.grads[name], numeric_grad(h, w), rtol=1e-5, atol=atol,
                                    err_msg=f"{kind} weight {name}")
     for i, x in enumerate(h.ctx.inputs):
-        np.testing.assert_allclose(h.ctx.in_grads[i], numeric_grad(h, x), rtol=1e-5, atol=1e-7,
+        np.testing.assert_allclose(h.ctx.in_grads[i], numeric_grad(h, x), rtol=1e-5, atol=atol,
                                    err_msg=f"{kind} input {i}")
 
 

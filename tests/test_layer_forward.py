@@ -107,3 +107,42 @@ def test_dropout_scales_kept_units_and_is_off_at_inference():
     np.testing.assert_allclose(h.ctx.in_grads[0], y)   # the same mask, same scale
     h.layer.forward(h.ctx, False)
     np.testing.assert_array_equal(h.ctx.outputs[0], x)
+
+
+def test_gelu_and_swish_match_their_definitions():
+    import math
+
+    from nntrainer_cli.layers.activation import gelu, swish
+
+    x = np.linspace(-6, 6, 241)
+    y, scratch = np.empty_like(x), np.empty_like(x)
+    gelu(x, y, scratch)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    np.testing.assert_allclose(y, exact, rtol=0, atol=1e-6)
+    swish(x, y)
+    np.testing.assert_allclose(y, x / (1 + np.exp(-x)), rtol=1e-12)
+
+
+def test_lstm_matches_the_textbook_cell():
+    rng = np.random.default_rng(3)
+    h = Harness(make_layer("lstm", unit=3, return_sequences=True), [(2, 1, 4, 5)], rng)
+    h.layer.forward(h.ctx, True)
+    w = h.ctx.weights
+    x = h.ctx.inputs[0][:, 0]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hid, cell = np.zeros((2, 3)), np.zeros((2, 3))
+    for t in range(4):
+        z = x[:, t] @ w["weight_ih"] + hid @ w["weight_hh"] + w["bias_ih"] + w["bias_hh"]
+        i, f, g, o = sig(z[:, :3]), sig(z[:, 3:6]), np.tanh(z[:, 6:9]), sig(z[:, 9:])
+        cell = f * cell + i * g
+        hid = o * np.tanh(cell)
+        np.testing.assert_allclose(h.ctx.outputs[0][:, 0, t], hid, rtol=1e-12)
+
+
+def test_embedding_looks_up_rows():
+    rng = np.random.default_rng(4)
+    h = Harness(make_layer("embedding", in_dim=6, out_dim=2), [(2, 1, 1, 3)], rng)
+    ids = np.array([[0, 5, 2], [1, 1, 4]])
+    h.ctx.inputs[0][...] = ids.reshape(2, 1, 1, 3)
+    h.layer.forward(h.ctx, True)
+    np.testing.assert_array_equal(h.ctx.outputs[0][:, 0], h.ctx.weights["embedding"][ids])

@@ -201,6 +201,10 @@ def _sort(nodes: list[Node]) -> list[Node]:
 
 def _finalize(graph: LayerGraph) -> None:
     batch = graph.batch_size
+    requested: dict[str, int] = {}
+    for node in graph.nodes:
+        for c, i in node.inputs:
+            requested[c] = max(requested.get(c, 1), i + 1)
     for node in graph.nodes:
         lo, hi = node.layer.inputs
         count = max(len(node.inputs), 1)
@@ -217,7 +221,8 @@ def _finalize(graph: LayerGraph) -> None:
             raise node.error("a layer without input_layers needs input_shape", "input_shape")
         else:
             shapes = [(batch,) + node.input_shape]
-        ctx = FinalizeContext(shapes, trainable=node.trainable)
+        ctx = FinalizeContext(shapes, trainable=node.trainable,
+                              requested_outputs=requested.get(node.name, 1))
         try:
             node.layer.finalize(ctx)
         except LayerError as e:

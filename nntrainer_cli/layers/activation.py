@@ -1,8 +1,11 @@
-"""Element-wise activations. Each has a forward (x → y, may be in place) and a derivative
-computed from the output y alone, so the input need not be kept for backward. The
-derivative may use y as scratch: the activation layer is y's last reader."""
+"""Element-wise activations. Most have a forward (x → y, may be in place) and a
+derivative computed from the output y alone, so the input need not be kept for
+backward; swish and gelu also read x. A derivative may use y as scratch: the
+activation layer is y's last reader."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -73,16 +76,80 @@ def softmax_grad(y, dy, dx):
     np.multiply(dx, y, out=dx)
 
 
+def swish(x, y):
+    sigmoid(x, y)
+    y *= x
+
+
+def swish_grad(x, y, dy, dx):
+    """d(x·s)/dx = y + s·(1 − y) = 1 − (1 − s)(1 − y), with s = sigmoid(x)."""
+    sigmoid(x, dx)
+    np.subtract(1, dx, out=dx)
+    np.subtract(1, y, out=y)
+    dx *= y
+    np.subtract(1, dx, out=dx)
+    dx *= dy
+
+
+# erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, below float32 resolution of Φ):
+# numpy has no erf, and scipy is not worth a dependency for one function.
+ERF_P = 0.3275911
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+SQRT_HALF = math.sqrt(0.5)
+
+
+def normal_cdf(x, out, scratch):
+    """Φ(x) = ½(1 + erf(x/√2)) into `out`, using `scratch`; no other memory."""
+    np.abs(x, out=scratch)
+    scratch *= SQRT_HALF * ERF_P
+    scratch += 1
+    np.reciprocal(scratch, out=scratch)           # t = 1 / (1 + p·|z|)
+    np.multiply(scratch, ERF_A[4], out=out)
+    for a in ERF_A[3::-1]:                         # Horner: t·(a1 + t·(a2 + …))
+        out += a
+        out *= scratch
+    np.abs(x, out=scratch)
+    scratch *= SQRT_HALF
+    np.square(scratch, out=scratch)
+    np.negative(scratch, out=scratch)
+    np.exp(scratch, out=scratch)
+    out *= scratch                                 # erfc(|z|)
+    np.subtract(1, out, out=out)
+    np.copysign(out, x, out=out)                   # erf(z)
+    out += 1
+    out *= 0.5
+
+
+def gelu(x, y, scratch):
+    normal_cdf(x, y, scratch)
+    y *= x
+
+
+def gelu_grad(x, y, dy, dx, scratch):
+    """Φ(x) + x·φ(x)."""
+    normal_cdf(x, dx, scratch)
+    np.square(x, out=scratch)
+    scratch *= -0.5
+    np.exp(scratch, out=scratch)
+    scratch *= x
+    scratch *= 1 / math.sqrt(2 * math.pi)
+    dx += scratch
+    dx *= dy
+
+
 FUNCTIONS = {
     "relu": (relu, relu_grad),
     "leaky_relu": (leaky_relu, leaky_relu_grad),
     "sigmoid": (sigmoid, sigmoid_grad),
     "tanh": (tanh, tanh_grad),
     "softmax": (softmax, softmax_grad),
+    "swish": (swish, swish_grad),
+    "gelu": (gelu, gelu_grad),
 }
 
-
 NOT_IN_PLACE = {"leaky_relu"}
+READS_INPUT = {"swish", "gelu"}   # their derivative needs x: never in place
+NEEDS_SCRATCH = {"gelu"}          # one input-sized planned temporary per phase
 
 
 def check_name(value: str) -> str:
@@ -106,12 +173,25 @@ class Activation(Layer):
             from .base import LayerError
             raise LayerError("an activation layer needs 'activation' (e.g. relu)", "activation")
         self.fn, self.grad = FUNCTIONS[name]
-        if name in NOT_IN_PLACE:
+        self.name_ = name
+        if name in NOT_IN_PLACE | READS_INPUT:
             self.forward_alias = None
+        if name in READS_INPUT:
+            self.derivative_alias = None
+            self.deriv_reads = frozenset({"input", "output"})
+        if name in NEEDS_SCRATCH:
+            ctx.temp("scratch", ctx.input_shapes[0], "forward")
+            ctx.temp("scratch_grad", ctx.input_shapes[0], "calc_derivative")
         ctx.output_shapes = [ctx.input_shapes[0]]
 
     def forward(self, ctx: RunContext, training: bool) -> None:
-        self.fn(ctx.inputs[0], ctx.outputs[0])
+        scratch = [ctx.temps["scratch"]] if self.name_ in NEEDS_SCRATCH else []
+        self.fn(ctx.inputs[0], ctx.outputs[0], *scratch)
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        self.grad(ctx.outputs[0], ctx.out_grads[0], ctx.in_grads[0])
+        args = [ctx.outputs[0], ctx.out_grads[0], ctx.in_grads[0]]
+        if self.name_ in READS_INPUT:
+            args.insert(0, ctx.inputs[0])
+        if self.name_ in NEEDS_SCRATCH:
+            args.append(ctx.temps["scratch_grad"])
+        self.grad(*args)

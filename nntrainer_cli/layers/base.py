@@ -69,6 +69,7 @@ class FinalizeContext:
     """What a layer sees while it declares its tensors: input shapes (with batch)."""
     input_shapes: list[Shape]
     trainable: bool = True
+    requested_outputs: int = 1   # how many outputs the graph reads: name(0), name(1), …
     output_shapes: list[Shape] = field(default_factory=list)
     weights: list[WeightRequest] = field(default_factory=list)
     temps: list[TempRequest] = field(default_factory=list)
@@ -123,6 +124,16 @@ class Layer:
 
     def finalize(self, ctx: FinalizeContext) -> None:
         raise NotImplementedError
+
+    def request_weight(self, ctx: FinalizeContext, name: str, shape: Shape) -> None:
+        """A main weight, with the WEIGHT_SCHEMA initializer, regularizer and decay."""
+        p = self.p
+        ctx.weight(name, shape, p["weight_initializer"], regularizer=p["weight_regularizer"],
+                   regularizer_constant=p["weight_regularizer_constant"], decay=p["weight_decay"])
+
+    def request_bias(self, ctx: FinalizeContext, name: str, shape: Shape) -> None:
+        if not self.p["disable_bias"]:
+            ctx.weight(name, shape, self.p["bias_initializer"], decay=self.p["bias_decay"])
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         raise NotImplementedError

@@ -98,11 +98,8 @@ class Conv2D(Layer):
         kh, kw = p["kernel_size"]
         f = p["filters"]
         ctx.output_shapes = [(n, f, oh, ow)]
-        ctx.weight("filter", (f, c, kh, kw), p["weight_initializer"],
-                   regularizer=p["weight_regularizer"],
-                   regularizer_constant=p["weight_regularizer_constant"], decay=p["weight_decay"])
-        if not p["disable_bias"]:
-            ctx.weight("bias", (f,), p["bias_initializer"], decay=p["bias_decay"])
+        self.request_weight(ctx, "filter", (f, c, kh, kw))
+        self.request_bias(ctx, "bias", (f,))
         col = (n, c, kh, kw, oh, ow)
         ctx.temp("col", col, "forward")
         ctx.temp("col_grad", col, "calc_gradient")

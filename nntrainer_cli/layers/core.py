@@ -1,4 +1,4 @@
-"""Structural and dense layers: input, fully_connected, flatten, multiout."""
+"""Structural and dense layers: input, fully_connected, flatten, output, multiout."""
 
 from __future__ import annotations
 
@@ -53,13 +53,8 @@ class FullyConnected(Layer):
     def finalize(self, ctx: FinalizeContext) -> None:
         shape = ctx.input_shapes[0]
         ctx.output_shapes = [shape[:-1] + (self.p["unit"],)]
-        ctx.weight("weight", (shape[-1], self.p["unit"]), self.p["weight_initializer"],
-                   regularizer=self.p["weight_regularizer"],
-                   regularizer_constant=self.p["weight_regularizer_constant"],
-                   decay=self.p["weight_decay"])
-        if not self.p["disable_bias"]:
-            ctx.weight("bias", (self.p["unit"],), self.p["bias_initializer"],
-                       decay=self.p["bias_decay"])
+        self.request_weight(ctx, "weight", (shape[-1], self.p["unit"]))
+        self.request_bias(ctx, "bias", (self.p["unit"],))
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         y = rows2d(ctx.outputs[0])
@@ -108,6 +103,16 @@ class Flatten(ViewLayer):
         out = shape[:lo] + (merged,) + shape[hi + 1:]
         ctx.output_shapes = [(out[0],) + (1,) * (4 - len(out)) + out[1:]]
 
+
+
+@register
+class Output(ViewLayer):
+    """`output` in NNTrainer's ResNet file: passes its input on unchanged (a view);
+    when several layers read it, a multiout after it sums their derivatives."""
+    type = "output"
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        ctx.output_shapes = [ctx.input_shapes[0]]
 
 
 @register

@@ -1,4 +1,4 @@
-"""Layers that join or reshape tensors: addition, concat, reshape."""
+"""Layers that join, split or reshape tensors: addition, concat, split, reshape."""
 
 from __future__ import annotations
 
@@ -85,3 +85,41 @@ class Reshape(ViewLayer):
             raise LayerError(f"cannot reshape {_fmt(shape)} into {_fmt(target)}: the sizes differ",
                              "target_shape")
         ctx.output_shapes = [target]
+
+
+@register
+class Split(Layer):
+    """Cuts the input along one axis into equal parts, one output per part; consumers
+    address them as name(0), name(1), …"""
+    type = "split"
+    schema = {"axis": P.Prop(P.enum("1", "2", "3"), required=True),
+              "split_number": P.Prop(P.positive_int)}
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        shape = ctx.input_shapes[0]
+        self.axis = axis = int(self.p["axis"])
+        parts = self.p["split_number"] or shape[axis]
+        if shape[axis] % parts:
+            raise LayerError(f"axis {axis} of size {shape[axis]} cannot be split into {parts} "
+                             "equal parts", "split_number")
+        if parts != ctx.requested_outputs:
+            raise LayerError(f"splits into {parts} parts but {ctx.requested_outputs} are read "
+                             f"(name(0) … name({parts - 1}) must each have one reader)",
+                             "split_number")
+        self.size = shape[axis] // parts
+        out = list(shape)
+        out[axis] = self.size
+        ctx.output_shapes = [tuple(out)] * parts
+
+    def _part(self, a, i):
+        index = [slice(None)] * 4
+        index[self.axis] = slice(i * self.size, (i + 1) * self.size)
+        return a[tuple(index)]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        for i, y in enumerate(ctx.outputs):
+            np.copyto(y, self._part(ctx.inputs[0], i))
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        for i, dy in enumerate(ctx.out_grads):
+            np.copyto(self._part(ctx.in_grads[0], i), dy)

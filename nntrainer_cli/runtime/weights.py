@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 
 import numpy as np
 
 from nntrainer_cli.errors import DataError
+from nntrainer_cli.files import atomic_open
 
 from .executor import Executor
 
@@ -30,10 +30,8 @@ def _adam_state(ex: Executor):
 
 
 def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             for arr in _weights(ex):
                 f.write(arr.data)
             if with_adam:
@@ -41,24 +39,8 @@ def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -
                 for arr in _adam_state(ex):
                     f.write(arr.data)
             f.write(struct.pack("<II", epoch, iteration))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def check_writable(path: str) -> None:
-    """Fail before training, not after it, when the weights could not be saved."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise DataError(f"save path is a directory: {path}")
-    if not os.path.isdir(directory):
-        raise DataError(f"cannot save weights: no such directory {directory}")
-    if not os.access(directory, os.W_OK):
-        raise DataError(f"cannot save weights: directory {directory} is not writable")
+    except OSError as e:
+        raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
 
 def load(ex: Executor, path: str) -> None:

@@ -1,0 +1,46 @@
+"""Writing output files safely: checked before a long run starts, and written to a
+temp file renamed over the target, so an interrupted run never leaves half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from nntrainer_cli.errors import DataError
+
+
+def check_writable(path: str, what: str = "output") -> None:
+    """Fail before the work, not after it, when the result could not be written."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise DataError(f"cannot write {what}: {path} is a directory")
+    if not os.path.isdir(directory):
+        raise DataError(f"cannot write {what} {path}: no such directory {directory}")
+    if not os.access(directory, os.W_OK):
+        raise DataError(f"cannot write {what} {path}: directory {directory} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """Open a temp file beside `path`; on success it is synced and renamed over it."""
+    check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    try:
+        with atomic_open(path) as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e.strerror}") from None

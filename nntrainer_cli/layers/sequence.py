@@ -1,0 +1,196 @@
+"""Layers over token ids and sequences: embedding and lstm.
+
+Both keep every intermediate they need for backward (the token ids, the LSTM's gate
+activations and cell states) in planned tensors, and step through time with matmuls
+that write into views of them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nntrainer_cli.config import props as P
+from nntrainer_cli.errors import TrainingError
+
+from .activation import sigmoid
+from .base import FinalizeContext, Layer, LayerError, RunContext, register
+
+
+@register
+class Embedding(Layer):
+    """Input N:1:1:L of token ids (as floats) → N:1:L:out_dim rows of the table."""
+    type = "embedding"
+    weighted = True
+    schema = {"in_dim": P.Prop(P.positive_int, required=True),
+              "out_dim": P.Prop(P.positive_int, required=True)}
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        n, c, h, length = ctx.input_shapes[0]
+        if c != 1 or h != 1:
+            raise LayerError(f"embedding takes ids shaped 1:1:L, got {c}:{h}:{length}",
+                             "input_shape")
+        self.request_weight(ctx, "embedding", (self.p["in_dim"], self.p["out_dim"]))
+        ctx.temp("ids", (n * length,), "iteration", np.int64)
+        ctx.output_shapes = [(n, 1, length, self.p["out_dim"])]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        ids, table = ctx.temps["ids"], ctx.weights["embedding"]
+        np.copyto(ids, ctx.inputs[0].reshape(-1), casting="unsafe")
+        if ids.size and (ids.min() < 0 or ids.max() >= len(table)):
+            bad = ids.max() if ids.max() >= len(table) else ids.min()
+            raise TrainingError(f"embedding [{self.name}]: token id {bad} is outside "
+                                f"0..{len(table) - 1} (in_dim = {len(table)})")
+        np.take(table, ids, axis=0, out=ctx.outputs[0].reshape(len(ids), -1))
+
+    def calc_gradient(self, ctx: RunContext) -> None:
+        grad = ctx.grads["embedding"]
+        grad.fill(0)
+        np.add.at(grad, ctx.temps["ids"], ctx.out_grads[0].reshape(-1, grad.shape[1]))
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        ctx.in_grads[0].fill(0)   # ids are not differentiable
+
+
+GATES = 4  # input, forget, cell candidate (g), output: NNTrainer's and PyTorch's order
+
+
+@register
+class LSTM(Layer):
+    """Input N:1:T:F → N:1:T:unit (return_sequences) or N:1:1:unit (last step).
+    Weights as NNTrainer saves them: weight_ih (F, 4u), weight_hh (u, 4u), then
+    bias_h (4u) with integrate_bias, else bias_ih and bias_hh."""
+    type = "lstm"
+    weighted = True
+    schema = {"unit": P.Prop(P.positive_int, required=True),
+              "return_sequences": P.Prop(P.boolean, False),
+              "integrate_bias": P.Prop(P.boolean, False),
+              "bidirectional": P.Prop(P.boolean, False),
+              "dropout": P.Prop(P.unit_interval, 0.0),
+              "max_timestep": P.Prop(P.positive_int),
+              "hidden_state_activation": P.Prop(P.enum("tanh"), "tanh"),
+              "recurrent_activation": P.Prop(P.enum("sigmoid"), "sigmoid")}
+    grad_reads = frozenset({"input"})
+
+    def finalize(self, ctx: FinalizeContext) -> None:
+        if self.p["bidirectional"]:
+            raise LayerError("bidirectional lstm is not supported yet", "bidirectional")
+        if self.p["dropout"]:
+            raise LayerError("dropout inside lstm is not supported yet", "dropout")
+        n, c, t, f = ctx.input_shapes[0]
+        if c != 1:
+            raise LayerError(f"lstm takes sequences shaped 1:T:F, got {c}:{t}:{f}", "input_shape")
+        u = self.p["unit"]
+        self.n, self.t, self.u = n, t, u
+        self.request_weight(ctx, "weight_ih", (f, GATES * u))
+        self.request_weight(ctx, "weight_hh", (u, GATES * u))
+        for b in ["bias_h"] if self.p["integrate_bias"] else ["bias_ih", "bias_hh"]:
+            self.request_bias(ctx, b, (GATES * u,))
+        # kept from forward to backward: gate activations, cell states, hidden states
+        ctx.temp("gates", (n, t, GATES * u), "iteration")
+        ctx.temp("cells", (n, t, u), "iteration")
+        if self.p["return_sequences"]:
+            self.deriv_reads = self.grad_reads = frozenset({"input", "output"})
+        else:
+            ctx.temp("hidden", (n, t, u), "iteration")
+        ctx.temp("step", (n, GATES * u), "forward")
+        ctx.temp("d_gates", (n, t, GATES * u), "backward")
+        for name in ("d_hidden", "d_cell", "scratch"):
+            ctx.temp(name, (n, u), "backward")
+        ctx.temp("w_step", (u, GATES * u), "calc_gradient")
+        ctx.output_shapes = [(n, 1, t if self.p["return_sequences"] else 1, u)]
+
+    def _hidden(self, ctx: RunContext) -> np.ndarray:
+        if self.p["return_sequences"]:
+            return ctx.outputs[0].reshape(self.n, self.t, self.u)
+        return ctx.temps["hidden"]
+
+    def forward(self, ctx: RunContext, training: bool) -> None:
+        n, t, u = self.n, self.t, self.u
+        w = ctx.weights
+        gates, cells, step = ctx.temps["gates"], ctx.temps["cells"], ctx.temps["step"]
+        hidden = self._hidden(ctx)
+        np.matmul(ctx.inputs[0].reshape(n * t, -1), w["weight_ih"],
+                  out=gates.reshape(n * t, GATES * u))
+        for b in ("bias_h", "bias_ih", "bias_hh"):
+            if b in w:
+                gates += w[b]
+        for k in range(t):
+            g = gates[:, k]
+            if k:
+                np.matmul(hidden[:, k - 1], w["weight_hh"], out=step)
+                g += step
+            sigmoid(g[:, :2 * u], g[:, :2 * u])              # input, forget
+            np.tanh(g[:, 2 * u:3 * u], out=g[:, 2 * u:3 * u])  # candidate
+            sigmoid(g[:, 3 * u:], g[:, 3 * u:])              # output
+            c = cells[:, k]
+            np.multiply(g[:, :u], g[:, 2 * u:3 * u], out=c)
+            if k:
+                np.multiply(g[:, u:2 * u], cells[:, k - 1], out=step[:, :u])
+                c += step[:, :u]
+            np.tanh(c, out=hidden[:, k])
+            hidden[:, k] *= g[:, 3 * u:]
+        if not self.p["return_sequences"]:
+            np.copyto(ctx.outputs[0].reshape(n, u), hidden[:, t - 1])
+
+    def _backprop_through_time(self, ctx: RunContext) -> None:
+        """dL/d(gate pre-activations) for every step into d_gates."""
+        n, t, u = self.n, self.t, self.u
+        tm = ctx.temps
+        gates, cells, dg = tm["gates"], tm["cells"], tm["d_gates"]
+        dh, dc, s = tm["d_hidden"], tm["d_cell"], tm["scratch"]
+        dy = ctx.out_grads[0].reshape(n, -1, u)
+        dh.fill(0)
+        dc.fill(0)
+        for k in range(t - 1, -1, -1):
+            if self.p["return_sequences"]:
+                dh += dy[:, k]
+            elif k == t - 1:
+                dh += dy[:, 0]
+            g, d = gates[:, k], dg[:, k]
+            i, f, cand, o = (g[:, j * u:(j + 1) * u] for j in range(GATES))
+            di, df, dcand, do = (d[:, j * u:(j + 1) * u] for j in range(GATES))
+            np.tanh(cells[:, k], out=s)                      # tanh(c)
+            np.multiply(dh, s, out=do)                       # dL/do
+            np.multiply(s, s, out=s)
+            np.subtract(1, s, out=s)
+            s *= o
+            s *= dh
+            dc += s                                          # dL/dc
+            np.multiply(dc, cand, out=di)
+            np.multiply(dc, i, out=dcand)
+            if k:
+                np.multiply(dc, cells[:, k - 1], out=df)
+            else:
+                df.fill(0)
+            dc *= f                                          # carried to step k-1
+            for a, da in ((i, di), (f, df), (o, do)):        # through the sigmoids
+                np.subtract(1, a, out=s)
+                s *= a
+                da *= s
+            np.multiply(cand, cand, out=s)                   # through the tanh
+            np.subtract(1, s, out=s)
+            dcand *= s
+            np.matmul(d, ctx.weights["weight_hh"].T, out=dh)
+
+    def calc_gradient(self, ctx: RunContext) -> None:
+        n, t, u = self.n, self.t, self.u
+        self._backprop_through_time(ctx)
+        dg, g = ctx.temps["d_gates"], ctx.grads
+        flat = dg.reshape(n * t, GATES * u)
+        if "weight_ih" in g:
+            np.matmul(ctx.inputs[0].reshape(n * t, -1).T, flat, out=g["weight_ih"])
+        if "weight_hh" in g:
+            hidden, w_step = self._hidden(ctx), ctx.temps["w_step"]
+            g["weight_hh"].fill(0)
+            for k in range(1, t):
+                np.matmul(hidden[:, k - 1].T, dg[:, k], out=w_step)
+                g["weight_hh"] += w_step
+        for b in ("bias_h", "bias_ih", "bias_hh"):
+            if b in g:
+                np.sum(flat, axis=0, out=g[b])
+
+    def calc_derivative(self, ctx: RunContext) -> None:
+        if not ctx.grads:  # frozen: calc_gradient did not run
+            self._backprop_through_time(ctx)
+        n, t = self.n, self.t
+        np.matmul(ctx.temps["d_gates"].reshape(n * t, -1), ctx.weights["weight_ih"].T,
+                  out=ctx.in_grads[0].reshape(n * t, -1))

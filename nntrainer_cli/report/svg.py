@@ -1,0 +1,90 @@
+"""The memory plan as a picture: time slots across, arena offsets down, one rectangle
+per tensor coloured by kind. Hovering a rectangle names the tensor (SVG <title>)."""
+
+from __future__ import annotations
+
+from html import escape
+
+from nntrainer_cli.plan import MemoryPlan
+
+from .tables import human
+
+COLOURS = {
+    "input": "#8c564b", "label": "#c49c94", "weight": "#1f77b4", "optimizer_state": "#aec7e8",
+    "gradient": "#d62728", "activation": "#2ca02c", "derivative": "#ff7f0e",
+    "temporary": "#9467bd",
+}
+WIDTH, HEIGHT = 960, 560               # the drawing area
+LEFT, TOP, RIGHT, BOTTOM = 90, 60, 190, 50
+
+
+def plan_svg(plan: MemoryPlan, model: str) -> str:
+    slots = len(plan.slots)
+    arena = max(plan.peak_bytes, 1)
+    x = lambda t: LEFT + WIDTH * t / slots  # noqa: E731
+    y = lambda b: TOP + HEIGHT * b / arena  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LEFT + WIDTH + RIGHT}" '
+           f'height="{TOP + HEIGHT + BOTTOM}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
+           f'{escape(model)}: {human(plan.peak_bytes)} arena, planner {plan.planner}, '
+           f'batch {plan.batch_size}</text>',
+           f'<text x="{LEFT}" y="42" fill="#555">time slot across (forward, then backward); '
+           f'arena offset down. Hover a block for its tensor.</text>']
+    backward = next((s.index for s in plan.slots if s.phase != "forward"), slots)
+    out.append(f'<rect x="{x(backward):.1f}" y="{TOP}" width="{x(slots) - x(backward):.1f}" '
+               f'height="{HEIGHT}" fill="#f4f4f4"/>')
+    for label, at in (("forward", x(0)), ("backward", x(backward))):
+        if at < x(slots):
+            out.append(f'<text x="{at + 4:.1f}" y="{TOP - 5}" fill="#555">{label}</text>')
+    aliases: dict[str, list[str]] = {}
+    for s in plan.specs.values():
+        if s.alias_of:
+            aliases.setdefault(s.alias_of, []).append(s.name)
+    for s in plan.specs.values():
+        if s.alias_of or not s.bytes:
+            continue
+        shared = f" (shared with {', '.join(aliases[s.name])})" if s.name in aliases else ""
+        tip = (f"{s.name}{shared}: {s.kind}, {'x'.join(map(str, s.shape))}, {human(s.bytes)}, "
+               f"offset {s.offset}, slots {s.first}-{s.last}")
+        out.append(f'<rect x="{x(s.first):.1f}" y="{y(s.offset):.1f}" '
+                   f'width="{x(s.last + 1) - x(s.first):.1f}" '
+                   f'height="{max(y(s.offset + s.bytes) - y(s.offset), 0.5):.1f}" '
+                   f'fill="{COLOURS[s.kind]}" stroke="white" stroke-width="0.3">'
+                   f'<title>{escape(tip)}</title></rect>')
+    out += _axes(plan, x, y, slots)
+    out += _legend()
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _axes(plan: MemoryPlan, x, y, slots: int) -> list[str]:
+    bottom = TOP + HEIGHT
+    lines = [f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH}" height="{HEIGHT}" fill="none" '
+             f'stroke="black"/>']
+    step = max(1, slots // 12)
+    for t in range(0, slots, step):
+        lines.append(f'<text x="{x(t + 0.5):.1f}" y="{bottom + 16}" text-anchor="middle">{t}</text>')
+    lines.append(f'<text x="{LEFT + WIDTH / 2}" y="{bottom + 36}" text-anchor="middle">'
+                 f'execution slot</text>')
+    for frac in (0, 0.25, 0.5, 0.75, 1):
+        b = int(plan.peak_bytes * frac)
+        lines.append(f'<text x="{LEFT - 6}" y="{y(b) + 4:.1f}" text-anchor="end">{human(b)}</text>')
+    lb = y(plan.lower_bound_bytes)
+    lines.append(f'<line x1="{LEFT}" y1="{lb:.1f}" x2="{LEFT + WIDTH}" y2="{lb:.1f}" '
+                 f'stroke="black" stroke-dasharray="6 4"/>')
+    lines.append(f'<text x="{LEFT + WIDTH + 6}" y="{lb + 4:.1f}">lower bound '
+                 f'{human(plan.lower_bound_bytes)}</text>')
+    lines.append(f'<text x="{LEFT + WIDTH + 6}" y="{bottom + 4}">peak '
+                 f'{human(plan.peak_bytes)}</text>')
+    return lines
+
+
+def _legend() -> list[str]:
+    out = []
+    for i, (kind, colour) in enumerate(COLOURS.items()):
+        top = TOP + 40 + 20 * i
+        out.append(f'<rect x="{LEFT + WIDTH + 10}" y="{top}" width="12" height="12" '
+                   f'fill="{colour}"/>')
+        out.append(f'<text x="{LEFT + WIDTH + 28}" y="{top + 10}">{kind.replace("_", " ")}</text>')
+    return out
