@@ -4,6 +4,7 @@ so it can be tested on made-up sets."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -92,11 +93,53 @@ def greedy_by_size(items: Sequence[Item]) -> list[int]:
     return _place(items, order, best_fit=True)
 
 
+def _always_live(items: Sequence[Item]) -> list[bool]:
+    start = min((it.first for it in items), default=0)
+    end = max((it.last for it in items), default=0)
+    return [it.first == start and it.last == end for it in items]
+
+
+SEARCH_WORK = 200_000  # about this many item-pair comparisons per model, spread over tries
+SEARCH_ALPHAS = (0.0, 0.25, 0.5, 0.75)
+
+
+def greedy_search(items: Sequence[Item]) -> list[int]:
+    """Tensors live for the whole iteration (weights, optimizer state) are stacked at
+    the bottom: they conflict with everything, so they only fragment the space if mixed
+    in. The rest are placed best-fit in several orders, by size × lifespan^α for a few
+    α, then with seeded jitter; the smallest arena wins. Deterministic."""
+    fixed = _always_live(items)
+    offsets, base = [0] * len(items), 0
+    for i, it in enumerate(items):
+        if fixed[i]:
+            offsets[i], base = base, base + it.size
+    rest = [i for i in range(len(items)) if not fixed[i]]
+    if not rest:
+        return offsets
+    sub = [items[i] for i in rest]
+    tries = max(len(SEARCH_ALPHAS), min(200, SEARCH_WORK // len(sub) ** 2))
+    rng = random.Random(0)
+    best, best_peak = None, None
+    for k in range(tries):
+        alpha = SEARCH_ALPHAS[k] if k < len(SEARCH_ALPHAS) else rng.choice(SEARCH_ALPHAS)
+        jitter = [1.0 if k < len(SEARCH_ALPHAS) else rng.uniform(0.8, 1.25) for _ in sub]
+        order = sorted(range(len(sub)), key=lambda i: -sub[i].size * jitter[i] *
+                       (sub[i].last - sub[i].first + 1) ** alpha)
+        placed = _place(sub, order, best_fit=True)
+        peak = peak_of(sub, placed)
+        if best_peak is None or peak < best_peak:
+            best, best_peak = placed, peak
+    for i, off in zip(rest, best):
+        offsets[i] = base + off
+    return offsets
+
+
 PLANNERS: dict[str, Callable[[Sequence[Item]], list[int]]] = {
     "naive": naive,
     "sorted": stack_by_first_use,
     "first-fit": first_fit,
     "greedy-size": greedy_by_size,
+    "greedy-search": greedy_search,
 }
 NAMES = tuple(PLANNERS) + ("best",)
 

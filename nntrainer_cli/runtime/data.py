@@ -1,7 +1,10 @@
-"""NNTrainer raw data files: per record, float32 features of every model input, then
-float32 labels of every loss layer; little-endian, no header. Batches are read
-record by record with os.preadv straight into the arena's input and label views, so
-the file is never loaded whole and no batch-sized copy is made."""
+"""Training data, read batch by batch straight into the arena's input and label views.
+
+Two formats: NNTrainer raw files (per record, float32 features of every model input,
+then float32 labels of every loss layer; little-endian, no header), read record by
+record with os.preadv so the file is never loaded whole; and compact .npz files
+(`x`: one row of features per record, uint8 pixels scaled to [0, 1]; `y`: class
+numbers, one-hot encoded on reading, or label rows), held in memory as stored."""
 
 from __future__ import annotations
 
@@ -12,9 +15,40 @@ import numpy as np
 from nntrainer_cli.errors import DataError
 
 
-class RawDataset:
+class Dataset:
+    count: int
+    order: np.ndarray
+
+    def shuffle(self, rng: np.random.Generator) -> None:
+        rng.shuffle(self.order)
+
+    def batches(self, batch: int, drop_last: bool):
+        """Yield (start, rows): rows < batch only for a final partial batch, which is
+        padded with records from the start of the order."""
+        full = self.count // batch
+        for b in range(full):
+            yield b * batch, batch
+        rest = self.count - full * batch
+        if rest and not drop_last:
+            yield full * batch, rest
+
+    def records(self, start: int, batch: int):
+        for r in range(batch):
+            yield r, int(self.order[(start + r) % self.count])
+
+    def close(self) -> None:
+        pass
+
+
+def open_dataset(path: str, input_sizes: list[int], label_sizes: list[int], where) -> Dataset:
+    """`where` builds a DataError pointing at the config key that named the file."""
+    if path.lower().endswith(".npz"):
+        return NpzDataset(path, input_sizes, label_sizes, where)
+    return RawDataset(path, input_sizes, label_sizes, where)
+
+
+class RawDataset(Dataset):
     def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where):
-        """`where` builds a DataError pointing at the config key that named the file."""
         self.path = path
         self.record_bytes = 4 * (sum(input_sizes) + sum(label_sizes))
         try:
@@ -38,23 +72,9 @@ class RawDataset:
             raise where(f"data file is empty: {path}")
         self.order = np.arange(self.count, dtype=np.int64)
 
-    def shuffle(self, rng: np.random.Generator) -> None:
-        rng.shuffle(self.order)
-
-    def batches(self, batch: int, drop_last: bool):
-        """Yield (start, rows): rows < batch only for a final partial batch, which is
-        padded with records from the start of the order."""
-        full = self.count // batch
-        for b in range(full):
-            yield b * batch, batch
-        rest = self.count - full * batch
-        if rest and not drop_last:
-            yield full * batch, rest
-
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         """Fill row r of every view (inputs then labels) with record order[start + r]."""
-        for r in range(batch):
-            idx = int(self.order[(start + r) % self.count])
+        for r, idx in self.records(start, batch):
             buffers = [v[r] for v in views]
             got = os.preadv(self.fd, buffers, idx * self.record_bytes)
             if got != self.record_bytes:
@@ -62,3 +82,48 @@ class RawDataset:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class NpzDataset(Dataset):
+    def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where):
+        if len(input_sizes) != 1 or len(label_sizes) != 1:
+            raise where(f"{path}: .npz data serves models with one input and one loss; use "
+                        "NNTrainer raw files for more")
+        try:
+            with np.load(path) as f:
+                x, y = f["x"], f["y"]
+        except FileNotFoundError:
+            raise where(f"data file not found: {path}") from None
+        except KeyError as e:
+            raise where(f"{path} has no array {e}; expected 'x' (features) and 'y' (labels)") \
+                from None
+        except (OSError, ValueError) as e:
+            raise where(f"cannot read data file {path}: {e}") from None
+        x = x.reshape(len(x), -1)
+        if x.shape[1] != input_sizes[0]:
+            raise where(f"{path} has {x.shape[1]} features per record but the model's input "
+                        f"takes {input_sizes[0]}")
+        self.onehot = y.ndim == 1
+        if self.onehot and (not np.issubdtype(y.dtype, np.integer) or len(y) and
+                            (y.min() < 0 or y.max() >= label_sizes[0])):
+            raise where(f"{path}: labels must be class numbers 0..{label_sizes[0] - 1}")
+        if not self.onehot and y.reshape(len(y), -1).shape[1] != label_sizes[0]:
+            raise where(f"{path} has labels of {y.reshape(len(y), -1).shape[1]} values but the "
+                        f"loss takes {label_sizes[0]}")
+        if len(x) != len(y) or len(x) == 0:
+            raise where(f"{path}: {len(x)} feature rows but {len(y)} labels")
+        self.x, self.y = x, y.reshape(len(y), -1) if not self.onehot else y
+        self.scale = np.float32(255) if x.dtype == np.uint8 else np.float32(1)
+        self.count = len(x)
+        self.order = np.arange(self.count, dtype=np.int64)
+
+    def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
+        features, labels = views
+        for r, idx in self.records(start, batch):
+            np.divide(self.x[idx], self.scale, out=features[r].reshape(-1))
+            row = labels[r].reshape(-1)
+            if self.onehot:
+                row.fill(0)
+                row[self.y[idx]] = 1
+            else:
+                np.copyto(row, self.y[idx], casting="unsafe")

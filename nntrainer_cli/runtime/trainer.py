@@ -18,7 +18,7 @@ from nntrainer_cli.plan import MemoryPlan
 from nntrainer_cli.report.measure import TracedPeak, rss_peak_bytes
 
 from . import weights as weights_io
-from .data import RawDataset
+from .data import Dataset, open_dataset
 from .executor import Executor, allocate_arena, kernel_settings
 
 
@@ -32,13 +32,13 @@ class TrainOptions:
     init_weights: str | None = None
 
 
-def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, RawDataset]:
+def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
     inputs = [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.inputs]
     labels = [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.losses]
-    out: dict[str, RawDataset] = {}
+    out: dict[str, Dataset] = {}
     try:
         for split, loc in cfg.data.items():
-            out[split] = RawDataset(cfg.resolve(loc.value), inputs, labels, loc.error)
+            out[split] = open_dataset(cfg.resolve(loc.value), inputs, labels, loc.error)
     except BaseException:
         for ds in out.values():
             ds.close()
@@ -58,7 +58,7 @@ class Trainer:
         if not self.opts.quiet:
             tqdm.write(text, file=sys.stderr)
 
-    def _evaluate(self, ex: Executor, ds: RawDataset) -> tuple[float, float]:
+    def _evaluate(self, ex: Executor, ds: Dataset) -> tuple[float, float]:
         batch, loss, correct, batches = self.graph.batch_size, 0.0, 0, 0
         views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
