@@ -15,7 +15,7 @@ from nntrainer_cli.errors import ConfigError, TrainingError, UserError
 from nntrainer_cli.files import check_writable, write_text
 from nntrainer_cli.plan import PLANNER_NAMES
 
-MODEL_EXTENSIONS = (".ini",)
+MODEL_EXTENSIONS = (".ini", ".yaml", ".yml")
 
 
 def _fail(message: str, code: int):
@@ -61,7 +61,7 @@ _model_arg = click.argument("model", type=click.Path(dir_okay=False))
 _planner_opt = click.option("--planner", type=click.Choice(PLANNER_NAMES), default="best",
                             show_default=True,
                             help="Memory planner; 'best' runs all and keeps the smallest arena.")
-_batch_opt = click.option("--batch-size", type=click.IntRange(min=1),
+_batch_opt = click.option("--batch-size", "-b", type=click.IntRange(min=1),
                           help="Override [Model] batch_size.")
 _set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                         help="Override a config value, e.g. --set model.epochs=5 or "
@@ -168,6 +168,33 @@ def summary(model, batch_size, overrides):
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False)
     click.echo(model_summary(p.plan, p.graph))
+
+
+@main.command()
+@_model_arg
+@click.option("--to", "fmt", type=click.Choice(["yaml", "ini"]), required=True,
+              help="The format to write.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write to this file (relative data paths are rebased to it) instead of "
+                   "standard output.")
+@handle_errors
+def convert(model, fmt, output):
+    """Convert MODEL between INI and YAML. Keys are written lower-case and comments
+    are dropped; the converted model plans and trains exactly like MODEL."""
+    from nntrainer_cli.config.ini import read_model_file
+    from nntrainer_cli.config.model import load_config
+    from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml
+
+    load_config(model)  # refuse to convert a model that does not load
+    sections = read_model_file(model)
+    if output:
+        check_writable(output)
+        rebase(sections, model, output)
+    text = (to_yaml if fmt == "yaml" else to_ini)(sections, leading_comments(model))
+    if output:
+        write_text(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 def _model_files(paths) -> list[str]:

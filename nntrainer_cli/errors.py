@@ -9,18 +9,21 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 section: str | None = None, key: str | None = None):
+                 section: str | None = None, key: str | None = None, col: int | None = None):
         super().__init__(message)
         self.message = message
         self.file = file
         self.line = line
+        self.col = col
         self.section = section
         self.key = key
 
     def where(self) -> str:
         parts = []
         if self.file:
-            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
+            at = f":{self.line}" if self.line else ""
+            at += f":{self.col}" if self.line and self.col else ""
+            parts.append(self.file + at)
         if self.section is not None:
             parts.append(f"[{self.section}]")
         if self.key:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from nntrainer_cli.config import load_config
-from nntrainer_cli.config.ini import parse_ini, read_ini
+from nntrainer_cli.config.ini import parse_ini, read_model_file
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import build_graph
 
@@ -106,4 +106,4 @@ def test_every_corpus_file_lexes():
     files = glob.glob(os.path.join(CORPUS, "**", "*.ini"), recursive=True)
     assert len(files) >= 20
     for f in files:
-        assert read_ini(f), f
+        assert read_model_file(f), f

@@ -97,7 +97,8 @@ def parse_ini(text: str, file: str) -> list[Section]:
     return sections
 
 
-def read_ini(path: str) -> list[Section]:
+def read_model_file(path: str) -> list[Section]:
+    """Sections of an INI or (by extension) YAML model file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -113,7 +114,11 @@ def read_ini(path: str) -> list[Section]:
     if "\x00" in text:
         line = text[:text.index("\x00")].count("\n") + 1
         raise ConfigError("not a text file (NUL byte)", file=path, line=line)
-    sections = parse_ini(text, path)
+    if path.lower().endswith((".yaml", ".yml")):
+        from .yaml_file import parse_yaml
+        sections = parse_yaml(text, path)
+    else:
+        sections = parse_ini(text, path)
     if not sections:
         raise ConfigError("the file is empty: no [Model] and no layer sections", file=path)
     return sections

@@ -11,7 +11,7 @@ from typing import Any
 from nntrainer_cli.errors import ConfigError
 
 from . import props as P
-from .ini import Entry, Section, read_ini
+from .ini import Entry, Section, read_model_file
 
 SPECIAL = ("model", "optimizer", "learningratescheduler", "dataset", "train_set", "valid_set",
            "test_set")
@@ -139,14 +139,14 @@ def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] =
             out.append(s)
             continue
         path = os.path.normpath(os.path.join(base, entry.value))
-        if not path.lower().endswith(".ini"):
-            raise s.error(f"backbone {entry.value!r} is not an INI model; TensorFlow Lite and "
-                          "NNStreamer backbones are not supported", "backbone")
+        if not path.lower().endswith((".ini", ".yaml", ".yml")):
+            raise s.error(f"backbone {entry.value!r} is not an INI or YAML model; TensorFlow "
+                          "Lite and NNStreamer backbones are not supported", "backbone")
         if not os.path.isfile(path):
             raise s.error(f"backbone file not found: {path}", "backbone")
         if path in seen:
             raise s.error("backbone includes itself", "backbone")
-        inner = [b for b in read_ini(path) if b.name not in SPECIAL]
+        inner = [b for b in read_model_file(path) if b.name not in SPECIAL]
         if not inner:
             raise s.error(f"backbone {entry.value!r} has no layer sections", "backbone")
         trainable = s.get("trainable")
@@ -233,7 +233,7 @@ def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
 
 
 def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
-    sections = read_ini(path)
+    sections = read_model_file(path)
     apply_overrides(sections, list(overrides))
     by_name = {s.name: s for s in sections}
     model_section = by_name.get("model")

@@ -110,7 +110,9 @@ class Trainer:
             traced.resume()
             ex.initialize(init_rng)
             if opts.init_weights:
-                weights_io.load(ex, opts.init_weights)
+                note = weights_io.load(ex, opts.init_weights)
+                if note:
+                    self._log(note)
             iteration = 0
             for epoch in range(1, opts.epochs + 1):
                 e0 = time.perf_counter()

@@ -43,8 +43,10 @@ def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
 
-def load(ex: Executor, path: str) -> None:
-    """Read weights (and Adam state when present) into the arena."""
+def load(ex: Executor, path: str) -> str | None:
+    """Read weights (and Adam state when it fits this model) into the arena. Returns a
+    note when the file's Adam state was left out: a file saved from the same layers
+    with other layers frozen (transfer learning) has state for other weights."""
     weights = list(_weights(ex))
     need = sum(a.nbytes for a in weights)
     try:
@@ -62,10 +64,14 @@ def load(ex: Executor, path: str) -> None:
         state = list(_adam_state(ex)) if ex.optimizer.state == ("adam_m", "adam_v") else []
         state_bytes = 4 + sum(a.nbytes for a in state)
         if rest in (0, 8):
-            return
-        if state and rest in (state_bytes, state_bytes + 8) and f.read(4) == b"adam":
+            return None
+        tag = f.read(4)
+        if state and rest in (state_bytes, state_bytes + 8) and tag == b"adam":
             for arr in state:
                 f.readinto(arr.data.cast("B"))
-            return
+            return None
+        if tag == b"adam":
+            return (f"{path}: weights loaded; its Adam state is for other trainable weights "
+                    "than this model's, so Adam starts afresh")
         raise DataError(f"weights file {path} has {size} bytes, which does not fit this model: "
                         f"weights take {need}, optional Adam state {state_bytes}, counters 8")
