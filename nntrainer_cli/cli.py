@@ -46,7 +46,26 @@ def handle_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """click's usage errors (a bad flag or choice) as one `error:` line and exit 2,
+    like every other bad input."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **kw):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            _fail(f"{e.format_message()}{hint}", 2)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nntrainer")
 @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
 def main(debug: bool) -> None:

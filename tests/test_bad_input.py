@@ -1,0 +1,129 @@
+"""Bad input of every kind named in the docs: one `error:` line naming the file (and
+line, section, key where there is one), exit 2, never a traceback. Then a fuzz test
+over mutated NNTrainer files."""
+
+import glob
+import os
+import random
+
+import pytest
+
+from helpers import CORPUS
+from test_cli import run, tiny_model
+
+GOOD = ("[Model]\nloss = cross\nbatch_size = 4\nepochs = 1\n[Optimizer]\ntype = adam\n"
+        "[train_set]\npath = train.dat\n"
+        "[in]\ntype = input\ninput_shape = 1:4:4\n"
+        "[conv]\ntype = conv2d\nfilters = 2\nkernel_size = 3,3\n"
+        "[a]\ntype = fully_connected\nunit = 3\ninput_layers = conv\n"
+        "[b]\ntype = fully_connected\nunit = 3\ninput_layers = conv\n"
+        "[sum]\ntype = addition\ninput_layers = a, b\nflatten = true\n"
+        "[out]\ntype = fully_connected\nunit = 3\nactivation = softmax\n")
+
+CASES = [  # (change to GOOD, extra args, text the error must contain)
+    (("unit = 3\ninput_layers = conv\n[b]", "unitz = 3\ninput_layers = conv\n[b]"), (),
+     "[a] unitz: unknown key (did you mean 'unit'?)"),
+    (("type = conv2d", "type = conv2"), (), "[conv] type: unknown layer type 'conv2'"),
+    (("activation = softmax", "activation = softmx"), (), "did you mean 'softmax'"),
+    (("type = adam", "type = adm"), (), "[optimizer] type: unknown optimizer"),
+    (("loss = cross", "loss = crossentropy"), (), "[model] loss:"),
+    (None, ("--planner", "fastest"), "'--planner'"),
+    (("filters = 2", "filters = -2"), (), "[conv] filters: expected a positive integer"),
+    (("batch_size = 4", "batch_size = 0"), (), "[model] batch_size: expected a positive"),
+    (("kernel_size = 3,3", "kernel_size = 5,5"), (), "[conv]"),
+    (("filters = 2\n", ""), (), "[conv]: missing required key 'filters'"),
+    (("input_shape = 1:4:4\n", ""), (), "[in]: the first layer needs input_shape"),
+    (("input_layers = a, b", "input_layers = a, c"), (), "no layer named [c]"),
+    (("unit = 3\ninput_layers = conv\n[b]", "unit = 3\ninput_layers = sum\n[b]"), (), "cycle"),
+    (("[b]\ntype = fully_connected\nunit = 3", "[b]\ntype = fully_connected\nunit = 2"), (),
+     "[sum] input_layers: cannot add"),
+    (("[b]", "[a]"), (), "section [a] appears twice"),
+    (("[in]", "[in"), (), "cannot read this line"),
+    (("path = train.dat", "path = missing.dat"), (), "[train_set] path: data file not found"),
+    (None, ("--save", "/proc/nope/w.bin"), "cannot write weights"),
+    (None, ("--init-weights", "{tmp}/short.bin"), "short.bin has 12 bytes"),
+    (None, ("--init-weights", "{tmp}/none.bin"), "cannot read weights file"),
+]
+
+
+@pytest.mark.parametrize("change,args,message", CASES, ids=[c[2][:30] for c in CASES])
+def test_each_kind_of_bad_input(tmp_path, change, args, message):
+    (tmp_path / "train.dat").write_bytes(b"\0" * 4 * (16 + 3) * 4)
+    (tmp_path / "short.bin").write_bytes(b"\0" * 12)
+    text = GOOD if change is None else GOOD.replace(*change, 1)
+    assert change is None or text != GOOD, "the change did not apply"
+    model = tmp_path / "m.ini"
+    model.write_text(text)
+    res = run("train", str(model), "-q", *[a.format(tmp=tmp_path) for a in args])
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert message in errors[0], errors[0]
+    assert "Traceback" not in res.output and "internal error" not in res.output
+
+
+def test_the_good_model_trains(tmp_path):
+    (tmp_path / "train.dat").write_bytes(b"\0" * 4 * (16 + 3) * 4)
+    (tmp_path / "m.ini").write_text(GOOD)
+    res = run("train", str(tmp_path / "m.ini"), "-q")
+    assert res.exit_code == 0, res.output
+
+
+def test_empty_file_and_wrong_record_size(tmp_path):
+    (tmp_path / "empty.ini").write_text("")
+    res = run("check", str(tmp_path / "empty.ini"))
+    assert res.exit_code == 2 and "empty" in res.output
+    path = tiny_model(tmp_path)
+    with open(tmp_path / "train.dat", "ab") as f:
+        f.write(b"\0" * 8)
+    res = run("train", path)
+    assert res.exit_code == 2 and "not a whole number" in res.output
+
+
+def mutations(text: str, rng: random.Random) -> str:
+    lines = text.splitlines()
+    kind = rng.randrange(5)
+    if kind == 0 and lines:                       # delete a few lines
+        for _ in range(rng.randint(1, 3)):
+            if lines:
+                del lines[rng.randrange(len(lines))]
+    elif kind == 1:                               # swap two values
+        kv = [i for i, l in enumerate(lines) if "=" in l]
+        if len(kv) >= 2:
+            i, j = rng.sample(kv, 2)
+            ki, vi = lines[i].split("=", 1)
+            kj, vj = lines[j].split("=", 1)
+            lines[i], lines[j] = f"{ki}={vj}", f"{kj}={vi}"
+    elif kind == 2:                               # garbage bytes somewhere
+        data = bytearray("\n".join(lines).encode())
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(max(len(data), 1))] = rng.randrange(256) if data else 0
+        return data.decode("latin-1")
+    elif kind == 3 and lines:                     # a value replaced by something odd
+        kv = [i for i, l in enumerate(lines) if "=" in l]
+        if kv:
+            i = rng.choice(kv)
+            odd = rng.choice(["-1", "0", "1e40", "nan", "", "a,b", "3:3", "999999", "[x]", "1:0:1"])
+            lines[i] = lines[i].split("=", 1)[0] + "= " + odd
+    else:                                         # duplicate a line elsewhere
+        if lines:
+            lines.insert(rng.randrange(len(lines) + 1), rng.choice(lines))
+    return "\n".join(lines)
+
+
+@pytest.mark.skipif(not os.path.isdir(CORPUS), reason="../shared/nntrainer-ini not present")
+def test_fuzzed_corpus_files_never_crash(tmp_path):
+    rng = random.Random(2026)
+    files = sorted(f for f in glob.glob(os.path.join(CORPUS, "**", "*.ini"), recursive=True)
+                   if os.path.getsize(f) < 8000)   # the big ones only slow this down
+    outcomes = {0: 0, 2: 0}
+    for k in range(240):
+        src = files[k % len(files)]
+        target = tmp_path / f"fuzz{k}.ini"
+        with open(src, encoding="utf-8") as f:
+            target.write_bytes(mutations(f.read(), rng).encode("latin-1", "replace"))
+        res = run("check", "-b", "2", str(target))
+        assert res.exit_code in (0, 2), f"{src} mutation {k}: {res.output}"
+        assert "Traceback" not in res.output and "internal error" not in res.output, \
+            f"{src} mutation {k}: {res.output}"
+        outcomes[res.exit_code] += 1
+    assert outcomes[0] and outcomes[2]   # the mutations both break and spare files
