@@ -82,6 +82,15 @@ _planner_opt = click.option("--planner", type=click.Choice(PLANNER_NAMES), defau
                             help="Memory planner; 'best' runs all and keeps the smallest arena.")
 _batch_opt = click.option("--batch-size", "-b", type=click.IntRange(min=1),
                           help="Override [Model] batch_size.")
+_budget_opt = click.option(
+    "--memory-budget", "budget", metavar="SIZE",
+    help="Keep the resident arena within SIZE (64MiB, 1.5GB, 500000 bytes, or 50%% of the "
+         "plan without swap): tensors idle between two uses go to a swap file and come "
+         "back before they are needed. Same results, less memory.")
+_lookahead_opt = click.option(
+    "--lookahead", type=click.IntRange(min=0),
+    help="Under a budget, start reading a tensor back this many slots before its use "
+         "(default: [Model] memory_swap_lookahead, else 2).")
 _set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                         help="Override a config value, e.g. --set model.epochs=5 or "
                              "--set train_set.path=data.dat (repeatable).")
@@ -103,18 +112,30 @@ _set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KE
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the results as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@_budget_opt
+@_lookahead_opt
+@click.option("--swap-dir", type=click.Path(file_okay=False),
+              help="Where the swap file goes under a budget (default: [Model] "
+                   "memory_swap_path, else the system temp directory). It is removed at the end.")
 @_set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
-          quiet, overrides):
+          quiet, budget, lookahead, swap_dir, overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.tables import plan_summary, train_summary
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
     from nntrainer_cli.optim.schedulers import make_schedule
 
-    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner)
+    from nntrainer_cli.pipeline import parse_size
+    from nntrainer_cli.runtime.swap_io import check_swap_dir
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
+                budget=parse_size(budget) if budget else None, lookahead=lookahead,
+                swap_dir=swap_dir)
     cfg = p.cfg
+    if p.plan.swap:
+        check_swap_dir(p.swap_dir)
     if p.optimizer is None:
         raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
                           file=model)
@@ -133,7 +154,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
             click.echo(plan_summary(p.plan), err=True)
         opts = TrainOptions(epochs=epochs or cfg.model["epochs"], seed=seed,
                             shuffle=not no_shuffle, quiet=quiet, save=save,
-                            init_weights=init_weights)
+                            init_weights=init_weights, swap_dir=p.swap_dir)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     finally:
         for ds in data.values():
@@ -152,11 +173,13 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                    "arena offset down; open it in a browser).")
 @_batch_opt
 @_planner_opt
+@_budget_opt
+@_lookahead_opt
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write to this file instead of standard output.")
 @_set_opt
 @handle_errors
-def plan(model, fmt, batch_size, planner, output, overrides):
+def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
     """Print MODEL's memory plan: execution order, tensors, offsets, peak."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.svg import plan_svg
@@ -164,8 +187,11 @@ def plan(model, fmt, batch_size, planner, output, overrides):
 
     if output:
         check_writable(output)
+    from nntrainer_cli.pipeline import parse_size
+
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                require_loss=False)
+                require_loss=False, budget=parse_size(budget) if budget else None,
+                lookahead=lookahead)
     text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
             "svg": lambda: plan_svg(p.plan, model),
             "text": lambda: plan_text(p.plan, model)}[fmt]()

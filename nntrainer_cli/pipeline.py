@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
 from dataclasses import dataclass
 
 from nntrainer_cli.config import ModelConfig, load_config
+from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import LayerGraph, build_graph
 from nntrainer_cli.optim.optimizers import make_optimizer
 from nntrainer_cli.plan import MemoryPlan, make_plan
+from nntrainer_cli.plan.swap import DEFAULT_LOOKAHEAD
+
+UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
+         "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
+
+
+def parse_size(text: str) -> int | str:
+    """`64MiB`, `1.5GB`, `500000` (bytes) or `50%` (of the plan without swap)."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?%", t) and 0 < float(t[:-1]) <= 100:
+        return t
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
+    if not m or m.group(2) not in UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(f"expected a size like 64MiB, 1.5GB, 500000 or 50%, got {text!r}",
+                          key="--memory-budget")
+    return int(float(m.group(1)) * UNITS[m.group(2)])
 
 
 @dataclass
@@ -16,20 +35,42 @@ class Prepared:
     graph: LayerGraph
     optimizer: object | None
     plan: MemoryPlan
+    swap_dir: str | None = None
 
 
-def _refuse_unbuilt(cfg: ModelConfig, graph: LayerGraph) -> None:
-    """Keys the format allows but this tool cannot honour yet: say so, never ignore."""
-    for key in ("memory_swap", "fsu"):
-        if cfg.model[key]:
-            raise cfg.model_section.error("swapping tensors to disk is not supported yet", key)
+def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir):
+    """The budget, lookahead and directory from the flags, else from NNTrainer's keys
+    (memory_swap* or fsu*): swap turned on there without a budget means 'as little
+    memory as possible', which is what NNTrainer's swap aims at."""
+    m = cfg.model
+    on = m["memory_swap"] or m["fsu"]
+    if budget is None and on:
+        budget = "min"
+    if lookahead is None:
+        lookahead = m["memory_swap_lookahead"] if m["memory_swap_lookahead"] is not None \
+            else m["fsu_lookahead"] if m["fsu_lookahead"] is not None else DEFAULT_LOOKAHEAD
+    if swap_dir is None:
+        path = m["memory_swap_path"] or m["fsu_path"]
+        swap_dir = cfg.resolve(path) if path else tempfile.gettempdir()
+    return budget, lookahead, swap_dir
 
 
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
-            planner: str = "best", in_place: bool = True, require_loss: bool = True) -> Prepared:
+            planner: str = "best", in_place: bool = True, require_loss: bool = True,
+            budget: int | str | None = None, lookahead: int | None = None,
+            swap_dir: str | None = None) -> Prepared:
     cfg = load_config(path, overrides)
     graph = build_graph(cfg, batch_size, require_loss)
-    _refuse_unbuilt(cfg, graph)
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
-    plan = make_plan(graph, optimizer.state if optimizer else (), planner, in_place)
-    return Prepared(cfg, graph, optimizer, plan)
+    state = optimizer.state if optimizer else ()
+    budget, lookahead, swap_dir = _swap_settings(cfg, budget, lookahead, swap_dir)
+    plan = make_plan(graph, state, planner, in_place)
+    if budget is not None:
+        if budget == "min":
+            budget = 0
+        elif isinstance(budget, str):  # a share of the plan without swap
+            budget = int(plan.peak_bytes * float(budget[:-1]) / 100)
+        where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
+        plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
+                         smallest=budget == 0)
+    return Prepared(cfg, graph, optimizer, plan, swap_dir)

@@ -122,8 +122,8 @@ def test_one_epoch_matches_pytorch(tmp_path, model, optimizer):
     ex = Executor(graph, prepared.plan, prepared.optimizer, make_schedule(prepared.cfg))
     ex.initialize(np.random.default_rng(0))
     with open(start, "wb") as f:
-        for n, w in ex.weights:
-            f.write(ex.ctx[n.name].weights[w.name].tobytes())
+        for name in ex.weight_names():
+            f.write(ex.view(name, 0).tobytes())
     res = run("train", str(ini), "-q", "--init-weights", str(start), "--no-shuffle",
               "--save", str(end))
     assert res.exit_code == 0, res.output

@@ -97,6 +97,7 @@ class RunContext:
     rows: int = 0       # valid rows of the batch (evaluation may pad the last batch)
     loss: float = 0.0   # set by loss layers in forward
     rng: np.random.Generator | None = None  # for dropout and other random layers
+    node: str = ""      # the layer's name, for the runtime's bookkeeping
 
 
 class LayerError(ValueError):

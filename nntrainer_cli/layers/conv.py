@@ -100,44 +100,58 @@ class Conv2D(Layer):
         ctx.output_shapes = [(n, f, oh, ow)]
         self.request_weight(ctx, "filter", (f, c, kh, kw))
         self.request_bias(ctx, "bias", (f,))
-        col = (n, c, kh, kw, oh, ow)
+        # im2col a few samples at a time: its buffer stays about the size of the output
+        # instead of kh·kw times the input (NNTrainer goes one sample at a time)
+        self.dims = (n, f, c * kh * kw, oh * ow)
+        per_sample = c * kh * kw * oh * ow
+        self.chunk = max(1, min(n, -(-f * oh * ow * n // per_sample)))
+        col = (self.chunk, c, kh, kw, oh, ow)
         ctx.temp("col", col, "forward")
         ctx.temp("col_grad", col, "calc_gradient")
         ctx.temp("filter_part", (f, c, kh, kw), "calc_gradient")
         ctx.temp("col_deriv", col, "calc_derivative")
 
     def _shapes(self, ctx):
-        n, f = ctx.outputs[0].shape[:2]
-        return n, f, ctx.weights["filter"][0].size, self.win.out[0] * self.win.out[1]
+        """Batch, filters, column length, output pixels (from finalize: in backward the
+        output itself need not be resident)."""
+        return self.dims
+
+    def _chunks(self, n):
+        for start in range(0, n, self.chunk):
+            yield start, min(self.chunk, n - start)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         n, f, k, pix = self._shapes(ctx)
-        col = ctx.temps["col"]
-        im2col(ctx.inputs[0], self.win, col)
+        x, col, w = ctx.inputs[0], ctx.temps["col"], ctx.weights["filter"].reshape(f, k)
         y = ctx.outputs[0].reshape(n, f, pix)
-        np.matmul(ctx.weights["filter"].reshape(f, k), col.reshape(n, k, pix), out=y)
+        for s, m in self._chunks(n):
+            im2col(x[s:s + m], self.win, col[:m])
+            np.matmul(w, col[:m].reshape(m, k, pix), out=y[s:s + m])
         if "bias" in ctx.weights:
             y += ctx.weights["bias"][:, None]
 
     def calc_gradient(self, ctx: RunContext) -> None:
         n, f, k, pix = self._shapes(ctx)
-        col = ctx.temps["col_grad"]
-        im2col(ctx.inputs[0], self.win, col)
-        col3, dy = col.reshape(n, k, pix), ctx.out_grads[0].reshape(n, f, pix)
+        x, col = ctx.inputs[0], ctx.temps["col_grad"]
+        dy = ctx.out_grads[0].reshape(n, f, pix)
         dw, part = ctx.grads["filter"].reshape(f, k), ctx.temps["filter_part"].reshape(f, k)
-        np.matmul(dy[0], col3[0].T, out=dw)
-        for i in range(1, n):
-            np.matmul(dy[i], col3[i].T, out=part)
-            dw += part
+        dw.fill(0)
+        for s, m in self._chunks(n):
+            im2col(x[s:s + m], self.win, col[:m])
+            col3 = col[:m].reshape(m, k, pix)
+            for i in range(m):
+                np.matmul(dy[s + i], col3[i].T, out=part)
+                dw += part
         if "bias" in ctx.grads:
             np.sum(dy, axis=(0, 2), out=ctx.grads["bias"])
 
     def calc_derivative(self, ctx: RunContext) -> None:
         n, f, k, pix = self._shapes(ctx)
-        col = ctx.temps["col_deriv"]
-        np.matmul(ctx.weights["filter"].reshape(f, k).T, ctx.out_grads[0].reshape(n, f, pix),
-                  out=col.reshape(n, k, pix))
-        col2im(col, self.win, ctx.in_grads[0])
+        col, wt = ctx.temps["col_deriv"], ctx.weights["filter"].reshape(f, k).T
+        dy = ctx.out_grads[0].reshape(n, f, pix)
+        for s, m in self._chunks(n):
+            np.matmul(wt, dy[s:s + m], out=col[:m].reshape(m, k, pix))
+            col2im(col[:m], self.win, ctx.in_grads[0][s:s + m])
 
 
 @register

@@ -64,7 +64,7 @@ class CrossSoftmax(Loss):
         p, label, dx = rows2d(ctx.outputs[0]), rows2d(ctx.label), rows2d(ctx.in_grads[0])
         np.multiply(p, label.sum(axis=1, keepdims=True), out=dx)
         dx -= label
-        dx /= len(ctx.inputs[0])
+        dx /= len(ctx.in_grads[0])
 
 
 @register

@@ -8,6 +8,7 @@ from nntrainer_cli.graph import LayerGraph
 
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
+from .swap import SwapPlan, make_swap_plan
 
 
 @dataclass
@@ -19,6 +20,12 @@ class MemoryPlan:
     peak_bytes: int
     lower_bound_bytes: int
     naive_bytes: int
+    swap: SwapPlan | None = None   # under a memory budget
+
+    @property
+    def arena_bytes(self) -> int:
+        """What the runtime allocates: the resident arena when swapping."""
+        return self.swap.peak if self.swap else self.peak_bytes
 
     @property
     def specs(self) -> dict[str, TensorSpec]:
@@ -30,7 +37,10 @@ class MemoryPlan:
 
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
-              in_place: bool = True) -> MemoryPlan:
+              in_place: bool = True, budget: int | None = None, lookahead: int = 2,
+              where=None, smallest: bool = False) -> MemoryPlan:
+    """The plan; with a `budget`, also the swap schedule that keeps the resident arena
+    within it (`where` builds the error when it cannot)."""
     ts = build_specs(graph, optimizer_state, in_place)
     roots = ts.roots()
     items = [Item(s.bytes, s.first, s.last) for s in roots]
@@ -44,5 +54,8 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
     for s in ts.specs.values():
         if s.alias_of:
             s.offset = ts.specs[s.alias_of].offset
-    return MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
+    plan = MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
                       sum(it.size for it in items))
+    if budget is not None:
+        plan.swap = make_swap_plan(ts, budget, lookahead, planner, where, smallest)
+    return plan

@@ -1,9 +1,9 @@
 """Runs one training or evaluation iteration over the planned arena.
 
 The arena is one numpy buffer allocated once; every tensor is a view at its planned
-offset (aliases share their root's bytes). Each layer gets a RunContext of views built
-once, and the slots run in the planned order, so what executes is exactly what was
-planned."""
+offset (aliases share their root's bytes). Contexts of views are built once, and the
+slots run in the planned order, with the swap schedule's loads and stores around them,
+so what executes is exactly what was planned."""
 
 from __future__ import annotations
 
@@ -39,47 +39,81 @@ def kernel_settings():
 
 def allocate_arena(plan: MemoryPlan) -> np.ndarray:
     """The one large allocation of a run: every tensor lives in it."""
-    return np.zeros(plan.peak_bytes, dtype=np.uint8)
+    return np.zeros(plan.arena_bytes, dtype=np.uint8)
 
 
 class Executor:
+    """Views and contexts are made once. Without swap each tensor has one view; under a
+    budget it has one per residency (a stay in the arena between swaps), and each slot's
+    context holds the views resident at that slot, so a layer never sees stale bytes."""
+
     def __init__(self, graph: LayerGraph, plan: MemoryPlan, optimizer, schedule,
-                 arena: np.ndarray | None = None, rng: np.random.Generator | None = None):
+                 arena: np.ndarray | None = None, rng: np.random.Generator | None = None,
+                 swap_io=None):
         self.graph, self.plan = graph, plan
         self.rng = rng or np.random.default_rng(0)
         self.optimizer, self.schedule = optimizer, schedule
         self.arena = allocate_arena(plan) if arena is None else arena
-        self.views = {name: self._view(spec) for name, spec in plan.specs.items()}
-        self.ctx = {n.name: self._context(n.name) for n in graph.nodes}
-        v = self.views
-        self.input_views = [v[f"{n.name}:input"] for n in graph.inputs]
-        self.label_views = [v[f"{n.name}:label"] for n in graph.losses]
-        self.loss_nodes = [(n.name, self.ctx[n.name]) for n in graph.losses]
+        self.io = swap_io
+        self.places = self._placements()
+        ns = plan.tensors.node_slots
+        self.slot_ctx = [self._context(s.node, s.index) if s.node in graph.by_name else None
+                         for s in plan.slots]
+        self.fwd_ctx = {n.name: self.slot_ctx[ns[n.name].forward] for n in graph.nodes}
+        self.input_views = [self.view(f"{n.name}:input", 0) for n in graph.inputs]
+        self.label_views = [self.view(f"{n.name}:label", 0) for n in graph.losses]
+        self.loss_ctx = [c for n in graph.losses for c in self.slot_ctx
+                         if c is not None and c.node == n.name]
         self.metric_node = graph.losses[0].name
-        self.metric_slot = plan.tensors.node_slots[self.metric_node].forward
+        self.metric_slot = ns[self.metric_node].forward
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
-        self.forward_steps = [(n.layer, self.ctx[n.name]) for n in graph.nodes]
+        self.l2 = {ns[n.name].forward: [(w, self.fwd_ctx[n.name].weights[w.name])
+                                        for w in n.ctx.weights
+                                        if w.regularizer == "l2norm" and w.trainable]
+                   for n in graph.nodes}
         self.train_steps = self._train_steps()
+        self.swap_steps = self._swap_steps() if plan.swap else None
 
-    def _view(self, spec) -> np.ndarray:
-        off = spec.offset
-        return self.arena[off:off + spec.nbytes].view(spec.dtype).reshape(spec.shape)
+    # --- where each tensor lives -------------------------------------------------------
+    def _placements(self) -> dict[str, list[tuple[int, int, np.ndarray]]]:
+        """Per tensor: (first slot, last slot, view) for each stay in the arena."""
+        plan, out = self.plan, {}
+        end = len(plan.slots) - 1
+        for name, spec in plan.specs.items():
+            root = spec.alias_of or name
+            if plan.swap is None:
+                stays = [(0, end, plan.specs[root].offset)]
+            else:
+                stays = [(r.first, r.last, r.offset) for r in plan.swap.of(root)] or \
+                        [(0, end, 0)]  # an empty tensor
+            out[name] = [(a, b, self._view_at(spec, off)) for a, b, off in stays]
+        return out
 
-    def _context(self, node: str) -> RunContext:
-        io, v = self.plan.tensors.io[node], self.views
-        pick = lambda names: [v[n] if n else None for n in names]  # noqa: E731
+    def _view_at(self, spec, offset: int) -> np.ndarray:
+        return self.arena[offset:offset + spec.nbytes].view(spec.dtype).reshape(spec.shape)
+
+    def view(self, name: str, slot: int) -> np.ndarray | None:
+        for first, last, v in self.places[name]:
+            if first <= slot <= last:
+                return v
+        return None
+
+    def _context(self, node: str, slot: int) -> RunContext:
+        io = self.plan.tensors.io[node]
+        at = lambda n: self.view(n, slot) if n else None  # noqa: E731
+        resident = lambda names: {k: v for k, n in names.items()  # noqa: E731
+                                  if (v := at(n)) is not None}
         return RunContext(
-            inputs=pick(io["inputs"]), outputs=pick(io["outputs"]),
-            weights={k: v[n] for k, n in io["weights"].items()},
-            grads={k: v[n] for k, n in io["grads"].items()},
-            in_grads=pick(io["in_grads"]), out_grads=pick(io["out_grads"]),
-            temps={k: v[n] for k, n in io["temps"].items()},
-            label=v[io["label"]] if io["label"] else None, rng=self.rng)
+            inputs=[at(n) for n in io["inputs"]], outputs=[at(n) for n in io["outputs"]],
+            weights=resident(io["weights"]), grads=resident(io["grads"]),
+            in_grads=[at(n) for n in io["in_grads"]], out_grads=[at(n) for n in io["out_grads"]],
+            temps=resident(io["temps"]), label=at(io["label"]), rng=self.rng, node=node)
 
+    # --- the steps of one iteration ----------------------------------------------------
     def _train_steps(self):
-        steps = []
+        steps, ns = [], self.plan.tensors.node_slots
         for slot in self.plan.slots:
-            node, ctx = self.graph.by_name.get(slot.node), self.ctx.get(slot.node)
+            node, ctx = self.graph.by_name.get(slot.node), self.slot_ctx[slot.index]
             if slot.phase == "forward":
                 steps.append((node.layer.forward, (ctx, True)))
             elif slot.phase == "calc_gradient":
@@ -87,82 +121,142 @@ class Executor:
             elif slot.phase == "calc_derivative":
                 steps.append((node.layer.calc_derivative, (ctx,)))
             elif slot.phase == "apply_gradient":
-                steps.append((self._apply, (node, ctx)))
+                steps.append((self._apply, (self._updates(node, slot.index),)))
             else:
                 clipped = [n for n in self.graph.nodes
-                           if self.plan.tensors.node_slots[n.name].apply_gradient == slot.index]
-                steps.append((self._clip_and_apply, (clipped,)))
+                           if ns[n.name].apply_gradient == slot.index]
+                steps.append((self._clip_and_apply,
+                              ([(n.clip, u) for n in clipped
+                                for u in self._updates(n, slot.index)],)))
         return steps
 
-    def initialize(self, rng: np.random.Generator) -> None:
-        for node, w in self.weights:
-            initialize(self.ctx[node.name].weights[w.name], w.initializer, rng)
-
-    def _apply(self, node, ctx: RunContext) -> None:
+    def _updates(self, node, slot: int) -> list:
+        """(weight request, weight, gradient, optimizer state) for a node's apply slot."""
         io = self.plan.tensors.io[node.name]
-        for w in node.ctx.weights:
-            if not w.trainable:
-                continue
-            weight, grad = ctx.weights[w.name], ctx.grads[w.name]
+        return [(w, self.view(io["weights"][w.name], slot), self.view(io["grads"][w.name], slot),
+                 [self.view(s, slot) for s in io["state"][w.name]])
+                for w in node.ctx.weights if w.trainable]
+
+    def _apply(self, updates) -> None:
+        for w, weight, grad, state in updates:
             extra = (w.regularizer_constant if w.regularizer == "l2norm" else 0.0) + w.decay
             if extra:  # grad += extra·w without a weight-sized temporary
                 grad /= extra
                 grad += weight
                 grad *= extra
-            state = [self.views[s] for s in io["state"][w.name]]
             self.optimizer.apply(weight, grad, state, self.lr, self.iteration)
 
-    def _clip_and_apply(self, nodes) -> None:
+    def _clip_and_apply(self, updates) -> None:
         """NNTrainer's clipping: one L2 norm over all clipped gradients; each is scaled
         by its layer's clip / (norm + 1e-6) when the norm exceeds it, then applied."""
-        grads = [(n.clip, self.ctx[n.name].grads[w]) for n in nodes for w in self.ctx[n.name].grads]
-        norm = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for _, g in grads))
-        for clip, g in grads:
+        norm = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1)))
+                             for _, (_, _, g, _) in updates))
+        for clip, (_, _, g, _) in updates:
             if norm + CLIP_EPSILON > clip:
                 g *= clip / (norm + CLIP_EPSILON)
-        for n in nodes:
-            self._apply(n, self.ctx[n.name])
+        self._apply([u for _, u in updates])
 
-    def regularization_loss(self) -> float:
-        """NNTrainer reports constant·½·‖W‖₂ (the norm, not its square) per l2norm weight."""
-        total = 0.0
-        for node, w in self.weights:
-            if w.regularizer == "l2norm" and w.trainable:
-                x = self.ctx[node.name].weights[w.name].reshape(-1)
-                total += w.regularizer_constant * 0.5 * float(np.sqrt(np.dot(x, x)))
-        return total
+    def _swap_steps(self):
+        """Per slot: loads to start, operations to wait for, stores to start after.
+        Operation numbers are per iteration (the queue is drained between them)."""
+        res = self.plan.swap.residencies
+        views = {id(r): self._view_at(self.plan.specs[r.tensor], r.offset) for r in res}
+        order, number = [], {}
+        for t in range(len(self.plan.slots)):
+            for r in res:
+                if r.loaded and r.first == t:
+                    order.append(("in", r))
+            for r in res:
+                if r.stored and r.last == t:
+                    order.append(("out", r))
+        for k, (op, r) in enumerate(order, 1):
+            number[(op, id(r))] = k
+        steps = []
+        for t in range(len(self.plan.slots)):
+            loads = [(r.tensor, views[id(r)]) for r in res if r.loaded and r.first == t]
+            stores = [(r.tensor, views[id(r)]) for r in res if r.stored and r.last == t]
+            need = [number[("in", id(r))] for r in res if r.loaded and r.use_first == t]
+            for r in res:  # bytes the compute writes first must have been stored away
+                if not r.loaded and r.first == t:
+                    need += [number[("out", id(p))] for p in res
+                             if p.stored and p.last < t and p.offset < r.offset + r.bytes
+                             and r.offset < p.offset + p.bytes]
+            steps.append((loads, max(need, default=0), stores))
+        return steps
+
+    def _run(self, count: int, training: bool, rows: int) -> tuple[float, int]:
+        for ctx in self.loss_ctx:
+            ctx.rows = rows
+        correct, reg = 0, 0.0
+        io, swap, base = self.io, self.swap_steps, 0
+        if io is not None:
+            base = io.submitted
+        for i in range(count):
+            if swap is not None:
+                loads, need, stores = swap[i]
+                for tensor, v in loads:
+                    io.submit("in", tensor, v)
+                if need:
+                    io.wait(base + need)
+            if training:
+                fn, args = self.train_steps[i]
+                fn(*args)
+            else:
+                node = self.graph.by_name[self.plan.slots[i].node]
+                node.layer.forward(self.slot_ctx[i], False)
+            for w, x in self.l2.get(i, ()):
+                flat = x.reshape(-1)
+                reg += w.regularizer_constant * 0.5 * float(np.sqrt(np.dot(flat, flat)))
+            if i == self.metric_slot:
+                correct = self._correct(rows)
+            if swap is not None:
+                for tensor, v in swap[i][2]:
+                    io.submit("out", tensor, v)
+        if io is not None:
+            io.drain()
+        return sum(self.fwd_ctx[n.name].loss for n in self.graph.losses) + reg, correct
 
     def _correct(self, rows: int) -> int:
         """Rows whose argmax matches the label's, read right after the metric node's
         forward slot (its output may be reused later in the iteration)."""
-        ctx = self.ctx[self.metric_node]
+        ctx = self.fwd_ctx[self.metric_node]
         out = ctx.outputs[0][:rows].reshape(rows, -1)
         label = ctx.label[:rows].reshape(rows, -1)
         return int(np.count_nonzero(out.argmax(axis=1) == label.argmax(axis=1)))
 
-    def _loss(self) -> float:
-        return sum(ctx.loss for _, ctx in self.loss_nodes) + self.regularization_loss()
-
     def train_step(self, iteration: int) -> tuple[float, int]:
         """One iteration over the batch already in the input/label views."""
         self.iteration, self.lr = iteration, self.schedule(iteration)
-        batch = self.graph.batch_size
-        for _, ctx in self.loss_nodes:
-            ctx.rows = batch
-        correct = 0
-        for i, (fn, args) in enumerate(self.train_steps):
-            fn(*args)
-            if i == self.metric_slot:
-                correct = self._correct(batch)
-        return self._loss(), correct
+        return self._run(len(self.plan.slots), True, self.graph.batch_size)
 
     def eval_step(self, rows: int) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows."""
-        for _, ctx in self.loss_nodes:
-            ctx.rows = rows
-        correct = 0
-        for i, (layer, ctx) in enumerate(self.forward_steps):
-            layer.forward(ctx, False)
-            if i == self.metric_slot:
-                correct = self._correct(rows)
-        return self._loss(), correct
+        return self._run(len(self.graph.nodes), False, rows)
+
+    # --- weights and optimizer state between iterations --------------------------------
+    @contextlib.contextmanager
+    def persistent(self, name: str, write: bool):
+        """A weight or optimizer-state tensor between iterations. A swapped one lives in
+        the swap file then; it is staged through its first stay's bytes (free between
+        iterations) and written back when `write`."""
+        stays = self.places[name]
+        swapped = self.plan.swap is not None and name in self.plan.swap.swapped \
+            and not (len(stays) == 1 and stays[0][:2] == (0, len(self.plan.slots) - 1))
+        view = stays[0][2]
+        if swapped:
+            self.io.file.read(name, view)
+        yield view
+        if swapped and write:
+            self.io.file.write(name, view)
+
+    def weight_names(self) -> list[str]:
+        return [self.plan.tensors.io[n.name]["weights"][w.name] for n, w in self.weights]
+
+    def state_names(self) -> list[str]:
+        io = self.plan.tensors.io
+        return [s for n, w in self.weights if w.trainable for s in io[n.name]["state"][w.name]]
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        for (node, w), name in zip(self.weights, self.weight_names()):
+            with self.persistent(name, write=True) as v:
+                initialize(v, w.initializer, rng)

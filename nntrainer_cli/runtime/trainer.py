@@ -20,6 +20,7 @@ from nntrainer_cli.report.measure import TracedPeak, rss_peak_bytes
 from . import weights as weights_io
 from .data import Dataset, open_dataset
 from .executor import Executor, allocate_arena, kernel_settings
+from .swap_io import SwapFile, SwapIO
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainOptions:
     quiet: bool = False
     save: str | None = None
     init_weights: str | None = None
+    swap_dir: str | None = None
 
 
 def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
@@ -105,31 +107,16 @@ class Trainer:
         with kernel_settings(), TracedPeak() as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
-            ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
-                          np.random.default_rng([opts.seed, 1]))
-            traced.resume()
-            ex.initialize(init_rng)
-            if opts.init_weights:
-                note = weights_io.load(ex, opts.init_weights)
-                if note:
-                    self._log(note)
-            iteration = 0
-            for epoch in range(1, opts.epochs + 1):
-                e0 = time.perf_counter()
-                loss, acc, iteration = self._epoch(ex, epoch, rng, iteration)
-                row = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
-                       "val_loss": None, "val_accuracy": None}
-                if "valid" in self.data:
-                    row["val_loss"], row["val_accuracy"] = self._evaluate(ex, self.data["valid"])
-                row["seconds"] = time.perf_counter() - e0
-                report["epochs"].append(row)
-                if opts.save:
-                    weights_io.save(ex, opts.save, epoch, iteration,
-                                    with_adam=self.optimizer.state == ("adam_m", "adam_v"))
-                self._log(_epoch_line(row, opts.epochs))
-            if "test" in self.data:
-                loss, acc = self._evaluate(ex, self.data["test"])
-                report["test"] = {"loss": loss, "accuracy": acc}
+            io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, plan.swap.file_offsets)) \
+                if plan.swap else None
+            try:
+                ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
+                              np.random.default_rng([opts.seed, 1]), io)
+                traced.resume()
+                self._train(ex, report, rng, init_rng)
+            finally:
+                if io is not None:
+                    io.close()
         report["memory"] = {
             "planned_peak_bytes": plan.peak_bytes,
             "lower_bound_bytes": plan.lower_bound_bytes,
@@ -137,8 +124,41 @@ class Trainer:
             "measured_peak_bytes": traced.peak,
             "rss_peak_bytes": rss_peak_bytes(),
         }
+        if plan.swap:
+            report["memory"]["swap"] = {
+                "budget_bytes": plan.swap.budget, "resident_peak_bytes": plan.swap.peak,
+                "lookahead": plan.swap.lookahead, "bytes_in": io.moved_in,
+                "bytes_out": io.moved_out, "io_wait_seconds": io.waited,
+                "bytes_in_per_iteration": plan.swap.bytes_in,
+                "bytes_out_per_iteration": plan.swap.bytes_out}
         report["seconds"] = time.perf_counter() - t0
         return report
+
+    def _train(self, ex: Executor, report: dict, rng, init_rng) -> None:
+        """Initialize (or load) the weights, run the epochs, evaluate; fills `report`."""
+        opts = self.opts
+        ex.initialize(init_rng)
+        if opts.init_weights:
+            note = weights_io.load(ex, opts.init_weights)
+            if note:
+                self._log(note)
+        iteration = 0
+        for epoch in range(1, opts.epochs + 1):
+            e0 = time.perf_counter()
+            loss, acc, iteration = self._epoch(ex, epoch, rng, iteration)
+            row = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
+                   "val_loss": None, "val_accuracy": None}
+            if "valid" in self.data:
+                row["val_loss"], row["val_accuracy"] = self._evaluate(ex, self.data["valid"])
+            row["seconds"] = time.perf_counter() - e0
+            report["epochs"].append(row)
+            if opts.save:
+                weights_io.save(ex, opts.save, epoch, iteration,
+                                with_adam=self.optimizer.state == ("adam_m", "adam_v"))
+            self._log(_epoch_line(row, opts.epochs))
+        if "test" in self.data:
+            loss, acc = self._evaluate(ex, self.data["test"])
+            report["test"] = {"loss": loss, "accuracy": acc}
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

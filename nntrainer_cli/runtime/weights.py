@@ -16,28 +16,21 @@ from nntrainer_cli.files import atomic_open
 from .executor import Executor
 
 
-def _weights(ex: Executor):
-    for node, w in ex.weights:
-        yield ex.ctx[node.name].weights[w.name]
-
-
-def _adam_state(ex: Executor):
-    io = ex.plan.tensors.io
-    for node, w in ex.weights:
-        if w.trainable:
-            for name in io[node.name]["state"][w.name]:
-                yield ex.views[name]
+def _adam_names(ex: Executor) -> list[str]:
+    return ex.state_names() if ex.optimizer.state == ("adam_m", "adam_v") else []
 
 
 def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -> None:
     try:
         with atomic_open(path, "wb") as f:
-            for arr in _weights(ex):
-                f.write(arr.data)
+            for name in ex.weight_names():
+                with ex.persistent(name, write=False) as arr:
+                    f.write(arr.data)
             if with_adam:
                 f.write(b"adam")
-                for arr in _adam_state(ex):
-                    f.write(arr.data)
+                for name in _adam_names(ex):
+                    with ex.persistent(name, write=False) as arr:
+                        f.write(arr.data)
             f.write(struct.pack("<II", epoch, iteration))
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
@@ -47,8 +40,8 @@ def load(ex: Executor, path: str) -> str | None:
     """Read weights (and Adam state when it fits this model) into the arena. Returns a
     note when the file's Adam state was left out: a file saved from the same layers
     with other layers frozen (transfer learning) has state for other weights."""
-    weights = list(_weights(ex))
-    need = sum(a.nbytes for a in weights)
+    weights = ex.weight_names()
+    need = sum(ex.plan.specs[n].nbytes for n in weights)
     try:
         size = os.path.getsize(path)
         f = open(path, "rb")
@@ -58,17 +51,19 @@ def load(ex: Executor, path: str) -> str | None:
         if size < need:
             raise DataError(f"weights file {path} has {size} bytes but the model's weights need "
                             f"{need} ({len(weights)} tensors)")
-        for arr in weights:
-            f.readinto(arr.data.cast("B"))
+        for name in weights:
+            with ex.persistent(name, write=True) as arr:
+                f.readinto(arr.data.cast("B"))
         rest = size - need
-        state = list(_adam_state(ex)) if ex.optimizer.state == ("adam_m", "adam_v") else []
-        state_bytes = 4 + sum(a.nbytes for a in state)
+        state = _adam_names(ex)
+        state_bytes = 4 + sum(ex.plan.specs[n].nbytes for n in state)
         if rest in (0, 8):
             return None
         tag = f.read(4)
         if state and rest in (state_bytes, state_bytes + 8) and tag == b"adam":
-            for arr in state:
-                f.readinto(arr.data.cast("B"))
+            for name in state:
+                with ex.persistent(name, write=True) as arr:
+                    f.readinto(arr.data.cast("B"))
             return None
         if tag == b"adam":
             return (f"{path}: weights loaded; its Adam state is for other trainable weights "

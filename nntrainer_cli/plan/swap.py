@@ -1,0 +1,259 @@
+"""The swap schedule: which tensors leave the arena between two uses, when they come
+back, and where each stay (residency) sits in an arena no larger than the budget.
+
+Every tensor (alias group) is used at known slots. Between two uses it may stay
+resident, or be written to the swap file after the first and read back `lookahead`
+slots before the second; weights and optimizer state also cross iterations, so for
+them the stretch from the last use to the next iteration's first use counts too.
+Starting from "everything stays", the fullest slot is relieved by sending out the
+tensor idle there whose next use is furthest away, weighted by its size (Belady's
+rule), until every slot fits; when nothing idle is left there, loads whose lookahead
+window covers that slot are issued later. The residencies are then placed by the usual
+planners, each at its own offset. Values nobody reads again are dropped, never written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nntrainer_cli.errors import ConfigError
+
+from .planners import Item, check_valid, lower_bound, plan_offsets
+from .specs import TensorSet, TensorSpec
+
+FILE_ALIGN = 4096
+DEFAULT_LOOKAHEAD = 2
+
+
+@dataclass
+class Residency:
+    tensor: str
+    kind: str
+    bytes: int
+    first: int          # first slot it occupies (a load is issued as this slot starts)
+    last: int           # its last use; a store, if any, is issued right after it
+    use_first: int      # its first use: a load must have arrived by then
+    loaded: bool        # starts by reading the swap file
+    stored: bool        # ends by writing the swap file
+    offset: int = 0
+
+
+@dataclass
+class SwapPlan:
+    budget: int
+    lookahead: int
+    residencies: list[Residency]
+    peak: int                            # the resident arena
+    lower_bound: int                     # of the residencies: no placement does better
+    file_offsets: dict[str, int] = field(default_factory=dict)
+    file_bytes: int = 0
+
+    def of(self, tensor: str) -> list[Residency]:
+        return [r for r in self.residencies if r.tensor == tensor]
+
+    @property
+    def swapped(self) -> set[str]:
+        return set(self.file_offsets)
+
+    def events(self) -> list[dict]:
+        out = []
+        for r in self.residencies:
+            if r.loaded:
+                out.append({"slot": r.first, "op": "in", "tensor": r.tensor, "bytes": r.bytes})
+            if r.stored:
+                out.append({"slot": r.last, "op": "out", "tensor": r.tensor, "bytes": r.bytes})
+        return sorted(out, key=lambda e: (e["slot"], e["op"] == "in", e["tensor"]))
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(r.bytes for r in self.residencies if r.loaded)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(r.bytes for r in self.residencies if r.stored)
+
+
+class _Tensor:
+    """One alias group: its uses, and which idle stretches between them are swapped."""
+
+    def __init__(self, spec: TensorSpec, uses: list[int], writes: set[int], end: int):
+        self.spec, self.uses, self.writes, self.end = spec, uses, writes, end
+        self.split: set[int] = set()     # gap i lies between uses[i] and uses[i + 1]
+        self.wrap = False                # persistent: out between iterations
+        self.ahead: dict[int, int] = {}  # use → a shorter lookahead for the load before it
+
+    def residencies(self, lookahead: int) -> list[Residency]:
+        s = self.spec
+        if s.persistent and not self.wrap:
+            return [Residency(s.name, s.kind, s.bytes, 0, self.end, self.uses[0], False, False)]
+        clusters, start = [], 0
+        for i in range(len(self.uses) - 1):
+            if i in self.split:
+                clusters.append(self.uses[start:i + 1])
+                start = i + 1
+        clusters.append(self.uses[start:])
+        out, prev_last = [], -1
+        for k, c in enumerate(clusters):
+            loaded = s.persistent or k > 0
+            ahead = self.ahead.get(c[0], lookahead)
+            first = max(prev_last + 1, c[0] - ahead) if loaded else c[0]
+            more = k < len(clusters) - 1
+            stored = (more or s.persistent) and (not s.persistent or
+                                                  any(t in self.writes for t in c))
+            out.append(Residency(s.name, s.kind, s.bytes, first, c[-1], c[0], loaded, stored))
+            prev_last = c[-1]
+        return out
+
+    def option_at(self, t: int, lookahead: int, full: bool):
+        """What to swap so this tensor is not resident at slot t, and its score
+        (size × distance to the next use), or None. With `full`, only swaps whose load
+        can still start `lookahead` slots early; else the load may start later."""
+        u = self.uses
+        if t in u:
+            return None
+
+        def ahead(nxt):  # the lookahead left for the load before use nxt
+            return min(lookahead, nxt - t - 1) if not full else \
+                (lookahead if nxt - lookahead > t else None)
+
+        if self.spec.persistent and not self.wrap:
+            if t > u[-1] or t < u[0]:
+                nxt = u[0] + self.end + 1 if t > u[-1] else u[0]
+                if t < u[0] and ahead(u[0]) is None:
+                    return None
+                return ("wrap", None, u[0], ahead(nxt) if t < u[0] else lookahead), \
+                    self.spec.bytes * (nxt - t)
+            i = next(i for i in range(len(u) - 1) if u[i] < t < u[i + 1])
+            if ahead(u[i + 1]) is None:
+                return None
+            return ("wrap", i, u[i + 1], ahead(u[i + 1])), self.spec.bytes * (u[i + 1] - t)
+        for i in range(len(u) - 1):
+            if u[i] < t < u[i + 1] and i not in self.split and ahead(u[i + 1]) is not None:
+                return ("gap", i, u[i + 1], ahead(u[i + 1])), self.spec.bytes * (u[i + 1] - t)
+        return None
+
+    def later_at(self, t: int, lookahead: int):
+        """A load whose lookahead window covers slot t, to be issued after t instead."""
+        for r in self.residencies(lookahead):
+            if r.loaded and r.first <= t < r.use_first:
+                return ("late", None, r.use_first, r.use_first - t - 1), r.bytes
+        return None
+
+    def apply(self, option) -> None:
+        what, i, use, ahead = option
+        if ahead is not None and ahead < self.ahead.get(use, ahead + 1):
+            self.ahead[use] = ahead
+        if what == "wrap":
+            self.wrap = True
+        if i is not None:
+            self.split.add(i)
+
+
+def _writes(spec: TensorSpec, uses: list[int], ts: TensorSet) -> set[int]:
+    """Slots that may change a persistent tensor: a trainable weight only where it is
+    applied (its last use); other weights (moving statistics) and optimizer state are
+    treated as written at every use."""
+    if spec.kind == "weight" and f"{spec.name}:grad" in ts.specs:
+        return {uses[-1]}
+    return set(uses)
+
+
+def _group_uses(ts: TensorSet) -> dict[str, set[int]]:
+    uses = {s.name: set(s.uses) for s in ts.roots()}
+    for s in ts.specs.values():
+        if s.alias_of:
+            uses[s.alias_of] |= s.uses
+    return uses
+
+
+def _live(tensors: list[_Tensor], lookahead: int, end: int) -> list[int]:
+    live = [0] * (end + 1)
+    for t in tensors:
+        for r in t.residencies(lookahead):
+            for k in range(r.first, r.last + 1):
+                live[k] += r.bytes
+    return live
+
+
+def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int) -> bool:
+    """Swap until no slot holds more than `target` bytes; False if that cannot be."""
+    live = _live(tensors, lookahead, end)
+    while True:
+        t = max(range(len(live)), key=live.__getitem__)
+        if live[t] <= target:
+            return True
+        best = None
+        for find in (lambda x: x.option_at(t, lookahead, True),   # swaps that keep lookahead
+                     lambda x: x.option_at(t, lookahead, False),  # then with a later load
+                     lambda x: x.later_at(t, lookahead)):         # then delay a load
+            for x in tensors:
+                opt = find(x)
+                if opt and (best is None or opt[1] > best[2]):
+                    best = (x, opt[0], opt[1])
+            if best is not None:
+                break
+        if best is None:
+            return False
+        x = best[0]
+        for r in x.residencies(lookahead):
+            for k in range(r.first, r.last + 1):
+                live[k] -= r.bytes
+        x.apply(best[1])
+        for r in x.residencies(lookahead):
+            for k in range(r.first, r.last + 1):
+                live[k] += r.bytes
+
+
+def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) -> SwapPlan:
+    res = [r for t in tensors for r in t.residencies(lookahead) if r.bytes]
+    items = [Item(r.bytes, r.first, r.last) for r in res]
+    _, offsets = plan_offsets(items, planner)
+    peak = max((o + it.size for o, it in zip(offsets, items)), default=0)
+    problems = check_valid(items, offsets, peak)
+    if problems:
+        raise AssertionError(f"swap residencies placed invalidly: {problems[:3]}")
+    for r, off in zip(res, offsets):
+        r.offset = off
+    plan = SwapPlan(budget, lookahead, res, peak, lower_bound(items))
+    at = 0
+    for r in res:
+        if (r.loaded or r.stored) and r.tensor not in plan.file_offsets:
+            plan.file_offsets[r.tensor] = at
+            at += -(-r.bytes // FILE_ALIGN) * FILE_ALIGN
+    plan.file_bytes = at
+    return plan
+
+
+def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
+                   where=None, smallest: bool = False) -> SwapPlan:
+    """The schedule with the fewest swaps found that fits `budget`; a ConfigError naming
+    the smallest budget that works when none does. With `smallest`, the schedule that
+    swaps everything idle, whatever it needs."""
+    end = ts.end
+    uses = _group_uses(ts)
+
+    def fresh():
+        return [_Tensor(s, sorted(uses[s.name]), _writes(s, sorted(uses[s.name]), ts), end)
+                for s in ts.roots() if s.bytes]
+
+    if smallest:
+        least = fresh()
+        _relieve(least, 0, lookahead, end)
+        plan = _place(least, lookahead, planner, 0)
+        plan.budget = plan.peak
+        return plan
+    tensors, target = fresh(), budget
+    while True:
+        fits = _relieve(tensors, target, lookahead, end)
+        plan = _place(tensors, lookahead, planner, budget)
+        if plan.peak <= budget:
+            return plan
+        if not fits:
+            break
+        target -= plan.peak - budget  # fragmentation: relieve a little more
+    least = fresh()
+    _relieve(least, 0, lookahead, end)
+    smallest = _place(least, lookahead, planner, budget).peak
+    message = (f"a memory budget of {budget:,} bytes cannot be met: with every idle tensor "
+               f"swapped out (lookahead {lookahead}) the smallest budget that works is "
+               f"{smallest:,} bytes")
+    raise where(message) if where else ConfigError(message)

@@ -1,0 +1,127 @@
+"""The swap file and the thread that moves tensors between it and the arena.
+
+One file per run, created in the swap directory and removed when the run ends, also on
+error or Ctrl-C. Operations run in the order they are submitted (FIFO), so a load into
+bytes that a store is still reading from always comes after that store. The compute
+thread waits only for the operation a slot really needs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from nntrainer_cli.errors import DataError
+
+
+def check_swap_dir(directory: str) -> None:
+    if not os.path.isdir(directory):
+        raise DataError(f"swap directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DataError(f"swap directory {directory} is not writable")
+
+
+class SwapFile:
+    def __init__(self, directory: str, size: int, offsets: dict[str, int]):
+        check_swap_dir(directory)
+        try:
+            self.fd, self.path = tempfile.mkstemp(prefix="nntrainer-swap-", suffix=".bin",
+                                                  dir=directory)
+        except OSError as e:
+            raise DataError(f"cannot create a swap file in {directory}: {e.strerror}") from None
+        self.offsets = offsets
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            self.close()
+            raise DataError(f"cannot size the swap file {self.path}: {e.strerror}") from None
+
+    def write(self, tensor: str, view: np.ndarray) -> None:
+        data, at, done = view.data.cast("B"), self.offsets[tensor], 0
+        while done < len(data):
+            n = os.pwrite(self.fd, data[done:], at + done)
+            if n == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+
+    def read(self, tensor: str, view: np.ndarray) -> None:
+        data, at, done = view.data.cast("B"), self.offsets[tensor], 0
+        while done < len(data):
+            n = os.preadv(self.fd, [data[done:]], at + done)
+            if n == 0:
+                raise OSError(errno.EIO, f"swap file {self.path} ended early")
+            done += n
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+class SwapIO:
+    """A background thread running loads and stores; `wait(n)` blocks until the n-th
+    submitted operation is done, and re-raises a failed one as a DataError."""
+
+    def __init__(self, file: SwapFile):
+        self.file = file
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.cond = threading.Condition()
+        self.submitted = self.done = 0
+        self.error: DataError | None = None
+        self.waited = 0.0
+        self.moved_in = self.moved_out = 0
+        self.thread = threading.Thread(target=self._run, name="nntrainer-swap", daemon=True)
+        self.thread.start()
+
+    def submit(self, op: str, tensor: str, view: np.ndarray) -> int:
+        self.submitted += 1
+        self.jobs.put((op, tensor, view))
+        return self.submitted
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            op, tensor, view = job
+            if self.error is None:
+                try:
+                    if op == "in":
+                        self.file.read(tensor, view)
+                        self.moved_in += view.nbytes
+                    else:
+                        self.file.write(tensor, view)
+                        self.moved_out += view.nbytes
+                except OSError as e:
+                    self.error = DataError(f"swap file {self.file.path}: {e.strerror or e}; "
+                                           "the run stopped (weights saved so far are intact)")
+            with self.cond:
+                self.done += 1
+                self.cond.notify_all()
+
+    def wait(self, n: int) -> None:
+        if self.done < n:
+            start = time.perf_counter()
+            with self.cond:
+                while self.done < n:
+                    self.cond.wait()
+            self.waited += time.perf_counter() - start
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        self.wait(self.submitted)
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        self.file.close()
