@@ -57,26 +57,60 @@ def plan_text(plan: MemoryPlan, model: str) -> str:
                     [[s.name, s.kind, "x".join(map(str, s.shape)), s.bytes, s.offset,
                       s.first, s.last, s.alias_of or ""] for s in plan.specs.values()],
                     right={3, 4, 5, 6})
-    return (f"model {model}\n{plan_summary(plan)}\n\nexecution order\n{order}\n\n"
+    text = (f"model {model}\n{plan_summary(plan)}\n\nexecution order\n{order}\n\n"
             f"tensors\n{tensors}\n")
+    return text + (swap_text(plan) if plan.swap else "")
+
+
+def swap_summary(plan: MemoryPlan) -> str:
+    sw = plan.swap
+    return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)} "
+            f"(without swap {human(plan.peak_bytes)}), lookahead {sw.lookahead}, "
+            f"{len(sw.swapped)} tensors swapped, per iteration {human(sw.bytes_out)} out, "
+            f"{human(sw.bytes_in)} in")
+
+
+def swap_text(plan: MemoryPlan) -> str:
+    sw = plan.swap
+    events = table(["slot", "op", "tensor", "bytes"],
+                   [[e["slot"], "out after" if e["op"] == "out" else "in from", e["tensor"],
+                     e["bytes"]] for e in sw.events()], right={0, 3})
+    stays = table(["tensor", "offset", "bytes", "first", "last", "loaded", "stored"],
+                  [[r.tensor, r.offset, r.bytes, r.first, r.last, "yes" if r.loaded else "",
+                    "yes" if r.stored else ""] for r in sw.residencies], right={1, 2, 3, 4})
+    return (f"\n{swap_summary(plan)}\n\nswap events (loads start as the slot starts; "
+            f"stores start after it)\n{events}\n\nresidencies (stays in the arena)\n{stays}\n")
 
 
 def plan_json(plan: MemoryPlan, model: str) -> dict:
-    return {
+    """DESIGN.md's fields; offsets are those of the plan without swap, and with a budget
+    `swap.residencies` gives each stay's offset in the resident arena."""
+    swapped = plan.swap.swapped if plan.swap else set()
+    out = {
         "model": model,
         "planner": plan.planner,
         "batch_size": plan.batch_size,
         "peak_bytes": plan.peak_bytes,
         "lower_bound_bytes": plan.lower_bound_bytes,
         "naive_bytes": plan.naive_bytes,
-        "resident_peak_bytes": plan.peak_bytes,
+        "resident_peak_bytes": plan.arena_bytes,
         "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase}
                             for s in plan.slots],
         "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,
                      "bytes": s.bytes, "offset": s.offset, "first": s.first, "last": s.last,
-                     "alias_of": s.alias_of, "swapped": False}
+                     "alias_of": s.alias_of, "swapped": (s.alias_of or s.name) in swapped}
                     for s in plan.specs.values()],
     }
+    if plan.swap:
+        sw = plan.swap
+        out["swap"] = {
+            "budget_bytes": sw.budget, "lookahead": sw.lookahead, "events": sw.events(),
+            "bytes_out": sw.bytes_out, "bytes_in": sw.bytes_in,
+            "resident_lower_bound_bytes": sw.lower_bound,
+            "residencies": [{"tensor": r.tensor, "offset": r.offset, "bytes": r.bytes,
+                             "first": r.first, "last": r.last, "loaded": r.loaded,
+                             "stored": r.stored} for r in sw.residencies]}
+    return out
 
 
 def model_summary(plan: MemoryPlan, graph) -> str:
@@ -109,11 +143,18 @@ def train_summary(report: dict) -> str:
     if report.get("test"):
         rows += [["test accuracy", f"{report['test']['accuracy']:.4f}"],
                  ["test loss", f"{report['test']['loss']:.4f}"]]
-    ratio = m["measured_peak_bytes"] / m["planned_peak_bytes"] if m["planned_peak_bytes"] else 0
+    arena = m["swap"]["resident_peak_bytes"] if m.get("swap") else m["planned_peak_bytes"]
+    ratio = m["measured_peak_bytes"] / arena if arena else 0
     rows += [["planned peak", human(m["planned_peak_bytes"])],
              ["lower bound", human(m["lower_bound_bytes"])],
-             ["naive total", human(m["naive_bytes"])],
-             ["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x plan)"],
+             ["naive total", human(m["naive_bytes"])]]
+    if m.get("swap"):
+        sw = m["swap"]
+        rows += [["memory budget", human(sw["budget_bytes"])],
+                 ["resident arena (swap)", human(sw["resident_peak_bytes"])],
+                 ["swapped out / in", f"{human(sw['bytes_out'])} / {human(sw['bytes_in'])}"],
+                 ["waited on swap I/O", f"{sw['io_wait_seconds']:.2f} s"]]
+    rows += [["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x arena)"],
              ["process peak RSS", human(m["rss_peak_bytes"])],
              ["time", f"{report['seconds']:.1f} s"]]
     return table(["result", "value"], rows, right={1})

@@ -1,0 +1,174 @@
+"""Training under a memory budget: the schedule is checked by an independent replay of
+where each tensor's value is, and training gives bit-identical weights."""
+
+import json
+import os
+
+import pytest
+
+from nntrainer_cli.pipeline import parse_size, prepare
+from nntrainer_cli.plan.planners import Item, check_valid
+from nntrainer_cli.errors import ConfigError
+
+from helpers import REPO
+from test_cli import run, tiny_model
+
+CONFIGS = os.path.join(REPO, "configs")
+
+
+def replay(plan):
+    """Walk the slots and follow each tensor's value: every use finds it resident, every
+    load reads a value the file really holds, and weights end each iteration in the file
+    or in the arena, not lost."""
+    sw, ts = plan.swap, plan.tensors
+    uses = {s.name: set(s.uses) for s in ts.roots()}
+    for s in ts.specs.values():
+        if s.alias_of:
+            uses[s.alias_of] |= s.uses
+    by = {}
+    for r in sw.residencies:
+        by.setdefault(r.tensor, []).append(r)
+    for name, stays in by.items():
+        stays.sort(key=lambda r: r.first)
+        spec = ts.specs[name]
+        for u in uses[name]:
+            assert any(r.first <= u <= r.last for r in stays), f"{name} not resident at {u}"
+        for a, b in zip(stays, stays[1:]):
+            assert a.last < b.first, f"{name} resident twice at once"
+        in_file = spec.persistent   # weights and optimizer state start in the file
+        for r in stays:
+            if r.loaded:
+                assert in_file, f"{name} read back at {r.first} but never written"
+                assert r.first <= r.use_first
+            if r.stored:
+                in_file = True
+            elif spec.persistent and r.loaded and len(stays) > 1:
+                # a stay that changes a trainable weight must write it back
+                grad = f"{name}:grad" in ts.specs
+                if grad and max(uses[name]) in range(r.first, r.last + 1):
+                    raise AssertionError(f"{name} updated at {r.last} and never written")
+    items = [Item(r.bytes, r.first, r.last) for r in sw.residencies]
+    assert check_valid(items, [r.offset for r in sw.residencies], sw.peak) == []
+    assert sw.peak <= sw.budget
+
+
+@pytest.mark.parametrize("config", ["digits_mlp", "digits_cnn", "digits_residual",
+                                    "lenet_mnist", "lenet_transfer"])
+@pytest.mark.parametrize("share", ["90%", "70%", "min"])
+def test_schedules_replay_cleanly(config, share):
+    path = os.path.join(CONFIGS, config + ".ini")
+    try:
+        p = prepare(path, budget=share if share != "min" else None,
+                    overrides=["model.memory_swap=true"] if share == "min" else ())
+    except ConfigError as e:
+        assert "smallest budget that works" in str(e)
+        return
+    assert p.plan.swap is not None
+    replay(p.plan)
+    if share == "90%":
+        assert p.plan.swap.peak <= 0.9 * p.plan.peak_bytes
+
+
+def train_weights(model, tmp_path, name, *args):
+    save = tmp_path / f"{name}.bin"
+    report = tmp_path / f"{name}.json"
+    res = run("train", model, "-q", "--no-shuffle", "--epochs", "1", "--save", str(save),
+              "--report", str(report), *args)
+    assert res.exit_code == 0, res.output
+    return save.read_bytes(), json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("config,budget", [("digits_mlp", "70%"), ("digits_cnn", "60%"),
+                                           ("digits_residual", "50%")])
+def test_budget_gives_bit_identical_weights(tmp_path, config, budget):
+    model = os.path.join(CONFIGS, config + ".ini")
+    swap_dir = tmp_path / "swap"
+    swap_dir.mkdir()
+    plain, _ = train_weights(model, tmp_path, "plain")
+    swapped, report = train_weights(model, tmp_path, "swapped", "--memory-budget", budget,
+                                    "--swap-dir", str(swap_dir))
+    assert swapped == plain
+    m = report["memory"]
+    sw = m["swap"]
+    assert sw["resident_peak_bytes"] <= sw["budget_bytes"] < m["planned_peak_bytes"]
+    assert m["measured_peak_bytes"] <= 1.15 * sw["budget_bytes"]
+    assert sw["bytes_in"] > 0 and sw["bytes_out"] > 0
+    assert list(swap_dir.iterdir()) == []          # the swap file is gone
+
+
+def test_budget_too_small_names_the_smallest_that_works(tmp_path):
+    model = tiny_model(tmp_path)
+    res = run("train", model, "--memory-budget", "100")
+    assert res.exit_code == 2
+    line = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and "smallest budget that works is" in line[0]
+    smallest = line[0].rsplit("is ", 1)[1].split(" ")[0].replace(",", "")
+    assert run("train", model, "-q", "--memory-budget", smallest).exit_code == 0
+    assert run("plan", model, "--memory-budget", str(int(smallest) - 64)).exit_code == 2
+
+
+def test_nntrainer_swap_keys_swap_as_much_as_possible(tmp_path):
+    model = tiny_model(tmp_path, extra="")
+    text = open(model).read().replace("[Model]\n", "[Model]\nmemory_swap = true\n"
+                                      "memory_swap_path = swapdir\nmemory_swap_lookahead = 1\n")
+    open(model, "w").write(text)
+    res = run("train", model, "-q")
+    assert res.exit_code == 2 and "swap directory" in res.output   # swapdir does not exist
+    (tmp_path / "swapdir").mkdir()
+    report = tmp_path / "r.json"
+    res = run("train", model, "-q", "--report", str(report))
+    assert res.exit_code == 0, res.output
+    sw = json.loads(report.read_text())["memory"]["swap"]
+    assert sw["lookahead"] == 1 and sw["bytes_out"] > 0
+    assert list((tmp_path / "swapdir").iterdir()) == []
+
+
+def test_full_disk_stops_cleanly_and_keeps_saved_weights(tmp_path, monkeypatch):
+    from nntrainer_cli.runtime import swap_io
+
+    model = os.path.join(CONFIGS, "digits_mlp.ini")
+    save = tmp_path / "w.bin"
+    assert run("train", model, "-q", "--epochs", "1", "--save", str(save)).exit_code == 0
+    before = save.read_bytes()
+    calls = {"n": 0}
+    real = swap_io.SwapFile.write
+
+    def fill_up(self, tensor, view):
+        calls["n"] += 1
+        if calls["n"] > 200:
+            raise OSError(28, "No space left on device")
+        real(self, tensor, view)
+
+    monkeypatch.setattr(swap_io.SwapFile, "write", fill_up)
+    res = run("train", model, "-q", "--epochs", "2", "--save", str(save),
+              "--memory-budget", "70%", "--swap-dir", str(tmp_path))
+    assert res.exit_code == 2
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], res.output
+    assert save.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("nntrainer-swap")] == []
+
+
+def test_plan_shows_the_schedule():
+    model = os.path.join(CONFIGS, "digits_mlp.ini")
+    res = run("plan", model, "--memory-budget", "70%", "--format", "json")
+    plan = json.loads(res.output)
+    sw = plan["swap"]
+    assert {"budget_bytes", "lookahead", "events", "bytes_out", "bytes_in"} <= set(sw)
+    assert plan["resident_peak_bytes"] <= sw["budget_bytes"] < plan["peak_bytes"]
+    assert sum(e["bytes"] for e in sw["events"] if e["op"] == "in") == sw["bytes_in"]
+    assert any(t["swapped"] for t in plan["tensors"])
+    text = run("plan", model, "--memory-budget", "70%").output
+    assert "swap events" in text and "resident arena" in text
+
+
+@pytest.mark.parametrize("text,expected", [("64MiB", 64 * 2**20), ("1.5GB", 1_500_000_000),
+                                           ("500000", 500000), ("50%", "50%"), ("2k", 2048)])
+def test_sizes(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5MiB", "0", "150%", "5 parsecs"])
+def test_bad_sizes(text):
+    with pytest.raises(ConfigError):
+        parse_size(text)
