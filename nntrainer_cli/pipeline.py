@@ -58,7 +58,7 @@ def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir):
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
             planner: str = "best", in_place: bool = True, require_loss: bool = True,
             budget: int | str | None = None, lookahead: int | None = None,
-            swap_dir: str | None = None) -> Prepared:
+            swap_dir: str | None = None, direct: bool = False) -> Prepared:
     cfg = load_config(path, overrides)
     graph = build_graph(cfg, batch_size, require_loss)
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
@@ -72,5 +72,5 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
             budget = int(plan.peak_bytes * float(budget[:-1]) / 100)
         where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
         plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
-                         smallest=budget == 0)
+                         smallest=budget == 0, direct=direct)
     return Prepared(cfg, graph, optimizer, plan, swap_dir)

@@ -8,7 +8,7 @@ from nntrainer_cli.graph import LayerGraph
 
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
-from .swap import SwapPlan, make_swap_plan
+from .swap import DIRECT_IO_BLOCK, SwapPlan, make_swap_plan
 
 
 @dataclass
@@ -38,7 +38,7 @@ class MemoryPlan:
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
               in_place: bool = True, budget: int | None = None, lookahead: int = 2,
-              where=None, smallest: bool = False) -> MemoryPlan:
+              where=None, smallest: bool = False, direct: bool = False) -> MemoryPlan:
     """The plan; with a `budget`, also the swap schedule that keeps the resident arena
     within it (`where` builds the error when it cannot)."""
     ts = build_specs(graph, optimizer_state, in_place)
@@ -57,5 +57,6 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
     plan = MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
                       sum(it.size for it in items))
     if budget is not None:
-        plan.swap = make_swap_plan(ts, budget, lookahead, planner, where, smallest)
+        plan.swap = make_swap_plan(ts, budget, lookahead, planner, where, smallest,
+                                   DIRECT_IO_BLOCK if direct else 64)
     return plan

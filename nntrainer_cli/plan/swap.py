@@ -20,7 +20,7 @@ from nntrainer_cli.errors import ConfigError
 from .planners import Item, check_valid, lower_bound, plan_offsets
 from .specs import TensorSet, TensorSpec
 
-FILE_ALIGN = 4096
+FILE_ALIGN = DIRECT_IO_BLOCK = 4096
 DEFAULT_LOOKAHEAD = 2
 
 
@@ -75,8 +75,10 @@ class SwapPlan:
 class _Tensor:
     """One alias group: its uses, and which idle stretches between them are swapped."""
 
-    def __init__(self, spec: TensorSpec, uses: list[int], writes: set[int], end: int):
+    def __init__(self, spec: TensorSpec, uses: list[int], writes: set[int], end: int,
+                 unit: int):
         self.spec, self.uses, self.writes, self.end = spec, uses, writes, end
+        self.size = -(-spec.bytes // unit) * unit  # direct I/O moves whole 4 KiB blocks
         self.split: set[int] = set()     # gap i lies between uses[i] and uses[i + 1]
         self.wrap = False                # persistent: out between iterations
         self.ahead: dict[int, int] = {}  # use → a shorter lookahead for the load before it
@@ -84,7 +86,7 @@ class _Tensor:
     def residencies(self, lookahead: int) -> list[Residency]:
         s = self.spec
         if s.persistent and not self.wrap:
-            return [Residency(s.name, s.kind, s.bytes, 0, self.end, self.uses[0], False, False)]
+            return [Residency(s.name, s.kind, self.size, 0, self.end, self.uses[0], False, False)]
         clusters, start = [], 0
         for i in range(len(self.uses) - 1):
             if i in self.split:
@@ -99,7 +101,7 @@ class _Tensor:
             more = k < len(clusters) - 1
             stored = (more or s.persistent) and (not s.persistent or
                                                   any(t in self.writes for t in c))
-            out.append(Residency(s.name, s.kind, s.bytes, first, c[-1], c[0], loaded, stored))
+            out.append(Residency(s.name, s.kind, self.size, first, c[-1], c[0], loaded, stored))
             prev_last = c[-1]
         return out
 
@@ -121,14 +123,14 @@ class _Tensor:
                 if t < u[0] and ahead(u[0]) is None:
                     return None
                 return ("wrap", None, u[0], ahead(nxt) if t < u[0] else lookahead), \
-                    self.spec.bytes * (nxt - t)
+                    self.size * (nxt - t)
             i = next(i for i in range(len(u) - 1) if u[i] < t < u[i + 1])
             if ahead(u[i + 1]) is None:
                 return None
-            return ("wrap", i, u[i + 1], ahead(u[i + 1])), self.spec.bytes * (u[i + 1] - t)
+            return ("wrap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
         for i in range(len(u) - 1):
             if u[i] < t < u[i + 1] and i not in self.split and ahead(u[i + 1]) is not None:
-                return ("gap", i, u[i + 1], ahead(u[i + 1])), self.spec.bytes * (u[i + 1] - t)
+                return ("gap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
         return None
 
     def later_at(self, t: int, lookahead: int):
@@ -224,16 +226,17 @@ def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) ->
 
 
 def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
-                   where=None, smallest: bool = False) -> SwapPlan:
+                   where=None, smallest: bool = False, unit: int = 64) -> SwapPlan:
     """The schedule with the fewest swaps found that fits `budget`; a ConfigError naming
     the smallest budget that works when none does. With `smallest`, the schedule that
-    swaps everything idle, whatever it needs."""
+    swaps everything idle, whatever it needs. `unit` rounds every stay up (4096 for
+    direct I/O, which moves whole blocks from block-aligned memory)."""
     end = ts.end
     uses = _group_uses(ts)
 
     def fresh():
-        return [_Tensor(s, sorted(uses[s.name]), _writes(s, sorted(uses[s.name]), ts), end)
-                for s in ts.roots() if s.bytes]
+        return [_Tensor(s, sorted(uses[s.name]), _writes(s, sorted(uses[s.name]), ts), end,
+                        unit) for s in ts.roots() if s.bytes]
 
     if smallest:
         least = fresh()

@@ -37,9 +37,14 @@ def kernel_settings():
         np.setbufsize(old)
 
 
+ARENA_ALIGN = 4096  # page-aligned, as direct swap I/O needs
+
+
 def allocate_arena(plan: MemoryPlan) -> np.ndarray:
     """The one large allocation of a run: every tensor lives in it."""
-    return np.zeros(plan.arena_bytes, dtype=np.uint8)
+    raw = np.zeros(plan.arena_bytes + ARENA_ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ARENA_ALIGN
+    return raw[start:start + plan.arena_bytes]
 
 
 class Executor:
@@ -160,7 +165,7 @@ class Executor:
         """Per slot: loads to start, operations to wait for, stores to start after.
         Operation numbers are per iteration (the queue is drained between them)."""
         res = self.plan.swap.residencies
-        views = {id(r): self._view_at(self.plan.specs[r.tensor], r.offset) for r in res}
+        views = {id(r): self.arena[r.offset:r.offset + r.bytes] for r in res}
         order, number = [], {}
         for t in range(len(self.plan.slots)):
             for r in res:
@@ -242,12 +247,13 @@ class Executor:
         stays = self.places[name]
         swapped = self.plan.swap is not None and name in self.plan.swap.swapped \
             and not (len(stays) == 1 and stays[0][:2] == (0, len(self.plan.slots) - 1))
-        view = stays[0][2]
         if swapped:
-            self.io.file.read(name, view)
-        yield view
+            first = self.plan.swap.of(name)[0]
+            block = self.arena[first.offset:first.offset + first.bytes]
+            self.io.file.read(name, block)
+        yield stays[0][2]
         if swapped and write:
-            self.io.file.write(name, view)
+            self.io.file.write(name, block)
 
     def weight_names(self) -> list[str]:
         return [self.plan.tensors.io[n.name]["weights"][w.name] for n, w in self.weights]

@@ -32,6 +32,7 @@ class TrainOptions:
     save: str | None = None
     init_weights: str | None = None
     swap_dir: str | None = None
+    swap_direct: bool = False
 
 
 def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
@@ -107,8 +108,8 @@ class Trainer:
         with kernel_settings(), TracedPeak() as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
-            io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, plan.swap.file_offsets)) \
-                if plan.swap else None
+            io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, plan.swap.file_offsets,
+                                 opts.swap_direct)) if plan.swap else None
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
