@@ -1,0 +1,96 @@
+"""Training time, bytes moved and I/O wait under memory budgets (100/75/50/25% of the
+plan without swap, and the smallest budget that works), each in its own process, with
+the weights compared to the run without swap.
+
+    python benchmarks/swap.py [--direct] [--json benchmarks/results/swap.json] [MODEL ...]
+
+Default models: configs/*.ini and benchmarks/models/wide_mlp.ini, one epoch each.
+--direct opens the swap file with O_DIRECT, so reads come from the disk, not the page
+cache. Prints the Markdown table used in the README."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARES = ("75%", "50%", "25%", "min")
+
+
+def train(model: str, work: str, name: str, extra: list[str]) -> dict:
+    save, report = os.path.join(work, name + ".bin"), os.path.join(work, name + ".json")
+    cmd = [sys.executable, "-m", "nntrainer_cli", "train", model, "-q", "--epochs", "1",
+           "--no-shuffle", "--save", save, "--report", report, *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode == 2 and "smallest budget that works" in res.stderr:
+        smallest = int(re.search(r"works is ([\d,]+)", res.stderr).group(1).replace(",", ""))
+        return {"infeasible": True, "smallest": smallest}
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr}")
+    with open(report) as f:
+        out = json.load(f)
+    with open(save, "rb") as f:
+        out["weights"] = f.read()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*")
+    ap.add_argument("--direct", action="store_true", help="O_DIRECT swap file")
+    ap.add_argument("--json", help="also write the raw figures here")
+    args = ap.parse_args()
+    models = args.models or sorted(glob.glob(os.path.join(REPO, "configs", "*.ini"))) + \
+        [os.path.join(HERE, "models", "wide_mlp.ini")]
+    rows = []
+    print("| model | budget | resident | measured/budget | time | vs no swap | out/in per run "
+          "| I/O wait | same weights |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    with tempfile.TemporaryDirectory() as work:
+        for model in models:
+            label = os.path.relpath(model, REPO)
+            base = train(model, work, "base", [])
+            peak, t0 = base["memory"]["planned_peak_bytes"], base["seconds"]
+            print(f"| {label} | none ({peak / 2**20:.2f} MiB) | | | {t0:.2f} s | 1.00 | | | |")
+            for share in SHARES:
+                extra = ["--swap-dir", work] + (["--swap-direct"] if args.direct else [])
+                if share == "min":
+                    extra += ["--set", "model.memory_swap=true"]
+                else:
+                    extra += ["--memory-budget", share]
+                r = train(model, work, "swap", extra)
+                row = {"model": label, "share": share, "no_swap_peak": peak, "no_swap_s": t0}
+                if r.get("infeasible"):
+                    row.update(r)
+                    print(f"| {label} | {share} | needs {r['smallest'] / peak:.0%} of the plan "
+                          f"| | | | | | |")
+                else:
+                    m, s = r["memory"], r["memory"]["swap"]
+                    row.update(budget=s["budget_bytes"], resident=s["resident_peak_bytes"],
+                               measured=m["measured_peak_bytes"], seconds=r["seconds"],
+                               bytes_out=s["bytes_out"], bytes_in=s["bytes_in"],
+                               io_wait=s["io_wait_seconds"],
+                               identical=r["weights"] == base["weights"])
+                    name = f"{share} = " if share != "min" else "smallest = "
+                    print(f"| {label} | {name}{s['budget_bytes'] / 2**20:.2f} MiB "
+                          f"({s['budget_bytes'] / peak:.0%}) | {s['resident_peak_bytes'] / 2**20:.2f} MiB "
+                          f"| {m['measured_peak_bytes'] / s['budget_bytes']:.2f} "
+                          f"| {r['seconds']:.2f} s | {r['seconds'] / t0:.2f} "
+                          f"| {s['bytes_out'] / 2**20:.0f} / {s['bytes_in'] / 2**20:.0f} MiB "
+                          f"| {s['io_wait_seconds']:.2f} s | {'yes' if row['identical'] else 'NO'} |")
+                rows.append(row)
+                sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"direct": args.direct, "runs": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
