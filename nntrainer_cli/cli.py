@@ -112,6 +112,9 @@ _set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KE
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the results as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--no-tracemalloc", "no_trace", is_flag=True,
+              help="Do not trace allocations: faster small kernels, for timing runs; the "
+                   "report then gives RSS figures only, no measured_peak_bytes.")
 @_budget_opt
 @_lookahead_opt
 @click.option("--swap-dir", type=click.Path(file_okay=False),
@@ -123,7 +126,7 @@ _set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KE
 @_set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
-          quiet, budget, lookahead, swap_dir, swap_direct, overrides):
+          quiet, no_trace, budget, lookahead, swap_dir, swap_direct, overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.tables import plan_summary, train_summary
@@ -158,7 +161,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         opts = TrainOptions(epochs=epochs or cfg.model["epochs"], seed=seed,
                             shuffle=not no_shuffle, quiet=quiet, save=save,
                             init_weights=init_weights, swap_dir=p.swap_dir,
-                            swap_direct=swap_direct)
+                            swap_direct=swap_direct, trace_memory=not no_trace)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     finally:
         for ds in data.values():

@@ -31,6 +31,7 @@ CASES = [
      [(1, 2, 4, 5)]),
     ("pooling2d", {"pooling": "average", "pool_size": (2, 2), "stride": (1, 1), "padding": "same"},
      [(2, 2, 3, 4)]),
+    ("pooling2d", {"pooling": "average", "pool_size": (2, 2), "stride": (2, 2)}, [(2, 2, 4, 5)]),
     ("pooling2d", {"pooling": "global_average"}, [(2, 3, 3, 2)]),
     ("pooling2d", {"pooling": "global_max"}, [(2, 3, 3, 2)]),
     ("batch_normalization", {}, [(4, 3, 2, 2)]),

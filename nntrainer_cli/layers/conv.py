@@ -194,8 +194,8 @@ class Pooling2D(Layer):
             idx.fill(-1)
             for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid()):
                 src, dst, m = x[:, :, irow, icol], y[:, :, orow, ocol], mask[:, :, orow, ocol]
-                np.greater(src, dst, out=m)
-                np.copyto(dst, src, where=m)
+                np.greater(src, dst, out=m)          # the first maximum wins ties
+                np.maximum(dst, src, out=dst)
                 np.copyto(idx[:, :, orow, ocol], k, where=m)
         else:
             count = ctx.temps["count"]
@@ -208,18 +208,27 @@ class Pooling2D(Layer):
             y /= count
 
     def calc_derivative(self, ctx: RunContext) -> None:
+        """Each window sends its derivative back to its inputs. When windows do not
+        overlap (stride ≥ pool size) each input gets at most one share: a plain write,
+        much faster than accumulating."""
         dx, dy = ctx.in_grads[0], ctx.out_grads[0]
         dx.fill(0)
+        disjoint = all(s >= k for s, k in zip(self.win.stride, self.win.kernel))
         if self.kind in ("max", "global_max"):
             idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
             for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid()):
-                m = mask[:, :, orow, ocol]
+                m, target = mask[:, :, orow, ocol], dx[:, :, irow, icol]
                 np.equal(idx[:, :, orow, ocol], k, out=m)
-                target = dx[:, :, irow, icol]
-                np.add(target, dy[:, :, orow, ocol], out=target, where=m)
+                if disjoint:
+                    np.multiply(dy[:, :, orow, ocol], m, out=target)
+                else:
+                    np.add(target, dy[:, :, orow, ocol], out=target, where=m)
         else:
             scaled = ctx.temps["scaled"]
             np.divide(dy, ctx.temps["count"], out=scaled)
             for _, _, (orow, ocol), (irow, icol) in self.win.valid():
                 target = dx[:, :, irow, icol]
-                np.add(target, scaled[:, :, orow, ocol], out=target)
+                if disjoint:
+                    np.copyto(target, scaled[:, :, orow, ocol])
+                else:
+                    np.add(target, scaled[:, :, orow, ocol], out=target)

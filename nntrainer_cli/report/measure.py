@@ -7,6 +7,23 @@ import resource
 import tracemalloc
 
 
+class NoTrace:
+    """Stands in for TracedPeak when tracing is off (it slows small kernels down)."""
+    peak = None
+
+    def __enter__(self):
+        return self
+
+    def exclude_since_here(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def __exit__(self, *exc):
+        return False
+
+
 class TracedPeak:
     """Peak bytes allocated inside the `with` block beyond what was live at its start.
 
@@ -46,4 +63,38 @@ class TracedPeak:
 
 
 def rss_peak_bytes() -> int:
+    """The whole process's peak resident memory since it started."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class RssDelta:
+    """Peak RSS over a region minus the RSS at its start: memory the region itself
+    needed, measured the same way for any framework. The kernel's high-water mark is
+    reset at the start where Linux allows it (/proc/self/clear_refs), so start-up
+    peaks (imports, data loading) do not hide in it; `reset` says whether it was."""
+
+    def __enter__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.reset = True
+        except OSError:
+            self.reset = False
+        self.base = _status("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        peak = _status("VmHWM")
+        self.delta = None if peak is None or self.base is None else max(0, peak - self.base)
+        return False

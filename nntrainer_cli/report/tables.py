@@ -144,7 +144,6 @@ def train_summary(report: dict) -> str:
         rows += [["test accuracy", f"{report['test']['accuracy']:.4f}"],
                  ["test loss", f"{report['test']['loss']:.4f}"]]
     arena = m["swap"]["resident_peak_bytes"] if m.get("swap") else m["planned_peak_bytes"]
-    ratio = m["measured_peak_bytes"] / arena if arena else 0
     rows += [["planned peak", human(m["planned_peak_bytes"])],
              ["lower bound", human(m["lower_bound_bytes"])],
              ["naive total", human(m["naive_bytes"])]]
@@ -154,7 +153,11 @@ def train_summary(report: dict) -> str:
                  ["resident arena (swap)", human(sw["resident_peak_bytes"])],
                  ["swapped out / in", f"{human(sw['bytes_out'])} / {human(sw['bytes_in'])}"],
                  ["waited on swap I/O", f"{sw['io_wait_seconds']:.2f} s"]]
-    rows += [["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x arena)"],
-             ["process peak RSS", human(m["rss_peak_bytes"])],
+    if m["measured_peak_bytes"] is not None:
+        ratio = m["measured_peak_bytes"] / arena if arena else 0
+        rows.append(["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x arena)"])
+    if m.get("rss_delta_bytes") is not None:
+        rows.append(["training RSS growth", human(m["rss_delta_bytes"])])
+    rows += [["process peak RSS", human(m["rss_peak_bytes"])],
              ["time", f"{report['seconds']:.1f} s"]]
     return table(["result", "value"], rows, right={1})

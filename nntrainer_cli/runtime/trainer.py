@@ -15,12 +15,15 @@ from nntrainer_cli.config import ModelConfig
 from nntrainer_cli.errors import TrainingError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.plan import MemoryPlan
-from nntrainer_cli.report.measure import TracedPeak, rss_peak_bytes
+from nntrainer_cli.report.measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
 
 from . import weights as weights_io
 from .data import Dataset, open_dataset
 from .executor import Executor, allocate_arena, kernel_settings
 from .swap_io import SwapFile, SwapIO
+
+
+WARMUP_STEPS = 3  # left out of the median step time
 
 
 @dataclass
@@ -33,6 +36,7 @@ class TrainOptions:
     init_weights: str | None = None
     swap_dir: str | None = None
     swap_direct: bool = False
+    trace_memory: bool = True    # tracemalloc: exact numpy peak, but slower small kernels
 
 
 def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
@@ -82,7 +86,9 @@ class Trainer:
         with bar:
             for k, (start, _) in enumerate(ds.batches(batch, drop_last=True)):
                 ds.read(start, batch, views)
+                s0 = time.perf_counter()
                 loss, c = ex.train_step(iteration)
+                self.step_seconds.append(time.perf_counter() - s0)
                 if not math.isfinite(loss):
                     raise TrainingError(f"the loss became {loss} at epoch {epoch}, iteration "
                                         f"{iteration}; try a smaller learning rate. "
@@ -105,7 +111,9 @@ class Trainer:
                   "planner": plan.planner, "epochs": []}
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
-        with kernel_settings(), TracedPeak() as traced:
+        self.step_seconds: list[float] = []
+        with kernel_settings(), RssDelta() as rss, \
+                (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
             io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, plan.swap.file_offsets,
@@ -124,7 +132,11 @@ class Trainer:
             "naive_bytes": plan.naive_bytes,
             "measured_peak_bytes": traced.peak,
             "rss_peak_bytes": rss_peak_bytes(),
+            "rss_delta_bytes": rss.delta,
+            "rss_peak_reset": rss.reset,
         }
+        timed = self.step_seconds[WARMUP_STEPS:] or self.step_seconds
+        report["step_seconds_median"] = float(np.median(timed)) if timed else None
         if plan.swap:
             report["memory"]["swap"] = {
                 "budget_bytes": plan.swap.budget, "resident_peak_bytes": plan.swap.peak,
