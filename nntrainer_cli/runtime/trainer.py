@@ -88,7 +88,8 @@ class Trainer:
                 ds.read(start, batch, views)
                 s0 = time.perf_counter()
                 loss, c = ex.train_step(iteration)
-                self.step_seconds.append(time.perf_counter() - s0)
+                self.step_seconds[self.steps_done] = time.perf_counter() - s0
+                self.steps_done += 1
                 if not math.isfinite(loss):
                     raise TrainingError(f"the loss became {loss} at epoch {epoch}, iteration "
                                         f"{iteration}; try a smaller learning rate. "
@@ -111,7 +112,10 @@ class Trainer:
                   "planner": plan.planner, "epochs": []}
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
-        self.step_seconds: list[float] = []
+        # made before measuring starts: bookkeeping, not training memory
+        self.step_seconds = np.zeros(opts.epochs * (self.data["train"].count //
+                                                    self.graph.batch_size))
+        self.steps_done = 0
         with kernel_settings(), RssDelta() as rss, \
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
             arena = allocate_arena(plan)
@@ -135,8 +139,9 @@ class Trainer:
             "rss_delta_bytes": rss.delta,
             "rss_peak_reset": rss.reset,
         }
-        timed = self.step_seconds[WARMUP_STEPS:] or self.step_seconds
-        report["step_seconds_median"] = float(np.median(timed)) if timed else None
+        done = self.step_seconds[:self.steps_done]
+        timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done
+        report["step_seconds_median"] = float(np.median(timed)) if len(timed) else None
         if plan.swap:
             report["memory"]["swap"] = {
                 "budget_bytes": plan.swap.budget, "resident_peak_bytes": plan.swap.peak,
