@@ -71,6 +71,13 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
         elif isinstance(budget, str):  # a share of the plan without swap
             budget = int(plan.peak_bytes * float(budget[:-1]) / 100)
         where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
-        plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
-                         smallest=budget == 0, direct=direct)
+        try:
+            if budget == 0:
+                raise ConfigError("as small as possible: go frugal")
+            plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
+                             direct=direct)
+        except ConfigError:  # too tight: trade speed for memory, same results
+            graph = build_graph(cfg, batch_size, require_loss, frugal=True)
+            plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
+                             smallest=budget == 0, direct=direct)
     return Prepared(cfg, graph, optimizer, plan, swap_dir)

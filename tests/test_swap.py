@@ -78,8 +78,8 @@ def train_weights(model, tmp_path, name, *args):
     return save.read_bytes(), json.loads(report.read_text())
 
 
-@pytest.mark.parametrize("config,budget", [("digits_mlp", "70%"), ("digits_cnn", "60%"),
-                                           ("digits_residual", "50%")])
+@pytest.mark.parametrize("config,budget", [("digits_mlp", "70%"), ("digits_mlp", "45%"),
+                                           ("digits_cnn", "45%"), ("digits_residual", "50%")])
 def test_budget_gives_bit_identical_weights(tmp_path, config, budget):
     model = os.path.join(CONFIGS, config + ".ini")
     swap_dir = tmp_path / "swap"
@@ -172,3 +172,16 @@ def test_sizes(text, expected):
 def test_bad_sizes(text):
     with pytest.raises(ConfigError):
         parse_size(text)
+
+
+def test_tight_budgets_go_frugal_with_the_same_plan_checks():
+    """Below what whole work buffers allow, the plan switches to one-sample im2col, a
+    relu mask and apply_gradient in parts; still a valid schedule within the budget."""
+    path = os.path.join(CONFIGS, "lenet_mnist.ini")
+    roomy = prepare(path, budget="75%")
+    tight = prepare(path, budget="45%")
+    assert not roomy.plan.frugal and tight.plan.frugal
+    replay(tight.plan)
+    parts = [s for s in tight.plan.slots if s.phase == "apply_gradient" and s.node == "f5"]
+    assert [s.part for s in parts] == [0, 1, 2, 3]
+    assert "f5:weight:adam_m:3" in tight.plan.specs

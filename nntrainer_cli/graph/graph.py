@@ -50,6 +50,8 @@ class LayerGraph:
     nodes: list[Node]            # topological order
     batch_size: int
     training: bool = True        # False: no loss anywhere, so a forward-only graph
+    frugal: bool = False         # memory over speed: one-sample work buffers, split applies
+    apply_parts: int = 1         # apply_gradient slots per layer (more when frugal)
 
     def __post_init__(self):
         self.by_name = {n.name: n for n in self.nodes}
@@ -222,7 +224,8 @@ def _finalize(graph: LayerGraph) -> None:
         else:
             shapes = [(batch,) + node.input_shape]
         ctx = FinalizeContext(shapes, trainable=node.trainable,
-                              requested_outputs=requested.get(node.name, 1))
+                              requested_outputs=requested.get(node.name, 1),
+                              frugal=graph.frugal)
         try:
             node.layer.finalize(ctx)
         except LayerError as e:
@@ -237,10 +240,16 @@ def _finalize(graph: LayerGraph) -> None:
             producer.consumers[i] = (node.name, k)
 
 
+FRUGAL_APPLY_PARTS = 4
+
+
 def build_graph(cfg: ModelConfig, batch_size: int | None = None,
-                require_loss: bool = True) -> LayerGraph:
+                require_loss: bool = True, frugal: bool = False) -> LayerGraph:
     """The finalized graph. Without `require_loss`, a model with no loss at all gives
-    a forward-only graph (for planning inference) instead of an error."""
+    a forward-only graph (for planning inference) instead of an error. `frugal` trades
+    speed for memory, for tight budgets: layers use one-sample work buffers and each
+    layer's gradient is applied in parts, so less optimizer state is needed at once.
+    Results are bit-for-bit the same."""
     nodes = [_make_node(s) for s in cfg.layers]
     seen: dict[str, Node] = {}
     for n in nodes:
@@ -267,6 +276,7 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
     _multiout(nodes)
     for n in nodes:  # NNTrainer pushes the model's value to every layer
         n.clip = cfg.model["clip_grad_by_norm"] or n.layer.p.get("clip_grad_by_norm")
-    graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training)
+    graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training, frugal,
+                       FRUGAL_APPLY_PARTS if frugal else 1)
     _finalize(graph)
     return graph

@@ -182,13 +182,22 @@ class Activation(Layer):
         if name in NEEDS_SCRATCH:
             ctx.temp("scratch", ctx.input_shapes[0], "forward")
             ctx.temp("scratch_grad", ctx.input_shapes[0], "calc_derivative")
+        self.masked = name == "relu" and ctx.frugal
+        if self.masked:  # keep one byte per value for backward, not the float output
+            ctx.temp("mask", ctx.input_shapes[0], "iteration", np.bool_)
+            self.deriv_reads = frozenset()
         ctx.output_shapes = [ctx.input_shapes[0]]
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         scratch = [ctx.temps["scratch"]] if self.name_ in NEEDS_SCRATCH else []
         self.fn(ctx.inputs[0], ctx.outputs[0], *scratch)
+        if self.masked:
+            np.greater(ctx.outputs[0], 0, out=ctx.temps["mask"])
 
     def calc_derivative(self, ctx: RunContext) -> None:
+        if self.masked:  # the same values as relu_grad: dy·1 or dy·0
+            np.multiply(ctx.out_grads[0], ctx.temps["mask"], out=ctx.in_grads[0])
+            return
         args = [ctx.outputs[0], ctx.out_grads[0], ctx.in_grads[0]]
         if self.name_ in READS_INPUT:
             args.insert(0, ctx.inputs[0])

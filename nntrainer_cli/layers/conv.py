@@ -101,10 +101,10 @@ class Conv2D(Layer):
         self.request_weight(ctx, "filter", (f, c, kh, kw))
         self.request_bias(ctx, "bias", (f,))
         # im2col a few samples at a time: its buffer stays about the size of the output
-        # instead of kh·kw times the input (NNTrainer goes one sample at a time)
+        # instead of kh·kw times the input (NNTrainer, and frugal mode, go one at a time)
         self.dims = (n, f, c * kh * kw, oh * ow)
         per_sample = c * kh * kw * oh * ow
-        self.chunk = max(1, min(n, -(-f * oh * ow * n // per_sample)))
+        self.chunk = 1 if ctx.frugal else max(1, min(n, -(-f * oh * ow * n // per_sample)))
         col = (self.chunk, c, kh, kw, oh, ow)
         ctx.temp("col", col, "forward")
         ctx.temp("col_grad", col, "calc_gradient")

@@ -21,6 +21,7 @@ class MemoryPlan:
     lower_bound_bytes: int
     naive_bytes: int
     swap: SwapPlan | None = None   # under a memory budget
+    frugal: bool = False           # planned on the graph that trades speed for memory
 
     @property
     def arena_bytes(self) -> int:
@@ -55,7 +56,7 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
         if s.alias_of:
             s.offset = ts.specs[s.alias_of].offset
     plan = MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
-                      sum(it.size for it in items))
+                      sum(it.size for it in items), frugal=graph.frugal)
     if budget is not None:
         plan.swap = make_swap_plan(ts, budget, lookahead, planner, where, smallest,
                                    DIRECT_IO_BLOCK if direct else 64)

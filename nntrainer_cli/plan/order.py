@@ -9,7 +9,7 @@ gradients stay live to the end (NNTrainer does the same)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nntrainer_cli.graph import LayerGraph, Node
 
@@ -22,6 +22,7 @@ class Slot:
     index: int
     node: str
     phase: str
+    part: int = 0   # which rows of the weights an apply_gradient slot updates
 
 
 @dataclass
@@ -29,11 +30,20 @@ class NodeSlots:
     forward: int
     calc_gradient: int | None = None
     calc_derivative: int | None = None
-    apply_gradient: int | None = None
+    apply_gradient: int | None = None                       # the first apply slot
+    apply_parts: list[int] = field(default_factory=list)    # every apply slot
 
     def backward(self) -> list[int]:
-        return [s for s in (self.calc_gradient, self.calc_derivative, self.apply_gradient)
-                if s is not None]
+        return [s for s in (self.calc_gradient, self.calc_derivative) if s is not None] + \
+            self.apply_parts
+
+
+def row_parts(rows: int, parts: int) -> list[tuple[int, int]]:
+    """Row ranges of a weight for an apply_gradient split into `parts` slots (fewer
+    when it has fewer rows): the optimizer is element-wise, so any split gives the same
+    result, and under a tight budget only one part's optimizer state need be resident."""
+    bounds = [rows * k // parts for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def trainable_weights(node: Node) -> bool:
@@ -64,10 +74,15 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
             phases.append("apply_gradient")
         for phase in phases:
             setattr(ns, phase, len(slots))
-            slots.append(Slot(len(slots), n.name, phase))
+            parts = graph.apply_parts if phase == "apply_gradient" else 1
+            for part in range(parts):
+                if phase == "apply_gradient":
+                    ns.apply_parts.append(len(slots))
+                slots.append(Slot(len(slots), n.name, phase, part))
     clipped = [n for n in graph.nodes if n.clip and gets_gradients(graph, n)]
     if clipped:
         for n in clipped:
             per_node[n.name].apply_gradient = len(slots)
+            per_node[n.name].apply_parts = [len(slots)]
         slots.append(Slot(len(slots), CLIP_SLOT_NODE, "clip_and_apply"))
     return slots, per_node, wants

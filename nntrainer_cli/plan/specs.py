@@ -11,7 +11,7 @@ import numpy as np
 
 from nntrainer_cli.graph import LayerGraph
 
-from .order import NodeSlots, Slot, execution_order
+from .order import NodeSlots, Slot, execution_order, row_parts
 
 ALIGN = 64  # bytes; every tensor starts on a cache line
 KINDS = ("input", "label", "weight", "gradient", "optimizer_state", "activation", "derivative",
@@ -87,7 +87,8 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
     for n in graph.nodes:
         ns, layer, ctx = node_slots[n.name], n.layer, n.ctx
         io = ts.io[n.name] = {"inputs": [], "outputs": [], "in_grads": [], "out_grads": [],
-                              "weights": {}, "grads": {}, "state": {}, "temps": {},
+                              "weights": {}, "grads": {}, "state": {}, "rows": {},
+                              "temps": {},
                               "label": None}
         if not n.inputs:
             io["inputs"].append(add(f"{n.name}:input", "input", ctx.input_shapes[0], {0}))
@@ -116,10 +117,14 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
                                         persistent=True)
             if w.trainable and graph.training:
                 io["grads"][w.name] = add(f"{name}:grad", "gradient", w.shape,
-                                          {ns.calc_gradient, ns.apply_gradient})
-                io["state"][w.name] = [add(f"{name}:{s}", "optimizer_state", w.shape,
-                                           {ns.apply_gradient}, persistent=True)
-                                       for s in optimizer_state]
+                                          {ns.calc_gradient, *ns.apply_parts})
+                rows = io["rows"][w.name] = row_parts(w.shape[0], len(ns.apply_parts))
+                split = len(rows) > 1
+                io["state"][w.name] = [
+                    [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",
+                         (hi - lo,) + w.shape[1:], {ns.apply_parts[k]}, persistent=True)
+                     for s in optimizer_state]
+                    for k, (lo, hi) in enumerate(rows)]
         for t in ctx.temps:
             uses = _phase_slots(ns, t.phase)
             if uses:  # else that phase never runs (e.g. no derivative for the first layer)

@@ -152,10 +152,11 @@ class _Tensor:
 
 def _writes(spec: TensorSpec, uses: list[int], ts: TensorSet) -> set[int]:
     """Slots that may change a persistent tensor: a trainable weight only where it is
-    applied (its last use); other weights (moving statistics) and optimizer state are
-    treated as written at every use."""
-    if spec.kind == "weight" and f"{spec.name}:grad" in ts.specs:
-        return {uses[-1]}
+    applied (its gradient's uses after calc_gradient); other weights (moving
+    statistics) and optimizer state are treated as written at every use."""
+    grad = ts.specs.get(f"{spec.name}:grad")
+    if spec.kind == "weight" and grad is not None:
+        return set(grad.uses) - {min(grad.uses)}
     return set(uses)
 
 

@@ -48,10 +48,17 @@ def plan_summary(plan: MemoryPlan) -> str:
             f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}")
 
 
+def _phase(plan: MemoryPlan, slot) -> str:
+    parts = len(plan.tensors.node_slots[slot.node].apply_parts) \
+        if slot.node in plan.tensors.node_slots else 1
+    return f"{slot.phase} {slot.part + 1}/{parts}" if parts > 1 and \
+        slot.phase == "apply_gradient" else slot.phase
+
+
 def plan_text(plan: MemoryPlan, model: str) -> str:
     live = live_bytes(plan)
     order = table(["slot", "phase", "layer", "live"],
-                  [[s.index, s.phase, s.node, human(live[s.index])] for s in plan.slots],
+                  [[s.index, _phase(plan, s), s.node, human(live[s.index])] for s in plan.slots],
                   right={0, 3})
     tensors = table(["name", "kind", "shape", "bytes", "offset", "first", "last", "alias_of"],
                     [[s.name, s.kind, "x".join(map(str, s.shape)), s.bytes, s.offset,
@@ -64,7 +71,9 @@ def plan_text(plan: MemoryPlan, model: str) -> str:
 
 def swap_summary(plan: MemoryPlan) -> str:
     sw = plan.swap
-    return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)} "
+    frugal = " (frugal: one-sample work buffers, gradients applied in parts)" \
+        if plan.frugal else ""
+    return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)}{frugal} "
             f"(without swap {human(plan.peak_bytes)}), lookahead {sw.lookahead}, "
             f"{len(sw.swapped)} tensors swapped, per iteration {human(sw.bytes_out)} out, "
             f"{human(sw.bytes_in)} in")
@@ -94,7 +103,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "lower_bound_bytes": plan.lower_bound_bytes,
         "naive_bytes": plan.naive_bytes,
         "resident_peak_bytes": plan.arena_bytes,
-        "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase}
+        "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part}
                             for s in plan.slots],
         "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,
                      "bytes": s.bytes, "offset": s.offset, "first": s.first, "last": s.last,

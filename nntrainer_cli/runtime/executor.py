@@ -126,21 +126,26 @@ class Executor:
             elif slot.phase == "calc_derivative":
                 steps.append((node.layer.calc_derivative, (ctx,)))
             elif slot.phase == "apply_gradient":
-                steps.append((self._apply, (self._updates(node, slot.index),)))
+                steps.append((self._apply, (self._updates(node, slot.index, slot.part),)))
             else:
                 clipped = [n for n in self.graph.nodes
                            if ns[n.name].apply_gradient == slot.index]
                 steps.append((self._clip_and_apply,
                               ([(n.clip, u) for n in clipped
-                                for u in self._updates(n, slot.index)],)))
+                                for u in self._updates(n, slot.index, 0)],)))
         return steps
 
-    def _updates(self, node, slot: int) -> list:
-        """(weight request, weight, gradient, optimizer state) for a node's apply slot."""
-        io = self.plan.tensors.io[node.name]
-        return [(w, self.view(io["weights"][w.name], slot), self.view(io["grads"][w.name], slot),
-                 [self.view(s, slot) for s in io["state"][w.name]])
-                for w in node.ctx.weights if w.trainable]
+    def _updates(self, node, slot: int, part: int) -> list:
+        """(weight request, weight rows, gradient rows, optimizer state) for one part of
+        a node's apply_gradient (the whole of it unless the budget split it)."""
+        io, out = self.plan.tensors.io[node.name], []
+        for w in node.ctx.weights:
+            if w.trainable and part < len(io["rows"][w.name]):
+                lo, hi = io["rows"][w.name][part]
+                out.append((w, self.view(io["weights"][w.name], slot)[lo:hi],
+                            self.view(io["grads"][w.name], slot)[lo:hi],
+                            [self.view(s, slot) for s in io["state"][w.name][part]]))
+        return out
 
     def _apply(self, updates) -> None:
         for w, weight, grad, state in updates:
@@ -260,7 +265,9 @@ class Executor:
 
     def state_names(self) -> list[str]:
         io = self.plan.tensors.io
-        return [s for n, w in self.weights if w.trainable for s in io[n.name]["state"][w.name]]
+        return [part[kind] for n, w in self.weights if w.trainable
+                for kind in range(len(self.optimizer.state))
+                for part in io[n.name]["state"][w.name]]
 
     def initialize(self, rng: np.random.Generator) -> None:
         for (node, w), name in zip(self.weights, self.weight_names()):
