@@ -20,6 +20,9 @@ from nntrainer_cli.layers import REGISTRY, FinalizeContext, Layer, LayerError
 from nntrainer_cli.layers.activation import check_name
 from nntrainer_cli.layers.base import NODE_SCHEMA, WEIGHT_SCHEMA
 
+LEGACY_TYPES = {"input": "input with input_shape", "fullyconnected": "fully_connected with unit",
+                "batchnormalization": "batch_normalization",
+                "output": "fully_connected with unit and activation"}
 UNSUPPORTED_KEYS = ("distribute", "shared_from", "packed", "weight_dtype", "loss_scale",
                     "engine", "lora_rank", "lora_alpha")
 
@@ -74,6 +77,10 @@ def _make_node(section: Section) -> Node:
         raise section.error("missing required key 'type' (the layer type, e.g. fully_connected)")
     kind = type_entry.value.lower()
     cls = REGISTRY.get(kind)
+    if cls is None and kind.endswith("layer") and kind[:-5] in LEGACY_TYPES:
+        raise section.error(f"unknown layer type {type_entry.value!r}: NNTrainer's early "
+                            "syntax (also refused by NNTrainer today); write type = "
+                            f"{LEGACY_TYPES[kind[:-5]]}", "type")
     if cls is None:
         raise section.error(f"unknown layer type {type_entry.value!r}"
                             f"{P.did_you_mean(kind, REGISTRY)}", "type")

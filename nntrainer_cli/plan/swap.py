@@ -177,8 +177,10 @@ def _live(tensors: list[_Tensor], lookahead: int, end: int) -> list[int]:
     return live
 
 
-def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int) -> bool:
-    """Swap until no slot holds more than `target` bytes; False if that cannot be."""
+def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int,
+             log: list | None = None) -> bool:
+    """Swap until no slot holds more than `target` bytes; False if that cannot be.
+    Each decision is appended to `log` as (tensor index, option)."""
     live = _live(tensors, lookahead, end)
     while True:
         t = max(range(len(live)), key=live.__getitem__)
@@ -201,6 +203,8 @@ def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int) -> b
             for k in range(r.first, r.last + 1):
                 live[k] -= r.bytes
         x.apply(best[1])
+        if log is not None:
+            log.append((tensors.index(x), best[1]))
         for r in x.residencies(lookahead):
             for k in range(r.first, r.last + 1):
                 live[k] += r.bytes
@@ -226,6 +230,29 @@ def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) ->
     return plan
 
 
+def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner: str,
+                      budget: int) -> SwapPlan:
+    """Undo as many of the smallest swaps as the budget allows (found by bisection):
+    relieving the last slots often swapped small tensors whose few bytes did not
+    matter in the end, and each swap costs a fixed overhead at run time."""
+    sizes = [fresh()[i].size for i, _ in log]
+    order = sorted(range(len(log)), key=lambda d: sizes[d])
+    lo, hi, best = 0, len(order), plan
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        keep = set(order[mid:])
+        tensors = fresh()
+        for d, (i, option) in enumerate(log):
+            if d in keep:
+                tensors[i].apply(option)
+        trial = _place(tensors, lookahead, planner, budget)
+        if trial.peak <= budget:
+            lo, best = mid, trial
+        else:
+            hi = mid - 1
+    return best
+
+
 def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
                    where=None, smallest: bool = False, unit: int = 64) -> SwapPlan:
     """The schedule with the fewest swaps found that fits `budget`; a ConfigError naming
@@ -245,12 +272,12 @@ def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
         plan = _place(least, lookahead, planner, 0)
         plan.budget = plan.peak
         return plan
-    tensors, target = fresh(), budget
+    tensors, target, log = fresh(), budget, []
     while True:
-        fits = _relieve(tensors, target, lookahead, end)
+        fits = _relieve(tensors, target, lookahead, end, log)
         plan = _place(tensors, lookahead, planner, budget)
         if plan.peak <= budget:
-            return plan
+            return _fewer_small_swaps(plan, log, fresh, lookahead, planner, budget)
         if not fits:
             break
         target -= plan.peak - budget  # fragmentation: relieve a little more

@@ -145,7 +145,7 @@ class Trainer:
         if plan.swap:
             report["memory"]["swap"] = {
                 "budget_bytes": plan.swap.budget, "resident_peak_bytes": plan.swap.peak,
-                "lookahead": plan.swap.lookahead, "bytes_in": io.moved_in,
+                "lookahead": plan.swap.lookahead, "frugal": plan.frugal, "bytes_in": io.moved_in,
                 "bytes_out": io.moved_out, "io_wait_seconds": io.waited,
                 "bytes_in_per_iteration": plan.swap.bytes_in,
                 "bytes_out_per_iteration": plan.swap.bytes_out}
