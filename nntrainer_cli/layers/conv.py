@@ -82,7 +82,8 @@ def gather_columns(x, table, padded, col):
     m, c = x.shape[:2]
     np.copyto(padded[:, :, :-1].reshape(x.shape), x)
     padded[:, :, -1] = 0
-    np.take(padded, table, axis=2, out=col.reshape(m, c, *table.shape))
+    # mode="clip": the indices are valid, and the default mode would buffer the output
+    np.take(padded, table, axis=2, out=col.reshape(m, c, *table.shape), mode="clip")
 
 
 def col2im(col, win: Window, dx):

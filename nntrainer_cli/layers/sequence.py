@@ -39,7 +39,8 @@ class Embedding(Layer):
             bad = ids.max() if ids.max() >= len(table) else ids.min()
             raise TrainingError(f"embedding [{self.name}]: token id {bad} is outside "
                                 f"0..{len(table) - 1} (in_dim = {len(table)})")
-        np.take(table, ids, axis=0, out=ctx.outputs[0].reshape(len(ids), -1))
+        # ids are checked above; mode="clip" keeps numpy from buffering the output
+        np.take(table, ids, axis=0, out=ctx.outputs[0].reshape(len(ids), -1), mode="clip")
 
     def calc_gradient(self, ctx: RunContext) -> None:
         grad = ctx.grads["embedding"]
