@@ -26,6 +26,8 @@ CASES = [
     ("conv2d", {"filters": 2, "kernel_size": (3, 2), "stride": (2, 1), "padding": "same",
                 "dilation": (1, 2)}, [(2, 3, 6, 5)]),
     ("conv2d", {"filters": 2, "kernel_size": (2, 2), "padding": (1, 0, 2, 1)}, [(1, 1, 4, 4)]),
+    # 16+ output columns: the strided-copy im2col rather than the gather table
+    ("conv2d", {"filters": 2, "kernel_size": (3, 3), "padding": "same"}, [(2, 2, 3, 17)]),
     ("pooling2d", {"pooling": "max", "pool_size": (2, 2), "stride": (2, 2)}, [(2, 2, 4, 4)]),
     ("pooling2d", {"pooling": "max", "pool_size": (3, 3), "stride": (1, 1), "padding": "same"},
      [(1, 2, 4, 5)]),

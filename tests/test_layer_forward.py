@@ -31,6 +31,8 @@ def direct_conv(x, w, b, stride, pad, dil):
      (0, 1, 0, 1)),
     ({"filters": 3, "kernel_size": (2, 3), "stride": (2, 1), "dilation": (2, 2),
       "padding": (1, 1, 2, 2)}, (2, 2, 7, 7), (1, 1, 2, 2)),
+    ({"filters": 2, "kernel_size": (3, 3), "stride": (1, 2), "dilation": (1, 2),
+      "padding": (1, 0, 0, 3)}, (2, 2, 5, 36), (1, 0, 0, 3)),   # wide: strided im2col
 ])
 def test_conv2d_matches_direct_definition(props, shape, pad):
     h = Harness(make_layer("conv2d", **props), [shape], np.random.default_rng(0))

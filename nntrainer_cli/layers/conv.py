@@ -64,6 +64,13 @@ class Window:
                 yield ki, kj, (rows[0], cols[0]), (rows[1], cols[1])
 
 
+def im2col(x, win: Window, col):
+    """col[n, c, ki, kj, oh, ow] = x[n, c, input row, input col] (0 in the padding)."""
+    col.fill(0)
+    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+        np.copyto(col[:, :, ki, kj, orow, ocol], x[:, :, irow, icol])
+
+
 def gather_table(win: Window) -> np.ndarray:
     """For each kernel tap and output pixel, the flat input pixel it reads, or h·w (a
     zero kept after the image) in the padding. Made once when the layer is planned:
@@ -93,6 +100,9 @@ def col2im(col, win: Window, dx):
         np.add(target, col[:, :, ki, kj, orow, ocol], out=target)
 
 
+GATHER_BELOW_WIDTH = 16
+
+
 @register
 class Conv2D(Layer):
     type = "conv2d"
@@ -120,9 +130,12 @@ class Conv2D(Layer):
         self.dims = (n, f, c * kh * kw, oh * ow)
         per_sample = c * kh * kw * oh * ow
         self.chunk = 1 if ctx.frugal else max(1, min(n, -(-f * oh * ow * n // per_sample)))
-        self.table = gather_table(self.win)
-        ctx.temp("padded", (self.chunk, c, h * w + 1), "forward")
-        ctx.temp("padded_grad", (self.chunk, c, h * w + 1), "calc_gradient")
+        # narrow outputs: one np.take beats kh·kw strided copies of short rows (measured:
+        # 3x faster at 10 wide, 1.4x slower at 32 wide)
+        self.table = gather_table(self.win) if ow < GATHER_BELOW_WIDTH else None
+        if self.table is not None:
+            ctx.temp("padded", (self.chunk, c, h * w + 1), "forward")
+            ctx.temp("padded_grad", (self.chunk, c, h * w + 1), "calc_gradient")
         col = (self.chunk, c, kh, kw, oh, ow)
         ctx.temp("col", col, "forward")
         ctx.temp("col_grad", col, "calc_gradient")
@@ -134,6 +147,12 @@ class Conv2D(Layer):
         output itself need not be resident)."""
         return self.dims
 
+    def _columns(self, x, temps, padded, col):
+        if self.table is None:
+            im2col(x, self.win, col)
+        else:
+            gather_columns(x, self.table, temps[padded][:len(x)], col)
+
     def _chunks(self, n):
         for start in range(0, n, self.chunk):
             yield start, min(self.chunk, n - start)
@@ -143,7 +162,7 @@ class Conv2D(Layer):
         x, col, w = ctx.inputs[0], ctx.temps["col"], ctx.weights["filter"].reshape(f, k)
         y = ctx.outputs[0].reshape(n, f, pix)
         for s, m in self._chunks(n):
-            gather_columns(x[s:s + m], self.table, ctx.temps["padded"][:m], col[:m])
+            self._columns(x[s:s + m], ctx.temps, "padded", col[:m])
             np.matmul(w, col[:m].reshape(m, k, pix), out=y[s:s + m])
         if "bias" in ctx.weights:
             y += ctx.weights["bias"][:, None]
@@ -155,7 +174,7 @@ class Conv2D(Layer):
         dw, part = ctx.grads["filter"].reshape(f, k), ctx.temps["filter_part"].reshape(f, k)
         dw.fill(0)
         for s, m in self._chunks(n):
-            gather_columns(x[s:s + m], self.table, ctx.temps["padded_grad"][:m], col[:m])
+            self._columns(x[s:s + m], ctx.temps, "padded_grad", col[:m])
             col3 = col[:m].reshape(m, k, pix)
             for i in range(m):
                 np.matmul(dy[s + i], col3[i].T, out=part)
