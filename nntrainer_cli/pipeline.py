@@ -13,6 +13,8 @@ from nntrainer_cli.optim.optimizers import make_optimizer
 from nntrainer_cli.plan import MemoryPlan, make_plan
 from nntrainer_cli.plan.swap import DEFAULT_LOOKAHEAD
 
+FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
+
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
          "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
 
@@ -71,13 +73,16 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
         elif isinstance(budget, str):  # a share of the plan without swap
             budget = int(plan.peak_bytes * float(budget[:-1]) / 100)
         where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
-        try:
-            if budget == 0:
-                raise ConfigError("as small as possible: go frugal")
-            plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
-                             direct=direct)
-        except ConfigError:  # too tight: trade speed for memory, same results
-            graph = build_graph(cfg, batch_size, require_loss, frugal=True)
-            plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
-                             smallest=budget == 0, direct=direct)
+        # too tight for whole work buffers: trade speed for memory, step by step
+        levels = FRUGAL_LEVELS[-1:] if budget == 0 else (0,) + FRUGAL_LEVELS
+        for level in levels:
+            if level:
+                graph = build_graph(cfg, batch_size, require_loss, frugal=level)
+            try:
+                plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
+                                 smallest=budget == 0, direct=direct)
+                break
+            except ConfigError:
+                if level == levels[-1]:
+                    raise
     return Prepared(cfg, graph, optimizer, plan, swap_dir)

@@ -53,7 +53,7 @@ class LayerGraph:
     nodes: list[Node]            # topological order
     batch_size: int
     training: bool = True        # False: no loss anywhere, so a forward-only graph
-    frugal: bool = False         # memory over speed: one-sample work buffers, split applies
+    frugal: int = 0              # memory over speed (0: off; else divides conv's work buffers)
     apply_parts: int = 1         # apply_gradient slots per layer (more when frugal)
 
     def __post_init__(self):
@@ -251,12 +251,13 @@ FRUGAL_APPLY_PARTS = 4
 
 
 def build_graph(cfg: ModelConfig, batch_size: int | None = None,
-                require_loss: bool = True, frugal: bool = False) -> LayerGraph:
+                require_loss: bool = True, frugal: int = 0) -> LayerGraph:
     """The finalized graph. Without `require_loss`, a model with no loss at all gives
     a forward-only graph (for planning inference) instead of an error. `frugal` trades
-    speed for memory, for tight budgets: layers use one-sample work buffers and each
-    layer's gradient is applied in parts, so less optimizer state is needed at once.
-    Results are bit-for-bit the same."""
+    speed for memory, for tight budgets: relu keeps a one-byte mask, each layer's
+    gradient is applied in parts (so less optimizer state is needed at once), and conv
+    builds its columns for `frugal` times fewer samples at a time. Results are bit-for-bit
+    the same."""
     nodes = [_make_node(s) for s in cfg.layers]
     seen: dict[str, Node] = {}
     for n in nodes:

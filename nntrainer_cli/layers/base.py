@@ -70,7 +70,7 @@ class FinalizeContext:
     input_shapes: list[Shape]
     trainable: bool = True
     requested_outputs: int = 1   # how many outputs the graph reads: name(0), name(1), …
-    frugal: bool = False         # prefer the smallest work buffers to speed
+    frugal: int = 0              # memory over speed: 0 off, else shrink work buffers by it
     output_shapes: list[Shape] = field(default_factory=list)
     weights: list[WeightRequest] = field(default_factory=list)
     temps: list[TempRequest] = field(default_factory=list)

@@ -126,10 +126,11 @@ class Conv2D(Layer):
         self.request_weight(ctx, "filter", (f, c, kh, kw))
         self.request_bias(ctx, "bias", (f,))
         # im2col a few samples at a time: its buffer stays about the size of the output
-        # instead of kh·kw times the input (NNTrainer, and frugal mode, go one at a time)
+        # instead of kh·kw times the input (NNTrainer goes one at a time; frugal plans
+        # divide the chunk)
         self.dims = (n, f, c * kh * kw, oh * ow)
         per_sample = c * kh * kw * oh * ow
-        self.chunk = 1 if ctx.frugal else max(1, min(n, -(-f * oh * ow * n // per_sample)))
+        self.chunk = max(1, min(n, -(-f * oh * ow * n // per_sample)) // max(ctx.frugal, 1))
         # narrow outputs: one np.take beats kh·kw strided copies of short rows (measured:
         # 3x faster at 10 wide, 1.4x slower at 32 wide)
         self.table = gather_table(self.win) if ow < GATHER_BELOW_WIDTH else None

@@ -71,7 +71,7 @@ def plan_text(plan: MemoryPlan, model: str) -> str:
 
 def swap_summary(plan: MemoryPlan) -> str:
     sw = plan.swap
-    frugal = " (frugal: one-sample work buffers, gradients applied in parts)" \
+    frugal = " (frugal: smaller conv buffers, relu mask, gradients applied in parts)" \
         if plan.frugal else ""
     return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)}{frugal} "
             f"(without swap {human(plan.peak_bytes)}), lookahead {sw.lookahead}, "
