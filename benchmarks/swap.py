@@ -7,7 +7,7 @@ for the measured peak, and without it for the time (tracing slows small kernels)
 
 Default models: configs/*.ini and benchmarks/models/wide_mlp.ini, one epoch each.
 Time and I/O wait come from the run without tracemalloc, the measured peak from the
-other; "frugal" marks budgets met only by the plan that trades speed for memory.
+other; "frugal" marks budgets met only with smaller conv work buffers.
 --direct opens the swap file with O_DIRECT, so reads come from the disk, not the page
 cache. Prints the Markdown table used in the README."""
 
@@ -91,7 +91,7 @@ def main() -> None:
                                io_wait=s["io_wait_seconds"],
                                identical=r["weights"] == base["weights"])
                     name = f"{share} = " if share != "min" else "smallest = "
-                    name = ("frugal " if s["frugal"] else "") + name
+                    name = ("frugal " if s["frugal"] > 1 else "") + name
                     print(f"| {label} | {name}{s['budget_bytes'] / 2**20:.2f} MiB "
                           f"({s['budget_bytes'] / peak:.0%}) | {s['resident_peak_bytes'] / 2**20:.2f} MiB "
                           f"| {m['measured_peak_bytes'] / s['budget_bytes']:.2f} "

@@ -73,8 +73,9 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
         elif isinstance(budget, str):  # a share of the plan without swap
             budget = int(plan.peak_bytes * float(budget[:-1]) / 100)
         where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
-        # too tight for whole work buffers: trade speed for memory, step by step
-        levels = FRUGAL_LEVELS[-1:] if budget == 0 else (0,) + FRUGAL_LEVELS
+        # relu masks and split applies cost next to nothing and let more stay resident, so
+        # a budget always uses them; conv buffers shrink only as far as the budget needs
+        levels = FRUGAL_LEVELS[-1:] if budget == 0 else FRUGAL_LEVELS
         for level in levels:
             if level:
                 graph = build_graph(cfg, batch_size, require_loss, frugal=level)

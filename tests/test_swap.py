@@ -180,7 +180,7 @@ def test_tight_budgets_go_frugal_with_the_same_plan_checks():
     path = os.path.join(CONFIGS, "lenet_mnist.ini")
     roomy = prepare(path, budget="75%")
     tight = prepare(path, budget="45%")
-    assert not roomy.plan.frugal and tight.plan.frugal
+    assert roomy.plan.frugal == 1 and tight.plan.frugal > 1   # conv buffers shrink only if needed
     replay(tight.plan)
     parts = [s for s in tight.plan.slots if s.phase == "apply_gradient" and s.node == "f5"]
     assert [s.part for s in parts] == [0, 1, 2, 3]

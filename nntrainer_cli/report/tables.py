@@ -71,8 +71,10 @@ def plan_text(plan: MemoryPlan, model: str) -> str:
 
 def swap_summary(plan: MemoryPlan) -> str:
     sw = plan.swap
-    frugal = " (frugal: smaller conv buffers, relu mask, gradients applied in parts)" \
-        if plan.frugal else ""
+    frugal = ""
+    if plan.frugal:
+        conv = "" if plan.frugal == 1 else ", conv columns for fewer samples at a time"
+        frugal = f" (frugal: relu masks, gradients applied in parts{conv})"
     return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)}{frugal} "
             f"(without swap {human(plan.peak_bytes)}), lookahead {sw.lookahead}, "
             f"{len(sw.swapped)} tensors swapped, per iteration {human(sw.bytes_out)} out, "
