@@ -6,7 +6,7 @@ import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import WEIGHT_SCHEMA, FinalizeContext, Layer, LayerError, RunContext, register
+from .base import FinalizeContext, Layer, LayerError, RunContext, register
 
 
 def rows2d(a: np.ndarray) -> np.ndarray:

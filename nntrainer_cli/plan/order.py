@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from nntrainer_cli.graph import LayerGraph, Node
 
-PHASES = ("forward", "calc_gradient", "calc_derivative", "apply_gradient", "clip_and_apply")
 CLIP_SLOT_NODE = "(clipped layers)"
 
 

@@ -127,7 +127,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
 def model_summary(plan: MemoryPlan, graph) -> str:
     """Per layer: type, output shape, parameters, and the bytes of the tensors it owns
     (weights with their gradients and optimizer state, outputs, temporaries)."""
-    io, specs = plan.tensors.io, plan.specs
+    specs = plan.specs
     rows, total_params, trainable = [], 0, 0
     for node in graph.nodes:
         params = sum(math.prod(w.shape) for w in node.ctx.weights)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import struct
 
-import numpy as np
 
 from nntrainer_cli.errors import DataError
 from nntrainer_cli.files import atomic_open
