@@ -14,6 +14,7 @@ from nntrainer_cli.graph import LayerGraph
 from .order import NodeSlots, Slot, execution_order, row_parts
 
 ALIGN = 64  # bytes; every tensor starts on a cache line
+SPLIT_MIN_BYTES = 64 * 1024  # smaller weights are applied whole even in split apply slots
 KINDS = ("input", "label", "weight", "gradient", "optimizer_state", "activation", "derivative",
          "temporary")
 
@@ -118,7 +119,8 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
             if w.trainable and graph.training:
                 io["grads"][w.name] = add(f"{name}:grad", "gradient", w.shape,
                                           {ns.calc_gradient, *ns.apply_parts})
-                rows = io["rows"][w.name] = row_parts(w.shape[0], len(ns.apply_parts))
+                parts = len(ns.apply_parts) if np.prod(w.shape) * 4 >= SPLIT_MIN_BYTES else 1
+                rows = io["rows"][w.name] = row_parts(w.shape[0], parts)
                 split = len(rows) > 1
                 io["state"][w.name] = [
                     [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",
