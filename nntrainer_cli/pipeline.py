@@ -66,24 +66,25 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
     state = optimizer.state if optimizer else ()
     budget, lookahead, swap_dir = _swap_settings(cfg, budget, lookahead, swap_dir)
-    plan = make_plan(graph, state, planner, in_place)
-    if budget is not None:
-        if budget == "min":
-            budget = 0
-        elif isinstance(budget, str):  # a share of the plan without swap
-            budget = int(plan.peak_bytes * float(budget[:-1]) / 100)
-        where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
-        # relu masks and split applies cost next to nothing and let more stay resident, so
-        # a budget always uses them; conv buffers shrink only as far as the budget needs
-        levels = FRUGAL_LEVELS[-1:] if budget == 0 else FRUGAL_LEVELS
-        for level in levels:
-            if level:
-                graph = build_graph(cfg, batch_size, require_loss, frugal=level)
-            try:
-                plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
-                                 smallest=budget == 0, direct=direct)
-                break
-            except ConfigError:
-                if level == levels[-1]:
-                    raise
+    if budget is None:
+        return Prepared(cfg, graph, optimizer, make_plan(graph, state, planner, in_place),
+                        swap_dir)
+    if budget == "min":
+        budget = 0
+    elif isinstance(budget, str):  # a share of the plan without swap
+        budget = int(make_plan(graph, state, planner, in_place).peak_bytes
+                     * float(budget[:-1]) / 100)
+    where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
+    # relu masks and split applies cost next to nothing and let more stay resident, so a
+    # budget always uses them; conv buffers shrink only as far as the budget needs
+    levels = FRUGAL_LEVELS[-1:] if budget == 0 else FRUGAL_LEVELS
+    for level in levels:
+        graph = build_graph(cfg, batch_size, require_loss, frugal=level)
+        try:
+            plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
+                             smallest=budget == 0, direct=direct)
+            break
+        except ConfigError:
+            if level == levels[-1]:
+                raise
     return Prepared(cfg, graph, optimizer, plan, swap_dir)

@@ -14,6 +14,7 @@ planners, each at its own offset. Values nobody reads again are dropped, never w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nntrainer_cli.errors import ConfigError
 
@@ -47,8 +48,16 @@ class SwapPlan:
     file_offsets: dict[str, int] = field(default_factory=dict)
     file_bytes: int = 0
 
+    @cached_property
+    def _by_tensor(self) -> dict[str, list[Residency]]:
+        by: dict[str, list[Residency]] = {}
+        for r in self.residencies:
+            by.setdefault(r.tensor, []).append(r)
+        return by
+
     def of(self, tensor: str) -> list[Residency]:
-        return [r for r in self.residencies if r.tensor == tensor]
+        """A tensor's stays in order (looked up for every tensor when the run starts)."""
+        return self._by_tensor.get(tensor, [])
 
     @property
     def swapped(self) -> set[str]:
