@@ -97,6 +97,36 @@ def test_budget_gives_bit_identical_weights(tmp_path, config, budget):
     assert list(swap_dir.iterdir()) == []          # the swap file is gone
 
 
+@pytest.mark.parametrize("path", ["inline", "background", "mixed"])
+def test_every_io_path_gives_bit_identical_weights(tmp_path, monkeypatch, path):
+    """Loads the page cache holds are done by the compute thread itself, others by the
+    background thread; a refused inline load hands over to the thread mid-iteration."""
+    from nntrainer_cli.runtime import swap_io
+
+    if swap_io.NOWAIT is None and path != "background":
+        pytest.skip("this platform has no RWF_NOWAIT reads")
+    model = os.path.join(CONFIGS, "digits_mlp.ini")
+    plain, _ = train_weights(model, tmp_path, "plain")
+    if path == "background":
+        monkeypatch.setattr(swap_io, "NOWAIT", None)
+    if path == "mixed":
+        real, calls = swap_io.SwapFile.read, {"n": 0}
+
+        def every_third_misses(self, tensor, view, *flags):
+            calls["n"] += 1
+            if flags and calls["n"] % 3 == 0:
+                raise BlockingIOError(11, "not in the page cache")
+            real(self, tensor, view, *flags)
+
+        monkeypatch.setattr(swap_io.SwapFile, "read", every_third_misses)
+    swapped, report = train_weights(model, tmp_path, "swapped", "--memory-budget", "45%",
+                                    "--swap-dir", str(tmp_path))
+    assert swapped == plain
+    sw = report["memory"]["swap"]
+    assert (sw["loads_inline"] > 0) == (path != "background")
+    assert (sw["loads_background"] > 0) == (path != "inline")
+
+
 def test_budget_too_small_names_the_smallest_that_works(tmp_path):
     model = tiny_model(tmp_path)
     res = run("train", model, "--memory-budget", "100")

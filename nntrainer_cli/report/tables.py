@@ -163,7 +163,10 @@ def train_summary(report: dict) -> str:
         rows += [["memory budget", human(sw["budget_bytes"])],
                  ["resident arena (swap)", human(sw["resident_peak_bytes"])],
                  ["swapped out / in", f"{human(sw['bytes_out'])} / {human(sw['bytes_in'])}"],
-                 ["waited on swap I/O", f"{sw['io_wait_seconds']:.2f} s"]]
+                 ["loads from the page cache / by the I/O thread",
+                  f"{sw['loads_inline']} / {sw['loads_background']}"],
+                 ["swap I/O on the compute thread", f"{sw['inline_io_seconds']:.2f} s copying, "
+                                                    f"{sw['io_wait_seconds']:.2f} s waiting"]]
     if m["measured_peak_bytes"] is not None:
         ratio = m["measured_peak_bytes"] / arena if arena else 0
         rows.append(["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x arena)"])

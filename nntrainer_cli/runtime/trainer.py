@@ -121,7 +121,8 @@ class Trainer:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
             io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, plan.swap.file_offsets,
-                                 opts.swap_direct)) if plan.swap else None
+                                 opts.swap_direct), inline=not opts.swap_direct) \
+                if plan.swap else None
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
@@ -147,6 +148,8 @@ class Trainer:
                 "budget_bytes": plan.swap.budget, "resident_peak_bytes": plan.swap.peak,
                 "lookahead": plan.swap.lookahead, "frugal": plan.frugal, "bytes_in": io.moved_in,
                 "bytes_out": io.moved_out, "io_wait_seconds": io.waited,
+                "inline_io_seconds": io.inline_seconds, "loads_inline": io.loads_inline,
+                "loads_background": io.loads_background,
                 "bytes_in_per_iteration": plan.swap.bytes_in,
                 "bytes_out_per_iteration": plan.swap.bytes_out}
         report["seconds"] = time.perf_counter() - t0
