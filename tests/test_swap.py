@@ -47,6 +47,11 @@ def replay(plan):
                 grad = f"{name}:grad" in ts.specs
                 if grad and max(uses[name]) in range(r.first, r.last + 1):
                     raise AssertionError(f"{name} updated at {r.last} and never written")
+    moved = {r.tensor for r in sw.residencies if r.loaded or r.stored}
+    assert moved == set(sw.file_offsets)   # each swapped tensor has its own file bytes
+    spans = sorted((at, at + by[name][0].bytes) for name, at in sw.file_offsets.items())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert not spans or spans[-1][1] <= sw.file_bytes
     items = [Item(r.bytes, r.first, r.last) for r in sw.residencies]
     assert check_valid(items, [r.offset for r in sw.residencies], sw.peak) == []
     assert sw.peak <= sw.budget
@@ -112,11 +117,11 @@ def test_every_io_path_gives_bit_identical_weights(tmp_path, monkeypatch, path):
     if path == "mixed":
         real, calls = swap_io.SwapFile.read, {"n": 0}
 
-        def every_third_misses(self, tensor, view, *flags):
+        def every_third_misses(self, at, views, *flags):
             calls["n"] += 1
             if flags and calls["n"] % 3 == 0:
                 raise BlockingIOError(11, "not in the page cache")
-            real(self, tensor, view, *flags)
+            real(self, at, views, *flags)
 
         monkeypatch.setattr(swap_io.SwapFile, "read", every_third_misses)
     swapped, report = train_weights(model, tmp_path, "swapped", "--memory-budget", "45%",
@@ -164,11 +169,11 @@ def test_full_disk_stops_cleanly_and_keeps_saved_weights(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = swap_io.SwapFile.write
 
-    def fill_up(self, tensor, view):
+    def fill_up(self, at, views):
         calls["n"] += 1
         if calls["n"] > 200:
             raise OSError(28, "No space left on device")
-        real(self, tensor, view)
+        real(self, at, views)
 
     monkeypatch.setattr(swap_io.SwapFile, "write", fill_up)
     res = run("train", model, "-q", "--epochs", "2", "--save", str(save),

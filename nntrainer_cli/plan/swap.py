@@ -21,7 +21,7 @@ from nntrainer_cli.errors import ConfigError
 from .planners import Item, check_valid, lower_bound, plan_offsets
 from .specs import TensorSet, TensorSpec
 
-FILE_ALIGN = DIRECT_IO_BLOCK = 4096
+DIRECT_IO_BLOCK = 4096
 DEFAULT_LOOKAHEAD = 2
 
 
@@ -230,13 +230,24 @@ def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) ->
     for r, off in zip(res, offsets):
         r.offset = off
     plan = SwapPlan(budget, lookahead, res, peak, lower_bound(items))
-    at = 0
-    for r in res:
-        if (r.loaded or r.stored) and r.tensor not in plan.file_offsets:
-            plan.file_offsets[r.tensor] = at
-            at += -(-r.bytes // FILE_ALIGN) * FILE_ALIGN
-    plan.file_bytes = at
+    plan.file_offsets, plan.file_bytes = _file_layout(res)
     return plan
+
+
+def _file_layout(res: list[Residency]) -> tuple[dict[str, int], int]:
+    """Each swapped tensor's place in the swap file, in the order tensors are first
+    moved, so that those moved at the same slot (a part of a weight's optimizer state,
+    say) lie back to back and the runtime moves each such run with one system call."""
+    def first_move(r: Residency) -> tuple[int, int]:
+        return (r.last, 0) if r.stored else (r.first, 1)
+
+    moved = sorted((r for r in res if r.loaded or r.stored), key=first_move)
+    offsets, at = {}, 0
+    for r in moved:
+        if r.tensor not in offsets:
+            offsets[r.tensor] = at
+            at += r.bytes   # stays are already whole units (4 KiB blocks for direct I/O)
+    return offsets, at
 
 
 def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner: str,

@@ -38,6 +38,7 @@ def kernel_settings():
 
 
 ARENA_ALIGN = 4096  # page-aligned, as direct swap I/O needs
+MAX_VIEWS_PER_JOB = 64  # well under the system's limit of buffers per preadv (IOV_MAX)
 
 
 def allocate_arena(plan: MemoryPlan) -> np.ndarray:
@@ -167,31 +168,42 @@ class Executor:
         self._apply([u for _, u in updates])
 
     def _swap_steps(self):
-        """Per slot: loads to start, operations to wait for, stores to start after.
-        Operation numbers are per iteration (the queue is drained between them)."""
-        res = self.plan.swap.residencies
-        views = {id(r): self.arena[r.offset:r.offset + r.bytes] for r in res}
-        order, number = [], {}
-        for t in range(len(self.plan.slots)):
-            for r in res:
-                if r.loaded and r.first == t:
-                    order.append(("in", r))
-            for r in res:
-                if r.stored and r.last == t:
-                    order.append(("out", r))
-        for k, (op, r) in enumerate(order, 1):
-            number[(op, id(r))] = k
-        steps = []
-        for t in range(len(self.plan.slots)):
-            loads = [(r.tensor, views[id(r)]) for r in res if r.loaded and r.first == t]
-            stores = [(r.tensor, views[id(r)]) for r in res if r.stored and r.last == t]
-            need = [number[("in", id(r))] for r in res if r.loaded and r.use_first == t]
-            for r in res:  # bytes the compute writes first must have been stored away
+        """Per slot: I/O jobs to start as it begins, the job to wait for before it runs,
+        jobs to start after it. Stays that lie back to back in the swap file and move at
+        the same time form one job (one system call). Job numbers count per iteration
+        (the queue is drained between iterations)."""
+        sw, slots = self.plan.swap, range(len(self.plan.slots))
+        file_at, number, count, steps = sw.file_offsets, {}, 0, []
+
+        def jobs(op: str, stays: list) -> list:
+            nonlocal count
+            out = []  # [op, file offset, views, bytes]
+            for r in sorted(stays, key=lambda r: file_at[r.tensor]):
+                view = self.arena[r.offset:r.offset + r.bytes]
+                last = out[-1] if out else None
+                if last and last[1] + last[3] == file_at[r.tensor] \
+                        and len(last[2]) < MAX_VIEWS_PER_JOB:
+                    last[2].append(view)
+                    last[3] += r.bytes
+                else:
+                    out.append([op, file_at[r.tensor], [view], r.bytes])
+                    count += 1
+                number[(op, id(r))] = count
+            return [(op, at, views) for op, at, views, _ in out]
+
+        for t in slots:
+            loads = jobs("in", [r for r in sw.residencies if r.loaded and r.first == t])
+            stores = jobs("out", [r for r in sw.residencies if r.stored and r.last == t])
+            steps.append([loads, 0, stores])
+        for t in slots:
+            need = [number[("in", id(r))] for r in sw.residencies
+                    if r.loaded and r.use_first == t]
+            for r in sw.residencies:  # bytes the compute writes first must be stored away
                 if not r.loaded and r.first == t:
-                    need += [number[("out", id(p))] for p in res
+                    need += [number[("out", id(p))] for p in sw.residencies
                              if p.stored and p.last < t and p.offset < r.offset + r.bytes
                              and r.offset < p.offset + p.bytes]
-            steps.append((loads, max(need, default=0), stores))
+            steps[t][1] = max(need, default=0)
         return steps
 
     def _run(self, count: int, training: bool, rows: int) -> tuple[float, int]:
@@ -204,8 +216,8 @@ class Executor:
         for i in range(count):
             if swap is not None:
                 loads, need, stores = swap[i]
-                for tensor, v in loads:
-                    io.submit("in", tensor, v)
+                for job in loads:
+                    io.submit(*job)
                 if need:
                     io.wait(base + need)
             if training:
@@ -220,8 +232,8 @@ class Executor:
             if i == self.metric_slot:
                 correct = self._correct(rows)
             if swap is not None:
-                for tensor, v in swap[i][2]:
-                    io.submit("out", tensor, v)
+                for job in swap[i][2]:
+                    io.submit(*job)
         if io is not None:
             io.drain()
         return sum(self.fwd_ctx[n.name].loss for n in self.graph.losses) + reg, correct
@@ -253,12 +265,12 @@ class Executor:
         swapped = self.plan.swap is not None and name in self.plan.swap.swapped \
             and not (len(stays) == 1 and stays[0][:2] == (0, len(self.plan.slots) - 1))
         if swapped:
-            first = self.plan.swap.of(name)[0]
+            first, at = self.plan.swap.of(name)[0], self.plan.swap.file_offsets[name]
             block = self.arena[first.offset:first.offset + first.bytes]
-            self.io.file.read(name, block)
+            self.io.file.read(at, [block])
         yield stays[0][2]
         if swapped and write:
-            self.io.file.write(name, block)
+            self.io.file.write(at, [block])
 
     def weight_names(self) -> list[str]:
         return [self.plan.tensors.io[n.name]["weights"][w.name] for n, w in self.weights]

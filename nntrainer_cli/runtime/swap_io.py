@@ -39,7 +39,7 @@ class SwapFile:
     """With `direct`, the file bypasses the page cache (O_DIRECT): every read really
     comes from the disk, for honest benchmarks; buffers and sizes are block-aligned."""
 
-    def __init__(self, directory: str, size: int, offsets: dict[str, int], direct=False):
+    def __init__(self, directory: str, size: int, direct=False):
         check_swap_dir(directory)
         try:
             fd, self.path = tempfile.mkstemp(prefix="nntrainer-swap-", suffix=".bin",
@@ -55,29 +55,32 @@ class SwapFile:
                 raise DataError(f"{directory} does not allow direct I/O (O_DIRECT): "
                                 f"{e.strerror}") from None
         self.fd = fd
-        self.offsets = offsets
         try:
             os.ftruncate(self.fd, size)
         except OSError as e:
             self.close()
             raise DataError(f"cannot size the swap file {self.path}: {e.strerror}") from None
 
-    def write(self, tensor: str, view: np.ndarray) -> None:
-        data, at, done = view.data.cast("B"), self.offsets[tensor], 0
-        while done < len(data):
-            n = os.pwrite(self.fd, data[done:], at + done)
-            if n == 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            done += n
+    def write(self, at: int, views: list[np.ndarray]) -> None:
+        """The views, back to back, into the file from byte `at`."""
+        self._all(os.pwritev, at, views, (errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
-    def read(self, tensor: str, view: np.ndarray, *flags: int) -> None:
-        """With RWF_NOWAIT, raises BlockingIOError instead of waiting for the disk."""
-        data, at, done = view.data.cast("B"), self.offsets[tensor], 0
-        while done < len(data):
-            n = os.preadv(self.fd, [data[done:]], at + done, *flags)
+    def read(self, at: int, views: list[np.ndarray], *flags: int) -> None:
+        """The file from byte `at` into the views; with RWF_NOWAIT it raises
+        BlockingIOError instead of waiting for the disk."""
+        self._all(os.preadv, at, views, (errno.EIO, "the swap file ended early"), *flags)
+
+    def _all(self, call, at: int, views: list[np.ndarray], short: tuple, *flags: int) -> None:
+        bufs = [v.data.cast("B") for v in views]
+        while bufs:
+            n = call(self.fd, bufs, at, *flags)
             if n == 0:
-                raise OSError(errno.EIO, f"swap file {self.path} ended early")
-            done += n
+                raise OSError(*short)
+            at += n
+            while bufs and n >= len(bufs[0]):
+                n -= len(bufs.pop(0))
+            if n:
+                bufs[0] = bufs[0][n:]
 
     def close(self) -> None:
         if self.fd is not None:
@@ -105,35 +108,36 @@ class SwapIO:
         self.thread = threading.Thread(target=self._run, name="nntrainer-swap", daemon=True)
         self.thread.start()
 
-    def submit(self, op: str, tensor: str, view: np.ndarray) -> int:
+    def submit(self, op: str, at: int, views: list[np.ndarray]) -> int:
+        """Queue one job: tensors back to back in the file from `at` ("in" or "out")."""
         self.submitted += 1
         if self.inline and self.done == self.submitted - 1:  # the thread is idle
             start = time.perf_counter()
-            if self._move(op, tensor, view, NOWAIT):
+            if self._move(op, at, views, NOWAIT):
                 self.done += 1
                 self.inline_seconds += time.perf_counter() - start
                 if self.error is not None:
                     raise self.error
                 return self.submitted
-        self.jobs.put((op, tensor, view))
+        self.jobs.put((op, at, views))
         return self.submitted
 
-    def _move(self, op: str, tensor: str, view: np.ndarray, *flags: int) -> bool:
-        """One operation; False when a load with `flags` would have to wait for the disk
-        (the caller hands it to the thread). A failure is kept for the next wait."""
+    def _move(self, op: str, at: int, views: list[np.ndarray], *flags: int) -> bool:
+        """One job; False when a load with `flags` would have to wait for the disk (the
+        caller hands it to the thread). A failure is kept for the next wait."""
         if self.error is not None:
             return True
         try:
             if op == "in":
-                self.file.read(tensor, view, *flags)
-                self.moved_in += view.nbytes
+                self.file.read(at, views, *flags)
+                self.moved_in += sum(v.nbytes for v in views)
                 if flags:
-                    self.loads_inline += 1
+                    self.loads_inline += len(views)
                 else:
-                    self.loads_background += 1
+                    self.loads_background += len(views)
             else:
-                self.file.write(tensor, view)
-                self.moved_out += view.nbytes
+                self.file.write(at, views)
+                self.moved_out += sum(v.nbytes for v in views)
         except BlockingIOError:
             return False
         except OSError as e:

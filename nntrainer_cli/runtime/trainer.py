@@ -120,9 +120,8 @@ class Trainer:
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
-            io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, plan.swap.file_offsets,
-                                 opts.swap_direct), inline=not opts.swap_direct) \
-                if plan.swap else None
+            io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, opts.swap_direct),
+                        inline=not opts.swap_direct) if plan.swap else None
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
