@@ -6,9 +6,15 @@ faster of the two counts).
 
     python benchmarks/swap.py [--direct] [--json benchmarks/results/swap.json] [MODEL ...]
 
-Default models: configs/*.ini and benchmarks/models/wide_mlp.ini, one epoch each.
-Time and I/O wait come from the run without tracemalloc, the measured peak from the
-other; "frugal" marks budgets met only with smaller conv work buffers.
+Default models: configs/*.ini and benchmarks/models/wide_mlp.ini, each for as many
+epochs as make its run without swap last 2 s (one epoch of the digits MLP takes 0.07 s,
+where start-up noise would decide the ratio).
+Time and I/O figures come from the run without tracemalloc, the measured peak from the
+other; "frugal" marks budgets met only with smaller conv work buffers. "I/O copy + wait"
+is the compute thread's time on swap I/O: copying loads the page cache holds (and
+stores) itself, then waiting for the background thread; "loads cache/thread" counts the
+tensors loaded each way (a load the thread made had to wait for the disk, or came while
+the thread was busy).
 --direct opens the swap file with O_DIRECT, so reads come from the disk, not the page
 cache. Prints the Markdown table used in the README."""
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -26,6 +33,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SHARES = ("75%", "50%", "25%", "min")
+MIN_SECONDS = 2.0  # epochs enough for the run without swap to take this long
 
 
 def timed(model: str, work: str, extra: list[str]) -> dict:
@@ -37,8 +45,7 @@ def timed(model: str, work: str, extra: list[str]) -> dict:
 
 def train(model: str, work: str, name: str, extra: list[str]) -> dict:
     save, report = os.path.join(work, name + ".bin"), os.path.join(work, name + ".json")
-    cmd = [sys.executable, "-m", "nntrainer_cli", "train", model, "-q", "--epochs", "1",
-           "--no-shuffle", "--save", save, "--report", report, *extra]
+    cmd = [sys.executable, "-m", "nntrainer_cli", "train", model, "-q", "--no-shuffle", "--save", save, "--report", report, *extra]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode == 2 and "smallest budget that works" in res.stderr:
         smallest = int(re.search(r"works is ([\d,]+)", res.stderr).group(1).replace(",", ""))
@@ -62,16 +69,21 @@ def main() -> None:
         [os.path.join(HERE, "models", "wide_mlp.ini")]
     rows = []
     print("| model | budget | resident | measured/budget | time | vs no swap | out/in per run "
-          "| I/O wait | same weights |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+          "| I/O copy + wait | loads cache/thread | same weights |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     with tempfile.TemporaryDirectory() as work:
         for model in models:
             label = os.path.relpath(model, REPO)
-            base = train(model, work, "base", [])
-            peak, t0 = base["memory"]["planned_peak_bytes"], timed(model, work, [])["seconds"]
-            print(f"| {label} | none ({peak / 2**20:.2f} MiB) | | | {t0:.2f} s | 1.00 | | | |")
+            one = timed(model, work, ["--epochs", "1"])["seconds"]
+            epochs = max(1, math.ceil(MIN_SECONDS / one))
+            base = train(model, work, "base", ["--epochs", str(epochs)])
+            peak = base["memory"]["planned_peak_bytes"]
+            t0 = timed(model, work, ["--epochs", str(epochs)])["seconds"]
+            label += f" ({epochs} epoch{'s' if epochs > 1 else ''})"
+            print(f"| {label} | none ({peak / 2**20:.2f} MiB) | | | {t0:.2f} s | 1.00 | | | | |")
             for share in SHARES:
-                extra = ["--swap-dir", work] + (["--swap-direct"] if args.direct else [])
+                extra = ["--epochs", str(epochs), "--swap-dir", work] + \
+                    (["--swap-direct"] if args.direct else [])
                 if share == "min":
                     extra += ["--set", "model.memory_swap=true"]
                 else:
@@ -81,17 +93,21 @@ def main() -> None:
                 if r.get("infeasible"):
                     row.update(r)
                     print(f"| {label} | {share} | needs {r['smallest'] / peak:.0%} of the plan "
-                          f"| | | | | | |")
+                          f"| | | | | | | |")
                 else:
                     m, s = r["memory"], dict(r["memory"]["swap"])
                     fast = timed(model, work, extra)
                     r["seconds"] = fast["seconds"]
-                    s["io_wait_seconds"] = fast["memory"]["swap"]["io_wait_seconds"]
+                    s.update({k: fast["memory"]["swap"][k] for k in (
+                        "io_wait_seconds", "inline_io_seconds", "loads_inline",
+                        "loads_background")})
                     row.update(budget=s["budget_bytes"], resident=s["resident_peak_bytes"],
                                measured=m["measured_peak_bytes"], seconds=r["seconds"],
                                frugal=s["frugal"],
                                bytes_out=s["bytes_out"], bytes_in=s["bytes_in"],
-                               io_wait=s["io_wait_seconds"],
+                               io_wait=s["io_wait_seconds"], io_inline=s["inline_io_seconds"],
+                               loads_inline=s["loads_inline"],
+                               loads_background=s["loads_background"],
                                identical=r["weights"] == base["weights"])
                     name = f"{share} = " if share != "min" else "smallest = "
                     name = ("frugal " if s["frugal"] > 1 else "") + name
@@ -100,7 +116,9 @@ def main() -> None:
                           f"| {m['measured_peak_bytes'] / s['budget_bytes']:.2f} "
                           f"| {r['seconds']:.2f} s | {r['seconds'] / t0:.2f} "
                           f"| {s['bytes_out'] / 2**20:.0f} / {s['bytes_in'] / 2**20:.0f} MiB "
-                          f"| {s['io_wait_seconds']:.2f} s | {'yes' if row['identical'] else 'NO'} |")
+                          f"| {s['inline_io_seconds']:.2f} + {s['io_wait_seconds']:.2f} s "
+                          f"| {s['loads_inline']} / {s['loads_background']} "
+                          f"| {'yes' if row['identical'] else 'NO'} |")
                 rows.append(row)
                 sys.stdout.flush()
     if args.json:

@@ -115,15 +115,15 @@ def test_every_io_path_gives_bit_identical_weights(tmp_path, monkeypatch, path):
     if path == "background":
         monkeypatch.setattr(swap_io, "NOWAIT", None)
     if path == "mixed":
-        real, calls = swap_io.SwapFile.read, {"n": 0}
+        real, calls = swap_io.SwapFile.move, {"n": 0}
 
-        def every_third_misses(self, at, views, *flags):
-            calls["n"] += 1
+        def every_third_load_misses(self, job, flags=0):
+            calls["n"] += job.op == "in"
             if flags and calls["n"] % 3 == 0:
                 raise BlockingIOError(11, "not in the page cache")
-            real(self, at, views, *flags)
+            real(self, job, flags)
 
-        monkeypatch.setattr(swap_io.SwapFile, "read", every_third_misses)
+        monkeypatch.setattr(swap_io.SwapFile, "move", every_third_load_misses)
     swapped, report = train_weights(model, tmp_path, "swapped", "--memory-budget", "45%",
                                     "--swap-dir", str(tmp_path))
     assert swapped == plain
@@ -167,15 +167,15 @@ def test_full_disk_stops_cleanly_and_keeps_saved_weights(tmp_path, monkeypatch):
     assert run("train", model, "-q", "--epochs", "1", "--save", str(save)).exit_code == 0
     before = save.read_bytes()
     calls = {"n": 0}
-    real = swap_io.SwapFile.write
+    real = swap_io.SwapFile.move
 
-    def fill_up(self, at, views):
-        calls["n"] += 1
+    def fill_up(self, job, flags=0):
+        calls["n"] += job.op == "out"
         if calls["n"] > 200:
             raise OSError(28, "No space left on device")
-        real(self, at, views)
+        real(self, job, flags)
 
-    monkeypatch.setattr(swap_io.SwapFile, "write", fill_up)
+    monkeypatch.setattr(swap_io.SwapFile, "move", fill_up)
     res = run("train", model, "-q", "--epochs", "2", "--save", str(save),
               "--memory-budget", "70%", "--swap-dir", str(tmp_path))
     assert res.exit_code == 2
@@ -221,3 +221,37 @@ def test_tight_budgets_go_frugal_with_the_same_plan_checks():
     parts = [s for s in tight.plan.slots if s.phase == "apply_gradient" and s.node == "f5"]
     assert [s.part for s in parts] == [0, 1, 2, 3]
     assert "f5:weight:adam_m:3" in tight.plan.specs
+
+
+def test_short_transfers_continue_where_they_stopped(tmp_path, monkeypatch):
+    """preadv/pwritev may move fewer bytes than asked; a job spanning several arena
+    stays still lands byte for byte."""
+    import numpy as np
+    from nntrainer_cli.runtime import swap_io
+
+    real_read, real_write = os.preadv, os.pwritev
+
+    def at_most(real, limit):
+        def call(fd, bufs, at, *flags):
+            first = bytearray(min(limit, len(bufs[0])))
+            if real is real_write:
+                first[:] = bufs[0][:len(first)]
+                return real(fd, [first], at)
+            n = real(fd, [first], at, *flags)
+            bufs[0][:n] = first[:n]
+            return n
+        return call
+
+    f = swap_io.SwapFile(str(tmp_path), 64)
+    try:
+        src = np.arange(40, dtype=np.uint8)
+        out = swap_io.Job.of("out", 3, [src[:7], src[7:8], src[8:40]])
+        monkeypatch.setattr(os, "pwritev", at_most(real_write, 5))
+        f.move(out)
+        dst = np.zeros(40, dtype=np.uint8)
+        monkeypatch.setattr(os, "preadv", at_most(real_read, 3))
+        f.move(swap_io.Job.of("in", 3, [dst[:20], dst[20:]]))
+        assert (dst == src).all()
+    finally:
+        f.close()
+    assert list(tmp_path.iterdir()) == []

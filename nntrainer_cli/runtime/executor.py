@@ -17,6 +17,8 @@ from nntrainer_cli.layers import RunContext
 from nntrainer_cli.optim.initializers import initialize
 from nntrainer_cli.plan import MemoryPlan
 
+from .swap_io import Job
+
 
 # numpy buffers broadcasting operations (a bias add, a row-wise softmax) in chunks of
 # `bufsize` elements; its default (8192 elements) would be an unplanned 32 KiB temporary
@@ -189,7 +191,7 @@ class Executor:
                     out.append([op, file_at[r.tensor], [view], r.bytes])
                     count += 1
                 number[(op, id(r))] = count
-            return [(op, at, views) for op, at, views, _ in out]
+            return [Job.of(op, at, views) for op, at, views, _ in out]
 
         for t in slots:
             loads = jobs("in", [r for r in sw.residencies if r.loaded and r.first == t])
@@ -217,7 +219,7 @@ class Executor:
             if swap is not None:
                 loads, need, stores = swap[i]
                 for job in loads:
-                    io.submit(*job)
+                    io.submit(job)
                 if need:
                     io.wait(base + need)
             if training:
@@ -233,7 +235,7 @@ class Executor:
                 correct = self._correct(rows)
             if swap is not None:
                 for job in swap[i][2]:
-                    io.submit(*job)
+                    io.submit(job)
         if io is not None:
             io.drain()
         return sum(self.fwd_ctx[n.name].loss for n in self.graph.losses) + reg, correct
@@ -267,10 +269,10 @@ class Executor:
         if swapped:
             first, at = self.plan.swap.of(name)[0], self.plan.swap.file_offsets[name]
             block = self.arena[first.offset:first.offset + first.bytes]
-            self.io.file.read(at, [block])
+            self.io.file.move(Job.of("in", at, [block]))
         yield stays[0][2]
         if swapped and write:
-            self.io.file.write(at, [block])
+            self.io.file.move(Job.of("out", at, [block]))
 
     def weight_names(self) -> list[str]:
         return [self.plan.tensors.io[n.name]["weights"][w.name] for n, w in self.weights]

@@ -20,6 +20,7 @@ import queue
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,6 +34,18 @@ def check_swap_dir(directory: str) -> None:
         raise DataError(f"swap directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise DataError(f"swap directory {directory} is not writable")
+
+
+class Job(NamedTuple):
+    """Arena stays that lie back to back in the swap file and move at the same time."""
+    op: str                 # "in" (load) or "out" (store)
+    at: int                 # file offset
+    bufs: list[memoryview]  # the stays' bytes in the arena
+    nbytes: int
+
+    @classmethod
+    def of(cls, op: str, at: int, views: list[np.ndarray]) -> Job:
+        return cls(op, at, [v.data.cast("B") for v in views], sum(v.nbytes for v in views))
 
 
 class SwapFile:
@@ -61,26 +74,22 @@ class SwapFile:
             self.close()
             raise DataError(f"cannot size the swap file {self.path}: {e.strerror}") from None
 
-    def write(self, at: int, views: list[np.ndarray]) -> None:
-        """The views, back to back, into the file from byte `at`."""
-        self._all(os.pwritev, at, views, (errno.ENOSPC, os.strerror(errno.ENOSPC)))
-
-    def read(self, at: int, views: list[np.ndarray], *flags: int) -> None:
-        """The file from byte `at` into the views; with RWF_NOWAIT it raises
-        BlockingIOError instead of waiting for the disk."""
-        self._all(os.preadv, at, views, (errno.EIO, "the swap file ended early"), *flags)
-
-    def _all(self, call, at: int, views: list[np.ndarray], short: tuple, *flags: int) -> None:
-        bufs = [v.data.cast("B") for v in views]
-        while bufs:
-            n = call(self.fd, bufs, at, *flags)
+    def move(self, job: Job, flags: int = 0) -> None:
+        """Runs one job; a load with flags=RWF_NOWAIT raises BlockingIOError instead of
+        waiting for the disk."""
+        at, bufs, left, load = job.at, job.bufs, job.nbytes, job.op == "in"
+        while True:
+            n = os.preadv(self.fd, bufs, at, flags) if load else os.pwritev(self.fd, bufs, at)
+            if n == left:
+                return
             if n == 0:
-                raise OSError(*short)
-            at += n
-            while bufs and n >= len(bufs[0]):
-                n -= len(bufs.pop(0))
-            if n:
-                bufs[0] = bufs[0][n:]
+                raise OSError(errno.EIO, "the swap file ended early") if load else \
+                    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            at, left = at + n, left - n  # a short transfer: go on from where it ended
+            while n >= len(bufs[0]):
+                n -= len(bufs[0])
+                bufs = bufs[1:]
+            bufs = [bufs[0][n:], *bufs[1:]]
 
     def close(self) -> None:
         if self.fd is not None:
@@ -108,36 +117,34 @@ class SwapIO:
         self.thread = threading.Thread(target=self._run, name="nntrainer-swap", daemon=True)
         self.thread.start()
 
-    def submit(self, op: str, at: int, views: list[np.ndarray]) -> int:
-        """Queue one job: tensors back to back in the file from `at` ("in" or "out")."""
+    def submit(self, job: Job) -> int:
         self.submitted += 1
         if self.inline and self.done == self.submitted - 1:  # the thread is idle
             start = time.perf_counter()
-            if self._move(op, at, views, NOWAIT):
+            if self._move(job, NOWAIT):
                 self.done += 1
                 self.inline_seconds += time.perf_counter() - start
                 if self.error is not None:
                     raise self.error
                 return self.submitted
-        self.jobs.put((op, at, views))
+        self.jobs.put(job)
         return self.submitted
 
-    def _move(self, op: str, at: int, views: list[np.ndarray], *flags: int) -> bool:
+    def _move(self, job: Job, flags: int = 0) -> bool:
         """One job; False when a load with `flags` would have to wait for the disk (the
         caller hands it to the thread). A failure is kept for the next wait."""
         if self.error is not None:
             return True
         try:
-            if op == "in":
-                self.file.read(at, views, *flags)
-                self.moved_in += sum(v.nbytes for v in views)
-                if flags:
-                    self.loads_inline += len(views)
-                else:
-                    self.loads_background += len(views)
+            self.file.move(job, flags)
+            if job.op == "out":
+                self.moved_out += job.nbytes
             else:
-                self.file.write(at, views)
-                self.moved_out += sum(v.nbytes for v in views)
+                self.moved_in += job.nbytes
+                if flags:
+                    self.loads_inline += len(job.bufs)
+                else:
+                    self.loads_background += len(job.bufs)
         except BlockingIOError:
             return False
         except OSError as e:
@@ -153,7 +160,7 @@ class SwapIO:
             job = self.jobs.get()
             if job is None:
                 return
-            self._move(*job)
+            self._move(job)
             with self.cond:
                 self.done += 1
                 self.cond.notify_all()
