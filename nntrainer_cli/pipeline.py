@@ -75,16 +75,30 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
         budget = int(make_plan(graph, state, planner, in_place).peak_bytes
                      * float(budget[:-1]) / 100)
     where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
-    # relu masks and split applies cost next to nothing and let more stay resident, so a
-    # budget always uses them; conv buffers shrink only as far as the budget needs
-    levels = FRUGAL_LEVELS[-1:] if budget == 0 else FRUGAL_LEVELS
-    for level in levels:
-        graph = build_graph(cfg, batch_size, require_loss, frugal=level)
+
+    def plan_at(level: int) -> Prepared:
+        g = build_graph(cfg, batch_size, require_loss, frugal=level)
+        return Prepared(cfg, g, optimizer, make_plan(g, state, planner, in_place, budget,
+                                                     lookahead, where, smallest=budget == 0,
+                                                     direct=direct), swap_dir)
+
+    if budget == 0:  # as little memory as possible
+        return plan_at(FRUGAL_LEVELS[-1])
+    # Relu masks and split applies (level 1) let more stay resident, but they change what
+    # the schedule evicts and now and then it moves more bytes than without them: the
+    # plan moving fewer bytes wins (the plain one on a tie, it has fewer slots). Smaller
+    # conv buffers cost speed, so they come only when neither fits.
+    fits = []
+    for level in (0, 1):
         try:
-            plan = make_plan(graph, state, planner, in_place, budget, lookahead, where,
-                             smallest=budget == 0, direct=direct)
-            break
+            fits.append(plan_at(level))
         except ConfigError:
-            if level == levels[-1]:
+            pass
+    if fits:
+        return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out)
+    for level in FRUGAL_LEVELS[1:]:
+        try:
+            return plan_at(level)
+        except ConfigError:
+            if level == FRUGAL_LEVELS[-1]:
                 raise
-    return Prepared(cfg, graph, optimizer, plan, swap_dir)
