@@ -255,3 +255,136 @@ def test_short_transfers_continue_where_they_stopped(tmp_path, monkeypatch):
     finally:
         f.close()
     assert list(tmp_path.iterdir()) == []
+
+
+HELD_OUT = {  # layers and options the shipped configs do not use; (features, ids?, text)
+    "lstm": (128, False, """
+[Optimizer]
+type = adam
+learning_rate = 0.01
+[in]
+type = input
+input_shape = 1:8:16
+[seq]
+type = lstm
+unit = 64
+return_sequences = true
+[last]
+type = lstm
+unit = 64
+[out]
+type = fully_connected
+unit = 3
+activation = softmax
+"""),
+    "embedding_branches": (6, True, """
+[Optimizer]
+type = adam
+learning_rate = 0.01
+[in]
+type = input
+input_shape = 1:1:6
+[embed]
+type = embedding
+in_dim = 10
+out_dim = 8
+[flat]
+type = flatten
+[fc]
+type = fully_connected
+unit = 256
+[bn]
+type = batch_normalization
+[act]
+type = activation
+activation = swish
+[fork]
+type = multiout
+[left]
+type = fully_connected
+input_layers = fork
+unit = 256
+activation = tanh
+[right]
+type = fully_connected
+input_layers = fork
+unit = 256
+activation = sigmoid
+[join]
+type = concat
+input_layers = left, right
+[out]
+type = fully_connected
+unit = 3
+activation = softmax
+"""),
+    "conv_momentum_clip": (64, False, """
+[Optimizer]
+type = sgd
+momentum = 0.9
+learning_rate = 0.05
+[in]
+type = input
+input_shape = 1:8:8
+[conv]
+type = conv2d
+filters = 16
+kernel_size = 3,3
+padding = same
+[bn]
+type = batch_normalization
+activation = relu
+[pool]
+type = pooling2d
+pooling = average
+pool_size = 2,2
+stride = 2,2
+[flat]
+type = flatten
+[drop]
+type = dropout
+dropout_rate = 0.2
+[hidden]
+type = fully_connected
+unit = 128
+activation = gelu
+weight_regularizer = l2norm
+weight_regularizer_constant = 0.001
+clip_grad_by_norm = 1.0
+[out]
+type = fully_connected
+unit = 3
+activation = softmax
+clip_grad_by_norm = 1.0
+"""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELD_OUT))
+def test_held_out_models_train_bit_identically_in_half_their_memory(tmp_path, name):
+    """Models unlike the shipped configs (LSTM, embedding with branches and batch norm,
+    conv with dropout, momentum, L2 and gradient clipping) in the least memory they can
+    train in: the same weights, the measured peak within 1.15x the budget, no swap file
+    left."""
+    import numpy as np
+
+    features, ids, text = HELD_OUT[name]
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 10, (192, features)) if ids else rng.standard_normal((192, features))
+    y = np.eye(3)[rng.integers(0, 3, 192)]
+    np.concatenate([x, y], axis=1).astype("<f4").tofile(tmp_path / "train.dat")
+    model = tmp_path / f"{name}.ini"
+    model.write_text("[Model]\nloss = cross\nbatch_size = 64\n"
+                     "[train_set]\ntype = file\npath = train.dat\n" + text)
+    swap_dir = tmp_path / "swap"
+    swap_dir.mkdir()
+    plain, _ = train_weights(str(model), tmp_path, "plain", "--epochs", "2")
+    swapped, report = train_weights(str(model), tmp_path, "swapped", "--epochs", "2",
+                                    "--set", "model.memory_swap=true",
+                                    "--swap-dir", str(swap_dir))
+    assert swapped == plain
+    m, sw = report["memory"], report["memory"]["swap"]
+    assert sw["resident_peak_bytes"] <= sw["budget_bytes"] < 0.8 * m["planned_peak_bytes"]
+    assert sw["bytes_in"] > 0
+    assert m["measured_peak_bytes"] <= 1.15 * sw["budget_bytes"]
+    assert list(swap_dir.iterdir()) == []
