@@ -303,8 +303,21 @@ def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
         target -= plan.peak - budget  # fragmentation: relieve a little more
     least = fresh()
     _relieve(least, 0, lookahead, end)
-    smallest = _place(least, lookahead, planner, budget).peak
+    smallest = _place(least, lookahead, planner, budget)
     message = (f"a memory budget of {budget:,} bytes cannot be met: with every idle tensor "
                f"swapped out (lookahead {lookahead}) the smallest budget that works is "
-               f"{smallest:,} bytes")
+               f"{smallest.peak:,} bytes; {_busiest(smallest, ts)}")
     raise where(message) if where else ConfigError(message)
+
+
+def _busiest(plan: SwapPlan, ts: TensorSet) -> str:
+    """Where a smallest budget comes from: the slot whose resident tensors weigh most."""
+    live = [0] * len(ts.slots)
+    for r in plan.residencies:
+        for t in range(r.first, r.last + 1):
+            live[t] += r.bytes
+    t = max(range(len(live)), key=live.__getitem__)
+    big = sorted((r for r in plan.residencies if r.first <= t <= r.last),
+                 key=lambda r: -r.bytes)[:3]
+    return (f"the busiest slot, {t} ({ts.slots[t].node} {ts.slots[t].phase}), holds "
+            + ", ".join(f"{r.tensor} ({r.bytes / 1024:.0f} KiB)" for r in big))
