@@ -36,6 +36,7 @@ CASES = [
     ("pooling2d", {"pooling": "average", "pool_size": (2, 2), "stride": (2, 2)}, [(2, 2, 4, 5)]),
     ("pooling2d", {"pooling": "global_average"}, [(2, 3, 3, 2)]),
     ("pooling2d", {"pooling": "global_max"}, [(2, 3, 3, 2)]),
+    ("pooling2d", {"pooling": "global_max"}, [(2, 2, 12, 12)]),  # 144 taps: 16-bit argmax
     ("batch_normalization", {}, [(4, 3, 2, 2)]),
     ("batch_normalization", {}, [(5, 1, 1, 4)]),
     ("dropout", {"dropout_rate": 0.0}, [(2, 1, 1, 5)]),

@@ -217,7 +217,10 @@ class Pooling2D(Layer):
         out = (n, c, oh, ow)
         ctx.output_shapes = [out]
         if self.kind in ("max", "global_max"):
-            ctx.temp("argmax", out, "iteration", np.int32)
+            # which window tap won: one byte for windows of up to 127 taps (-1: none yet)
+            taps = pool[0] * pool[1]
+            ctx.temp("argmax", out, "iteration",
+                     np.int8 if taps < 2**7 else np.int16 if taps < 2**15 else np.int32)
             ctx.temp("mask", out, "forward", np.bool_)
             ctx.temp("mask_back", out, "calc_derivative", np.bool_)
         else:
