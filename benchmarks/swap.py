@@ -1,4 +1,4 @@
-"""Training time, bytes moved and I/O wait under memory budgets (75/50/25% of the plan
+"""Training time, bytes moved and I/O wait under memory budgets (100/75/50/25% of the plan
 without swap, and the smallest budget that works), each in its own process, with the
 weights compared to the run without swap. Every run is made once with tracemalloc for
 the measured peak, and three times without it for the time (tracing slows small
@@ -32,7 +32,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SHARES = ("75%", "50%", "25%", "min")
+SHARES = ("100%", "75%", "50%", "25%", "min")
 MIN_SECONDS = 2.0  # epochs enough for the run without swap to take this long
 ROUNDS = 3
 
