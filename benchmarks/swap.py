@@ -1,6 +1,6 @@
-"""Training time, bytes moved and I/O wait under memory budgets (100/75/50/25% of the plan
-without swap, and the smallest budget that works), each in its own process, with the
-weights compared to the run without swap. Every run is made once with tracemalloc for
+"""Training time, bytes moved and I/O wait under memory budgets (100/75/50/25% of the
+plan without swap, and the smallest budget that works), each in its own process, with
+the weights compared to the run without swap. Every run is made once with tracemalloc for
 the measured peak, and three times without it for the time (tracing slows small
 kernels; the fastest counts, and the three rounds go over all budgets in turn).
 
