@@ -23,6 +23,11 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def _warn(notes, quiet: bool = False) -> None:
+    for note in notes if not quiet else ():
+        click.echo(f"warning: {note}", err=True)
+
+
 def handle_errors(fn):
     """Turn every failure into one line and an exit code: 2 for bad input, 1 for a
     failed run, 130 for Ctrl-C. --debug shows the traceback instead."""
@@ -140,6 +145,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                 budget=parse_size(budget) if budget else None, lookahead=lookahead,
                 swap_dir=swap_dir, direct=swap_direct)
     cfg = p.cfg
+    _warn(cfg.warnings, quiet)
     if p.plan.swap:
         check_swap_dir(p.swap_dir)
     if p.optimizer is None:
@@ -148,8 +154,8 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     if "train" not in cfg.data:
         raise ConfigError("no training data: add [train_set] with path = FILE, or pass "
                           "--set train_set.path=FILE", file=model)
-    if save is None and cfg.model["save_path"]:
-        save = cfg.resolve(cfg.model["save_path"])
+    if save is None:
+        save = cfg.model_path("save_path")
     if save:
         check_writable(save, "weights")
     if report_path:
@@ -199,6 +205,7 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
                 require_loss=False, budget=parse_size(budget) if budget else None,
                 lookahead=lookahead)
+    _warn(p.cfg.warnings)
     text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
             "svg": lambda: plan_svg(p.plan, model),
             "text": lambda: plan_text(p.plan, model)}[fmt]()
@@ -219,6 +226,7 @@ def summary(model, batch_size, overrides):
     from nntrainer_cli.report.tables import model_summary
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False)
+    _warn(p.cfg.warnings)
     click.echo(model_summary(p.plan, p.graph))
 
 
@@ -284,13 +292,13 @@ def check(paths, batch_size):
             failed += 1
             click.echo(f"error: {e}")
             continue
-        missing = [loc for loc in p.cfg.data.values()
-                   if not os.path.isfile(p.cfg.resolve(loc.value))]
-        for loc in missing:
-            entry = loc.section.entries.get(loc.key)
-            line = f":{entry.line}" if entry and entry.line else ""
-            click.echo(f"warning: {path}{line} [{loc.section.name}] {loc.key}: "
-                       f"data file not found: {p.cfg.resolve(loc.value)}")
+        notes = list(p.cfg.warnings)
+        for loc in p.cfg.data.values():
+            data_path = p.cfg.resolve(loc.section, loc.key)
+            if not os.path.isfile(data_path):
+                notes.append(str(loc.error(f"data file not found: {data_path}")))
+        for note in notes:  # on standard output, with the line they are about
+            click.echo(f"warning: {note}")
         mode = "" if p.graph.training else " (no loss: planned for inference)"
         click.echo(f"ok {path}{mode}: {len(p.graph.nodes)} layers, peak {human(p.plan.peak_bytes)}, "
                    f"lower bound {human(p.plan.lower_bound_bytes)}, "

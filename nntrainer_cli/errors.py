@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def visible(text: str) -> str:
+    """`text` with invisible characters (zero-width space, control codes) escaped, so a
+    key that looks right but is not can be seen to differ."""
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c)[0] in "CZ"
+                   and c != " " else c for c in text)
+
 
 class UserError(Exception):
     """Bad input (config, data, flags): reported in one line, exit code 2."""
@@ -27,7 +36,7 @@ class UserError(Exception):
         if self.section is not None:
             parts.append(f"[{self.section}]")
         if self.key:
-            parts.append(self.key)
+            parts.append(visible(self.key))
         return " ".join(parts)
 
     def __str__(self) -> str:

@@ -52,8 +52,8 @@ def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir):
         lookahead = m["memory_swap_lookahead"] if m["memory_swap_lookahead"] is not None \
             else m["fsu_lookahead"] if m["fsu_lookahead"] is not None else DEFAULT_LOOKAHEAD
     if swap_dir is None:
-        path = m["memory_swap_path"] or m["fsu_path"]
-        swap_dir = cfg.resolve(path) if path else tempfile.gettempdir()
+        swap_dir = (cfg.model_path("memory_swap_path") or cfg.model_path("fsu_path")
+                    or tempfile.gettempdir())
     return budget, lookahead, swap_dir
 
 

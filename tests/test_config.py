@@ -92,6 +92,60 @@ def test_set_overrides_create_and_replace(tmp_path):
         load_config(write(tmp_path, MODEL), ["epochs"])
 
 
+def test_set_cannot_invent_a_layer(tmp_path):
+    with pytest.raises(ConfigError, match=r"no section \[fc9\] \(did you mean 'fc'\?\)"):
+        load_config(write(tmp_path, MODEL), ["fc9.unit=10"])
+
+
+def test_set_path_is_relative_to_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    model = write(tmp_path, MODEL.replace("[Input]", "[valid_set]\npath = v.dat\n[Input]"),
+                  "models/m.ini")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(model, ["train_set.path=data/t.dat"])
+    assert cfg.resolve(cfg.data["train"].section, "path") == str(tmp_path / "data" / "t.dat")
+    assert cfg.resolve(cfg.data["valid"].section, "path") == str(tmp_path / "models" / "v.dat")
+
+
+SCHEDULED = MODEL.replace("[Input]", "[LearningRateScheduler]\ntype = constant\n"
+                          "learning_rate = 0.1\n[Input]")
+
+
+def test_a_set_key_without_effect_is_an_error(tmp_path):
+    path = write(tmp_path, SCHEDULED)
+    with pytest.raises(ConfigError, match=r"--set \[optimizer\] learning_rate: has no effect: "
+                       r"\[LearningRateScheduler\] sets"):
+        load_config(path, ["optimizer.learning_rate=0.5"])
+    with pytest.raises(ConfigError, match=r"\[model\] learning_rate: has no effect"):
+        load_config(path, ["model.learning_rate=0.5"])
+    assert load_config(path, ["learningratescheduler.learning_rate=0.5"]).warnings == []
+
+
+@pytest.mark.parametrize("text,where", ids=["lr", "save_best", "fsu"], argvalues=[
+    (SCHEDULED.replace("beta1 = 0.9", "learning_rate = 0.3"), ":11 [optimizer] learning_rate"),
+    (MODEL.replace("batch_size = 4", "batch_size = 4\nsave_best_path = b.bin"),
+      ":8 [model] save_best_path"),
+    (MODEL.replace("batch_size = 4", "batch_size = 4\nfsu_path = /a\nmemory_swap_path = /b"),
+     ":8 [model] fsu_path"),
+])
+def test_a_file_key_without_effect_is_a_warning(tmp_path, text, where):
+    cfg = load_config(write(tmp_path, text))
+    assert len(cfg.warnings) == 1 and where in cfg.warnings[0], cfg.warnings
+    assert "has no effect" in cfg.warnings[0]
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.ini"
+    path.write_bytes(b"\xef\xbb\xbf" + MODEL.lstrip().encode())
+    assert load_config(str(path)).model["epochs"] == 3
+
+
+def test_invisible_characters_in_a_key_are_shown(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build_graph(load_config(write(tmp_path, MODEL.replace("Unit = 3", "Unit\u200b = 3"))))
+    assert "unit\\u200b: unknown key (did you mean 'unit'?)" in str(e.value)
+
+
 def test_backbone_is_spliced(tmp_path):
     write(tmp_path, "[b1]\ntype=fully_connected\nunit=5\n[b2]\ntype=fully_connected\nunit=6\n",
           "bb.ini")

@@ -16,7 +16,7 @@ from test_corpus import EXPECTED
 def plan_of(path, *extra):
     res = run("plan", path, "--format", "json", *extra)
     assert res.exit_code == 0, res.output
-    plan = json.loads(res.output)
+    plan = json.loads(res.stdout)
     plan.pop("model")
     return plan
 

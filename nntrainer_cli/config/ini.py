@@ -9,6 +9,7 @@ copy-paste mistake, and merging would hide it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from nntrainer_cli.errors import ConfigError
@@ -20,6 +21,12 @@ class Entry:
     value: str
     line: int
     source: str | None = None   # set when the value came from elsewhere (e.g. --set)
+
+    def path(self, base_dir: str) -> str:
+        """The value as a path: relative to the model file's folder `base_dir` (as in
+        NNTrainer), or to the current directory when it was typed on the command line."""
+        path = os.path.expanduser(self.value)
+        return os.path.abspath(path if self.source else os.path.join(base_dir, path))
 
 
 @dataclass
@@ -111,6 +118,7 @@ def read_model_file(path: str) -> list[Section]:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ConfigError("not a text file (invalid UTF-8)", file=path, line=line) from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as editors on Windows write
     if "\x00" in text:
         line = text[:text.index("\x00")].count("\n") + 1
         raise ConfigError("not a text file (NUL byte)", file=path, line=line)

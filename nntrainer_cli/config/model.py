@@ -100,18 +100,24 @@ class ModelConfig:
     scheduler_props: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Located] = field(default_factory=dict)
     layers: list[Section] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # keys that have no effect
 
     @property
     def base_dir(self) -> str:
         return os.path.dirname(os.path.abspath(self.path))
 
-    def resolve(self, path: str) -> str:
-        """Relative paths in a config are relative to the config file, as in NNTrainer."""
-        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
+    def resolve(self, section: Section, key: str) -> str | None:
+        """A path-valued key, resolved (see Entry.path); None when it is not set."""
+        entry = section.get(key)
+        return entry.path(self.base_dir) if entry is not None else None
+
+    def model_path(self, key: str) -> str | None:
+        return self.resolve(self.model_section, key)
 
 
 def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
-    """`SECTION.KEY=VALUE` from the command line; creates the section if needed."""
+    """`SECTION.KEY=VALUE` from the command line. It changes a section the file has;
+    only the non-layer sections ([Optimizer], [train_set], ...) may be added this way."""
     for item in overrides:
         where = ConfigError("expected SECTION.KEY=VALUE", file="--set", key=item)
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -122,6 +128,13 @@ def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
             raise where
         section = next((s for s in sections if s.name == name), None)
         if section is None:
+            if name not in SPECIAL or name == "model":
+                names = [s.name for s in sections]
+                raise ConfigError(f"the model has no section [{name}]"
+                                  f"{P.did_you_mean(name, names)}; --set changes existing "
+                                  "sections (it can add only [Optimizer], "
+                                  "[LearningRateScheduler] and the data sections)",
+                                  file="--set", key=item)
             section = Section(name, 0, "--set")
             if name in ("train_set", "valid_set", "test_set"):
                 section.entries["type"] = Entry("type", "file", 0, "--set")
@@ -138,7 +151,7 @@ def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] =
         if entry is None:
             out.append(s)
             continue
-        path = os.path.normpath(os.path.join(base, entry.value))
+        path = entry.path(base)
         if not path.lower().endswith((".ini", ".yaml", ".yml")):
             raise s.error(f"backbone {entry.value!r} is not an INI or YAML model; TensorFlow "
                           "Lite and NNStreamer backbones are not supported", "backbone")
@@ -232,6 +245,45 @@ def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
             cfg.data[split] = Located(s.entries["path"].value, s, "path")
 
 
+# [Model] keys NNTrainer has that change nothing here, with the value that is harmless.
+IGNORED_MODEL_KEYS = {"save_best_path": None, "continue_train": False,
+                      "memory_optimization": True, "loss_scale": None, "label_layers": None}
+OLD_OPTIMIZER_KEYS = ("learning_rate", "decay_rate", "decay_steps", "beta1", "beta2", "epsilon")
+
+
+def _no_effect(cfg: ModelConfig, section: Section, key: str, why: str) -> None:
+    """A key that is read but changes nothing: an error when typed with --set (whoever
+    typed it expects it to act), else a warning, since NNTrainer's files have such keys."""
+    error = section.error(f"has no effect: {why}", key)
+    if section.entries[key].source:
+        raise error
+    cfg.warnings.append(str(error))
+
+
+def _check_effects(cfg: ModelConfig, sections: dict[str, Section]) -> None:
+    """Keys shadowed by others, by NNTrainer's precedence, or ignored here."""
+    opt, model = sections.get("optimizer"), cfg.model_section
+    if opt is not None and "learning_rate" in opt.entries and cfg.scheduler:
+        _no_effect(cfg, opt, "learning_rate", "[LearningRateScheduler] sets the learning rate "
+                   "(NNTrainer ignores this one too); set it there, e.g. --set "
+                   "learningratescheduler.learning_rate=...")
+    if cfg.model["optimizer"] is None:
+        for key in OLD_OPTIMIZER_KEYS:
+            if key in model.entries:
+                _no_effect(cfg, model, key, "[Model] takes optimizer settings only together "
+                           "with 'optimizer = ...'; set it in [Optimizer]")
+    for old, new in (("fsu_path", "memory_swap_path"), ("fsu_lookahead", "memory_swap_lookahead")):
+        if old in model.entries and new in model.entries:
+            _no_effect(cfg, model, old, f"{new} is also given, and it wins")
+    legacy = sections.get("dataset")
+    for key, split in (("traindata", "train"), ("validdata", "valid"), ("testdata", "test")):
+        if legacy is not None and key in legacy.entries and f"{split}_set" in sections:
+            _no_effect(cfg, legacy, key, f"[{split}_set] is also given, and it wins")
+    for key, harmless in IGNORED_MODEL_KEYS.items():
+        if key in model.entries and cfg.model[key] != harmless:
+            _no_effect(cfg, model, key, "not supported here, ignored")
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
     sections = read_model_file(path)
     apply_overrides(sections, list(overrides))
@@ -243,6 +295,7 @@ def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
     cfg = ModelConfig(path=path, sections=sections, model=model, model_section=model_section)
     _optimizer(cfg, by_name)
     _data(cfg, by_name)
+    _check_effects(cfg, by_name)
     layers = [s for s in sections if s.name not in SPECIAL]
     if not layers:
         raise ConfigError("no layer sections: a model needs at least one layer", file=path)

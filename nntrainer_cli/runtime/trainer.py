@@ -45,7 +45,7 @@ def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
     out: dict[str, Dataset] = {}
     try:
         for split, loc in cfg.data.items():
-            out[split] = open_dataset(cfg.resolve(loc.value), inputs, labels, loc.error)
+            out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels, loc.error)
     except BaseException:
         for ds in out.values():
             ds.close()
