@@ -143,6 +143,34 @@ def test_budget_too_small_names_the_smallest_that_works(tmp_path):
     assert run("plan", model, "--memory-budget", str(int(smallest) - 64)).exit_code == 2
 
 
+def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
+    """Just under the smallest budget is refused at once (it used to search byte by byte
+    for minutes); just over it plans in a few rounds of relief per frugal level."""
+    import nntrainer_cli.plan.swap as swap
+    model = os.path.join(CONFIGS, "digits_mlp.ini")
+    with pytest.raises(ConfigError) as e:
+        prepare(model, budget=100)
+    smallest = int(str(e.value).split("works is ")[1].split(" ")[0].replace(",", ""))
+    calls, relieve = [0], swap._relieve
+
+    def counted(*args, **kw):
+        calls[0] += 1
+        assert calls[0] < 200, "the budget search does not converge"
+        return relieve(*args, **kw)
+
+    monkeypatch.setattr(swap, "_relieve", counted)
+    for budget in (smallest - 1, smallest - 82):
+        calls[0] = 0
+        with pytest.raises(ConfigError, match=f"works is {smallest:,} bytes"):
+            prepare(model, budget=budget)
+        assert calls[0] <= 5   # one floor per plan tried: plain, frugal, 3 conv levels
+    for budget in (smallest, smallest + 1, smallest + 500, smallest * 2):
+        calls[0] = 0
+        p = prepare(model, budget=budget)
+        replay(p.plan)
+        assert p.plan.swap.peak <= budget and calls[0] < 100
+
+
 def test_nntrainer_swap_keys_swap_as_much_as_possible(tmp_path):
     model = tiny_model(tmp_path, extra="")
     text = open(model).read().replace("[Model]\n", "[Model]\nmemory_swap = true\n"

@@ -286,28 +286,29 @@ def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
         return [_Tensor(s, sorted(uses[s.name]), _writes(s, sorted(uses[s.name]), ts), end,
                         unit) for s in ts.roots() if s.bytes]
 
+    least, least_log = fresh(), []
+    _relieve(least, 0, lookahead, end, least_log)
+    floor = _place(least, lookahead, planner, budget)
     if smallest:
-        least = fresh()
-        _relieve(least, 0, lookahead, end)
-        plan = _place(least, lookahead, planner, 0)
-        plan.budget = plan.peak
-        return plan
-    tensors, target, log = fresh(), budget, []
+        floor.budget = floor.peak
+        return floor
+    if budget < floor.peak:  # refused at once: no search can go below the floor
+        message = (f"a memory budget of {budget:,} bytes cannot be met: with every idle "
+                   f"tensor swapped out (lookahead {lookahead}) the smallest budget that works "
+                   f"is {floor.peak:,} bytes; {_busiest(floor, ts)}")
+        raise where(message) if where else ConfigError(message)
+    tensors, target, log, step = fresh(), budget, [], 1
     while True:
         fits = _relieve(tensors, target, lookahead, end, log)
         plan = _place(tensors, lookahead, planner, budget)
         if plan.peak <= budget:
             return _fewer_small_swaps(plan, log, fresh, lookahead, planner, budget)
-        if not fits:
-            break
-        target -= plan.peak - budget  # fragmentation: relieve a little more
-    least = fresh()
-    _relieve(least, 0, lookahead, end)
-    smallest = _place(least, lookahead, planner, budget)
-    message = (f"a memory budget of {budget:,} bytes cannot be met: with every idle tensor "
-               f"swapped out (lookahead {lookahead}) the smallest budget that works is "
-               f"{smallest.peak:,} bytes; {_busiest(smallest, ts)}")
-    raise where(message) if where else ConfigError(message)
+        if not fits:  # fragmentation beat the search: start from the floor instead
+            return _fewer_small_swaps(floor, least_log, fresh, lookahead, planner, budget)
+        # relieve a little more than the placement overshot, doubling each round so a
+        # budget just above the floor takes a few rounds, not one per byte
+        step = max(plan.peak - budget, 2 * step)
+        target -= step
 
 
 def _busiest(plan: SwapPlan, ts: TensorSet) -> str:
