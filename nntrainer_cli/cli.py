@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import traceback
 
 import click
 
 from nntrainer_cli import __version__
-from nntrainer_cli.errors import ConfigError, TrainingError, UserError
+from nntrainer_cli.errors import ConfigError, Terminated, TrainingError, UserError
 from nntrainer_cli.files import check_writable, write_text
 from nntrainer_cli.plan import PLANNER_NAMES
 
@@ -40,8 +41,8 @@ def handle_errors(fn):
             if debug:
                 traceback.print_exc()
             _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; weights of the unfinished epoch were not saved", 130)
+        except KeyboardInterrupt as e:
+            _fail("interrupted", getattr(e, "exit_code", 130))
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:  # a bug of ours: say so plainly
@@ -79,6 +80,11 @@ def main(debug: bool) -> None:
     Every tensor of a training iteration is placed in one arena; tensors whose
     lifetimes do not overlap share bytes.
     """
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 _model_arg = click.argument("model", type=click.Path(dir_okay=False))
@@ -161,14 +167,25 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     if report_path:
         check_writable(report_path, "report")
     data = open_datasets(cfg, p.graph)
+    epochs = epochs or cfg.model["epochs"]
+    saved = f"weights of finished epochs are in {save}" if save else \
+        "weights were not saved (use --save FILE)"
     try:
         if not quiet:
             click.echo(plan_summary(p.plan), err=True)
-        opts = TrainOptions(epochs=epochs or cfg.model["epochs"], seed=seed,
+        opts = TrainOptions(epochs=epochs, seed=seed,
                             shuffle=not no_shuffle, quiet=quiet, save=save,
                             init_weights=init_weights, swap_dir=p.swap_dir,
                             swap_direct=swap_direct, trace_memory=not no_trace)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
+        report = getattr(stop, "report", None)
+        done = len(report["epochs"]) if report else 0
+        if report_path and report:
+            write_text(report_path, json.dumps(report, indent=2))
+        _fail(f"interrupted after {done} of {epochs} epochs; {saved}"
+              + (f"; report in {report_path}" if report_path and report else ""),
+              getattr(stop, "exit_code", 130))
     finally:
         for ds in data.values():
             ds.close()

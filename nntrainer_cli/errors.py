@@ -56,3 +56,9 @@ class TrainingError(Exception):
     """Training itself went wrong (e.g. the loss became NaN): exit code 1."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops cleanly, with exit code 143."""
+
+    exit_code = 143

@@ -173,5 +173,7 @@ def train_summary(report: dict) -> str:
     if m.get("rss_delta_bytes") is not None:
         rows.append(["training RSS growth", human(m["rss_delta_bytes"])])
     rows += [["process peak RSS", human(m["rss_peak_bytes"])],
-             ["time", f"{report['seconds']:.1f} s"]]
+             ["time", f"{report['seconds']:.1f} s"],
+             ["weights", f"saved to {report['weights']}" if report["weights"]
+              else "not saved (use --save FILE)"]]
     return table(["result", "value"], rows, right={1})

@@ -1,7 +1,7 @@
 """The swap file and the thread that moves tensors between it and the arena.
 
-One file per run, created in the swap directory and removed when the run ends, also on
-error or Ctrl-C. Operations run in the order they are submitted (FIFO), so a load into
+One file per run, created in the swap directory and unlinked at once, so the kernel
+frees it when the run ends, whatever ends it. Operations run in the order they are submitted (FIFO), so a load into
 bytes that a store is still reading from always comes after that store. The compute
 thread waits only for the operation a slot really needs.
 
@@ -54,25 +54,30 @@ class SwapFile:
 
     def __init__(self, directory: str, size: int, direct=False):
         check_swap_dir(directory)
+        self.directory = directory
         try:
             fd, self.path = tempfile.mkstemp(prefix="nntrainer-swap-", suffix=".bin",
                                              dir=directory)
         except OSError as e:
             raise DataError(f"cannot create a swap file in {directory}: {e.strerror}") from None
-        if direct:
-            os.close(fd)
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_DIRECT)
-            except OSError as e:
-                os.unlink(self.path)
-                raise DataError(f"{directory} does not allow direct I/O (O_DIRECT): "
-                                f"{e.strerror}") from None
+        try:
+            if direct:
+                os.close(fd)
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_DIRECT)
+                except OSError as e:
+                    raise DataError(f"{directory} does not allow direct I/O (O_DIRECT): "
+                                    f"{e.strerror}") from None
+        finally:
+            # Unlinked at once: the kernel frees the file when the last descriptor closes,
+            # so no swap file outlives its run, however the run ends (even SIGKILL).
+            os.unlink(self.path)
         self.fd = fd
         try:
             os.ftruncate(self.fd, size)
         except OSError as e:
             self.close()
-            raise DataError(f"cannot size the swap file {self.path}: {e.strerror}") from None
+            raise DataError(f"cannot size the swap file in {directory}: {e.strerror}") from None
 
     def move(self, job: Job, flags: int = 0) -> None:
         """Runs one job; a load with flags=RWF_NOWAIT raises BlockingIOError instead of
@@ -95,10 +100,6 @@ class SwapFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 class SwapIO:
@@ -151,7 +152,7 @@ class SwapIO:
             if flags and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 self.inline = False  # the file system cannot tell; the thread does it all
                 return False
-            self.error = DataError(f"swap file {self.file.path}: {e.strerror or e}; "
+            self.error = DataError(f"swap file in {self.file.directory}: {e.strerror or e}; "
                                    "the run stopped (weights saved so far are intact)")
         return True
 

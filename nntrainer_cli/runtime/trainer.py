@@ -109,7 +109,9 @@ class Trainer:
                                 f"than one batch of {self.graph.batch_size}")
         rng = np.random.default_rng(opts.seed)
         report = {"model": self.cfg.path, "batch_size": self.graph.batch_size,
-                  "planner": plan.planner, "epochs": []}
+                  "planner": plan.planner, "weights": opts.save, "interrupted": False,
+                  "epochs": []}
+        stopped = None
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
         # made before measuring starts: bookkeeping, not training memory
@@ -127,6 +129,8 @@ class Trainer:
                               np.random.default_rng([opts.seed, 1]), io)
                 traced.resume()
                 self._train(ex, report, rng, init_rng)
+            except KeyboardInterrupt as e:  # the report of the finished epochs goes with it
+                stopped = e
             finally:
                 if io is not None:
                     io.close()
@@ -152,6 +156,10 @@ class Trainer:
                 "bytes_in_per_iteration": plan.swap.bytes_in,
                 "bytes_out_per_iteration": plan.swap.bytes_out}
         report["seconds"] = time.perf_counter() - t0
+        if stopped is not None:
+            report["interrupted"] = True
+            stopped.report = report
+            raise stopped
         return report
 
     def _train(self, ex: Executor, report: dict, rng, init_rng) -> None:
