@@ -167,6 +167,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     if report_path:
         check_writable(report_path, "report")
     data = open_datasets(cfg, p.graph)
+    _warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]
     saved = f"weights of finished epochs are in {save}" if save else \
         "weights were not saved (use --save FILE)"

@@ -6,6 +6,7 @@ import glob
 import os
 import random
 
+import numpy as np
 import pytest
 
 from helpers import CORPUS
@@ -77,6 +78,47 @@ def test_empty_file_and_wrong_record_size(tmp_path):
         f.write(b"\0" * 8)
     res = run("train", path)
     assert res.exit_code == 2 and "not a whole number" in res.output
+
+
+def _records(tmp_path, name, change):
+    """tiny_model's data (4 inputs, 3 labels per record), changed and saved as `name`."""
+    tiny_model(tmp_path)
+    data = np.fromfile(tmp_path / "train.dat", dtype="<f4").reshape(-1, 7)
+    change(data)
+    data.tofile(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path):
+    def nan(d):
+        d[5, 2] = np.nan
+
+    def label_inf(d):
+        d[9, 5] = np.inf
+    text = tmp_path / "table.csv"   # a text file of a whole number of 28-byte records
+    text.write_text(("0.25,1.5,3," * 100)[:28 * 10])
+    x = np.zeros((8, 4), dtype=np.float32)
+    x[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(8, dtype=np.int64))
+    (tmp_path / "folder").mkdir()
+    for data, message in [(_records(tmp_path, "nan.dat", nan), "nan.dat record 5: input 0 value 2 is nan"),
+                          (_records(tmp_path, "inf.dat", label_inf), "inf.dat record 9: label 0 value 1 is inf"),
+                          (str(text), "table.csv looks like a text file"),
+                          (str(tmp_path / "nan.npz"), "nan.npz record 3: x value 1 is not a finite"),
+                          (str(tmp_path / "folder"), "data path is a directory")]:
+        res = run("train", str(tmp_path / "tiny.ini"), "-q", "--set", f"train_set.path={data}")
+        errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and message in errors[0], res.output
+        assert "[train_set] path" in errors[0]
+
+
+def test_wildly_large_values_are_a_warning(tmp_path):
+    def huge(d):
+        d[2, 3] = 5.9e22
+    res = run("train", str(tmp_path / "tiny.ini"), "--epochs", "1", "--set",
+              f"train_set.path={_records(tmp_path, 'huge.dat', huge)}")
+    warnings = [l for l in res.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and "huge.dat record 2: input 0 value 3 is 5.9e+22" in warnings[0]
 
 
 def mutations(text: str, rng: random.Random) -> str:

@@ -15,9 +15,14 @@ import numpy as np
 from nntrainer_cli.errors import DataError
 
 
+SCAN_BYTES = 1 << 20   # raw files are checked in chunks of about this size when opened
+LARGE = 1e6            # a value beyond this in data is worth a warning
+
+
 class Dataset:
     count: int
     order: np.ndarray
+    notes: list[str]   # warnings about the data, for the user
 
     def shuffle(self, rng: np.random.Generator) -> None:
         rng.shuffle(self.order)
@@ -42,9 +47,20 @@ class Dataset:
 
 def open_dataset(path: str, input_sizes: list[int], label_sizes: list[int], where) -> Dataset:
     """`where` builds a DataError pointing at the config key that named the file."""
+    if os.path.isdir(path):
+        raise where(f"data path is a directory, not a file: {path}")
     if path.lower().endswith(".npz"):
         return NpzDataset(path, input_sizes, label_sizes, where)
     return RawDataset(path, input_sizes, label_sizes, where)
+
+
+def _field(j: int, input_sizes: list[int], label_sizes: list[int]) -> str:
+    """Which value of a record float j is, e.g. 'input 0 value 17'."""
+    sizes, k = list(input_sizes) + list(label_sizes), 0
+    while j >= sizes[k]:
+        j, k = j - sizes[k], k + 1
+    kind, i = ("input", k) if k < len(input_sizes) else ("label", k - len(input_sizes))
+    return f"{kind} {i} value {j}"
 
 
 class RawDataset(Dataset):
@@ -71,6 +87,41 @@ class RawDataset(Dataset):
             os.close(self.fd)
             raise where(f"data file is empty: {path}")
         self.order = np.arange(self.count, dtype=np.int64)
+        try:
+            self.notes = self._scan(where, input_sizes, label_sizes)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _scan(self, where, input_sizes: list[int], label_sizes: list[int]) -> list[str]:
+        """Read the file once, a chunk at a time, before training: refuse text and values
+        that are not finite (naming the record), and warn of values so large that the
+        file is likely not float32 data."""
+        head = os.pread(self.fd, 4096, 0)
+        if head.isascii() and all(b >= 32 or b in b"\t\r\n" for b in head):
+            raise where(f"{self.path} looks like a text file (CSV?); raw data files hold "
+                        f"float32 records of {self.record_bytes} bytes, no text")
+        floats, per = self.record_bytes // 4, max(1, SCAN_BYTES // self.record_bytes)
+        column = lambda j: _field(j, input_sizes, label_sizes)  # noqa: E731
+        largest, at = 0.0, (0, 0)
+        for first in range(0, self.count, per):
+            n = min(per, self.count - first)
+            chunk = np.frombuffer(os.pread(self.fd, n * self.record_bytes,
+                                           first * self.record_bytes), dtype="<f4")
+            chunk = chunk.reshape(n, floats)
+            bad = ~np.isfinite(chunk)
+            if bad.any():
+                r, j = np.argwhere(bad)[0]
+                raise where(f"{self.path} record {first + r}: {column(j)} is "
+                            f"{chunk[r, j]} (not a finite number)")
+            big = np.abs(chunk)
+            r, j = np.unravel_index(np.argmax(big), big.shape)
+            if big[r, j] > largest:
+                largest, at = float(big[r, j]), (first + r, j)
+        if largest > LARGE:
+            return [f"{self.path} record {at[0]}: {column(at[1])} is {largest:.3g}; values "
+                    "this large suggest the file is not float32 data of this model's shape"]
+        return []
 
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         """Fill row r of every view (inputs then labels) with record order[start + r]."""
@@ -113,6 +164,11 @@ class NpzDataset(Dataset):
         if len(x) != len(y) or len(x) == 0:
             raise where(f"{path}: {len(x)} feature rows but {len(y)} labels")
         self.x, self.y = x, y.reshape(len(y), -1) if not self.onehot else y
+        self.notes = []
+        for name, a in (("x", self.x), ("y", self.y)):
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                r, j = np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0]
+                raise where(f"{path} record {r}: {name} value {j} is not a finite number")
         self.scale = np.float32(255) if x.dtype == np.uint8 else np.float32(1)
         self.count = len(x)
         self.order = np.arange(self.count, dtype=np.int64)
