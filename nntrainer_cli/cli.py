@@ -60,6 +60,9 @@ class OneLineErrors(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
         except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain `nntrainer`: the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             _fail(f"{e.format_message()}{hint}", 2)
         except click.ClickException as e:
@@ -257,8 +260,9 @@ def summary(model, batch_size, overrides):
                    "standard output.")
 @handle_errors
 def convert(model, fmt, output):
-    """Convert MODEL between INI and YAML. Keys are written lower-case and comments
-    are dropped; the converted model plans and trains exactly like MODEL."""
+    """Convert MODEL between INI and YAML. Keys are written lower-case; the comment
+    lines at the top of the file are carried over, other comments are dropped. The
+    converted model plans and trains exactly like MODEL."""
     from nntrainer_cli.config.ini import read_model_file
     from nntrainer_cli.config.model import load_config
     from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 
 from nntrainer_cli.errors import DataError
@@ -21,12 +22,24 @@ def check_writable(path: str, what: str = "output") -> None:
         raise DataError(f"cannot write {what} {path}: directory {directory} is not writable")
 
 
+def _permissions(path: str) -> int:
+    """What a plain open() would leave: an existing file's mode, else 0666 less the umask
+    (mkstemp's temp files are 0600, which would lock other users out of the result)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w"):
     """Open a temp file beside `path`; on success it is synced and renamed over it."""
     check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
     try:
+        os.fchmod(fd, _permissions(path))
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -221,3 +221,42 @@ def test_plan_svg_draws_every_tensor(tmp_path):
     assert all(any(t.startswith(s.name + ":") or t.startswith(s.name + " (") for t in tips)
                for s in roots)
     assert "lower bound" in out.read_text()
+
+
+def test_output_files_get_the_permissions_open_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "kept.json").write_text("{}")
+        os.chmod(tmp_path / "kept.json", 0o640)
+        outs = {"w.bin": 0o644, "r.json": 0o644, "p.svg": 0o644, "m.yaml": 0o644,
+                "kept.json": 0o640}
+        assert run("train", DIGITS, "--epochs", "1", "-q", "--save", str(tmp_path / "w.bin"),
+                   "--report", str(tmp_path / "r.json")).exit_code == 0
+        assert run("plan", DIGITS, "--format", "svg", "-o", str(tmp_path / "p.svg")).exit_code == 0
+        assert run("convert", DIGITS, "--to", "yaml", "-o", str(tmp_path / "m.yaml")).exit_code == 0
+        assert run("plan", DIGITS, "--format", "json", "-o", str(tmp_path / "kept.json")).exit_code == 0
+    finally:
+        os.umask(old)
+    for name, mode in outs.items():
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == oct(mode), name
+
+
+def test_no_command_prints_the_help():
+    res = run()
+    assert res.exit_code == 0 and res.output.startswith("Usage: ")
+    assert "error" not in res.output and "train " in res.output
+
+
+def test_convert_help_agrees_with_what_convert_does(tmp_path):
+    assert "comment lines at the top of the file are carried over" in \
+        " ".join(run("convert", "--help").output.split())
+    out = tmp_path / "m.yaml"
+    assert run("convert", DIGITS, "--to", "yaml", "-o", str(out)).exit_code == 0
+    assert out.read_text().startswith("# A multi-layer perceptron on the 8x8 digits")
+
+
+def test_train_says_where_the_weights_went(tmp_path):
+    res = run("train", DIGITS, "--epochs", "1")
+    assert "not saved (use --save FILE)" in res.stdout
+    res = run("train", DIGITS, "--epochs", "1", "--save", str(tmp_path / "w.bin"))
+    assert f"saved to {tmp_path / 'w.bin'}" in res.stdout

@@ -1,6 +1,6 @@
 """Write model sections back out as INI or YAML (`nntrainer convert`). Keys come out
-lower-cased and comments are not carried over; everything the trainer reads is, so a
-converted file plans and trains exactly like its source."""
+lower-cased and of the comments only the block at the top is carried over; everything
+the trainer reads is, so a converted file plans and trains exactly like its source."""
 
 from __future__ import annotations
 
