@@ -99,7 +99,7 @@ _batch_opt = click.option("--batch-size", "-b", type=click.IntRange(min=1),
 _budget_opt = click.option(
     "--memory-budget", "budget", metavar="SIZE",
     help="Keep the resident arena within SIZE (64MiB, 1.5GB, 500000 bytes, or 50% of the "
-         "plan without swap): tensors idle between two uses go to a swap file and come "
+         "plan made without a budget): tensors idle between two uses go to a swap file and come "
          "back before they are needed. Same results, less memory.")
 _lookahead_opt = click.option(
     "--lookahead", type=click.IntRange(min=0),

@@ -224,6 +224,10 @@ def test_plan_shows_the_schedule():
     assert any(t["swapped"] for t in plan["tensors"])
     text = run("plan", model, "--memory-budget", "70%").output
     assert "swap events" in text and "resident arena" in text
+    # the peak shown is of the graph the budget planned, and the text says which
+    frugal = prepare(model, budget="70%").plan
+    assert f"peak {frugal.peak_bytes / 1024:.1f} KiB" in text and frugal.frugal
+    assert "(these figures are without swap, for the frugal graph: relu masks" in text
 
 
 @pytest.mark.parametrize("text,expected", [("64MiB", 64 * 2**20), ("1.5GB", 1_500_000_000),

@@ -42,10 +42,18 @@ def plan_summary(plan: MemoryPlan) -> str:
     chosen = plan.planner if plan.planner == plan.requested else \
         f"{plan.planner} (best of all)"
     mode = "" if plan.slots[-1].phase != "forward" else ", forward only (no loss)"
+    # Under a budget the graph may be the frugal one, whose plan without swap is smaller
+    # than the one `plan` shows without a budget: say which graph the figures are of.
+    note = ""
+    if plan.swap:
+        conv = "" if plan.frugal <= 1 else ", conv columns for fewer samples at a time"
+        note = "\n(these figures are without swap" + (
+            f", for the frugal graph: relu masks, gradients applied in parts{conv}"
+            if plan.frugal else "") + ")"
     return (f"planner {chosen}, batch {plan.batch_size}{mode}\n"
             f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
             f"lower bound {human(plan.lower_bound_bytes)}   "
-            f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}")
+            f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}{note}")
 
 
 def _phase(plan: MemoryPlan, slot) -> str:
@@ -71,14 +79,9 @@ def plan_text(plan: MemoryPlan, model: str) -> str:
 
 def swap_summary(plan: MemoryPlan) -> str:
     sw = plan.swap
-    frugal = ""
-    if plan.frugal:
-        conv = "" if plan.frugal == 1 else ", conv columns for fewer samples at a time"
-        frugal = f" (frugal: relu masks, gradients applied in parts{conv})"
-    return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)}{frugal} "
-            f"(without swap {human(plan.peak_bytes)}), lookahead {sw.lookahead}, "
-            f"{len(sw.swapped)} tensors swapped, per iteration {human(sw.bytes_out)} out, "
-            f"{human(sw.bytes_in)} in")
+    return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)}, "
+            f"lookahead {sw.lookahead}, {len(sw.swapped)} tensors swapped, per iteration "
+            f"{human(sw.bytes_out)} out, {human(sw.bytes_in)} in")
 
 
 def swap_text(plan: MemoryPlan) -> str:
