@@ -61,7 +61,8 @@ def data_file(work: str, model: str, batch: int, steps: int, kind: str) -> str:
 def with_optimizer(model: str, optimizer: str, work: str) -> str:
     """A copy of the model file whose [Optimizer] is plain `optimizer` at rate 0.01
     (the same on both sides), without a learning-rate schedule or save path."""
-    from nntrainer_cli.config.ini import Entry, read_model_file
+    from nntrainer_cli.config.reader import read_model_file
+    from nntrainer_cli.config.sections import Entry
     from nntrainer_cli.config.writers import to_ini
 
     sections = [s for s in read_model_file(model) if s.name != "learningratescheduler"]
@@ -106,7 +107,7 @@ def torch_worker(model, batch, data, steps, optimizer) -> None:
     from torch.nn import functional as F
 
     from nntrainer_cli.pipeline import prepare
-    from nntrainer_cli.report.measure import RssDelta, rss_peak_bytes
+    from nntrainer_cli.runtime.measure import RssDelta, rss_peak_bytes
 
     torch.set_num_threads(THREADS)
     graph = prepare(model, batch_size=batch).graph

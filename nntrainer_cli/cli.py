@@ -263,7 +263,7 @@ def convert(model, fmt, output):
     """Convert MODEL between INI and YAML. Keys are written lower-case; the comment
     lines at the top of the file are carried over, other comments are dropped. The
     converted model plans and trains exactly like MODEL."""
-    from nntrainer_cli.config.ini import read_model_file
+    from nntrainer_cli.config.reader import read_model_file
     from nntrainer_cli.config.model import load_config
     from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml
 

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from nntrainer_cli.config import load_config
-from nntrainer_cli.config.ini import parse_ini, read_model_file
+from nntrainer_cli.config.ini import parse_ini
+from nntrainer_cli.config.reader import read_model_file
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import build_graph
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nntrainer_cli.config.ini import read_model_file
+from nntrainer_cli.config.reader import read_model_file
 
 from helpers import CORPUS, REPO
 from test_cli import run

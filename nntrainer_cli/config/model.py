@@ -11,7 +11,8 @@ from typing import Any
 from nntrainer_cli.errors import ConfigError
 
 from . import props as P
-from .ini import Entry, Section, read_model_file
+from .reader import read_model_file
+from .sections import Entry, Section
 
 SPECIAL = ("model", "optimizer", "learningratescheduler", "dataset", "train_set", "valid_set",
            "test_set")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from nntrainer_cli.errors import ConfigError
 
-from .ini import Section
+from .sections import Section
 
 Parser = Callable[[str], Any]
 

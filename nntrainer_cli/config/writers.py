@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-from .ini import Section
+from .sections import Section
 from .model import SPECIAL
 from .yaml_file import LAYERS
 

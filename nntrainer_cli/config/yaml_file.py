@@ -17,7 +17,7 @@ import yaml
 
 from nntrainer_cli.errors import ConfigError
 
-from .ini import Entry, Section
+from .sections import Entry, Section
 
 LAYERS = "layers"
 

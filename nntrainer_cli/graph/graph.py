@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nntrainer_cli.config import props as P
-from nntrainer_cli.config.ini import Section
+from nntrainer_cli.config.sections import Section
 from nntrainer_cli.config.model import ModelConfig
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.layers import REGISTRY, FinalizeContext, Layer, LayerError

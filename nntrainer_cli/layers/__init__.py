@@ -1,6 +1,7 @@
-"""Layers, registered by NNTrainer type name."""
+"""Layers, registered by NNTrainer type name when their modules are imported here."""
 
-from . import activation, conv, core, loss, merge, norm, sequence  # noqa: F401  (registration)
+from . import activation, conv, core, loss, merge, norm, sequence
 from .base import REGISTRY, FinalizeContext, Layer, LayerError, RunContext
 
-__all__ = ["REGISTRY", "FinalizeContext", "Layer", "LayerError", "RunContext"]
+__all__ = ["REGISTRY", "FinalizeContext", "Layer", "LayerError", "RunContext",
+           "activation", "conv", "core", "loss", "merge", "norm", "sequence"]

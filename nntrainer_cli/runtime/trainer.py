@@ -15,7 +15,7 @@ from nntrainer_cli.config import ModelConfig
 from nntrainer_cli.errors import TrainingError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.plan import MemoryPlan
-from nntrainer_cli.report.measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
+from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
 
 from . import weights as weights_io
 from .data import Dataset, open_dataset
