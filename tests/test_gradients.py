@@ -122,3 +122,53 @@ def test_loss_values_are_the_textbook_ones():
     s = 1 / (1 + np.exp(-h.ctx.inputs[0]))
     y = h.ctx.label
     assert h.ctx.loss == pytest.approx(-(y * np.log(s) + (1 - y) * np.log(1 - s)).mean())
+
+
+def _prepared(kind, props, shapes):
+    """A layer after forward, with the probe set as its output derivative."""
+    rng = np.random.default_rng(7)
+    layer = make_layer(kind, **props)
+    outputs = (props.get("split_number") or shapes[0][int(props["axis"])]) if kind == "split" else 1
+    h = Harness(layer, shapes, rng, requested_outputs=outputs)
+    if kind == "embedding":
+        h.ctx.inputs[0][...] = rng.integers(0, props["in_dim"], shapes[0]) + 0.5
+    h.objective()
+    for g, p in zip(h.ctx.out_grads, h.probe):
+        g[...] = p
+    return h, h.fc.access or layer.access
+
+
+BACKWARD_CASES = [c for c in CASES if c[0] != "input"]
+
+
+@pytest.mark.parametrize("kind,props,shapes", BACKWARD_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(BACKWARD_CASES)])
+def test_backward_touches_only_what_the_layer_declares(kind, props, shapes):
+    """The planner trusts a layer's Access: an input or output it does not declare as
+    read may already hold other data by then, and one it does not declare as written
+    must come out intact. So: poison what is not declared read (the results must not
+    change) and make read-only what is not declared written (no write may fail)."""
+    for step, reads in (("calc_gradient", "gradient_reads"), ("calc_derivative", "derivative_reads")):
+        clean, access = _prepared(kind, props, shapes)
+        clean.layer.calc_gradient(clean.ctx)
+        poisoned, _ = _prepared(kind, props, shapes)
+        if step == "calc_derivative":
+            clean.layer.calc_derivative(clean.ctx)
+            poisoned.layer.calc_gradient(poisoned.ctx)
+        declared = getattr(access, reads)
+        for role, arrays in (("input", poisoned.ctx.inputs), ("output", poisoned.ctx.outputs)):
+            for a in arrays:
+                if role not in declared:
+                    a[...] = np.nan
+                writable = step == "calc_derivative" and role in access.derivative_writes
+                a.setflags(write=writable)
+        for a in [*poisoned.ctx.weights.values(), *poisoned.ctx.out_grads] + \
+                ([poisoned.ctx.label] if poisoned.ctx.label is not None else []):
+            a.setflags(write=False)
+        getattr(poisoned.layer, step)(poisoned.ctx)
+        results = (("grads", clean.ctx.grads, poisoned.ctx.grads) if step == "calc_gradient"
+                   else ("in_grads", dict(enumerate(clean.ctx.in_grads)),
+                         dict(enumerate(poisoned.ctx.in_grads))))
+        for name, want in results[1].items():
+            np.testing.assert_array_equal(results[2][name], want,
+                                          err_msg=f"{kind} {step} reads what it does not declare")

@@ -237,6 +237,7 @@ def _finalize(graph: LayerGraph) -> None:
             node.layer.finalize(ctx)
         except LayerError as e:
             raise node.error(str(e), e.key) from None
+        ctx.access = ctx.access or node.layer.access
         node.ctx = ctx
         node.consumers = [None] * len(ctx.output_shapes)
     for node in graph.nodes:

@@ -11,7 +11,7 @@ import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import FinalizeContext, Layer, RunContext, register
+from .base import ITERATION, Access, FinalizeContext, InPlace, Layer, LayerError, Phase, RunContext, register
 
 
 def relu(x, y):
@@ -163,29 +163,36 @@ def check_name(value: str) -> str:
 @register
 class Activation(Layer):
     type = "activation"
-    forward_alias = "overwrite"
-    derivative_alias = "overwrite"
-    deriv_reads = frozenset({"output"})
+    # Most derivatives are computed from y alone and use y as scratch (it is their last
+    # reader); in place both ways.
+    access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE,
+                    derivative_reads=frozenset({"output"}),
+                    derivative_writes=frozenset({"output"}))
+    SEPARATE = Access(derivative_in_place=InPlace.OVERWRITE,   # leaky_relu: y apart from x
+                      derivative_reads=frozenset({"output"}),
+                      derivative_writes=frozenset({"output"}))
+    READS_INPUT = Access(derivative_reads=frozenset({"input", "output"}),  # swish, gelu
+                         derivative_writes=frozenset({"output"}))
+    MASKED = Access(in_place=InPlace.OVERWRITE,    # frugal relu: backward reads a mask, not y
+                    derivative_in_place=InPlace.OVERWRITE)
 
     def finalize(self, ctx: FinalizeContext) -> None:
         name = self.p.get("activation")
         if name in (None, "none"):
-            from .base import LayerError
             raise LayerError("an activation layer needs 'activation' (e.g. relu)", "activation")
         self.fn, self.grad = FUNCTIONS[name]
         self.name_ = name
-        if name in NOT_IN_PLACE | READS_INPUT:
-            self.forward_alias = None
+        if name in NOT_IN_PLACE:
+            ctx.access = self.SEPARATE
         if name in READS_INPUT:
-            self.derivative_alias = None
-            self.deriv_reads = frozenset({"input", "output"})
+            ctx.access = self.READS_INPUT
         if name in NEEDS_SCRATCH:
-            ctx.temp("scratch", ctx.input_shapes[0], "forward")
-            ctx.temp("scratch_grad", ctx.input_shapes[0], "calc_derivative")
+            ctx.temp("scratch", ctx.input_shapes[0], Phase.FORWARD)
+            ctx.temp("scratch_grad", ctx.input_shapes[0], Phase.CALC_DERIVATIVE)
         self.masked = name == "relu" and ctx.frugal
         if self.masked:  # keep one byte per value for backward, not the float output
-            ctx.temp("mask", ctx.input_shapes[0], "iteration", np.bool_)
-            self.deriv_reads = frozenset()
+            ctx.temp("mask", ctx.input_shapes[0], ITERATION, np.bool_)
+            ctx.access = self.MASKED
         ctx.output_shapes = [ctx.input_shapes[0]]
 
     def forward(self, ctx: RunContext, training: bool) -> None:

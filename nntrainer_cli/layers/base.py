@@ -2,14 +2,16 @@
 and computes in `forward` / `calc_gradient` / `calc_derivative`, always writing into
 the arena views its run context hands it. It never allocates full-size arrays itself.
 
-What a backward step reads is declared (`grad_reads`, `deriv_reads`) so the planner can
-end each tensor's lifespan at its true last reader. A layer's calc_derivative is the
-last reader of the layer's own outputs, so it may use them as scratch space.
+What each step reads and overwrites beyond its inputs and outputs is declared in an
+`Access` (the class's, or a variant the layer picks in finalize), so the planner can
+end each tensor's lifespan at its true last reader, share bytes in place only where
+that is safe, and check that what backward overwrites is read by no one later.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,41 @@ import numpy as np
 from nntrainer_cli.config import props as P
 
 Shape = tuple[int, ...]
+
+
+class Phase(str, Enum):
+    """The steps of one iteration, each run in its own slot (NNTrainer's names)."""
+    FORWARD = "forward"
+    CALC_GRADIENT = "calc_gradient"
+    CALC_DERIVATIVE = "calc_derivative"
+    APPLY_GRADIENT = "apply_gradient"
+    CLIP_AND_APPLY = "clip_and_apply"   # one last slot for layers with clip_grad_by_norm
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# When a temporary must hold: the phases of the layer it lives across.
+BACKWARD = frozenset({Phase.CALC_GRADIENT, Phase.CALC_DERIVATIVE})
+ITERATION = frozenset({Phase.FORWARD}) | BACKWARD
+
+
+class InPlace(str, Enum):
+    """How an output may share its input's bytes: as a VIEW (a reshape: both values stay
+    valid) or by OVERWRITE (the input's value is gone once the output is written)."""
+    VIEW = "view"
+    OVERWRITE = "overwrite"
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a layer's steps touch besides reading inputs and writing outputs.
+    `*_reads` and `derivative_writes` name the layer's own "input" or "output"."""
+    in_place: InPlace | None = None             # the output over the input
+    derivative_in_place: InPlace | None = None  # the input derivative over the output's
+    gradient_reads: frozenset = frozenset()     # read by calc_gradient
+    derivative_reads: frozenset = frozenset()   # read by calc_derivative
+    derivative_writes: frozenset = frozenset()  # overwritten by calc_derivative (as scratch)
 
 # Keys every layer section accepts (NNTrainer's node-level properties).
 NODE_SCHEMA: P.Schema = {
@@ -60,7 +97,7 @@ class WeightRequest:
 class TempRequest:
     name: str
     shape: Shape
-    phase: str  # forward | calc_gradient | calc_derivative | backward | iteration
+    phases: frozenset   # of Phase: the layer's steps that use it; it lives across them
     dtype: Any = np.float32
 
 
@@ -71,6 +108,7 @@ class FinalizeContext:
     trainable: bool = True
     requested_outputs: int = 1   # how many outputs the graph reads: name(0), name(1), …
     frugal: int = 0              # memory over speed: 0 off, else shrink work buffers by it
+    access: Access | None = None  # a variant of the layer's Access, when it picks one
     output_shapes: list[Shape] = field(default_factory=list)
     weights: list[WeightRequest] = field(default_factory=list)
     temps: list[TempRequest] = field(default_factory=list)
@@ -80,8 +118,12 @@ class FinalizeContext:
         self.weights.append(WeightRequest(name, tuple(shape), initializer,
                                           trainable=self.trainable and trainable, **kw))
 
-    def temp(self, name, shape, phase, dtype=np.float32) -> None:
-        self.temps.append(TempRequest(name, tuple(shape), phase, dtype))
+    def temp(self, name, shape, phases, dtype=np.float32) -> None:
+        """A temporary used in `phases` (one Phase, or a set such as BACKWARD)."""
+        phases = frozenset({phases}) if isinstance(phases, Phase) else frozenset(phases)
+        if not phases or not all(isinstance(p, Phase) for p in phases):
+            raise TypeError(f"temporary {name}: phases must be Phase values, got {phases}")
+        self.temps.append(TempRequest(name, tuple(shape), phases, dtype))
 
 
 @dataclass
@@ -114,10 +156,7 @@ class Layer:
     schema: P.Schema = {}
     weighted = False          # accepts WEIGHT_SCHEMA keys
     inputs = (1, 1)           # (min, max) number of inputs; max None = any
-    forward_alias: str | None = None     # "view" or "overwrite": output may share input bytes
-    derivative_alias: str | None = None  # same for the input derivative over the output's
-    grad_reads: frozenset = frozenset()  # of {"input", "output"}, read by calc_gradient
-    deriv_reads: frozenset = frozenset()  # read by calc_derivative
+    access = Access()         # finalize may pick a variant: ctx.access = ...
     is_loss = False
 
     def __init__(self, name: str, props: dict[str, Any]):

@@ -10,7 +10,8 @@ import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import FinalizeContext, Layer, LayerError, RunContext, register
+from .base import (ITERATION, Access, FinalizeContext, Layer, LayerError, Phase, RunContext,
+                   register)
 
 
 def resolve_padding(pad, size, kernel, stride, dilation):
@@ -107,7 +108,7 @@ GATHER_BELOW_WIDTH = 16
 class Conv2D(Layer):
     type = "conv2d"
     weighted = True
-    grad_reads = frozenset({"input"})
+    access = Access(gradient_reads=frozenset({"input"}))
     schema = {"filters": P.Prop(P.positive_int, required=True),
               "kernel_size": P.Prop(P.int_pair, required=True),
               "stride": P.Prop(P.int_pair, (1, 1)),
@@ -135,13 +136,13 @@ class Conv2D(Layer):
         # 3x faster at 10 wide, 1.4x slower at 32 wide)
         self.table = gather_table(self.win) if ow < GATHER_BELOW_WIDTH else None
         if self.table is not None:
-            ctx.temp("padded", (self.chunk, c, h * w + 1), "forward")
-            ctx.temp("padded_grad", (self.chunk, c, h * w + 1), "calc_gradient")
+            ctx.temp("padded", (self.chunk, c, h * w + 1), Phase.FORWARD)
+            ctx.temp("padded_grad", (self.chunk, c, h * w + 1), Phase.CALC_GRADIENT)
         col = (self.chunk, c, kh, kw, oh, ow)
-        ctx.temp("col", col, "forward")
-        ctx.temp("col_grad", col, "calc_gradient")
-        ctx.temp("filter_part", (f, c, kh, kw), "calc_gradient")
-        ctx.temp("col_deriv", col, "calc_derivative")
+        ctx.temp("col", col, Phase.FORWARD)
+        ctx.temp("col_grad", col, Phase.CALC_GRADIENT)
+        ctx.temp("filter_part", (f, c, kh, kw), Phase.CALC_GRADIENT)
+        ctx.temp("col_deriv", col, Phase.CALC_DERIVATIVE)
 
     def _shapes(self, ctx):
         """Batch, filters, column length, output pixels (from finalize: in backward the
@@ -219,13 +220,13 @@ class Pooling2D(Layer):
         if self.kind in ("max", "global_max"):
             # which window tap won: one byte for windows of up to 127 taps (-1: none yet)
             taps = pool[0] * pool[1]
-            ctx.temp("argmax", out, "iteration",
+            ctx.temp("argmax", out, ITERATION,
                      np.int8 if taps < 2**7 else np.int16 if taps < 2**15 else np.int32)
-            ctx.temp("mask", out, "forward", np.bool_)
-            ctx.temp("mask_back", out, "calc_derivative", np.bool_)
+            ctx.temp("mask", out, Phase.FORWARD, np.bool_)
+            ctx.temp("mask_back", out, Phase.CALC_DERIVATIVE, np.bool_)
         else:
-            ctx.temp("count", (oh, ow), "iteration")
-            ctx.temp("scaled", out, "calc_derivative")
+            ctx.temp("count", (oh, ow), ITERATION)
+            ctx.temp("scaled", out, Phase.CALC_DERIVATIVE)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y = ctx.inputs[0], ctx.outputs[0]

@@ -6,7 +6,7 @@ import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import FinalizeContext, Layer, LayerError, RunContext, register
+from .base import Access, FinalizeContext, InPlace, Layer, LayerError, RunContext, register
 
 
 def rows2d(a: np.ndarray) -> np.ndarray:
@@ -19,7 +19,7 @@ class Input(Layer):
     type = "input"
     schema = {"normalization": P.Prop(P.boolean, False),
               "standardization": P.Prop(P.boolean, False)}
-    forward_alias = "overwrite"
+    access = Access(in_place=InPlace.OVERWRITE)
 
     def finalize(self, ctx: FinalizeContext) -> None:
         ctx.output_shapes = [ctx.input_shapes[0]]
@@ -48,7 +48,7 @@ class FullyConnected(Layer):
     type = "fully_connected"
     schema = {"unit": P.Prop(P.positive_int, required=True)}
     weighted = True
-    grad_reads = frozenset({"input"})
+    access = Access(gradient_reads=frozenset({"input"}))
 
     def finalize(self, ctx: FinalizeContext) -> None:
         shape = ctx.input_shapes[0]
@@ -75,8 +75,7 @@ class FullyConnected(Layer):
 class ViewLayer(Layer):
     """A layer whose output is its input under another shape: planned as a view, it
     copies only when the planner could not alias the two (in_place off)."""
-    forward_alias = "view"
-    derivative_alias = "view"
+    access = Access(in_place=InPlace.VIEW, derivative_in_place=InPlace.VIEW)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         if not np.shares_memory(ctx.inputs[0], ctx.outputs[0]):
@@ -119,7 +118,7 @@ class Output(ViewLayer):
 class MultiOut(Layer):
     """One output read by several layers: the value is shared, derivatives are summed."""
     type = "multiout"
-    forward_alias = "view"
+    access = Access(in_place=InPlace.VIEW)
 
     def finalize(self, ctx: FinalizeContext) -> None:
         ctx.output_shapes = [ctx.input_shapes[0]] * self.p.get("outputs", 1)

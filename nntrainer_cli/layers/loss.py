@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activation import sigmoid
-from .base import FinalizeContext, Layer, RunContext, register
+from .base import Access, FinalizeContext, InPlace, Layer, Phase, RunContext, register
 from .core import rows2d
 
 
@@ -21,12 +21,11 @@ class Loss(Layer):
 class MSE(Loss):
     """Mean of squared errors over every element, as NNTrainer's mse layer."""
     type = "mse"
-    forward_alias = "view"
-    deriv_reads = frozenset({"input"})
+    access = Access(in_place=InPlace.VIEW, derivative_reads=frozenset({"input"}))
 
     def finalize(self, ctx: FinalizeContext) -> None:
         super().finalize(ctx)
-        ctx.temp("diff", ctx.input_shapes[0], "forward")
+        ctx.temp("diff", ctx.input_shapes[0], Phase.FORWARD)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, label, d = ctx.inputs[0][:ctx.rows], ctx.label[:ctx.rows], ctx.temps["diff"][:ctx.rows]
@@ -46,7 +45,7 @@ class CrossSoftmax(Loss):
     """Softmax over the last axis fused with cross entropy: per row -Σ label·log p,
     computed as Σlabel·logsumexp(x) - label·x so no full-size temporary is needed."""
     type = "cross_softmax"
-    deriv_reads = frozenset({"output"})
+    access = Access(derivative_reads=frozenset({"output"}))
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, p, label = rows2d(ctx.inputs[0]), rows2d(ctx.outputs[0]), rows2d(ctx.label)
@@ -72,11 +71,11 @@ class CrossSigmoid(Loss):
     """Sigmoid fused with binary cross entropy, averaged over every element:
     max(x,0) - x·label + log(1 + exp(-|x|)), stable for large |x|."""
     type = "cross_sigmoid"
-    deriv_reads = frozenset({"output"})
+    access = Access(derivative_reads=frozenset({"output"}))
 
     def finalize(self, ctx: FinalizeContext) -> None:
         super().finalize(ctx)
-        ctx.temp("terms", ctx.input_shapes[0], "forward")
+        ctx.temp("terms", ctx.input_shapes[0], Phase.FORWARD)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, label, t = ctx.inputs[0][:ctx.rows], ctx.label[:ctx.rows], ctx.temps["terms"][:ctx.rows]

@@ -6,7 +6,8 @@ import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import INITIALIZERS, FinalizeContext, Layer, RunContext, register
+from .base import (BACKWARD, INITIALIZERS, ITERATION, Access, FinalizeContext, InPlace, Layer,
+                   Phase, RunContext, register)
 
 
 def _open01(text: str) -> float:
@@ -22,8 +23,7 @@ class BatchNormalization(Layer):
     NNTrainer). The normalized input is kept for backward in a planned tensor, so
     the output may overwrite the input."""
     type = "batch_normalization"
-    forward_alias = "overwrite"
-    derivative_alias = "overwrite"
+    access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE)
     schema = {"epsilon": P.Prop(P.positive_float, 0.001),
               "momentum": P.Prop(_open01, 0.99),
               "axis": P.Prop(P.enum("1", "2", "3")),
@@ -47,11 +47,11 @@ class BatchNormalization(Layer):
         ctx.weight("moving_variance", (c,), p["moving_variance_initializer"], trainable=False)
         ctx.weight("gamma", (c,), p["gamma_initializer"], decay=p["weight_decay"])
         ctx.weight("beta", (c,), p["beta_initializer"], decay=p["bias_decay"])
-        ctx.temp("xhat", shape, "iteration")
-        ctx.temp("mean", (c,), "forward")
-        ctx.temp("invstd", (c,), "iteration")
-        ctx.temp("sum_dy", (c,), "backward")
-        ctx.temp("sum_dy_xhat", (c,), "backward")
+        ctx.temp("xhat", shape, ITERATION)
+        ctx.temp("mean", (c,), Phase.FORWARD)
+        ctx.temp("invstd", (c,), ITERATION)
+        ctx.temp("sum_dy", (c,), BACKWARD)
+        ctx.temp("sum_dy_xhat", (c,), BACKWARD)
 
     def _3d(self, a):
         return a.reshape(self.view)
@@ -111,14 +111,13 @@ class Dropout(Layer):
     """Zeroes a random fraction of activations while training, scaling the rest by
     1/(1-rate); the identity at inference. The mask is a planned tensor."""
     type = "dropout"
-    forward_alias = "overwrite"
-    derivative_alias = "overwrite"
+    access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE)
     schema = {"dropout_rate": P.Prop(P.unit_interval, 0.0)}
 
     def finalize(self, ctx: FinalizeContext) -> None:
         ctx.output_shapes = [ctx.input_shapes[0]]
         if self.p["dropout_rate"] > 0:
-            ctx.temp("mask", ctx.input_shapes[0], "iteration")
+            ctx.temp("mask", ctx.input_shapes[0], ITERATION)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y, rate = ctx.inputs[0], ctx.outputs[0], self.p["dropout_rate"]

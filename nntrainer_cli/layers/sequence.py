@@ -12,7 +12,8 @@ from nntrainer_cli.config import props as P
 from nntrainer_cli.errors import TrainingError
 
 from .activation import sigmoid
-from .base import FinalizeContext, Layer, LayerError, RunContext, register
+from .base import (BACKWARD, ITERATION, Access, FinalizeContext, Layer, LayerError, Phase,
+                   RunContext, register)
 
 
 @register
@@ -29,7 +30,7 @@ class Embedding(Layer):
             raise LayerError(f"embedding takes ids shaped 1:1:L, got {c}:{h}:{length}",
                              "input_shape")
         self.request_weight(ctx, "embedding", (self.p["in_dim"], self.p["out_dim"]))
-        ctx.temp("ids", (n * length,), "iteration", np.int64)
+        ctx.temp("ids", (n * length,), ITERATION, np.int64)
         ctx.output_shapes = [(n, 1, length, self.p["out_dim"])]
 
     def forward(self, ctx: RunContext, training: bool) -> None:
@@ -69,7 +70,10 @@ class LSTM(Layer):
               "max_timestep": P.Prop(P.positive_int),
               "hidden_state_activation": P.Prop(P.enum("tanh"), "tanh"),
               "recurrent_activation": P.Prop(P.enum("sigmoid"), "sigmoid")}
-    grad_reads = frozenset({"input"})
+    access = Access(gradient_reads=frozenset({"input"}))
+    # return_sequences: the output is the hidden states, read by backward
+    SEQUENCES = Access(gradient_reads=frozenset({"input", "output"}),
+                       derivative_reads=frozenset({"input", "output"}))
 
     def finalize(self, ctx: FinalizeContext) -> None:
         if self.p["bidirectional"]:
@@ -86,17 +90,17 @@ class LSTM(Layer):
         for b in ["bias_h"] if self.p["integrate_bias"] else ["bias_ih", "bias_hh"]:
             self.request_bias(ctx, b, (GATES * u,))
         # kept from forward to backward: gate activations, cell states, hidden states
-        ctx.temp("gates", (n, t, GATES * u), "iteration")
-        ctx.temp("cells", (n, t, u), "iteration")
+        ctx.temp("gates", (n, t, GATES * u), ITERATION)
+        ctx.temp("cells", (n, t, u), ITERATION)
         if self.p["return_sequences"]:
-            self.deriv_reads = self.grad_reads = frozenset({"input", "output"})
+            ctx.access = self.SEQUENCES
         else:
-            ctx.temp("hidden", (n, t, u), "iteration")
-        ctx.temp("step", (n, GATES * u), "forward")
-        ctx.temp("d_gates", (n, t, GATES * u), "backward")
+            ctx.temp("hidden", (n, t, u), ITERATION)
+        ctx.temp("step", (n, GATES * u), Phase.FORWARD)
+        ctx.temp("d_gates", (n, t, GATES * u), BACKWARD)
         for name in ("d_hidden", "d_cell", "scratch"):
-            ctx.temp(name, (n, u), "backward")
-        ctx.temp("w_step", (u, GATES * u), "calc_gradient")
+            ctx.temp(name, (n, u), BACKWARD)
+        ctx.temp("w_step", (u, GATES * u), Phase.CALC_GRADIENT)
         ctx.output_shapes = [(n, 1, t if self.p["return_sequences"] else 1, u)]
 
     def _hidden(self, ctx: RunContext) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nntrainer_cli.graph import LayerGraph, Node
+from nntrainer_cli.layers.base import Phase
 
 CLIP_SLOT_NODE = "(clipped layers)"
 
@@ -20,7 +21,7 @@ CLIP_SLOT_NODE = "(clipped layers)"
 class Slot:
     index: int
     node: str
-    phase: str
+    phase: Phase
     part: int = 0   # which rows of the weights an apply_gradient slot updates
 
 
@@ -31,6 +32,10 @@ class NodeSlots:
     calc_derivative: int | None = None
     apply_gradient: int | None = None                       # the first apply slot
     apply_parts: list[int] = field(default_factory=list)    # every apply slot
+
+    def slot_of(self, phase: Phase) -> int | None:
+        """The node's (first) slot of `phase`, None if that phase does not run."""
+        return getattr(self, phase.value)
 
     def backward(self) -> list[int]:
         return [s for s in (self.calc_gradient, self.calc_derivative) if s is not None] + \
@@ -60,22 +65,22 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
     for n in graph.nodes:
         runs_cd[n.name] = any(wants[c] for c, _ in n.inputs)
         wants[n.name] = (gets_gradients(graph, n) or runs_cd[n.name]) and not n.layer.is_loss
-    slots = [Slot(i, n.name, "forward") for i, n in enumerate(graph.nodes)]
+    slots = [Slot(i, n.name, Phase.FORWARD) for i, n in enumerate(graph.nodes)]
     per_node = {n.name: NodeSlots(i) for i, n in enumerate(graph.nodes)}
     for n in reversed(graph.nodes):
         ns = per_node[n.name]
         phases = []
         if gets_gradients(graph, n):
-            phases.append("calc_gradient")
+            phases.append(Phase.CALC_GRADIENT)
         if runs_cd[n.name]:
-            phases.append("calc_derivative")
+            phases.append(Phase.CALC_DERIVATIVE)
         if gets_gradients(graph, n) and not n.clip:
-            phases.append("apply_gradient")
+            phases.append(Phase.APPLY_GRADIENT)
         for phase in phases:
-            setattr(ns, phase, len(slots))
-            parts = graph.apply_parts if phase == "apply_gradient" else 1
+            setattr(ns, phase.value, len(slots))
+            parts = graph.apply_parts if phase == Phase.APPLY_GRADIENT else 1
             for part in range(parts):
-                if phase == "apply_gradient":
+                if phase == Phase.APPLY_GRADIENT:
                     ns.apply_parts.append(len(slots))
                 slots.append(Slot(len(slots), n.name, phase, part))
     clipped = [n for n in graph.nodes if n.clip and gets_gradients(graph, n)]
@@ -83,5 +88,5 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
         for n in clipped:
             per_node[n.name].apply_gradient = len(slots)
             per_node[n.name].apply_parts = [len(slots)]
-        slots.append(Slot(len(slots), CLIP_SLOT_NODE, "clip_and_apply"))
+        slots.append(Slot(len(slots), CLIP_SLOT_NODE, Phase.CLIP_AND_APPLY))
     return slots, per_node, wants

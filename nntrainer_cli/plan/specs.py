@@ -1,7 +1,8 @@
 """Every tensor of one training iteration with its size and the exact slots that touch
-it; lifespans follow from what each phase reads (the layer's grad_reads/deriv_reads).
-In-place (aliases) is decided here, not trusted: an output may overwrite its input only
-if no one reads the old value after that slot."""
+it; lifespans follow from what each step reads (the layer's Access). In-place (aliases)
+is decided here, not trusted: an output may overwrite its input only if no one reads
+the old value after that slot; likewise a layer's backward may overwrite its output
+only if no one reads it later (checked for every plan)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nntrainer_cli.graph import LayerGraph
+from nntrainer_cli.layers.base import BACKWARD, Access, InPlace, Phase
 
 from .order import NodeSlots, Slot, execution_order, row_parts
 
 ALIGN = 64  # bytes; every tensor starts on a cache line
 SPLIT_MIN_BYTES = 64 * 1024  # smaller weights are applied whole even in split apply slots
-KINDS = ("input", "label", "weight", "gradient", "optimizer_state", "activation", "derivative",
-         "temporary")
 
 
 @dataclass
 class TensorSpec:
     name: str
-    kind: str
+    kind: str   # input, label, weight, gradient, optimizer_state, activation, derivative, temporary
     shape: tuple[int, ...]
     dtype: str
     uses: set[int]
@@ -42,12 +42,30 @@ class TensorSpec:
 
 
 @dataclass
+class NodeIO:
+    """The tensors (by name) the runtime hands one layer in each role: what the plan
+    gives the runtime for every node. Weights, gradients, temporaries and optimizer
+    state are keyed by the layer's own names for them (`weight`, `col`, ...)."""
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    in_grads: list[str | None] = field(default_factory=list)   # None: nobody wants it
+    out_grads: list[str | None] = field(default_factory=list)
+    weights: dict[str, str] = field(default_factory=dict)
+    grads: dict[str, str] = field(default_factory=dict)
+    # per trainable weight: its row ranges (one per apply slot) and, per range, one
+    # tensor per optimizer state (adam: m, v)
+    rows: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    state: dict[str, list[list[str]]] = field(default_factory=dict)
+    temps: dict[str, str] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass
 class TensorSet:
     slots: list[Slot]
     node_slots: dict[str, NodeSlots]
     specs: dict[str, TensorSpec] = field(default_factory=dict)
-    # per node: tensor names the runtime hands the layer
-    io: dict[str, dict] = field(default_factory=dict)
+    io: dict[str, NodeIO] = field(default_factory=dict)
 
     @property
     def end(self) -> int:
@@ -57,21 +75,15 @@ class TensorSet:
         return [s for s in self.specs.values() if s.alias_of is None]
 
 
-def _phase_slots(ns: NodeSlots, phase: str) -> set[int]:
-    pick = {"forward": [ns.forward], "calc_gradient": [ns.calc_gradient],
-            "calc_derivative": [ns.calc_derivative],
-            "backward": [ns.calc_gradient, ns.calc_derivative],
-            "iteration": [ns.forward, ns.calc_gradient, ns.calc_derivative]}[phase]
-    return {s for s in pick if s is not None}
+def _phase_slots(ns: NodeSlots, phases) -> set[int]:
+    return {s for p in phases if (s := ns.slot_of(p)) is not None}
 
 
-def _reads(ns: NodeSlots, which: str, layer) -> set[int]:
-    out = set()
-    if which in layer.grad_reads and ns.calc_gradient is not None:
-        out.add(ns.calc_gradient)
-    if which in layer.deriv_reads and ns.calc_derivative is not None:
-        out.add(ns.calc_derivative)
-    return out
+def _reads(ns: NodeSlots, which: str, access: Access) -> set[int]:
+    """Backward slots of a node that read its own `which` ("input" or "output")."""
+    steps = {Phase.CALC_GRADIENT: access.gradient_reads,
+             Phase.CALC_DERIVATIVE: access.derivative_reads}
+    return _phase_slots(ns, [p for p, reads in steps.items() if which in reads])
 
 
 def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
@@ -86,55 +98,53 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
         return name
 
     for n in graph.nodes:
-        ns, layer, ctx = node_slots[n.name], n.layer, n.ctx
-        io = ts.io[n.name] = {"inputs": [], "outputs": [], "in_grads": [], "out_grads": [],
-                              "weights": {}, "grads": {}, "state": {}, "rows": {},
-                              "temps": {},
-                              "label": None}
+        ns, ctx = node_slots[n.name], n.ctx
+        io = ts.io[n.name] = NodeIO()
         if not n.inputs:
-            io["inputs"].append(add(f"{n.name}:input", "input", ctx.input_shapes[0], {0}))
-            io["in_grads"].append(None)
+            io.inputs.append(add(f"{n.name}:input", "input", ctx.input_shapes[0], {0}))
+            io.in_grads.append(None)
         for c, i in n.inputs:
-            io["inputs"].append(f"{c}:out{i}")
-            io["in_grads"].append(f"{c}:out{i}:grad" if wants[c] else None)
-        for k, name in enumerate(io["inputs"]):
-            specs[name].uses |= {ns.forward} | _reads(ns, "input", layer)
-            if io["in_grads"][k]:
-                specs[io["in_grads"][k]].uses.add(ns.calc_derivative)
+            io.inputs.append(f"{c}:out{i}")
+            io.in_grads.append(f"{c}:out{i}:grad" if wants[c] else None)
+        for k, name in enumerate(io.inputs):
+            specs[name].uses |= {ns.forward} | _reads(ns, "input", ctx.access)
+            if io.in_grads[k]:
+                specs[io.in_grads[k]].uses.add(ns.calc_derivative)
         for i, shape in enumerate(ctx.output_shapes):
-            io["outputs"].append(add(f"{n.name}:out{i}", "activation", shape,
-                                     {ns.forward} | _reads(ns, "output", layer)))
+            io.outputs.append(add(f"{n.name}:out{i}", "activation", shape,
+                                  {ns.forward} | _reads(ns, "output", ctx.access)))
             grad = None
             if wants[n.name]:
                 grad = add(f"{n.name}:out{i}:grad", "derivative", shape,
-                           _phase_slots(ns, "backward"))
-            io["out_grads"].append(grad)
-        if layer.is_loss:
-            io["label"] = add(f"{n.name}:label", "label", ctx.input_shapes[0],
-                              {0, ns.forward} | _phase_slots(ns, "calc_derivative"))
+                           _phase_slots(ns, BACKWARD))
+            io.out_grads.append(grad)
+        if n.layer.is_loss:
+            io.label = add(f"{n.name}:label", "label", ctx.input_shapes[0],
+                           {0, ns.forward} | _phase_slots(ns, [Phase.CALC_DERIVATIVE]))
         for w in ctx.weights:
             name = f"{n.name}:{w.name}"
-            io["weights"][w.name] = add(name, "weight", w.shape, {ns.forward, *ns.backward()},
-                                        persistent=True)
+            io.weights[w.name] = add(name, "weight", w.shape, {ns.forward, *ns.backward()},
+                                     persistent=True)
             if w.trainable and graph.training:
-                io["grads"][w.name] = add(f"{name}:grad", "gradient", w.shape,
-                                          {ns.calc_gradient, *ns.apply_parts})
+                io.grads[w.name] = add(f"{name}:grad", "gradient", w.shape,
+                                       {ns.calc_gradient, *ns.apply_parts})
                 parts = len(ns.apply_parts) if np.prod(w.shape) * 4 >= SPLIT_MIN_BYTES else 1
-                rows = io["rows"][w.name] = row_parts(w.shape[0], parts)
+                rows = io.rows[w.name] = row_parts(w.shape[0], parts)
                 split = len(rows) > 1
-                io["state"][w.name] = [
+                io.state[w.name] = [
                     [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",
                          (hi - lo,) + w.shape[1:], {ns.apply_parts[k]}, persistent=True)
                      for s in optimizer_state]
                     for k, (lo, hi) in enumerate(rows)]
         for t in ctx.temps:
-            uses = _phase_slots(ns, t.phase)
-            if uses:  # else that phase never runs (e.g. no derivative for the first layer)
-                io["temps"][t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape, uses,
-                                          dtype=t.dtype)
+            uses = _phase_slots(ns, t.phases)
+            if uses:  # else those phases never run (e.g. no derivative for the first layer)
+                io.temps[t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape, uses,
+                                       dtype=t.dtype)
     if in_place:
         _alias(graph, ts)
     _lifespans(ts)
+    _check_backward_writes(graph, ts)
     return ts
 
 
@@ -150,22 +160,22 @@ def _alias(graph: LayerGraph, ts: TensorSet) -> None:
         group = members.setdefault(r, [r])
         if specs[dst].nbytes != specs[r].nbytes or specs[dst].dtype != specs[r].dtype:
             return
-        if kind == "overwrite" and any(max(specs[m].uses) > at for m in group):
+        if kind == InPlace.OVERWRITE and any(max(specs[m].uses) > at for m in group):
             return  # someone still needs the old value after this slot
         specs[dst].alias_of = r
         group.append(dst)
 
     for n in graph.nodes:
-        io, layer = ts.io[n.name], n.layer
-        if layer.forward_alias and len(io["inputs"]) == 1:
-            for out in io["outputs"]:
-                try_alias(layer.forward_alias, io["inputs"][0], out, ts.node_slots[n.name].forward)
+        io, access = ts.io[n.name], n.ctx.access
+        if access.in_place and len(io.inputs) == 1:
+            for out in io.outputs:
+                try_alias(access.in_place, io.inputs[0], out, ts.node_slots[n.name].forward)
     for n in reversed(graph.nodes):
-        io, layer = ts.io[n.name], n.layer
+        io, access = ts.io[n.name], n.ctx.access
         cd = ts.node_slots[n.name].calc_derivative
-        if (layer.derivative_alias and len(io["inputs"]) == 1 and io["in_grads"][0]
-                and len(io["out_grads"]) == 1 and io["out_grads"][0] and cd is not None):
-            try_alias(layer.derivative_alias, io["out_grads"][0], io["in_grads"][0], cd)
+        if (access.derivative_in_place and len(io.inputs) == 1 and io.in_grads[0]
+                and len(io.out_grads) == 1 and io.out_grads[0] and cd is not None):
+            try_alias(access.derivative_in_place, io.out_grads[0], io.in_grads[0], cd)
 
 
 def _lifespans(ts: TensorSet) -> None:
@@ -175,3 +185,20 @@ def _lifespans(ts: TensorSet) -> None:
         if s.alias_of:
             r = ts.specs[s.alias_of]
             r.first, r.last = min(r.first, s.first), max(r.last, s.last)
+
+
+def _check_backward_writes(graph: LayerGraph, ts: TensorSet) -> None:
+    """A layer whose calc_derivative overwrites its output (as scratch) must be the last
+    to touch those bytes: a later reader would get garbage. A layer bug if not, never
+    the user's, so it fails loudly."""
+    for n in graph.nodes:
+        cd = ts.node_slots[n.name].calc_derivative
+        if cd is None or "output" not in n.ctx.access.derivative_writes:
+            continue
+        for out in ts.io[n.name].outputs:
+            root = ts.specs[out].alias_of or out
+            group = [s for s in ts.specs.values() if (s.alias_of or s.name) == root]
+            late = [s.name for s in group if max(s.uses) > cd]
+            if late:
+                raise AssertionError(f"{n.name} overwrites {out} at slot {cd}, but "
+                                     f"{late} read those bytes later")

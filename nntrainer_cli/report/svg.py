@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from html import escape
 
+from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 
 from .tables import human
@@ -60,7 +61,7 @@ def plan_svg(plan: MemoryPlan, model: str) -> str:
            f'arena offset down. Hover a block for its tensor.'
            + (' Black edges: read from / written to the swap file.' if plan.swap else '')
            + '</text>']
-    backward = next((s.index for s in plan.slots if s.phase != "forward"), slots)
+    backward = next((s.index for s in plan.slots if s.phase != Phase.FORWARD), slots)
     out.append(f'<rect x="{x(backward):.1f}" y="{TOP}" width="{x(slots) - x(backward):.1f}" '
                f'height="{HEIGHT}" fill="#f4f4f4"/>')
     for label, at in (("forward", x(0)), ("backward", x(backward))):

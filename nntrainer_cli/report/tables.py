@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 
 
@@ -41,7 +42,7 @@ def plan_summary(plan: MemoryPlan) -> str:
     saved = 1 - plan.peak_bytes / plan.naive_bytes if plan.naive_bytes else 0
     chosen = plan.planner if plan.planner == plan.requested else \
         f"{plan.planner} (best of all)"
-    mode = "" if plan.slots[-1].phase != "forward" else ", forward only (no loss)"
+    mode = "" if plan.slots[-1].phase != Phase.FORWARD else ", forward only (no loss)"
     # Under a budget the graph may be the frugal one, whose plan without swap is smaller
     # than the one `plan` shows without a budget: say which graph the figures are of.
     note = ""
@@ -60,7 +61,7 @@ def _phase(plan: MemoryPlan, slot) -> str:
     parts = len(plan.tensors.node_slots[slot.node].apply_parts) \
         if slot.node in plan.tensors.node_slots else 1
     return f"{slot.phase} {slot.part + 1}/{parts}" if parts > 1 and \
-        slot.phase == "apply_gradient" else slot.phase
+        slot.phase == Phase.APPLY_GRADIENT else str(slot.phase)
 
 
 def plan_text(plan: MemoryPlan, model: str) -> str:

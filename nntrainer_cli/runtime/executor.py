@@ -14,6 +14,7 @@ import numpy as np
 
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers import RunContext
+from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.optim.initializers import initialize
 from nntrainer_cli.plan import MemoryPlan
 
@@ -112,23 +113,23 @@ class Executor:
         resident = lambda names: {k: v for k, n in names.items()  # noqa: E731
                                   if (v := at(n)) is not None}
         return RunContext(
-            inputs=[at(n) for n in io["inputs"]], outputs=[at(n) for n in io["outputs"]],
-            weights=resident(io["weights"]), grads=resident(io["grads"]),
-            in_grads=[at(n) for n in io["in_grads"]], out_grads=[at(n) for n in io["out_grads"]],
-            temps=resident(io["temps"]), label=at(io["label"]), rng=self.rng, node=node)
+            inputs=[at(n) for n in io.inputs], outputs=[at(n) for n in io.outputs],
+            weights=resident(io.weights), grads=resident(io.grads),
+            in_grads=[at(n) for n in io.in_grads], out_grads=[at(n) for n in io.out_grads],
+            temps=resident(io.temps), label=at(io.label), rng=self.rng, node=node)
 
     # --- the steps of one iteration ----------------------------------------------------
     def _train_steps(self):
         steps, ns = [], self.plan.tensors.node_slots
         for slot in self.plan.slots:
             node, ctx = self.graph.by_name.get(slot.node), self.slot_ctx[slot.index]
-            if slot.phase == "forward":
+            if slot.phase == Phase.FORWARD:
                 steps.append((node.layer.forward, (ctx, True)))
-            elif slot.phase == "calc_gradient":
+            elif slot.phase == Phase.CALC_GRADIENT:
                 steps.append((node.layer.calc_gradient, (ctx,)))
-            elif slot.phase == "calc_derivative":
+            elif slot.phase == Phase.CALC_DERIVATIVE:
                 steps.append((node.layer.calc_derivative, (ctx,)))
-            elif slot.phase == "apply_gradient":
+            elif slot.phase == Phase.APPLY_GRADIENT:
                 steps.append((self._apply, (self._updates(node, slot.index, slot.part),)))
             else:
                 clipped = [n for n in self.graph.nodes
@@ -143,11 +144,11 @@ class Executor:
         a node's apply_gradient (the whole of it unless the budget split it)."""
         io, out = self.plan.tensors.io[node.name], []
         for w in node.ctx.weights:
-            if w.trainable and part < len(io["rows"][w.name]):
-                lo, hi = io["rows"][w.name][part]
-                out.append((w, self.view(io["weights"][w.name], slot)[lo:hi],
-                            self.view(io["grads"][w.name], slot)[lo:hi],
-                            [self.view(s, slot) for s in io["state"][w.name][part]]))
+            if w.trainable and part < len(io.rows[w.name]):
+                lo, hi = io.rows[w.name][part]
+                out.append((w, self.view(io.weights[w.name], slot)[lo:hi],
+                            self.view(io.grads[w.name], slot)[lo:hi],
+                            [self.view(s, slot) for s in io.state[w.name][part]]))
         return out
 
     def _apply(self, updates) -> None:
@@ -275,13 +276,13 @@ class Executor:
             self.io.file.move(Job.of("out", at, [block]))
 
     def weight_names(self) -> list[str]:
-        return [self.plan.tensors.io[n.name]["weights"][w.name] for n, w in self.weights]
+        return [self.plan.tensors.io[n.name].weights[w.name] for n, w in self.weights]
 
     def state_names(self) -> list[str]:
         io = self.plan.tensors.io
         return [part[kind] for n, w in self.weights if w.trainable
                 for kind in range(len(self.optimizer.state))
-                for part in io[n.name]["state"][w.name]]
+                for part in io[n.name].state[w.name]]
 
     def initialize(self, rng: np.random.Generator) -> None:
         for (node, w), name in zip(self.weights, self.weight_names()):
