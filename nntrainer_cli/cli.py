@@ -155,8 +155,8 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                 swap_dir=swap_dir, direct=swap_direct)
     cfg = p.cfg
     _warn(cfg.warnings, quiet)
-    if p.plan.swap:
-        check_swap_dir(p.swap_dir)
+    if p.swap:
+        check_swap_dir(p.swap.directory)
     if p.optimizer is None:
         raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
                           file=model)
@@ -179,8 +179,8 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
             click.echo(plan_summary(p.plan), err=True)
         opts = TrainOptions(epochs=epochs, seed=seed,
                             shuffle=not no_shuffle, quiet=quiet, save=save,
-                            init_weights=init_weights, swap_dir=p.swap_dir,
-                            swap_direct=swap_direct, trace_memory=not no_trace)
+                            init_weights=init_weights, swap=p.swap,
+                            trace_memory=not no_trace)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
         report = getattr(stop, "report", None)

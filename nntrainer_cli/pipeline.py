@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nntrainer_cli.config import ModelConfig, load_config
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import LayerGraph, build_graph
 from nntrainer_cli.optim.optimizers import make_optimizer
-from nntrainer_cli.plan import MemoryPlan, make_plan
+from nntrainer_cli.plan import MemoryPlan, SwapOptions, make_plan
 from nntrainer_cli.plan.swap import DEFAULT_LOOKAHEAD
 
 FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
@@ -33,20 +33,21 @@ def parse_size(text: str) -> int | str:
 
 @dataclass
 class Prepared:
+    """What every command starts from: the model read, built and planned."""
     cfg: ModelConfig
     graph: LayerGraph
     optimizer: object | None
     plan: MemoryPlan
-    swap_dir: str | None = None
+    swap: SwapOptions | None = None   # set when the plan swaps under a budget
 
 
-def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir):
-    """The budget, lookahead and directory from the flags, else from NNTrainer's keys
-    (memory_swap* or fsu*): swap turned on there without a budget means 'as little
-    memory as possible', which is what NNTrainer's swap aims at."""
+def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir, direct):
+    """The budget as given (bytes, a share like '50%', 'min', or None) and the rest of
+    the options, from the flags, else from NNTrainer's keys (memory_swap* or fsu*):
+    swap turned on there without a budget means 'as little memory as possible', which
+    is what NNTrainer's swap aims at."""
     m = cfg.model
-    on = m["memory_swap"] or m["fsu"]
-    if budget is None and on:
+    if budget is None and (m["memory_swap"] or m["fsu"]):
         budget = "min"
     if lookahead is None:
         lookahead = m["memory_swap_lookahead"] if m["memory_swap_lookahead"] is not None \
@@ -54,33 +55,33 @@ def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir):
     if swap_dir is None:
         swap_dir = (cfg.model_path("memory_swap_path") or cfg.model_path("fsu_path")
                     or tempfile.gettempdir())
-    return budget, lookahead, swap_dir
+    return budget, SwapOptions(0, lookahead, direct, swap_dir)
 
 
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
             planner: str = "best", in_place: bool = True, require_loss: bool = True,
             budget: int | str | None = None, lookahead: int | None = None,
             swap_dir: str | None = None, direct: bool = False) -> Prepared:
+    """Config → graph → optimizer → plan, from a model file and the command's flags."""
     cfg = load_config(path, overrides)
     graph = build_graph(cfg, batch_size, require_loss)
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
     state = optimizer.state if optimizer else ()
-    budget, lookahead, swap_dir = _swap_settings(cfg, budget, lookahead, swap_dir)
+    budget, swap = _swap_settings(cfg, budget, lookahead, swap_dir, direct)
     if budget is None:
-        return Prepared(cfg, graph, optimizer, make_plan(graph, state, planner, in_place),
-                        swap_dir)
+        return Prepared(cfg, graph, optimizer, make_plan(graph, state, planner, in_place))
     if budget == "min":
         budget = 0
     elif isinstance(budget, str):  # a share of the plan without swap
         budget = int(make_plan(graph, state, planner, in_place).peak_bytes
                      * float(budget[:-1]) / 100)
+    swap = replace(swap, budget=budget)
     where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
 
     def plan_at(level: int) -> Prepared:
         g = build_graph(cfg, batch_size, require_loss, frugal=level)
-        return Prepared(cfg, g, optimizer, make_plan(g, state, planner, in_place, budget,
-                                                     lookahead, where, smallest=budget == 0,
-                                                     direct=direct), swap_dir)
+        return Prepared(cfg, g, optimizer, make_plan(g, state, planner, in_place, swap, where),
+                        swap)
 
     if budget == 0:  # as little memory as possible
         return plan_at(FRUGAL_LEVELS[-1])

@@ -75,7 +75,7 @@ def im2col(x, win: Window, col):
 def gather_table(win: Window) -> np.ndarray:
     """For each kernel tap and output pixel, the flat input pixel it reads, or h·w (a
     zero kept after the image) in the padding. Made once when the layer is planned:
-    taps × output pixels indices (74 KiB for a 3×3 conv with a 32×32 output)."""
+    taps × output pixels indices (16 KiB for a 3×3 conv with a 15×15 output)."""
     (h, w), (kh, kw), (sh, sw), (dh, dw) = win.hw, win.kernel, win.stride, win.dilation
     top, _, left, _ = win.pad
     ki, kj, i, j = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(win.out[0]),
@@ -102,6 +102,7 @@ def col2im(col, win: Window, dx):
 
 
 GATHER_BELOW_WIDTH = 16
+GATHER_TABLE_MAX_BYTES = 64 * 1024
 
 
 @register
@@ -129,12 +130,15 @@ class Conv2D(Layer):
         # im2col a few samples at a time: its buffer stays about the size of the output
         # instead of kh·kw times the input (NNTrainer goes one at a time; frugal plans
         # divide the chunk)
-        self.dims = (n, f, c * kh * kw, oh * ow)
+        self.dims = (n, f, c * kh * kw, oh * ow)   # batch, filters, column length, pixels
         per_sample = c * kh * kw * oh * ow
         self.chunk = max(1, min(n, -(-f * oh * ow * n // per_sample)) // max(ctx.frugal, 1))
         # narrow outputs: one np.take beats kh·kw strided copies of short rows (measured:
-        # 3x faster at 10 wide, 1.4x slower at 32 wide)
-        self.table = gather_table(self.win) if ow < GATHER_BELOW_WIDTH else None
+        # 3x faster at 10 wide, 1.4x slower at 32 wide). The table is the one array a
+        # layer keeps outside the arena: a constant of kh·kw·oh·ow 8-byte indices, made
+        # only while it stays under GATHER_TABLE_MAX_BYTES.
+        narrow = ow < GATHER_BELOW_WIDTH and kh * kw * oh * ow * 8 <= GATHER_TABLE_MAX_BYTES
+        self.table = gather_table(self.win) if narrow else None
         if self.table is not None:
             ctx.temp("padded", (self.chunk, c, h * w + 1), Phase.FORWARD)
             ctx.temp("padded_grad", (self.chunk, c, h * w + 1), Phase.CALC_GRADIENT)
@@ -143,11 +147,6 @@ class Conv2D(Layer):
         ctx.temp("col_grad", col, Phase.CALC_GRADIENT)
         ctx.temp("filter_part", (f, c, kh, kw), Phase.CALC_GRADIENT)
         ctx.temp("col_deriv", col, Phase.CALC_DERIVATIVE)
-
-    def _shapes(self, ctx):
-        """Batch, filters, column length, output pixels (from finalize: in backward the
-        output itself need not be resident)."""
-        return self.dims
 
     def _columns(self, x, temps, padded, col):
         if self.table is None:
@@ -160,7 +159,7 @@ class Conv2D(Layer):
             yield start, min(self.chunk, n - start)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
-        n, f, k, pix = self._shapes(ctx)
+        n, f, k, pix = self.dims
         x, col, w = ctx.inputs[0], ctx.temps["col"], ctx.weights["filter"].reshape(f, k)
         y = ctx.outputs[0].reshape(n, f, pix)
         for s, m in self._chunks(n):
@@ -170,7 +169,7 @@ class Conv2D(Layer):
             y += ctx.weights["bias"][:, None]
 
     def calc_gradient(self, ctx: RunContext) -> None:
-        n, f, k, pix = self._shapes(ctx)
+        n, f, k, pix = self.dims
         x, col = ctx.inputs[0], ctx.temps["col_grad"]
         dy = ctx.out_grads[0].reshape(n, f, pix)
         dw, part = ctx.grads["filter"].reshape(f, k), ctx.temps["filter_part"].reshape(f, k)
@@ -185,7 +184,7 @@ class Conv2D(Layer):
             np.sum(dy, axis=(0, 2), out=ctx.grads["bias"])
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        n, f, k, pix = self._shapes(ctx)
+        n, f, k, pix = self.dims
         col, wt = ctx.temps["col_deriv"], ctx.weights["filter"].reshape(f, k).T
         dy = ctx.out_grads[0].reshape(n, f, pix)
         for s, m in self._chunks(n):

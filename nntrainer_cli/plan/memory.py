@@ -8,7 +8,7 @@ from nntrainer_cli.graph import LayerGraph
 
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
-from .swap import DIRECT_IO_BLOCK, SwapPlan, make_swap_plan
+from .swap import SwapOptions, SwapPlan, make_swap_plan
 
 
 @dataclass
@@ -38,10 +38,10 @@ class MemoryPlan:
 
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
-              in_place: bool = True, budget: int | None = None, lookahead: int = 2,
-              where=None, smallest: bool = False, direct: bool = False) -> MemoryPlan:
-    """The plan; with a `budget`, also the swap schedule that keeps the resident arena
-    within it (`where` builds the error when it cannot)."""
+              in_place: bool = True, swap: SwapOptions | None = None,
+              where=None) -> MemoryPlan:
+    """The plan; with `swap`, also the schedule that keeps the resident arena within its
+    budget (`where` builds the error when it cannot)."""
     ts = build_specs(graph, optimizer_state, in_place)
     roots = ts.roots()
     items = [Item(s.bytes, s.first, s.last) for s in roots]
@@ -57,7 +57,6 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
             s.offset = ts.specs[s.alias_of].offset
     plan = MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
                       sum(it.size for it in items), frugal=graph.frugal)
-    if budget is not None:
-        plan.swap = make_swap_plan(ts, budget, lookahead, planner, where, smallest,
-                                   DIRECT_IO_BLOCK if direct else 64)
+    if swap is not None:
+        plan.swap = make_swap_plan(ts, swap, planner, where)
     return plan

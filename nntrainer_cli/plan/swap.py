@@ -19,10 +19,26 @@ from functools import cached_property
 from nntrainer_cli.errors import ConfigError
 
 from .planners import Item, check_valid, lower_bound, plan_offsets
-from .specs import TensorSet, TensorSpec
+from .specs import ALIGN, TensorSet, TensorSpec
 
-DIRECT_IO_BLOCK = 4096
+DIRECT_IO_BLOCK = 4096  # O_DIRECT moves whole blocks between block-aligned memory and disk
 DEFAULT_LOOKAHEAD = 2
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """Swapping under a memory budget, as asked for by the flags or NNTrainer's
+    memory_swap keys: what the planner needs (budget, lookahead, block size) and where
+    the runtime puts the swap file."""
+    budget: int                 # bytes the resident arena may hold; 0: as few as can be
+    lookahead: int = DEFAULT_LOOKAHEAD  # slots between a load's start and the use
+    direct: bool = False        # an O_DIRECT swap file: every stay in whole blocks
+    directory: str = ""
+
+    @property
+    def unit(self) -> int:
+        """What every stay is rounded up to."""
+        return DIRECT_IO_BLOCK if self.direct else ALIGN
 
 
 @dataclass
@@ -273,13 +289,11 @@ def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner
     return best
 
 
-def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
-                   where=None, smallest: bool = False, unit: int = 64) -> SwapPlan:
-    """The schedule with the fewest swaps found that fits `budget`; a ConfigError naming
-    the smallest budget that works when none does. With `smallest`, the schedule that
-    swaps everything idle, whatever it needs. `unit` rounds every stay up (4096 for
-    direct I/O, which moves whole blocks from block-aligned memory)."""
-    end = ts.end
+def make_swap_plan(ts: TensorSet, opts: SwapOptions, planner: str, where=None) -> SwapPlan:
+    """The schedule with the fewest swaps found that fits the budget; a ConfigError
+    naming the smallest budget that works when none does. A budget of 0 asks for the
+    schedule that swaps everything idle, whatever it needs."""
+    end, budget, lookahead, unit = ts.end, opts.budget, opts.lookahead, opts.unit
     uses = _group_uses(ts)
 
     def fresh():
@@ -289,7 +303,7 @@ def make_swap_plan(ts: TensorSet, budget: int, lookahead: int, planner: str,
     least, least_log = fresh(), []
     _relieve(least, 0, lookahead, end, least_log)
     floor = _place(least, lookahead, planner, budget)
-    if smallest:
+    if budget == 0:
         floor.budget = floor.peak
         return floor
     if budget < floor.peak:  # refused at once: no search can go below the floor

@@ -16,6 +16,7 @@ from nntrainer_cli.errors import DataError
 
 
 SCAN_BYTES = 1 << 20   # raw files are checked in chunks of about this size when opened
+SNIFF_BYTES = 4096     # the head of a raw file that tells text from floats
 LARGE = 1e6            # a value beyond this in data is worth a warning
 
 
@@ -97,7 +98,7 @@ class RawDataset(Dataset):
         """Read the file once, a chunk at a time, before training: refuse text and values
         that are not finite (naming the record), and warn of values so large that the
         file is likely not float32 data."""
-        head = os.pread(self.fd, 4096, 0)
+        head = os.pread(self.fd, SNIFF_BYTES, 0)
         if head.isascii() and all(b >= 32 or b in b"\t\r\n" for b in head):
             raise where(f"{self.path} looks like a text file (CSV?); raw data files hold "
                         f"float32 records of {self.record_bytes} bytes, no text")

@@ -17,6 +17,7 @@ from nntrainer_cli.layers import RunContext
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.optim.initializers import initialize
 from nntrainer_cli.plan import MemoryPlan
+from nntrainer_cli.plan.swap import DIRECT_IO_BLOCK
 
 from .swap_io import Job
 
@@ -40,14 +41,13 @@ def kernel_settings():
         np.setbufsize(old)
 
 
-ARENA_ALIGN = 4096  # page-aligned, as direct swap I/O needs
 MAX_VIEWS_PER_JOB = 64  # well under the system's limit of buffers per preadv (IOV_MAX)
 
 
 def allocate_arena(plan: MemoryPlan) -> np.ndarray:
     """The one large allocation of a run: every tensor lives in it."""
-    raw = np.zeros(plan.arena_bytes + ARENA_ALIGN, dtype=np.uint8)
-    start = -raw.ctypes.data % ARENA_ALIGN
+    raw = np.zeros(plan.arena_bytes + DIRECT_IO_BLOCK, dtype=np.uint8)
+    start = -raw.ctypes.data % DIRECT_IO_BLOCK   # block-aligned, as direct swap I/O needs
     return raw[start:start + plan.arena_bytes]
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from nntrainer_cli.config import ModelConfig
 from nntrainer_cli.errors import TrainingError
 from nntrainer_cli.graph import LayerGraph
-from nntrainer_cli.plan import MemoryPlan
+from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
 
 from . import weights as weights_io
@@ -34,8 +34,7 @@ class TrainOptions:
     quiet: bool = False
     save: str | None = None
     init_weights: str | None = None
-    swap_dir: str | None = None
-    swap_direct: bool = False
+    swap: SwapOptions | None = None   # where the swap file goes, and O_DIRECT or not
     trace_memory: bool = True    # tracemalloc: exact numpy peak, but slower small kernels
 
 
@@ -122,8 +121,8 @@ class Trainer:
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
             arena = allocate_arena(plan)
             traced.exclude_since_here()
-            io = SwapIO(SwapFile(opts.swap_dir, plan.swap.file_bytes, opts.swap_direct),
-                        inline=not opts.swap_direct) if plan.swap else None
+            io = SwapIO(SwapFile(opts.swap.directory, plan.swap.file_bytes, opts.swap.direct),
+                        inline=not opts.swap.direct) if plan.swap else None
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
