@@ -184,9 +184,9 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
         report = getattr(stop, "report", None)
-        done = len(report["epochs"]) if report else 0
+        done = len(report.epochs) if report else 0
         if report_path and report:
-            write_text(report_path, json.dumps(report, indent=2))
+            write_text(report_path, json.dumps(report.to_json(), indent=2))
         _fail(f"interrupted after {done} of {epochs} epochs; {saved}"
               + (f"; report in {report_path}" if report_path and report else ""),
               getattr(stop, "exit_code", 130))
@@ -194,7 +194,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         for ds in data.values():
             ds.close()
     if report_path:
-        write_text(report_path, json.dumps(report, indent=2))
+        write_text(report_path, json.dumps(report.to_json(), indent=2))
     if not quiet:
         click.echo(train_summary(report))
 

@@ -6,6 +6,7 @@ import math
 
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
+from nntrainer_cli.runtime.results import TrainReport
 
 
 def human(n: int | float | None) -> str:
@@ -147,37 +148,36 @@ def model_summary(plan: MemoryPlan, graph) -> str:
             f"batch {plan.batch_size}\n{plan_summary(plan)}")
 
 
-def train_summary(report: dict) -> str:
-    m = report["memory"]
-    last = report["epochs"][-1]
-    rows = [["train accuracy", f"{last['train_accuracy']:.4f}"],
-            ["train loss", f"{last['train_loss']:.4f}"]]
-    if last["val_accuracy"] is not None:
-        rows += [["validation accuracy", f"{last['val_accuracy']:.4f}"],
-                 ["validation loss", f"{last['val_loss']:.4f}"]]
-    if report.get("test"):
-        rows += [["test accuracy", f"{report['test']['accuracy']:.4f}"],
-                 ["test loss", f"{report['test']['loss']:.4f}"]]
-    arena = m["swap"]["resident_peak_bytes"] if m.get("swap") else m["planned_peak_bytes"]
-    rows += [["planned peak", human(m["planned_peak_bytes"])],
-             ["lower bound", human(m["lower_bound_bytes"])],
-             ["naive total", human(m["naive_bytes"])]]
-    if m.get("swap"):
-        sw = m["swap"]
-        rows += [["memory budget", human(sw["budget_bytes"])],
-                 ["resident arena (swap)", human(sw["resident_peak_bytes"])],
-                 ["swapped out / in", f"{human(sw['bytes_out'])} / {human(sw['bytes_in'])}"],
+def train_summary(report: TrainReport) -> str:
+    m, last = report.memory, report.epochs[-1]
+    rows = [["train accuracy", f"{last.train_accuracy:.4f}"],
+            ["train loss", f"{last.train_loss:.4f}"]]
+    if last.val_accuracy is not None:
+        rows += [["validation accuracy", f"{last.val_accuracy:.4f}"],
+                 ["validation loss", f"{last.val_loss:.4f}"]]
+    if report.test:
+        rows += [["test accuracy", f"{report.test.accuracy:.4f}"],
+                 ["test loss", f"{report.test.loss:.4f}"]]
+    arena = m.swap.resident_peak_bytes if m.swap else m.planned_peak_bytes
+    rows += [["planned peak", human(m.planned_peak_bytes)],
+             ["lower bound", human(m.lower_bound_bytes)],
+             ["naive total", human(m.naive_bytes)]]
+    if m.swap:
+        sw = m.swap
+        rows += [["memory budget", human(sw.budget_bytes)],
+                 ["resident arena (swap)", human(sw.resident_peak_bytes)],
+                 ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",
-                  f"{sw['loads_inline']} / {sw['loads_background']}"],
-                 ["swap I/O on the compute thread", f"{sw['inline_io_seconds']:.2f} s copying, "
-                                                    f"{sw['io_wait_seconds']:.2f} s waiting"]]
-    if m["measured_peak_bytes"] is not None:
-        ratio = m["measured_peak_bytes"] / arena if arena else 0
-        rows.append(["measured peak", f"{human(m['measured_peak_bytes'])} ({ratio:.2f}x arena)"])
-    if m.get("rss_delta_bytes") is not None:
-        rows.append(["training RSS growth", human(m["rss_delta_bytes"])])
-    rows += [["process peak RSS", human(m["rss_peak_bytes"])],
-             ["time", f"{report['seconds']:.1f} s"],
-             ["weights", f"saved to {report['weights']}" if report["weights"]
+                  f"{sw.loads_inline} / {sw.loads_background}"],
+                 ["swap I/O on the compute thread", f"{sw.inline_io_seconds:.2f} s copying, "
+                                                    f"{sw.io_wait_seconds:.2f} s waiting"]]
+    if m.measured_peak_bytes is not None:
+        ratio = m.measured_peak_bytes / arena if arena else 0
+        rows.append(["measured peak", f"{human(m.measured_peak_bytes)} ({ratio:.2f}x arena)"])
+    if m.rss_delta_bytes is not None:
+        rows.append(["training RSS growth", human(m.rss_delta_bytes)])
+    rows += [["process peak RSS", human(m.rss_peak_bytes)],
+             ["time", f"{report.seconds:.1f} s"],
+             ["weights", f"saved to {report.weights}" if report.weights
               else "not saved (use --save FILE)"]]
     return table(["result", "value"], rows, right={1})

@@ -16,6 +16,7 @@ from nntrainer_cli.errors import TrainingError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
+from .results import EpochResult, MemoryFigures, SwapFigures, TestResult, TrainReport
 
 from . import weights as weights_io
 from .data import Dataset, open_dataset
@@ -101,15 +102,13 @@ class Trainer:
                                     acc=f"{correct / ((k + 1) * batch):.3f}")
         return loss_sum / steps, correct / (steps * batch), iteration
 
-    def run(self) -> dict:
+    def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
         if self.data["train"].count < self.graph.batch_size:
             raise TrainingError(f"the training set has {self.data['train'].count} records, fewer "
                                 f"than one batch of {self.graph.batch_size}")
         rng = np.random.default_rng(opts.seed)
-        report = {"model": self.cfg.path, "batch_size": self.graph.batch_size,
-                  "planner": plan.planner, "weights": opts.save, "interrupted": False,
-                  "epochs": []}
+        report = TrainReport(self.cfg.path, self.graph.batch_size, plan.planner, opts.save)
         stopped = None
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
@@ -133,35 +132,24 @@ class Trainer:
             finally:
                 if io is not None:
                     io.close()
-        report["memory"] = {
-            "planned_peak_bytes": plan.peak_bytes,
-            "lower_bound_bytes": plan.lower_bound_bytes,
-            "naive_bytes": plan.naive_bytes,
-            "measured_peak_bytes": traced.peak,
-            "rss_peak_bytes": rss_peak_bytes(),
-            "rss_delta_bytes": rss.delta,
-            "rss_peak_reset": rss.reset,
-        }
+        swap = SwapFigures(
+            plan.swap.budget, plan.swap.peak, plan.swap.lookahead, plan.frugal, io.moved_in,
+            io.moved_out, io.waited, io.inline_seconds, io.loads_inline, io.loads_background,
+            plan.swap.bytes_in, plan.swap.bytes_out) if plan.swap else None
+        report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
+                                      plan.naive_bytes, traced.peak, rss_peak_bytes(),
+                                      rss.delta, rss.reset, swap)
         done = self.step_seconds[:self.steps_done]
         timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done
-        report["step_seconds_median"] = float(np.median(timed)) if len(timed) else None
-        if plan.swap:
-            report["memory"]["swap"] = {
-                "budget_bytes": plan.swap.budget, "resident_peak_bytes": plan.swap.peak,
-                "lookahead": plan.swap.lookahead, "frugal": plan.frugal, "bytes_in": io.moved_in,
-                "bytes_out": io.moved_out, "io_wait_seconds": io.waited,
-                "inline_io_seconds": io.inline_seconds, "loads_inline": io.loads_inline,
-                "loads_background": io.loads_background,
-                "bytes_in_per_iteration": plan.swap.bytes_in,
-                "bytes_out_per_iteration": plan.swap.bytes_out}
-        report["seconds"] = time.perf_counter() - t0
+        report.step_seconds_median = float(np.median(timed)) if len(timed) else None
+        report.seconds = time.perf_counter() - t0
         if stopped is not None:
-            report["interrupted"] = True
+            report.interrupted = True
             stopped.report = report
             raise stopped
         return report
 
-    def _train(self, ex: Executor, report: dict, rng, init_rng) -> None:
+    def _train(self, ex: Executor, report: TrainReport, rng, init_rng) -> None:
         """Initialize (or load) the weights, run the epochs, evaluate; fills `report`."""
         opts = self.opts
         ex.initialize(init_rng)
@@ -173,24 +161,22 @@ class Trainer:
         for epoch in range(1, opts.epochs + 1):
             e0 = time.perf_counter()
             loss, acc, iteration = self._epoch(ex, epoch, rng, iteration)
-            row = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
-                   "val_loss": None, "val_accuracy": None}
+            row = EpochResult(epoch, loss, acc)
             if "valid" in self.data:
-                row["val_loss"], row["val_accuracy"] = self._evaluate(ex, self.data["valid"])
-            row["seconds"] = time.perf_counter() - e0
-            report["epochs"].append(row)
+                row.val_loss, row.val_accuracy = self._evaluate(ex, self.data["valid"])
+            row.seconds = time.perf_counter() - e0
+            report.epochs.append(row)
             if opts.save:
                 weights_io.save(ex, opts.save, epoch, iteration,
                                 with_adam=self.optimizer.state == ("adam_m", "adam_v"))
             self._log(_epoch_line(row, opts.epochs))
         if "test" in self.data:
-            loss, acc = self._evaluate(ex, self.data["test"])
-            report["test"] = {"loss": loss, "accuracy": acc}
+            report.test = TestResult(*self._evaluate(ex, self.data["test"]))
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
-    text = (f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
-            f"acc {row['train_accuracy']:.4f}")
-    if row["val_loss"] is not None:
-        text += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
-    return text + f"  ({row['seconds']:.2f}s)"
+def _epoch_line(row: EpochResult, epochs: int) -> str:
+    text = (f"epoch {row.epoch}/{epochs}  loss {row.train_loss:.4f}  "
+            f"acc {row.train_accuracy:.4f}")
+    if row.val_loss is not None:
+        text += f"  val_loss {row.val_loss:.4f}  val_acc {row.val_accuracy:.4f}"
+    return text + f"  ({row.seconds:.2f}s)"

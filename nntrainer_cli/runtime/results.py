@@ -1,0 +1,73 @@
+"""What a training run gives: typed figures, written to JSON (`--report`) and shown as
+the summary table. Every field is documented once, here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_accuracy: float          # a fraction
+    val_loss: float | None = None  # None without a validation set
+    val_accuracy: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TestResult:
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class SwapFigures:
+    budget_bytes: int
+    resident_peak_bytes: int       # the resident arena the budget allowed
+    lookahead: int
+    frugal: int                    # 0, or the frugal level the budget needed
+    bytes_in: int                  # moved over the whole run
+    bytes_out: int
+    io_wait_seconds: float         # the compute thread waiting for the I/O thread
+    inline_io_seconds: float       # the compute thread copying page-cache data itself
+    loads_inline: int
+    loads_background: int
+    bytes_in_per_iteration: int    # as planned
+    bytes_out_per_iteration: int
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    planned_peak_bytes: int
+    lower_bound_bytes: int
+    naive_bytes: int               # every tensor in its own bytes
+    measured_peak_bytes: int | None  # tracemalloc's peak; None with --no-tracemalloc
+    rss_peak_bytes: int            # the process's peak resident set
+    rss_delta_bytes: int | None    # its growth during training, when measurable
+    rss_peak_reset: bool           # whether the kernel's peak could be reset first
+    swap: SwapFigures | None = None
+
+
+@dataclass
+class TrainReport:
+    model: str
+    batch_size: int
+    planner: str
+    weights: str | None            # where they were saved; None: not saved
+    epochs: list[EpochResult] = field(default_factory=list)
+    interrupted: bool = False      # stopped by Ctrl-C or SIGTERM: these are finished epochs
+    test: TestResult | None = None
+    memory: MemoryFigures | None = None
+    step_seconds_median: float | None = None  # after the first warm-up steps
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        """Plain values for json.dump; a missing test set or swap leaves its key out."""
+        out = asdict(self)
+        if out["test"] is None:
+            del out["test"]
+        if out["memory"] is not None and out["memory"]["swap"] is None:
+            del out["memory"]["swap"]
+        return out
