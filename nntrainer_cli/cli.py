@@ -19,6 +19,18 @@ from nntrainer_cli.plan import PLANNER_NAMES
 MODEL_EXTENSIONS = (".ini", ".yaml", ".yml")
 
 
+class FilePath(click.Path):
+    """A file path; an empty one is refused rather than silently meaning 'none'."""
+
+    def convert(self, value, param, ctx):
+        if value == "":
+            self.fail("an empty path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FILE = FilePath(dir_okay=False)
+
+
 def _fail(message: str, code: int):
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -69,6 +81,9 @@ class OneLineErrors(click.Group):
             _fail(e.format_message(), e.exit_code)
         except click.Abort:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # the reader went away (`nntrainer check | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
@@ -90,7 +105,7 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-_model_arg = click.argument("model", type=click.Path(dir_okay=False))
+_model_arg = click.argument("model", type=FILE)
 _planner_opt = click.option("--planner", type=click.Choice(PLANNER_NAMES), default="best",
                             show_default=True,
                             help="Memory planner; 'best' runs all and keeps the smallest arena.")
@@ -115,15 +130,15 @@ _set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KE
 @click.option("--epochs", type=click.IntRange(min=1), help="Override [Model] epochs.")
 @_batch_opt
 @_planner_opt
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for weight initialization and shuffling.")
 @click.option("--no-shuffle", is_flag=True, help="Read training data in file order.")
-@click.option("--init-weights", type=click.Path(dir_okay=False),
+@click.option("--init-weights", type=FILE,
               help="Start from this NNTrainer weights file (.bin).")
-@click.option("--save", type=click.Path(dir_okay=False),
+@click.option("--save", type=FILE,
               help="Save weights here after every epoch (NNTrainer .bin layout, atomic); "
                    "default: [Model] save_path.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+@click.option("--report", "report_path", type=FILE,
               help="Write the results as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--no-tracemalloc", "no_trace", is_flag=True,
@@ -151,7 +166,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     from nntrainer_cli.runtime.swap_io import check_swap_dir
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                budget=parse_size(budget) if budget else None, lookahead=lookahead,
+                budget=parse_size(budget) if budget is not None else None, lookahead=lookahead,
                 swap_dir=swap_dir, direct=swap_direct)
     cfg = p.cfg
     _warn(cfg.warnings, quiet)
@@ -209,7 +224,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
 @_planner_opt
 @_budget_opt
 @_lookahead_opt
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
+@click.option("--output", "-o", type=FILE,
               help="Write to this file instead of standard output.")
 @_set_opt
 @handle_errors
@@ -224,7 +239,7 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
     from nntrainer_cli.pipeline import parse_size
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                require_loss=False, budget=parse_size(budget) if budget else None,
+                require_loss=False, budget=parse_size(budget) if budget is not None else None,
                 lookahead=lookahead)
     _warn(p.cfg.warnings)
     text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
@@ -255,7 +270,7 @@ def summary(model, batch_size, overrides):
 @_model_arg
 @click.option("--to", "fmt", type=click.Choice(["yaml", "ini"]), required=True,
               help="The format to write.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
+@click.option("--output", "-o", type=FILE,
               help="Write to this file (relative data paths are rebased to it) instead of "
                    "standard output.")
 @handle_errors
@@ -265,9 +280,10 @@ def convert(model, fmt, output):
     converted model plans and trains exactly like MODEL."""
     from nntrainer_cli.config.reader import read_model_file
     from nntrainer_cli.config.model import load_config
+    from nntrainer_cli.graph import build_graph
     from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml
 
-    load_config(model)  # refuse to convert a model that does not load
+    build_graph(load_config(model), require_loss=False)  # refuse a model that does not build
     sections = read_model_file(model)
     if output:
         check_writable(output)

@@ -37,6 +37,11 @@ def _permissions(path: str) -> int:
 def atomic_open(path: str, mode: str = "w"):
     """Open a temp file beside `path`; on success it is synced and renamed over it."""
     check_writable(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a device or a pipe (/dev/stdout, /dev/null): written in place, never replaced
+        with open(path, mode) as f:
+            yield f
+        return
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
     try:
         os.fchmod(fd, _permissions(path))

@@ -25,9 +25,9 @@ def parse_size(text: str) -> int | str:
     if re.fullmatch(r"\d+(\.\d+)?%", t) and 0 < float(t[:-1]) <= 100:
         return t
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
-    if not m or m.group(2) not in UNITS or float(m.group(1)) <= 0:
-        raise ConfigError(f"expected a size like 64MiB, 1.5GB, 500000 or 50%, got {text!r}",
-                          key="--memory-budget")
+    if not m or m.group(2) not in UNITS or float(m.group(1)) * UNITS[m.group(2)] < 1:
+        raise ConfigError(f"expected a size of at least one byte like 64MiB, 1.5GB, 500000 "
+                          f"or 50%, got {text!r}", key="--memory-budget")
     return int(float(m.group(1)) * UNITS[m.group(2)])
 
 
@@ -73,8 +73,8 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
     if budget == "min":
         budget = 0
     elif isinstance(budget, str):  # a share of the plan without swap
-        budget = int(make_plan(graph, state, planner, in_place).peak_bytes
-                     * float(budget[:-1]) / 100)
+        budget = max(1, int(make_plan(graph, state, planner, in_place).peak_bytes
+                            * float(budget[:-1]) / 100))   # 0 would mean "as little as can be"
     swap = replace(swap, budget=budget)
     where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
 

@@ -169,3 +169,119 @@ def test_fuzzed_corpus_files_never_crash(tmp_path):
             f"{src} mutation {k}: {res.output}"
         outcomes[res.exit_code] += 1
     assert outcomes[0] and outcomes[2]   # the mutations both break and spare files
+
+
+# Found by fuzzing the command line: each was a traceback, exit 1 or exit 0 before.
+FUZZED = [  # (model text, extra args, text the one error line must contain)
+    (GOOD, ("--seed", "-1"), "--seed"),
+    (GOOD.replace("input_layers = conv\n[b]", "input_layers = conv(1)\n[b]"), (),
+     "[a] input_layers: [conv] has no output 1"),
+    (GOOD.replace("input_layers = conv\n[b]", "input_layers = conv(99999999999999999999)\n[b]"),
+     (), "no layer has 1024 or more outputs"),
+    (GOOD.replace("unit = 3\ninput_layers = conv", "unit = 99999999999\ninput_layers = conv"),
+     (), "more than this machine can allocate"),
+    (GOOD.replace("[in]", "[LearningRateScheduler]\ntype = exponential\nlearning_rate = 0.01\n"
+                  "decay_rate = 1e308\ndecay_steps = 1\n[in]"), (), "decay factor in (0, 1]"),
+    (GOOD.replace("type = adam", "type = adam\nlearning_rate = nan"), (), "a finite number"),
+    (GOOD.replace("[optimizer]", "[Optimizer]").replace("[conv]", "[pool]\ntype = pooling2d\n"
+                  "pooling = max\npool_size = 2,2\npadding = 5,5\n[conv]"), (),
+     "must be smaller than the pool size"),
+    (GOOD, ("--batch-size", "1000"), "fewer than one batch of 1000"),
+    (GOOD, ("--memory-budget", "0.5"), "at least one byte"),
+    (GOOD, ("--save", ""), "an empty path"),
+    (GOOD, ("--report", ""), "an empty path"),
+    (GOOD, ("--init-weights", "{tmp}/long.bin"), "does not fit this model"),
+]
+
+
+@pytest.mark.parametrize("text,args,message", FUZZED, ids=[c[2][:30] for c in FUZZED])
+def test_fuzzed_bad_input_is_one_line_and_exit_2(tmp_path, text, args, message):
+    (tmp_path / "train.dat").write_bytes(b"\0" * 4 * (16 + 3) * 4)
+    model = tmp_path / "m.ini"
+    model.write_text(text)
+    assert run("train", str(model), "-q", "--save", str(tmp_path / "w.bin")).exit_code == 0 \
+        or text != GOOD
+    (tmp_path / "long.bin").write_bytes((tmp_path / "w.bin").read_bytes() + b"x"
+                                        if (tmp_path / "w.bin").exists() else b"")
+    res = run("train", str(model), "-q", *[a.format(tmp=tmp_path) for a in args])
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert message in errors[0], errors[0]
+
+
+def test_bad_npz_files_are_refused(tmp_path):
+    model = tiny_model(tmp_path)
+    (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "text.npz", x=np.array([["a"] * 4] * 8), y=np.zeros(8, int))
+    np.savez(tmp_path / "scalar.npz", x=np.float32(3), y=np.int64(3))
+    np.savez(tmp_path / "complex.npz", x=np.zeros((8, 4), np.float32), y=np.zeros((8, 3), complex))
+    for name, message in [("garbage", "File is not a zip file"), ("empty", "cannot read"),
+                          ("text", "holds <U1 values"), ("scalar", "one row per record"),
+                          ("complex", "holds complex128 values")]:
+        res = run("train", model, "-q", "--set", f"train_set.path={tmp_path / name}.npz")
+        errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and message in errors[0], res.output
+
+
+def test_yaml_nested_too_deeply_or_with_a_bad_character(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("layers: " + "[" * 50000 + "]" * 50000)
+    res = run("check", str(deep))
+    assert res.exit_code == 2 and "nested too deeply" in res.output
+    c1 = tmp_path / "c1.yaml"
+    c1.write_text('model: {loss: cross}\nlayers:\n  - {name: in, type: input, '
+                  'input_shape: "1:1:64\x91"}\n')
+    res = run("check", str(c1))
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "c1.yaml:3" in errors[0], res.output
+    assert len(res.output.strip().splitlines()) == 2   # the error and the count
+
+
+def test_model_files_that_are_not_files(tmp_path):
+    fifo = tmp_path / "model.ini"
+    os.mkfifo(fifo)   # reading it would block for ever
+    res = run("check", str(fifo))
+    assert res.exit_code == 2 and "not a regular file" in res.output
+
+
+def test_output_to_a_pipe_is_written_in_place_not_replaced(tmp_path):
+    """A device or pipe given as output (/dev/stdout, /dev/null) is written, never
+    replaced by a regular file (as root, a rename would replace /dev/null itself)."""
+    import stat
+    import threading
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
+    reader.start()
+    res = run("convert", tiny_model(tmp_path), "--to", "yaml", "-o", str(fifo))
+    reader.join(timeout=30)
+    assert res.exit_code == 0, res.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and "layers:" in got[0]
+
+
+def test_convert_refuses_a_model_that_does_not_build(tmp_path):
+    (tmp_path / "train.dat").write_bytes(b"")
+    model = tmp_path / "m.ini"
+    model.write_text(GOOD.replace("input_layers = a, b", "input_layers = a, nosuch"))
+    res = run("convert", str(model), "--to", "yaml")
+    assert res.exit_code == 2 and "no layer named [nosuch]" in res.output
+
+
+@pytest.mark.parametrize("bad,message", [(9.0, "embedding [e] token id 9.0, outside 0..4"),
+                                         (-1.0, "embedding [e] token id -1.0, outside 0..4"),
+                                         (np.nan, "t.dat record 5: input 0 value 1 is nan")])
+def test_token_ids_outside_the_embedding_are_bad_data(tmp_path, bad, message):
+    ids = np.tile(np.array([[0, 1, 2, 1, 0]], np.float32), (8, 1))
+    ids[5, 1] = bad
+    np.concatenate([ids[:, :3], ids[:, 3:]], axis=1).astype("<f4").tofile(tmp_path / "t.dat")
+    model = tmp_path / "e.ini"
+    model.write_text("[Model]\nloss = cross\nbatch_size = 4\n[Optimizer]\ntype = sgd\n"
+                     "[train_set]\npath = t.dat\n[in]\ntype = input\ninput_shape = 1:1:3\n"
+                     "[e]\ntype = embedding\nin_dim = 5\nout_dim = 2\nflatten = true\n"
+                     "[out]\ntype = fully_connected\nunit = 2\nactivation = softmax\n")
+    res = run("train", str(model), "-q")
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert message in errors[0]

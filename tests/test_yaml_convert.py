@@ -88,3 +88,21 @@ def test_convert_rebases_relative_paths(tmp_path):
                "-o", str(out)).exit_code == 0
     res = run("check", str(out))
     assert res.exit_code == 0 and "warning" not in res.output, res.output
+
+
+def test_odd_values_and_names_survive_a_round_trip(tmp_path):
+    """Quotes, comment marks and a trailing backslash in values, a layer name outside
+    Unicode's first plane, and a `name` key in a layer (found by fuzzing)."""
+    src = tmp_path / "odd.ini"
+    src.write_text('[Model]\nloss = cross\nbatch_size = 2\nsave_path = "we\\"ird#dir\\\\"\n'
+                   "[in]\ntype = input\ninput_shape = 1:1:4\n"
+                   "[\U0001d52cut]\ntype = fully_connected\nunit = 3\nname = x\nactivation = softmax\n")
+    assert run("check", str(src)).exit_code == 0
+    as_yaml, back = tmp_path / "odd.yaml", tmp_path / "back.ini"
+    assert run("convert", str(src), "--to", "yaml", "-o", str(as_yaml)).exit_code == 0
+    assert run("convert", str(as_yaml), "--to", "ini", "-o", str(back)).exit_code == 0
+    for path in (src, as_yaml, back):
+        sections = {s.name: s for s in read_model_file(str(path))}
+        assert sections["model"].entries["save_path"].value == 'we"ird#dir\\', path
+        assert "\U0001d52cut" in sections
+    assert plan_of(str(src)) == plan_of(str(back))

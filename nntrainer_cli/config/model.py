@@ -41,7 +41,7 @@ MODEL_SCHEMA: P.Schema = {
     # The deprecated optimizer-in-[Model] form; ignored unless `optimizer` is given.
     "optimizer": P.Prop(P.enum("sgd", "adam", "adamw")),
     "learning_rate": P.Prop(P.positive_float),
-    "decay_rate": P.Prop(P.positive_float),
+    "decay_rate": P.Prop(P.decay_rate),
     "decay_steps": P.Prop(P.positive_int),
     "beta1": P.Prop(P.unit_interval),
     "beta2": P.Prop(P.unit_interval),
@@ -50,7 +50,7 @@ MODEL_SCHEMA: P.Schema = {
     "tensor_format": P.Prop(P.text),
 }
 
-_LR = {"learning_rate": P.Prop(P.positive_float), "decay_rate": P.Prop(P.positive_float),
+_LR = {"learning_rate": P.Prop(P.positive_float), "decay_rate": P.Prop(P.decay_rate),
        "decay_steps": P.Prop(P.positive_int)}
 OPTIMIZER_SCHEMAS: dict[str, P.Schema] = {
     "sgd": {**_LR, "momentum": P.Prop(P.unit_interval, 0.0)},
@@ -68,7 +68,7 @@ _MINMAX = {"max_learning_rate": P.Prop(P.positive_float, required=True),
 SCHEDULER_SCHEMAS: dict[str, P.Schema] = {
     "constant": {"learning_rate": P.Prop(P.positive_float, required=True)},
     "exponential": {"learning_rate": P.Prop(P.positive_float, required=True),
-                    "decay_rate": P.Prop(P.positive_float, required=True),
+                    "decay_rate": P.Prop(P.decay_rate, required=True),
                     "decay_steps": P.Prop(P.positive_int, required=True)},
     "step": {"learning_rate": P.Prop(P.float_list, required=True),
              "iteration": P.Prop(P.int_list, required=True)},

@@ -41,7 +41,10 @@ def nonneg_int(text: str) -> int:
 
 
 def floating(text: str) -> float:
-    return _num(text, float, "a number")
+    v = _num(text, float, "a number")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return v
 
 
 def nonneg_float(text: str) -> float:
@@ -55,6 +58,14 @@ def positive_float(text: str) -> float:
     v = floating(text)
     if v <= 0:
         raise ValueError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def decay_rate(text: str) -> float:
+    """A learning-rate decay factor: in (0, 1]."""
+    v = floating(text)
+    if not 0 < v <= 1:
+        raise ValueError(f"expected a decay factor in (0, 1], got {text!r}")
     return v
 
 
@@ -135,6 +146,7 @@ def padding(value: str):
     return tuple(nums)
 
 
+MAX_OUTPUTS = 1024
 _CONN = re.compile(r"^([A-Za-z0-9][-_./A-Za-z0-9]*)(?:\((\d+)\))?$")
 
 
@@ -145,6 +157,8 @@ def connections(value: str) -> list[tuple[str, int]]:
         m = _CONN.match(part.strip())
         if not m:
             raise ValueError(f"{part.strip()!r} is not a layer name")
+        if int(m.group(2) or 0) >= MAX_OUTPUTS:
+            raise ValueError(f"{part.strip()!r}: no layer has {MAX_OUTPUTS} or more outputs")
         out.append((m.group(1).lower(), int(m.group(2) or 0)))
     return out
 

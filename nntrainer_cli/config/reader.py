@@ -3,6 +3,9 @@ extension) YAML into the same sections."""
 
 from __future__ import annotations
 
+import os
+import stat
+
 from nntrainer_cli.errors import ConfigError
 
 from .ini import parse_ini
@@ -10,15 +13,22 @@ from .sections import Section
 from .yaml_file import parse_yaml
 
 
+MAX_MODEL_BYTES = 16 << 20   # NNTrainer's biggest model files are a few KiB
+
+
 def read_model_file(path: str) -> list[Section]:
     """Sections of an INI or (by extension) YAML model file."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO would block it
+            raise ConfigError("not a regular file", file=path)
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_MODEL_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("no such file", file=path) from None
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror}", file=path) from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise ConfigError(f"over {MAX_MODEL_BYTES >> 20} MiB: not a model file", file=path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -55,7 +55,11 @@ def to_ini(sections: list[Section], comments: list[str] = ()) -> str:
 
 
 def _ini_value(value: str) -> str:
-    return f'"{value}"' if any(c in value for c in "#;\"'") or value != value.strip() else value
+    """Plain when the INI reader reads the same text back, else quoted, with `\\` and
+    `"` escaped as the reader unescapes them."""
+    if value and value == value.strip() and not any(c in value for c in "#;\"'\\"):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _yaml_value(value: str) -> str:
@@ -63,11 +67,11 @@ def _yaml_value(value: str) -> str:
     if _PLAIN.fullmatch(value) and ": " not in value and not value.endswith((":", " ")) \
             and value.lower() not in _YAML_WORDS:
         return value
-    return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False)   # \u escapes of surrogates would not read back
 
 
 def _yaml_key(key: str) -> str:
-    return key if _PLAIN.fullmatch(key) and ":" not in key else json.dumps(key)
+    return key if _PLAIN.fullmatch(key) and ":" not in key else json.dumps(key, ensure_ascii=False)
 
 
 def to_yaml(sections: list[Section], comments: list[str] = ()) -> str:
@@ -79,6 +83,10 @@ def to_yaml(sections: list[Section], comments: list[str] = ()) -> str:
     if layers:
         out.append(f"{LAYERS}:")
         for s in layers:
-            out.append(f"  - name: {_yaml_value(s.name)}")
-            out += [f"    {_yaml_key(k)}: {_yaml_value(e.value)}" for k, e in s.entries.items()]
+            if not s.name:  # NNTrainer's `[]` backbone sections
+                raise s.error("a section without a name cannot be written as YAML, where a "
+                              "layer's name is its key")
+            out.append(f"  - name: {_yaml_value(s.name)}")   # the section name is the name
+            out += [f"    {_yaml_key(k)}: {_yaml_value(e.value)}" for k, e in s.entries.items()
+                    if k != "name"]
     return _header(list(comments)) + "\n".join(out) + "\n"

@@ -54,12 +54,18 @@ def _section(name: str, node, path: str, line_node) -> Section:
 def parse_yaml(text: str, path: str) -> list[Section]:
     try:
         root = yaml.compose(text)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        line = text[:e.position].count("\n") + 1
+        raise ConfigError(f"malformed YAML: character {e.character!r} is not allowed",
+                          file=path, line=line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"malformed YAML: {problem}", file=path,
                           line=mark.line + 1 if mark else None,
                           col=mark.column + 1 if mark else None) from None
+    except RecursionError:
+        raise ConfigError("malformed YAML: nested too deeply", file=path) from None
     if root is None:
         raise ConfigError("the file is empty: no Model and no layers", file=path)
     if not isinstance(root, yaml.MappingNode):

@@ -221,6 +221,9 @@ def _finalize(graph: LayerGraph) -> None:
             raise node.error(f"a {node.type} layer takes {lo}..{hi} inputs, got {count}",
                              "input_layers")
         if node.inputs:
+            for c, i in node.inputs:
+                if i >= len(graph.by_name[c].ctx.output_shapes):
+                    raise node.error(f"[{c}] has no output {i}", "input_layers")
             shapes = [graph.producer_shape(c) for c in node.inputs]
             if node.input_shape is not None and (batch,) + node.input_shape != shapes[0]:
                 raise node.error(f"input_shape {':'.join(map(str, node.input_shape))} does not "

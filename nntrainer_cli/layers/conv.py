@@ -212,6 +212,10 @@ class Pooling2D(Layer):
                 raise LayerError(f"{self.kind} pooling needs pool_size (e.g. 2,2)", "pool_size")
             pool, stride = p["pool_size"], p["stride"]
             pad = resolve_padding(p["padding"], (h, w), pool, stride, (1, 1))
+            if max(pad[:2]) >= pool[0] or max(pad[2:]) >= pool[1]:
+                raise LayerError(f"padding {','.join(map(str, pad))} must be smaller than the "
+                                 f"pool size {pool[0]}x{pool[1]}: a window of padding alone "
+                                 "has nothing to pool", "padding")
         self.win = Window((h, w), pool, stride, pad)
         oh, ow = self.win.out
         out = (n, c, oh, ow)

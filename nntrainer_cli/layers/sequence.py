@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from nntrainer_cli.config import props as P
-from nntrainer_cli.errors import TrainingError
+from nntrainer_cli.errors import DataError
 
 from .activation import sigmoid
 from .base import (BACKWARD, ITERATION, Access, FinalizeContext, Layer, LayerError, Phase,
@@ -34,12 +34,13 @@ class Embedding(Layer):
         ctx.output_shapes = [(n, 1, length, self.p["out_dim"])]
 
     def forward(self, ctx: RunContext, training: bool) -> None:
-        ids, table = ctx.temps["ids"], ctx.weights["embedding"]
-        np.copyto(ids, ctx.inputs[0].reshape(-1), casting="unsafe")
-        if ids.size and (ids.min() < 0 or ids.max() >= len(table)):
-            bad = ids.max() if ids.max() >= len(table) else ids.min()
-            raise TrainingError(f"embedding [{self.name}]: token id {bad} is outside "
-                                f"0..{len(table) - 1} (in_dim = {len(table)})")
+        ids, table, x = ctx.temps["ids"], ctx.weights["embedding"], ctx.inputs[0]
+        low, high = x.min(), x.max()   # before the cast, which would hide NaN
+        if x.size and not (0 <= low and high < len(table)):
+            bad = high if not high < len(table) else low
+            raise DataError(f"the data gives embedding [{self.name}] token id {bad}, outside "
+                            f"0..{len(table) - 1} (in_dim = {len(table)})")
+        np.copyto(ids, x.reshape(-1), casting="unsafe")
         # ids are checked above; mode="clip" keeps numpy from buffering the output
         np.take(table, ids, axis=0, out=ctx.outputs[0].reshape(len(ids), -1), mode="clip")
 

@@ -9,6 +9,7 @@ numbers, one-hot encoded on reading, or label rows), held in memory as stored.""
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -50,6 +51,8 @@ def open_dataset(path: str, input_sizes: list[int], label_sizes: list[int], wher
     """`where` builds a DataError pointing at the config key that named the file."""
     if os.path.isdir(path):
         raise where(f"data path is a directory, not a file: {path}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise where(f"data path is not a regular file: {path}")
     if path.lower().endswith(".npz"):
         return NpzDataset(path, input_sizes, label_sizes, where)
     return RawDataset(path, input_sizes, label_sizes, where)
@@ -149,8 +152,13 @@ class NpzDataset(Dataset):
         except KeyError as e:
             raise where(f"{path} has no array {e}; expected 'x' (features) and 'y' (labels)") \
                 from None
-        except (OSError, ValueError) as e:
-            raise where(f"cannot read data file {path}: {e}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise where(f"cannot read data file {path}: {e or type(e).__name__}") from None
+        for name, a in (("x", x), ("y", y)):
+            if a.ndim == 0 or len(a) == 0:
+                raise where(f"{path}: '{name}' must hold one row per record, got shape {a.shape}")
+            if a.dtype.kind not in "biuf":   # bool, integers, floats: nothing else is data
+                raise where(f"{path}: '{name}' holds {a.dtype} values; expected numbers")
         x = x.reshape(len(x), -1)
         if x.shape[1] != input_sizes[0]:
             raise where(f"{path} has {x.shape[1]} features per record but the model's input "

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from nntrainer_cli.errors import DataError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers import RunContext
 from nntrainer_cli.layers.base import Phase
@@ -46,7 +47,11 @@ MAX_VIEWS_PER_JOB = 64  # well under the system's limit of buffers per preadv (I
 
 def allocate_arena(plan: MemoryPlan) -> np.ndarray:
     """The one large allocation of a run: every tensor lives in it."""
-    raw = np.zeros(plan.arena_bytes + DIRECT_IO_BLOCK, dtype=np.uint8)
+    try:
+        raw = np.zeros(plan.arena_bytes + DIRECT_IO_BLOCK, dtype=np.uint8)
+    except (MemoryError, ValueError):
+        raise DataError(f"the plan needs an arena of {plan.arena_bytes:,} bytes, more than "
+                        "this machine can allocate; a --memory-budget makes it smaller") from None
     start = -raw.ctypes.data % DIRECT_IO_BLOCK   # block-aligned, as direct swap I/O needs
     return raw[start:start + plan.arena_bytes]
 

@@ -30,8 +30,10 @@ NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+: read only what the page
 
 
 def check_swap_dir(directory: str) -> None:
-    if not os.path.isdir(directory):
+    if not os.path.exists(directory):
         raise DataError(f"swap directory {directory} does not exist")
+    if not os.path.isdir(directory):
+        raise DataError(f"swap directory {directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise DataError(f"swap directory {directory} is not writable")
 

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nntrainer_cli.config import ModelConfig
-from nntrainer_cli.errors import TrainingError
+from nntrainer_cli.errors import DataError, TrainingError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
@@ -105,8 +105,8 @@ class Trainer:
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
         if self.data["train"].count < self.graph.batch_size:
-            raise TrainingError(f"the training set has {self.data['train'].count} records, fewer "
-                                f"than one batch of {self.graph.batch_size}")
+            raise DataError(f"the training set has {self.data['train'].count} records, fewer "
+                            f"than one batch of {self.graph.batch_size}")
         rng = np.random.default_rng(opts.seed)
         report = TrainReport(self.cfg.path, self.graph.batch_size, plan.planner, opts.save)
         stopped = None

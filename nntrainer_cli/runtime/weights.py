@@ -42,6 +42,8 @@ def load(ex: Executor, path: str) -> str | None:
     weights = ex.weight_names()
     need = sum(ex.plan.specs[n].nbytes for n in weights)
     try:
+        if not os.path.isfile(path) and os.path.exists(path):
+            raise DataError(f"weights file {path} is not a regular file")
         size = os.path.getsize(path)
         f = open(path, "rb")
     except OSError as e:
@@ -64,7 +66,8 @@ def load(ex: Executor, path: str) -> str | None:
                 with ex.persistent(name, write=True) as arr:
                     f.readinto(arr.data.cast("B"))
             return None
-        if tag == b"adam":
+        other = rest - len(b"adam") - 8   # Adam state of another set of trainable weights:
+        if tag == b"adam" and 0 < other <= 2 * need and other % 8 == 0:  # m and v floats
             return (f"{path}: weights loaded; its Adam state is for other trainable weights "
                     "than this model's, so Adam starts afresh")
         raise DataError(f"weights file {path} has {size} bytes, which does not fit this model: "
