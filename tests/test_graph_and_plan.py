@@ -61,6 +61,8 @@ def test_multiout_for_shared_outputs(tmp_path):
     ("[in]\ntype=input\ninput_shape=1:1:4\n"
      "[a]\ntype=fully_connected\nunit=4\ninput_layers=b\n"
      "[b]\ntype=fully_connected\nunit=4\ninput_layers=a\nactivation=softmax\n", "cycle"),
+    ("[in]\ntype=input\ninput_shape=1:1:4\n[fc]\ntype=fully_connected\nunit=3\n"
+     "activation=softmax\nflatten=true\n", "flatten in an earlier layer"),
 ])
 def test_graph_errors(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):

@@ -137,9 +137,11 @@ def _attach_loss(nodes: list[Node], cfg: ModelConfig, require_loss: bool) -> boo
         if loss == "cross":
             act = out.layer.p.get("activation") if out.type == "activation" else None
             if act not in ("softmax", "sigmoid"):
+                after = " (its 'flatten = true' comes after the activation: flatten in an " \
+                    "earlier layer)" if out.name.endswith("flatten_realized") else ""
                 raise cfg.model_section.error(
                     f"loss = cross needs the last layer [{out.section.name}] to end in "
-                    "'activation = softmax' or 'sigmoid'", "loss")
+                    f"'activation = softmax' or 'sigmoid'{after}", "loss")
             kind = "cross_" + act
             nodes.remove(out)
             for n in nodes:
