@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Item:
@@ -30,26 +32,31 @@ def naive(items: Sequence[Item]) -> list[int]:
 
 def _place(items: Sequence[Item], order: list[int], best_fit: bool) -> list[int]:
     """Place items in the given order, each in the lowest (first fit) or tightest
-    (best fit) gap left by already-placed items whose lifespans overlap it."""
-    offsets: list[int | None] = [None] * len(items)
-    placed: list[int] = []
+    (best fit) gap left by already-placed items whose lifespans overlap it. The overlap
+    test runs over arrays: a Python loop over every pair took seconds on deep models."""
+    first = np.array([it.first for it in items], dtype=np.int64)
+    last = np.array([it.last for it in items], dtype=np.int64)
+    size = np.array([it.size for it in items], dtype=np.int64)
+    offsets = np.zeros(len(items), dtype=np.int64)
+    placed = np.zeros(len(items), dtype=bool)
     for i in order:
-        it = items[i]
-        busy = sorted((offsets[j], offsets[j] + items[j].size) for j in placed
-                      if items[j].overlaps(it))
-        best, best_gap, at = None, None, 0
-        for lo, hi in busy:
-            gap = lo - at
-            if gap >= it.size:
+        near = np.flatnonzero(placed & (first <= last[i]) & (last >= first[i]))
+        lo = offsets[near]
+        hi = lo + size[near]
+        by = np.lexsort((hi, lo))
+        best, best_gap, at, need = None, None, 0, int(size[i])
+        for a, b in zip(lo[by].tolist(), hi[by].tolist()):
+            gap = a - at
+            if gap >= need:
                 if not best_fit:
                     best = at
                     break
                 if best_gap is None or gap < best_gap:
                     best, best_gap = at, gap
-            at = max(at, hi)
+            at = max(at, b)
         offsets[i] = best if best is not None else at
-        placed.append(i)
-    return offsets  # type: ignore[return-value]
+        placed[i] = True
+    return offsets.tolist()
 
 
 def _by_first_use(items: Sequence[Item]) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from nntrainer_cli.layers.base import Phase
@@ -31,12 +32,13 @@ def table(header: list[str], rows: list[list], right: set[int] = frozenset()) ->
 
 
 def live_bytes(plan: MemoryPlan) -> list[int]:
-    live = [0] * len(plan.slots)
+    """Bytes alive at each slot (a running sum of starts and ends)."""
+    change = [0] * (len(plan.slots) + 1)
     for s in plan.specs.values():
         if not s.alias_of:
-            for t in range(s.first, s.last + 1):
-                live[t] += s.bytes
-    return live
+            change[s.first] += s.bytes
+            change[s.last + 1] -= s.bytes
+    return list(itertools.accumulate(change))[:-1]
 
 
 def plan_summary(plan: MemoryPlan) -> str:
