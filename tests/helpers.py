@@ -1,17 +1,60 @@
-"""Test helpers: run one layer on plain float64 arrays, outside any arena."""
+"""Test helpers: the command line in-process, and one layer run on plain float64 arrays
+outside any arena."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+from click.testing import CliRunner
 
+from nntrainer_cli.cli import main
 from nntrainer_cli.layers import REGISTRY, FinalizeContext, RunContext
 from nntrainer_cli.layers.base import NODE_SCHEMA, WEIGHT_SCHEMA
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 CORPUS = os.path.join(SHARED, "nntrainer-ini")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
+
+# file (relative to the corpus) → None if it must pass, else text its error must contain
+CORPUS_EXPECTED = {
+    "Applications/AlexNet/res/alex.ini": None,
+    "Applications/Custom/LayerClient/res/custom_layer_client.ini": "unknown layer type 'custom_pow'",
+    "Applications/Layers/res/Conv.ini": None,
+    "Applications/Layers/res/LSTM.ini": None,
+    "Applications/Layers/res/Linear.ini": None,
+    "Applications/Layers/res/Model_A_Conv.ini": None,
+    "Applications/Layers/res/Model_A_Linear.ini": None,
+    "Applications/Layers/res/Model_C_Conv.ini": None,
+    "Applications/Layers/res/Model_C_Linear.ini": None,
+    "Applications/LogisticRegression/res/LogisticRegression.ini": None,
+    "Applications/MNIST/res/mnist.ini": None,
+    "Applications/MNIST/res/mnist_valid.ini": None,
+    "Applications/ProductRatings/res/product_ratings_model.ini": None,
+    "Applications/ReinforcementLearning/DeepQ/res/DeepQ.ini": None,
+    "Applications/Resnet/res/resnet18.ini": None,
+    "Applications/TFlite_export/res/fc_model.ini": None,
+    "Applications/Tizen_native/CustomShortcut/res/model.ini": None,
+    "Applications/TransferLearning/CIFAR_Classification/res/Classification.ini": None,
+    "Applications/TransferLearning/CIFAR_Classification/res/Classification_func.ini":
+        "TensorFlow Lite and NNStreamer backbones are not supported",
+    "Applications/TransferLearning/CIFAR_Classification/res/Classification_new.ini":
+        "unknown layer type 'InputLayer'",
+    "Applications/TransferLearning/Draw_Classification/res/Training.ini":
+        "TensorFlow Lite and NNStreamer backbones are not supported",
+    "Applications/VGG/res/vgg.ini": None,
+    "Applications/VGG/res/vgg_small.ini": None,
+    "test/test_models/models/mnist.ini": None,
+    "test/test_models/models/mnist_inf.ini": None,
+    "test/test_models/models/simple_fc.ini": "no [Model] section",
+    "test/test_models/models/simple_fc_backbone.ini": "no [Model] section",
+}
+
+
+def run(*args):
+    """The command line in this process (click's CliRunner): exit code and output."""
+    return CliRunner().invoke(main, list(args))
 
 
 def make_layer(kind: str, **props):

@@ -9,8 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from helpers import CORPUS
-from test_cli import run, tiny_model
+from helpers import CORPUS, run
 
 GOOD = ("[Model]\nloss = cross\nbatch_size = 4\nepochs = 1\n[Optimizer]\ntype = adam\n"
         "[train_set]\npath = train.dat\n"
@@ -69,11 +68,11 @@ def test_the_good_model_trains(tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_empty_file_and_wrong_record_size(tmp_path):
+def test_empty_file_and_wrong_record_size(tmp_path, tiny_model):
     (tmp_path / "empty.ini").write_text("")
     res = run("check", str(tmp_path / "empty.ini"))
     assert res.exit_code == 2 and "empty" in res.output
-    path = tiny_model(tmp_path)
+    path = tiny_model
     with open(tmp_path / "train.dat", "ab") as f:
         f.write(b"\0" * 8)
     res = run("train", path)
@@ -81,15 +80,15 @@ def test_empty_file_and_wrong_record_size(tmp_path):
 
 
 def _records(tmp_path, name, change):
-    """tiny_model's data (4 inputs, 3 labels per record), changed and saved as `name`."""
-    tiny_model(tmp_path)
+    """The tiny_model fixture's data (4 inputs, 3 labels per record), changed and saved
+    as `name` beside it."""
     data = np.fromfile(tmp_path / "train.dat", dtype="<f4").reshape(-1, 7)
     change(data)
     data.tofile(tmp_path / name)
     return str(tmp_path / name)
 
 
-def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path):
+def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path, tiny_model):
     def nan(d):
         d[5, 2] = np.nan
 
@@ -106,16 +105,16 @@ def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path):
                           (str(text), "table.csv looks like a text file"),
                           (str(tmp_path / "nan.npz"), "nan.npz record 3: x value 1 is not a finite"),
                           (str(tmp_path / "folder"), "data path is a directory")]:
-        res = run("train", str(tmp_path / "tiny.ini"), "-q", "--set", f"train_set.path={data}")
+        res = run("train", tiny_model, "-q", "--set", f"train_set.path={data}")
         errors = [l for l in res.output.splitlines() if l.startswith("error:")]
         assert res.exit_code == 2 and len(errors) == 1 and message in errors[0], res.output
         assert "[train_set] path" in errors[0]
 
 
-def test_wildly_large_values_are_a_warning(tmp_path):
+def test_wildly_large_values_are_a_warning(tmp_path, tiny_model):
     def huge(d):
         d[2, 3] = 5.9e22
-    res = run("train", str(tmp_path / "tiny.ini"), "--epochs", "1", "--set",
+    res = run("train", tiny_model, "--epochs", "1", "--set",
               f"train_set.path={_records(tmp_path, 'huge.dat', huge)}")
     warnings = [l for l in res.stderr.splitlines() if l.startswith("warning:")]
     assert len(warnings) == 1 and "huge.dat record 2: input 0 value 3 is 5.9e+22" in warnings[0]
@@ -209,8 +208,8 @@ def test_fuzzed_bad_input_is_one_line_and_exit_2(tmp_path, text, args, message):
     assert message in errors[0], errors[0]
 
 
-def test_bad_npz_files_are_refused(tmp_path):
-    model = tiny_model(tmp_path)
+def test_bad_npz_files_are_refused(tmp_path, tiny_model):
+    model = tiny_model
     (tmp_path / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
     (tmp_path / "empty.npz").write_bytes(b"")
     np.savez(tmp_path / "text.npz", x=np.array([["a"] * 4] * 8), y=np.zeros(8, int))
@@ -245,7 +244,7 @@ def test_model_files_that_are_not_files(tmp_path):
     assert res.exit_code == 2 and "not a regular file" in res.output
 
 
-def test_output_to_a_pipe_is_written_in_place_not_replaced(tmp_path):
+def test_output_to_a_pipe_is_written_in_place_not_replaced(tmp_path, tiny_model):
     """A device or pipe given as output (/dev/stdout, /dev/null) is written, never
     replaced by a regular file (as root, a rename would replace /dev/null itself)."""
     import stat
@@ -255,7 +254,7 @@ def test_output_to_a_pipe_is_written_in_place_not_replaced(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
     reader.start()
-    res = run("convert", tiny_model(tmp_path), "--to", "yaml", "-o", str(fifo))
+    res = run("convert", tiny_model, "--to", "yaml", "-o", str(fifo))
     reader.join(timeout=30)
     assert res.exit_code == 0, res.output
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and "layers:" in got[0]

@@ -5,34 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from nntrainer_cli.cli import main
-
-from helpers import REPO
-
-DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def tiny_model(tmp_path, records=64, extra=""):
-    """A 4-feature, 3-class problem that is linearly separable, as NNTrainer raw data."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((records, 4)).astype("<f4")
-    y = np.eye(3, dtype="<f4")[np.argmax(x[:, :3], axis=1)]
-    np.concatenate([x, y], axis=1).tofile(tmp_path / "train.dat")
-    path = tmp_path / "tiny.ini"
-    path.write_text("[Model]\nepochs = 5\nloss = cross\nbatch_size = 8\n"
-                    "[Optimizer]\ntype = sgd\nlearning_rate = 0.5\n"
-                    "[train_set]\ntype = file\npath = train.dat\n"
-                    "[in]\ntype = input\ninput_shape = 1:1:4\n"
-                    "[hidden]\ntype = fully_connected\nunit = 8\nactivation = tanh\n"
-                    "[out]\ntype = fully_connected\nunit = 3\nactivation = softmax\n" + extra)
-    return str(path)
-
+from helpers import DIGITS, REPO, run
 
 def test_train_digits_learns_and_keeps_to_the_plan(tmp_path):
     report = tmp_path / "r.json"
@@ -61,21 +35,21 @@ def test_cnn_keeps_to_the_plan(tmp_path):
     assert r["test"]["accuracy"] > 0.5      # chance is 0.1
 
 
-def test_train_prints_summary(tmp_path):
-    res = run("train", tiny_model(tmp_path))
+def test_train_prints_summary(tmp_path, tiny_model):
+    res = run("train", tiny_model)
     assert res.exit_code == 0, res.output
     for word in ("train accuracy", "planned peak", "measured peak", "lower bound"):
         assert word in res.output
 
 
-def test_in_place_changes_memory_not_results(tmp_path):
+def test_in_place_changes_memory_not_results(tmp_path, tiny_model):
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
 
     weights = []
     for in_place in (True, False):
-        p = prepare(tiny_model(tmp_path), in_place=in_place)
+        p = prepare(tiny_model, in_place=in_place)
         save = tmp_path / f"w{in_place}.bin"
         data = open_datasets(p.cfg, p.graph)
         Trainer(p.cfg, p.graph, p.plan, p.optimizer, make_schedule(p.cfg), data,
@@ -84,8 +58,8 @@ def test_in_place_changes_memory_not_results(tmp_path):
     assert weights[0] == weights[1]
 
 
-def test_save_then_init_weights_round_trip(tmp_path):
-    model = tiny_model(tmp_path)
+def test_save_then_init_weights_round_trip(tmp_path, tiny_model):
+    model = tiny_model
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     assert run("train", model, "-q", "--save", str(a)).exit_code == 0
     floats = (4 * 8 + 8 + 8 * 3 + 3)
@@ -120,7 +94,7 @@ def test_plan_text():
     assert "planner sorted" in res.output
 
 
-def test_check_configs_and_broken_files(tmp_path):
+def test_check_configs_and_broken_files(tmp_path, tiny_model):
     res = run("check", os.path.join(REPO, "configs"))
     assert res.exit_code == 0, res.output
     bad = tmp_path / "bad.ini"
@@ -130,7 +104,7 @@ def test_check_configs_and_broken_files(tmp_path):
     assert res.exit_code == 2
     assert "bad.ini:8 [fc] units: unknown key (did you mean 'unit'?)" in res.output
     missing = tmp_path / "nodata.ini"
-    missing.write_text(open(tiny_model(tmp_path)).read().replace("train.dat", "gone.dat"))
+    missing.write_text(open(tiny_model).read().replace("train.dat", "gone.dat"))
     res = run("check", str(missing))
     assert res.exit_code == 0 and "warning:" in res.output and "gone.dat" in res.output
 
@@ -142,8 +116,8 @@ def test_check_configs_and_broken_files(tmp_path):
     (lambda t: t, ("--save", "{tmp}/no/such/dir/w.bin"), "no such directory"),
     (lambda t: t, ("--set", "model.epochs=-1"), "--set [model] epochs"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, mutate, args, message):
-    path = tiny_model(tmp_path)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, mutate, args, message, tiny_model):
+    path = tiny_model
     with open(path) as f:
         text = mutate(f.read())
     with open(path, "w") as f:
@@ -156,8 +130,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, mutate, args, message):
     assert "Traceback" not in res.output
 
 
-def test_data_file_of_the_wrong_record_size(tmp_path):
-    path = tiny_model(tmp_path)
+def test_data_file_of_the_wrong_record_size(tmp_path, tiny_model):
+    path = tiny_model
     with open(tmp_path / "train.dat", "ab") as f:
         f.write(b"\0" * 4)
     res = run("train", path)
@@ -165,8 +139,8 @@ def test_data_file_of_the_wrong_record_size(tmp_path):
     assert "not a whole number of 28-byte records" in res.output
 
 
-def test_nan_loss_exits_1_without_saving(tmp_path):
-    path = tiny_model(tmp_path)
+def test_nan_loss_exits_1_without_saving(tmp_path, tiny_model):
+    path = tiny_model
     save = tmp_path / "w.bin"
     res = run("train", path, "--save", str(save), "--set", "optimizer.learning_rate=1e30",
               "--set", "hidden.activation=none")
@@ -184,10 +158,10 @@ def test_summary_lists_layers_and_parameters():
 
 
 @pytest.mark.parametrize("clip", [1e-3, 1e6])
-def test_clipping_bounds_the_sgd_step(tmp_path, clip):
+def test_clipping_bounds_the_sgd_step(tmp_path, clip, tiny_model):
     """With plain SGD one step moves the weights by lr·g; clipped by global norm, that
     step's norm is at most lr·clip. A huge clip changes nothing at all."""
-    model = tiny_model(tmp_path)
+    model = tiny_model
     w0, w1, w2 = (tmp_path / f"w{i}.bin" for i in range(3))
     weights = lambda p: np.fromfile(p, "<f4")[:-2]  # noqa: E731  (drop the counters)
     assert run("train", model, "-q", "--save", str(w0), "--epochs", "1").exit_code == 0

@@ -10,8 +10,7 @@ from nntrainer_cli.pipeline import parse_size, prepare
 from nntrainer_cli.plan.planners import Item, check_valid
 from nntrainer_cli.errors import ConfigError
 
-from helpers import REPO
-from test_cli import run, tiny_model
+from helpers import REPO, run
 
 CONFIGS = os.path.join(REPO, "configs")
 
@@ -132,8 +131,8 @@ def test_every_io_path_gives_bit_identical_weights(tmp_path, monkeypatch, path):
     assert (sw["loads_background"] > 0) == (path != "inline")
 
 
-def test_budget_too_small_names_the_smallest_that_works(tmp_path):
-    model = tiny_model(tmp_path)
+def test_budget_too_small_names_the_smallest_that_works(tmp_path, tiny_model):
+    model = tiny_model
     res = run("train", model, "--memory-budget", "100")
     assert res.exit_code == 2
     line = [l for l in res.output.splitlines() if l.startswith("error:")]
@@ -171,8 +170,8 @@ def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
         assert p.plan.swap.peak <= budget and calls[0] < 100
 
 
-def test_nntrainer_swap_keys_swap_as_much_as_possible(tmp_path):
-    model = tiny_model(tmp_path, extra="")
+def test_nntrainer_swap_keys_swap_as_much_as_possible(tmp_path, tiny_model):
+    model = tiny_model
     text = open(model).read().replace("[Model]\n", "[Model]\nmemory_swap = true\n"
                                       "memory_swap_path = swapdir\nmemory_swap_lookahead = 1\n")
     open(model, "w").write(text)

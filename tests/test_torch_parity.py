@@ -18,8 +18,7 @@ from nntrainer_cli.optim.schedulers import make_schedule  # noqa: E402
 from nntrainer_cli.pipeline import prepare  # noqa: E402
 from nntrainer_cli.runtime.executor import Executor  # noqa: E402
 
-from helpers import REPO  # noqa: E402
-from test_cli import run  # noqa: E402
+from helpers import REPO, run  # noqa: E402
 
 DIGITS = os.path.join(REPO, "datasets", "digits", "train.dat")
 RECORDS = 256  # 8 batches of 32

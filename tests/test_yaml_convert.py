@@ -8,9 +8,7 @@ import pytest
 
 from nntrainer_cli.config.reader import read_model_file
 
-from helpers import CORPUS, REPO
-from test_cli import run
-from test_corpus import EXPECTED
+from helpers import CORPUS, CORPUS_EXPECTED, REPO, run
 
 
 def plan_of(path, *extra):
@@ -34,7 +32,7 @@ def test_every_config_has_an_identical_yaml_twin(ini):
     assert plan_of(twin) == plan_of(ini)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e is None))
+@pytest.mark.parametrize("name", sorted(n for n, e in CORPUS_EXPECTED.items() if e is None))
 def test_corpus_round_trips_through_yaml(tmp_path, name):
     if not os.path.isdir(CORPUS):
         pytest.skip("../shared/nntrainer-ini not present")
