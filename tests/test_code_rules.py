@@ -88,8 +88,33 @@ def test_modules_keep_to_the_line_budget():
     assert long == {}, f"over {LINE_BUDGET} lines: split by what the parts hold"
 
 
+def stage_table() -> str:
+    """The import graph by stage, as docs/ARCHITECTURE.md shows it (a test keeps it true;
+    `python tests/test_code_rules.py` prints it)."""
+    rows = ["| stage | modules | imports from |", "|---|---|---|"]
+    for s in STAGES[:-1]:
+        mods = sorted(m for m in GRAPH if m.split(".")[1:2] == [s] or (s == "cli" and
+                                                                      m == "nntrainer_cli"))
+        if not mods:
+            continue
+        uses = sorted({m.split(".")[1] for a in mods for m in GRAPH[a]
+                       if "." in m and m.split(".")[1] != s}, key=STAGES.index)
+        names = ", ".join(m.split(".", 1)[1] if "." in m else m for m in mods)
+        rows.append(f"| {s} | {names} | {', '.join(uses) or '-'} |")
+    return "\n".join(rows)
+
+
+def test_architecture_doc_shows_the_current_import_graph():
+    doc = open(os.path.join(REPO, "docs", "ARCHITECTURE.md"), encoding="utf-8").read()
+    assert stage_table() in doc, "regenerate with: python tests/test_code_rules.py"
+
+
 def test_pyflakes_finds_nothing():
     out = io.StringIO()
     count = api.checkRecursive([PACKAGE, os.path.join(REPO, "tests"),
                                 os.path.join(REPO, "benchmarks")], Reporter(out, out))
     assert count == 0, out.getvalue()
+
+
+if __name__ == "__main__":
+    print(stage_table())
