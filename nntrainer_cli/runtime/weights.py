@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import struct
 
+import numpy as np
 
 from nntrainer_cli.errors import DataError
 from nntrainer_cli.files import atomic_open
@@ -31,6 +32,26 @@ def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -
                     with ex.persistent(name, write=False) as arr:
                         f.write(arr.data)
             f.write(struct.pack("<II", epoch, iteration))
+    except OSError as e:
+        raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
+
+
+def save_arrays(path: str, graph, arrays: dict) -> None:
+    """Weights given by plan name (e.g. imported from another format) as an init file:
+    NNTrainer's order and layout, weights only. Every weight must be there, in shape."""
+    expected = {f"{n.name}:{w.name}": w.shape for n in graph.nodes for w in n.ctx.weights}
+    for name, shape in expected.items():
+        got = arrays.get(name)
+        if got is None or tuple(got.shape) != tuple(shape):
+            raise DataError(f"weight {name}: the model needs shape {shape}, the source gives "
+                            f"{None if got is None else tuple(got.shape)}")
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise DataError(f"the source has weights the model does not: {', '.join(extra[:5])}")
+    try:
+        with atomic_open(path, "wb") as f:
+            for name in expected:
+                f.write(np.ascontiguousarray(arrays[name], dtype="<f4").tobytes())
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 

@@ -1,0 +1,106 @@
+"""What every command shares: one-line errors and exit codes, file arguments that refuse
+an empty path, warnings, and the options several commands take."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+
+import click
+
+from nntrainer_cli.errors import TrainingError, UserError
+from nntrainer_cli.plan import PLANNER_NAMES
+
+MODEL_EXTENSIONS = (".ini", ".yaml", ".yml")
+
+
+class FilePath(click.Path):
+    """A file path; an empty one is refused rather than silently meaning 'none'."""
+
+    def convert(self, value, param, ctx):
+        if value == "":
+            self.fail("an empty path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FILE = FilePath(dir_okay=False)
+
+
+def fail(message: str, code: int):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def warn(notes, quiet: bool = False) -> None:
+    for note in notes if not quiet else ():
+        click.echo(f"warning: {note}", err=True)
+
+
+def handle_errors(fn):
+    """Turn every failure into one line and an exit code: 2 for bad input, 1 for a
+    failed run, 130 for Ctrl-C. --debug shows the traceback instead."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug")
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, TrainingError) as e:
+            if debug:
+                traceback.print_exc()
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt as e:
+            fail("interrupted", getattr(e, "exit_code", 130))
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # a bug of ours: say so plainly
+            if debug:
+                raise
+            fail(f"internal error: {type(e).__name__}: {e} (run with --debug for details)", 1)
+    return wrapper
+
+
+class OneLineErrors(click.Group):
+    """click's usage errors (a bad flag or choice) as one `error:` line and exit 2,
+    like every other bad input."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **kw):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain `nntrainer`: the help
+                click.echo(e.ctx.get_help())
+                sys.exit(0)
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            fail(f"{e.format_message()}{hint}", 2)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            fail("interrupted", 130)
+        except BrokenPipeError:  # the reader went away (`nntrainer check | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+model_arg = click.argument("model", type=FILE)
+planner_opt = click.option("--planner", type=click.Choice(PLANNER_NAMES), default="best",
+                            show_default=True,
+                            help="Memory planner; 'best' runs all and keeps the smallest arena.")
+batch_opt = click.option("--batch-size", "-b", type=click.IntRange(min=1),
+                          help="Override [Model] batch_size.")
+budget_opt = click.option(
+    "--memory-budget", "budget", metavar="SIZE",
+    help="Keep the resident arena within SIZE (64MiB, 1.5GB, 500000 bytes, or 50% of the "
+         "plan made without a budget): tensors idle between two uses go to a swap file and come "
+         "back before they are needed. Same results, less memory.")
+lookahead_opt = click.option(
+    "--lookahead", type=click.IntRange(min=0),
+    help="Under a budget, start reading a tensor back this many slots before its use "
+         "(default: [Model] memory_swap_lookahead, else 2).")
+set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help="Override a config value, e.g. --set model.epochs=5 or "
+                             "--set train_set.path=data.dat (repeatable).")

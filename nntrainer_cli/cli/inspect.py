@@ -1,0 +1,119 @@
+"""Commands that look at a model without training it: plan, summary, check."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from nntrainer_cli.errors import UserError
+from nntrainer_cli.files import check_writable, write_text
+
+from .common import (FILE, MODEL_EXTENSIONS, batch_opt, budget_opt, fail, lookahead_opt,
+                     model_arg, planner_opt, set_opt, warn, handle_errors)
+
+@click.command()
+@model_arg
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "svg"]), default="text",
+              show_default=True,
+              help="Readable tables, one JSON object, or an SVG memory map (time across, "
+                   "arena offset down; open it in a browser).")
+@batch_opt
+@planner_opt
+@budget_opt
+@lookahead_opt
+@click.option("--output", "-o", type=FILE,
+              help="Write to this file instead of standard output.")
+@set_opt
+@handle_errors
+def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
+    """Print MODEL's memory plan: execution order, tensors, offsets, peak."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.svg import plan_svg
+    from nntrainer_cli.report.tables import plan_json, plan_text
+
+    if output:
+        check_writable(output)
+    from nntrainer_cli.pipeline import parse_size
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
+                require_loss=False, budget=parse_size(budget) if budget is not None else None,
+                lookahead=lookahead)
+    warn(p.cfg.warnings)
+    text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
+            "svg": lambda: plan_svg(p.plan, model),
+            "text": lambda: plan_text(p.plan, model)}[fmt]()
+    if output:
+        write_text(output, text)
+    else:
+        click.echo(text)
+
+
+@click.command()
+@model_arg
+@batch_opt
+@set_opt
+@handle_errors
+def summary(model, batch_size, overrides):
+    """List MODEL's layers: output shapes, parameters and memory per layer."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import model_summary
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False)
+    warn(p.cfg.warnings)
+    click.echo(model_summary(p.plan, p.graph))
+
+
+
+
+def _model_files(paths) -> list[str]:
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files += [os.path.join(root, n) for n in sorted(names)
+                          if n.lower().endswith(MODEL_EXTENSIONS)]
+        else:
+            files.append(path)
+    return files
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@batch_opt
+@handle_errors
+def check(paths, batch_size):
+    """Parse, build, infer shapes and plan every model in PATHS (files or folders,
+    default: configs/) without training. Missing data files are warnings.
+    Exits 2 if any model fails."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import human
+
+    files = _model_files(paths or ["configs"])
+    if not files:
+        fail(f"no model files ({', '.join(MODEL_EXTENSIONS)}) in {' '.join(paths or ['configs'])}", 2)
+    failed = 0
+    for path in files:
+        try:
+            p = prepare(path, batch_size=batch_size, require_loss=False)
+        except UserError as e:
+            failed += 1
+            click.echo(f"error: {e}")
+            continue
+        notes = list(p.cfg.warnings)
+        for loc in p.cfg.data.values():
+            data_path = p.cfg.resolve(loc.section, loc.key)
+            if not os.path.isfile(data_path):
+                notes.append(str(loc.error(f"data file not found: {data_path}")))
+        for note in notes:  # on standard output, with the line they are about
+            click.echo(f"warning: {note}")
+        mode = "" if p.graph.training else " (no loss: planned for inference)"
+        click.echo(f"ok {path}{mode}: {len(p.graph.nodes)} layers, peak {human(p.plan.peak_bytes)}, "
+                   f"lower bound {human(p.plan.lower_bound_bytes)}, "
+                   f"naive {human(p.plan.naive_bytes)}")
+    click.echo(f"{len(files) - failed} of {len(files)} models passed")
+    if failed:
+        sys.exit(2)

@@ -1,0 +1,101 @@
+"""`nntrainer train`: train a model and report accuracy and memory."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nntrainer_cli.errors import ConfigError
+from nntrainer_cli.files import check_writable, write_text
+
+from .common import (FILE, batch_opt, budget_opt, fail, lookahead_opt, model_arg,
+                     planner_opt, set_opt, warn, handle_errors)
+
+@click.command()
+@model_arg
+@click.option("--epochs", type=click.IntRange(min=1), help="Override [Model] epochs.")
+@batch_opt
+@planner_opt
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed for weight initialization and shuffling.")
+@click.option("--no-shuffle", is_flag=True, help="Read training data in file order.")
+@click.option("--init-weights", type=FILE,
+              help="Start from this NNTrainer weights file (.bin).")
+@click.option("--save", type=FILE,
+              help="Save weights here after every epoch (NNTrainer .bin layout, atomic); "
+                   "default: [Model] save_path.")
+@click.option("--report", "report_path", type=FILE,
+              help="Write the results as JSON to this file.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--no-tracemalloc", "no_trace", is_flag=True,
+              help="Do not trace allocations: faster small kernels, for timing runs; the "
+                   "report then gives RSS figures only, no measured_peak_bytes.")
+@budget_opt
+@lookahead_opt
+@click.option("--swap-dir", type=click.Path(file_okay=False),
+              help="Where the swap file goes under a budget (default: [Model] "
+                   "memory_swap_path, else the system temp directory). It is removed at the end.")
+@click.option("--swap-direct", is_flag=True,
+              help="Open the swap file with O_DIRECT so reads really come from the disk, "
+                   "not the page cache (for honest benchmarks; stays round up to 4 KiB).")
+@set_opt
+@handle_errors
+def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
+          quiet, no_trace, budget, lookahead, swap_dir, swap_direct, overrides):
+    """Train MODEL and report accuracy and peak memory (planned and measured)."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.report.tables import plan_summary, train_summary
+    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
+    from nntrainer_cli.optim.schedulers import make_schedule
+
+    from nntrainer_cli.pipeline import parse_size
+    from nntrainer_cli.runtime.swap_io import check_swap_dir
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
+                budget=parse_size(budget) if budget is not None else None, lookahead=lookahead,
+                swap_dir=swap_dir, direct=swap_direct)
+    cfg = p.cfg
+    warn(cfg.warnings, quiet)
+    if p.swap:
+        check_swap_dir(p.swap.directory)
+    if p.optimizer is None:
+        raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
+                          file=model)
+    if "train" not in cfg.data:
+        raise ConfigError("no training data: add [train_set] with path = FILE, or pass "
+                          "--set train_set.path=FILE", file=model)
+    if save is None:
+        save = cfg.model_path("save_path")
+    if save:
+        check_writable(save, "weights")
+    if report_path:
+        check_writable(report_path, "report")
+    data = open_datasets(cfg, p.graph)
+    warn([note for ds in data.values() for note in ds.notes], quiet)
+    epochs = epochs or cfg.model["epochs"]
+    saved = f"weights of finished epochs are in {save}" if save else \
+        "weights were not saved (use --save FILE)"
+    try:
+        if not quiet:
+            click.echo(plan_summary(p.plan), err=True)
+        opts = TrainOptions(epochs=epochs, seed=seed,
+                            shuffle=not no_shuffle, quiet=quiet, save=save,
+                            init_weights=init_weights, swap=p.swap,
+                            trace_memory=not no_trace)
+        report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
+        report = getattr(stop, "report", None)
+        done = len(report.epochs) if report else 0
+        if report_path and report:
+            write_text(report_path, json.dumps(report.to_json(), indent=2))
+        fail(f"interrupted after {done} of {epochs} epochs; {saved}"
+              + (f"; report in {report_path}" if report_path and report else ""),
+              getattr(stop, "exit_code", 130))
+    finally:
+        for ds in data.values():
+            ds.close()
+    if report_path:
+        write_text(report_path, json.dumps(report.to_json(), indent=2))
+    if not quiet:
+        click.echo(train_summary(report))

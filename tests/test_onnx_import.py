@@ -1,0 +1,171 @@
+"""`nntrainer import`: ONNX graphs built here with onnx.helper (nothing downloaded) give
+models whose forward pass equals onnx's reference evaluator, and every operator or
+attribute we cannot express is refused in one line before anything is written. Needs
+the `import` extra, which CI installs."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from nntrainer_cli.optim.schedulers import make_schedule
+from nntrainer_cli.pipeline import prepare
+from nntrainer_cli.runtime import weights as weights_io
+from nntrainer_cli.runtime.executor import Executor
+
+from helpers import run
+
+RNG = np.random.default_rng(5)
+
+
+def init(name, *shape, scale=0.3):
+    return numpy_helper.from_array((RNG.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def save(tmp_path, nodes, inits, in_shape, out_shape, name="m.onnx"):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, out_shape)],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def mlp(tmp_path):
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="/fc1/Gemm", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="/act/Relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="/fc2/Gemm", transB=1,
+                              alpha=0.5, beta=2.0)]
+    inits = [init("w1", 16, 8), init("b1", 16), init("w2", 4, 16), init("b2", 4)]
+    return save(tmp_path, nodes, inits, [1, 8], [1, 4])
+
+
+def cnn(tmp_path):
+    """Conv + batch norm + relu + max pool, a residual block, global pooling, MatMul+Add,
+    softmax: what a ResNet-style export holds."""
+    nodes = [
+        helper.make_node("Conv", ["x", "c1", "c1b"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "g", "bt", "mu", "var"], ["bn"],
+                         name="bn1", epsilon=1e-5),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu1"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "c2"], ["q"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["q", "p"], ["s"], name="res/add"),
+        helper.make_node("Dropout", ["s"], ["d"], name="drop"),
+        helper.make_node("GlobalAveragePool", ["d"], ["gp"], name="gap"),
+        helper.make_node("Flatten", ["gp"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "w"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "wb"], ["logits"], name="fc_bias"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="prob", axis=-1)]
+    inits = [init("c1", 3, 2, 3, 3), init("c1b", 3), init("g", 3), init("bt", 3),
+             init("mu", 3, scale=0.1), numpy_helper.from_array(
+                 RNG.uniform(0.5, 1.5, 3).astype(np.float32), "var"),
+             init("c2", 3, 3, 3, 3), init("w", 3, 5), init("wb", 5)]
+    return save(tmp_path, nodes, inits, [1, 2, 6, 6], [1, 5])
+
+
+def strided(tmp_path):
+    """Asymmetric padding, strides and dilation, average pooling, then a flatten."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 0, 2, 1],
+                              strides=[2, 1], dilations=[1, 2]),
+             helper.make_node("AveragePool", ["c"], ["a"], name="avg", kernel_shape=[2, 2],
+                              pads=[1, 1, 0, 0]),
+             helper.make_node("Tanh", ["a"], ["t"], name="tanh"),
+             helper.make_node("Reshape", ["t", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc")]
+    inits = [init("w", 2, 1, 3, 2), numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+             init("fw", 32, 3), init("fb", 3)]
+    return save(tmp_path, nodes, inits, [1, 1, 6, 5], [1, 3])
+
+
+def ours(model, weights, x):
+    """Our forward pass (the probabilities the cross-entropy loss layer computes)."""
+    p = prepare(model, batch_size=len(x))
+    ex = Executor(p.graph, p.plan, p.optimizer, make_schedule(p.cfg))
+    assert weights_io.load(ex, weights) is None
+    ex.input_views[0][...] = x.reshape(ex.input_views[0].shape)
+    ex.eval_step(len(x))
+    return ex.fwd_ctx[p.graph.losses[0].name].outputs[0].reshape(len(x), -1).copy()
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("build,ext", [(mlp, ".ini"), (cnn, ".yaml"), (strided, ".ini")])
+def test_imported_forward_equals_the_reference(tmp_path, build, ext):
+    src = build(tmp_path)
+    out = tmp_path / f"imported{ext}"
+    res = run("import", src, "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "imported.bin").exists()
+    assert run("check", str(out)).exit_code == 0
+    x = RNG.standard_normal((3,) + tuple(
+        d.dim_value for d in onnx.load(src).graph.input[0].type.tensor_type.shape.dim[1:]),
+        dtype=np.float32)
+    ref = ReferenceEvaluator(onnx.load(src))
+    want = np.concatenate([ref.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    if build is not cnn:   # logits: the importer added a softmax, and says so
+        want = softmax(want)
+        assert "added [softmax]" in res.output
+    np.testing.assert_allclose(ours(str(out), str(tmp_path / "imported.bin"), x), want,
+                               atol=1e-5)
+
+
+def test_imported_model_fine_tunes(tmp_path):
+    src = mlp(tmp_path)
+    out = tmp_path / "m.ini"
+    assert run("import", src, "-o", str(out)).exit_code == 0
+    x = RNG.standard_normal((64, 8)).astype("<f4")
+    y = np.eye(4, dtype="<f4")[RNG.integers(0, 4, 64)]
+    np.concatenate([x, y], axis=1).tofile(tmp_path / "t.dat")
+    res = run("train", str(out), "-q", "--init-weights", str(tmp_path / "m.bin"),
+              "--epochs", "2", "--batch-size", "8", "--set", f"train_set.path={tmp_path}/t.dat",
+              "--save", str(tmp_path / "tuned.bin"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "tuned.bin").read_bytes()[:64] != (tmp_path / "m.bin").read_bytes()[:64]
+
+
+REFUSED = [
+    (helper.make_node("Conv", ["x", "w"], ["y"], name="grouped", group=2), [init("w", 4, 1, 3, 3)],
+     [1, 2, 5, 5], [1, 4, 3, 3], "node grouped (Conv): group = 2"),
+    (helper.make_node("Erf", ["x"], ["y"], name="e"), [], [1, 4], [1, 4],
+     "node e (Erf): this operator is not supported"),
+    (helper.make_node("LeakyRelu", ["x"], ["y"], name="lr", alpha=0.2), [], [1, 4], [1, 4],
+     "alpha 0.2"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], ceil_mode=1), [],
+     [1, 1, 5, 5], [1, 1, 3, 3], "ceil_mode = 1"),
+    (helper.make_node("Gemm", ["x", "w"], ["y"], name="ta", transA=1), [init("w", 4, 3)],
+     [4, 2], [2, 3], "transA = 1"),
+    (helper.make_node("Flatten", ["x"], ["y"], name="f2", axis=2), [], [1, 2, 3, 3], [2, 9],
+     "flatten from axis 2"),
+]
+
+
+@pytest.mark.parametrize("node,inits,ins,outs,message", REFUSED, ids=[r[4][:24] for r in REFUSED])
+def test_what_cannot_be_expressed_is_refused_before_writing(tmp_path, node, inits, ins, outs,
+                                                            message):
+    src = save(tmp_path, [node], inits, ins, outs)
+    res = run("import", src, "-o", str(tmp_path / "out.ini"))
+    errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and message in errors[0], res.output
+    assert not (tmp_path / "out.ini").exists() and not (tmp_path / "out.bin").exists()
+
+
+def test_unreadable_files_are_refused(tmp_path):
+    src = mlp(tmp_path)
+    data = open(src, "rb").read()
+    (tmp_path / "cut.onnx").write_bytes(data[:len(data) // 2])
+    (tmp_path / "text.onnx").write_text("not a model")
+    for name in ("cut.onnx", "text.onnx", "missing.onnx"):
+        res = run("import", str(tmp_path / name), "-o", str(tmp_path / "o.ini"))
+        errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and name in errors[0], res.output
+    assert not os.path.exists(tmp_path / "o.ini")
