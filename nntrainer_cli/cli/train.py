@@ -21,10 +21,11 @@ from .common import (FILE, batch_opt, budget_opt, fail, lookahead_opt, model_arg
               help="Seed for weight initialization and shuffling.")
 @click.option("--no-shuffle", is_flag=True, help="Read training data in file order.")
 @click.option("--init-weights", type=FILE,
-              help="Start from this NNTrainer weights file (.bin).")
+              help="Start from this weights file: NNTrainer's .bin, or .safetensors with "
+                   "tensors named as in the plan (fc1:weight, ...).")
 @click.option("--save", type=FILE,
-              help="Save weights here after every epoch (NNTrainer .bin layout, atomic); "
-                   "default: [Model] save_path.")
+              help="Save weights here after every epoch (NNTrainer .bin layout, or "
+                   ".safetensors by extension; atomic); default: [Model] save_path.")
 @click.option("--report", "report_path", type=FILE,
               help="Write the results as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")

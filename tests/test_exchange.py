@@ -1,7 +1,8 @@
-"""`nntrainer import`: ONNX graphs built here with onnx.helper (nothing downloaded) give
-models whose forward pass equals onnx's reference evaluator, and every operator or
-attribute we cannot express is refused in one line before anything is written. Needs
-the `import` extra, which CI installs."""
+"""Models and weights from and to other formats. `nntrainer import`: ONNX graphs built
+here with onnx.helper (nothing downloaded) give models whose forward pass equals onnx's
+reference evaluator, and every operator or attribute we cannot express is refused in
+one line before anything is written. Weights as safetensors, checked against the
+safetensors library. Needs the `import` extra, which CI installs."""
 
 import os
 
@@ -169,3 +170,34 @@ def test_unreadable_files_are_refused(tmp_path):
         errors = [l for l in res.output.splitlines() if l.startswith("error:")]
         assert res.exit_code == 2 and len(errors) == 1 and name in errors[0], res.output
     assert not os.path.exists(tmp_path / "o.ini")
+
+
+def test_safetensors_round_trip_and_interop(tmp_path, tiny_model):
+    """Weights saved as safetensors equal the .bin of the same run, read with the
+    safetensors library; training from either gives the same bytes; bad files are
+    refused naming the tensor."""
+    from safetensors.numpy import load_file, save_file
+    args = ("train", tiny_model, "-q", "--epochs", "2")
+    assert run(*args, "--save", str(tmp_path / "a.bin")).exit_code == 0
+    assert run(*args, "--save", str(tmp_path / "a.safetensors")).exit_code == 0
+    tensors = load_file(str(tmp_path / "a.safetensors"))
+    order = ["hidden:weight", "hidden:bias", "out:weight", "out:bias"]
+    assert sorted(tensors) == sorted(order)
+    flat = np.concatenate([tensors[n].reshape(-1) for n in order])
+    assert flat.astype("<f4").tobytes() == (tmp_path / "a.bin").read_bytes()[:flat.nbytes]
+    for src in ("a.bin", "a.safetensors"):
+        assert run(*args, "--init-weights", str(tmp_path / src),
+                   "--save", str(tmp_path / f"from-{src}.bin")).exit_code == 0
+    assert (tmp_path / "from-a.bin.bin").read_bytes() == \
+        (tmp_path / "from-a.safetensors.bin").read_bytes()
+    bad = {"missing": {k: v for k, v in tensors.items() if k != "out:bias"},
+           "shape": {**tensors, "out:bias": np.zeros(4, np.float32)},
+           "extra": {**tensors, "other:weight": np.zeros(2, np.float32)}}
+    for name, arrays in bad.items():
+        save_file(arrays, str(tmp_path / f"{name}.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 20)
+    for name, message in [("missing", "missing out:bias"), ("shape", "out:bias is F32 of shape (4,)"),
+                          ("extra", "unknown other:weight"), ("junk", "not a safetensors file")]:
+        res = run(*args, "--init-weights", str(tmp_path / f"{name}.safetensors"))
+        errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and message in errors[0], res.output
