@@ -61,11 +61,14 @@ def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir, direct):
 def prepare(path: str, *, overrides=(), batch_size: int | None = None,
             planner: str = "best", in_place: bool = True, require_loss: bool = True,
             budget: int | str | None = None, lookahead: int | None = None,
-            swap_dir: str | None = None, direct: bool = False) -> Prepared:
-    """Config → graph → optimizer → plan, from a model file and the command's flags."""
+            swap_dir: str | None = None, direct: bool = False,
+            inference: bool = False) -> Prepared:
+    """Config → graph → optimizer → plan, from a model file and the command's flags;
+    `inference` plans the forward pass only (eval, predict)."""
     cfg = load_config(path, overrides)
-    graph = build_graph(cfg, batch_size, require_loss)
-    optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) if cfg.optimizer else None
+    graph = build_graph(cfg, batch_size, require_loss, inference=inference)
+    optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
+        if cfg.optimizer and not inference else None
     state = optimizer.state if optimizer else ()
     budget, swap = _swap_settings(cfg, budget, lookahead, swap_dir, direct)
     if budget is None:
@@ -79,7 +82,7 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
     where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
 
     def plan_at(level: int) -> Prepared:
-        g = build_graph(cfg, batch_size, require_loss, frugal=level)
+        g = build_graph(cfg, batch_size, require_loss, frugal=level, inference=inference)
         return Prepared(cfg, g, optimizer, make_plan(g, state, planner, in_place, swap, where),
                         swap)
 

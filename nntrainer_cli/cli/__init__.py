@@ -11,6 +11,7 @@ from nntrainer_cli.errors import Terminated
 
 from .common import OneLineErrors
 from .exchange import convert, import_
+from .infer import eval_, predict
 from .inspect import check, plan, summary
 from .train import train
 
@@ -31,5 +32,5 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-for command in (train, plan, summary, check, convert, import_):
+for command in (train, eval_, predict, plan, summary, check, convert, import_):
     main.add_command(command)

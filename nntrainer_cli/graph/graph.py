@@ -257,13 +257,15 @@ FRUGAL_APPLY_PARTS = 4
 
 
 def build_graph(cfg: ModelConfig, batch_size: int | None = None,
-                require_loss: bool = True, frugal: int = 0) -> LayerGraph:
+                require_loss: bool = True, frugal: int = 0,
+                inference: bool = False) -> LayerGraph:
     """The finalized graph. Without `require_loss`, a model with no loss at all gives
     a forward-only graph (for planning inference) instead of an error. `frugal` trades
     speed for memory, for tight budgets: relu keeps a one-byte mask, each layer's
     gradient is applied in parts (so less optimizer state is needed at once), and conv
     builds its columns for `frugal` times fewer samples at a time. Results are bit-for-bit
-    the same."""
+    the same. `inference` plans forward only (the loss layer kept for its metrics): no
+    gradients, derivatives or optimizer state."""
     nodes = [_make_node(s) for s in cfg.layers]
     seen: dict[str, Node] = {}
     for n in nodes:
@@ -286,7 +288,7 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
         if n.type != "activation" and act not in (None, "none"):
             _insert_after(nodes, n, _realized(n, "activation_realized", "activation",
                                               {"activation": act}))
-    training = _attach_loss(nodes, cfg, require_loss)
+    training = _attach_loss(nodes, cfg, require_loss) and not inference
     _multiout(nodes)
     for n in nodes:  # NNTrainer pushes the model's value to every layer
         n.clip = cfg.model["clip_grad_by_norm"] or n.layer.p.get("clip_grad_by_norm")

@@ -7,6 +7,7 @@ import math
 
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
+from nntrainer_cli.runtime.inference import InferenceReport
 from nntrainer_cli.runtime.results import TrainReport
 
 
@@ -182,4 +183,16 @@ def train_summary(report: TrainReport) -> str:
              ["time", f"{report.seconds:.1f} s"],
              ["weights", f"saved to {report.weights}" if report.weights
               else "not saved (use --save FILE)"]]
+    return table(["result", "value"], rows, right={1})
+
+
+def inference_summary(report: InferenceReport) -> str:
+    m = report.memory
+    rows = [["records", str(report.records)]]
+    if report.loss is not None:
+        rows += [["accuracy", f"{report.accuracy:.4f}"], ["loss", f"{report.loss:.4f}"]]
+    rows += [["planned peak (forward only)", human(m.planned_peak_bytes)],
+             ["measured peak", f"{human(m.measured_peak_bytes)} "
+                               f"({m.measured_peak_bytes / max(m.planned_peak_bytes, 1):.2f}x)"],
+             ["time", f"{report.seconds:.1f} s"]]
     return table(["result", "value"], rows, right={1})

@@ -78,7 +78,9 @@ class Executor:
         self.label_views = [self.view(f"{n.name}:label", 0) for n in graph.losses]
         self.loss_ctx = [c for n in graph.losses for c in self.slot_ctx
                          if c is not None and c.node == n.name]
-        self.metric_node = graph.losses[0].name
+        # the model's output: the loss layer's (probabilities for cross-entropy), else the
+        # last layer's; read right after its forward slot
+        self.metric_node = graph.losses[0].name if graph.losses else graph.nodes[-1].name
         self.metric_slot = ns[self.metric_node].forward
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
         self.l2 = {ns[n.name].forward: [(w, self.fwd_ctx[n.name].weights[w.name])
@@ -214,7 +216,7 @@ class Executor:
             steps[t][1] = max(need, default=0)
         return steps
 
-    def _run(self, count: int, training: bool, rows: int) -> tuple[float, int]:
+    def _run(self, count: int, training: bool, rows: int, on_output=None) -> tuple[float, int]:
         for ctx in self.loss_ctx:
             ctx.rows = rows
         correct, reg = 0, 0.0
@@ -238,7 +240,11 @@ class Executor:
                 flat = x.reshape(-1)
                 reg += w.regularizer_constant * 0.5 * float(np.sqrt(np.dot(flat, flat)))
             if i == self.metric_slot:
-                correct = self._correct(rows)
+                if self.graph.losses:
+                    correct = self._correct(rows)
+                if on_output is not None:
+                    out = self.fwd_ctx[self.metric_node].outputs[0]
+                    on_output(out[:rows].reshape(rows, -1))
             if swap is not None:
                 for job in swap[i][2]:
                     io.submit(job)
@@ -259,9 +265,10 @@ class Executor:
         self.iteration, self.lr = iteration, self.schedule(iteration)
         return self._run(len(self.plan.slots), True, self.graph.batch_size)
 
-    def eval_step(self, rows: int) -> tuple[float, int]:
-        """Forward only (dropout off, moving statistics); metrics over the first rows."""
-        return self._run(len(self.graph.nodes), False, rows)
+    def eval_step(self, rows: int, on_output=None) -> tuple[float, int]:
+        """Forward only (dropout off, moving statistics); metrics over the first rows,
+        whose outputs (rows × values) go to `on_output` when given."""
+        return self._run(len(self.graph.nodes), False, rows, on_output)
 
     # --- weights and optimizer state between iterations --------------------------------
     @contextlib.contextmanager

@@ -39,9 +39,14 @@ class TrainOptions:
     trace_memory: bool = True    # tracemalloc: exact numpy peak, but slower small kernels
 
 
+def record_sizes(graph: LayerGraph) -> tuple[list[int], list[int]]:
+    """Values per record of every model input and of every loss's label."""
+    return ([int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.inputs],
+            [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.losses])
+
+
 def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
-    inputs = [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.inputs]
-    labels = [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.losses]
+    inputs, labels = record_sizes(graph)
     out: dict[str, Dataset] = {}
     try:
         for split, loc in cfg.data.items():

@@ -23,7 +23,8 @@ from .executor import Executor
 
 
 def _adam_names(ex: Executor) -> list[str]:
-    return ex.state_names() if ex.optimizer.state == ("adam_m", "adam_v") else []
+    adam = ex.optimizer is not None and ex.optimizer.state == ("adam_m", "adam_v")
+    return ex.state_names() if adam else []
 
 
 def _is_safetensors(path: str) -> bool:

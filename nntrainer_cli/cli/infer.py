@@ -1,0 +1,88 @@
+"""Using trained weights: eval (loss and accuracy on a data set) and predict (the
+model's output for every record), each in a forward-only plan."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import click
+
+from nntrainer_cli.errors import ConfigError
+from nntrainer_cli.files import check_writable, write_text
+
+from .common import FILE, batch_opt, handle_errors, model_arg, set_opt, warn
+
+_weights_opt = click.option("--weights", "-w", type=FILE, required=True,
+                            help="Trained weights: NNTrainer .bin or .safetensors.")
+
+
+def _open(model, data, batch_size, overrides):
+    """The forward-only plan and the data: --data, else the model's test set."""
+    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.runtime.data import open_dataset
+    from nntrainer_cli.runtime.trainer import record_sizes
+
+    p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False,
+                inference=True)
+    warn(p.cfg.warnings)
+    if data is None:
+        loc = p.cfg.data.get("test")
+        if loc is None:
+            raise ConfigError("no test data: add [test_set] or pass --data FILE", file=model)
+        path, where = p.cfg.resolve(loc.section, loc.key), loc.error
+    else:
+        path = os.path.abspath(data)
+        where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
+    return p, open_dataset(path, *record_sizes(p.graph), where), path
+
+
+@click.command("eval")
+@model_arg
+@_weights_opt
+@click.option("--data", type=FILE, help="Data to evaluate on (default: the model's test set).")
+@batch_opt
+@click.option("--report", "report_path", type=FILE, help="Also write the results as JSON.")
+@set_opt
+@handle_errors
+def eval_(model, weights, data, batch_size, report_path, overrides):
+    """Evaluate MODEL with trained weights: loss and accuracy, and the memory it took."""
+    from nntrainer_cli.report.tables import inference_summary
+    from nntrainer_cli.runtime.inference import infer
+
+    if report_path:
+        check_writable(report_path, "report")
+    p, ds, path = _open(model, data, batch_size, overrides)
+    try:
+        report = infer(model, p.graph, p.plan, weights, ds, path)
+    finally:
+        ds.close()
+    if report_path:
+        write_text(report_path, json.dumps(report.to_json(), indent=2))
+    click.echo(inference_summary(report))
+
+
+@click.command()
+@model_arg
+@_weights_opt
+@click.option("--data", type=FILE, required=True, help="The records to predict.")
+@click.option("--output", "-o", type=FILE, required=True,
+              help="Where the outputs go: .npy (float32, records × values) or .csv, one row "
+                   "per record in input order (after the final activation).")
+@batch_opt
+@set_opt
+@handle_errors
+def predict(model, weights, data, output, batch_size, overrides):
+    """Write MODEL's output for every record of --data."""
+    from nntrainer_cli.runtime.inference import OutputFile, infer
+
+    check_writable(output, "predictions")
+    p, ds, path = _open(model, data, batch_size, overrides)
+    out = p.graph.losses[0] if p.graph.losses else p.graph.nodes[-1]
+    try:
+        with OutputFile(output, ds.count, math.prod(out.ctx.output_shapes[0][1:])) as f:
+            report = infer(model, p.graph, p.plan, weights, ds, path, f.write)
+    finally:
+        ds.close()
+    click.echo(f"wrote {report.records} predictions to {output}", err=True)

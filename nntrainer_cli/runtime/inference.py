@@ -1,0 +1,91 @@
+"""Forward passes with trained weights over a data set, in a forward-only plan (no
+gradients, derivatives or optimizer state): evaluation gives loss and accuracy,
+prediction the model's output for every record, in input order."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from nntrainer_cli.errors import DataError
+from nntrainer_cli.files import atomic_open
+from nntrainer_cli.graph import LayerGraph
+from nntrainer_cli.plan import MemoryPlan
+
+from . import weights as weights_io
+from .data import Dataset
+from .executor import Executor, allocate_arena, kernel_settings
+from .measure import RssDelta, TracedPeak, rss_peak_bytes
+from .results import MemoryFigures
+
+
+@dataclass
+class InferenceReport:
+    model: str
+    weights: str
+    data: str
+    records: int
+    loss: float | None       # None: the model has no loss
+    accuracy: float | None
+    memory: MemoryFigures
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dataset,
+          data: str, on_output=None) -> InferenceReport:
+    """Run the data once through the model; `on_output(rows × values)` gets each batch's
+    outputs (the last, partial batch only its real rows)."""
+    t0 = time.perf_counter()
+    batch, loss, correct = graph.batch_size, 0.0, 0
+    with kernel_settings(), RssDelta() as rss, TracedPeak() as traced:
+        arena = allocate_arena(plan)
+        traced.exclude_since_here()
+        ex = Executor(graph, plan, None, lambda iteration: 0.0, arena)
+        traced.resume()
+        weights_io.load(ex, weights)   # a training file's optimizer state is not needed
+        views = ex.input_views + ex.label_views
+        for start, rows in ds.batches(batch, drop_last=False):
+            ds.read(start, batch, views)
+            step_loss, step_correct = ex.eval_step(rows, on_output)
+            loss, correct = loss + step_loss * rows, correct + step_correct
+    memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes, plan.naive_bytes,
+                           traced.peak, rss_peak_bytes(), rss.delta, rss.reset)
+    has_loss = bool(graph.losses)
+    return InferenceReport(model, weights, data, ds.count,
+                           loss / ds.count if has_loss else None,
+                           correct / ds.count if has_loss else None, memory,
+                           time.perf_counter() - t0)
+
+
+class OutputFile:
+    """Predictions written as they come, one row per record: .npy (float32, rows ×
+    values) or .csv; atomically, like every output file."""
+
+    def __init__(self, path: str, records: int, values: int):
+        if not path.lower().endswith((".npy", ".csv")):
+            raise DataError(f"cannot write predictions to {path}: use .npy or .csv")
+        self.path, self.records, self.values, self.written = path, records, values, 0
+        self.csv = path.lower().endswith(".csv")
+
+    def __enter__(self):
+        self._ctx = atomic_open(self.path, "w" if self.csv else "wb")
+        self.f = self._ctx.__enter__()
+        if not self.csv:
+            np.lib.format.write_array_header_1_0(self.f, {
+                "descr": "<f4", "fortran_order": False, "shape": (self.records, self.values)})
+        return self
+
+    def write(self, rows: np.ndarray) -> None:
+        if self.csv:
+            np.savetxt(self.f, rows, fmt="%.7g", delimiter=",")
+        else:
+            self.f.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        self.written += len(rows)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
