@@ -201,3 +201,36 @@ def test_safetensors_round_trip_and_interop(tmp_path, tiny_model):
         res = run(*args, "--init-weights", str(tmp_path / f"{name}.safetensors"))
         errors = [l for l in res.output.splitlines() if l.startswith("error:")]
         assert res.exit_code == 2 and len(errors) == 1 and message in errors[0], res.output
+
+
+def test_a_pytorch_state_dict_loads_through_a_weights_map(tmp_path, tiny_model):
+    """PyTorch names and (out, in) Linear weights: renamed and transposed by the map, an
+    extra tensor left out; training from it equals training from our own file."""
+    from safetensors.numpy import load_file, save_file
+    args = ("train", tiny_model, "-q", "--epochs", "1")
+    assert run(*args, "--save", str(tmp_path / "a.safetensors")).exit_code == 0
+    ours = load_file(str(tmp_path / "a.safetensors"))
+    torch_like = {"hidden.weight": ours["hidden:weight"].T.copy(), "hidden.bias": ours["hidden:bias"],
+                  "out.weight": ours["out:weight"].T.copy(), "out.bias": ours["out:bias"],
+                  "out.num_batches_tracked": np.zeros((), np.float32)}
+    save_file(torch_like, str(tmp_path / "state_dict.safetensors"))
+    (tmp_path / "map.yaml").write_text(
+        "hidden.weight: {name: 'hidden:weight', transpose: true}\nhidden.bias: 'hidden:bias'\n"
+        "out.weight: {name: 'out:weight', transpose: true}\nout.bias: 'out:bias'\n"
+        "out.num_batches_tracked: null\n")
+    res = run(*args, "--init-weights", str(tmp_path / "state_dict.safetensors"), "--weights-map",
+              str(tmp_path / "map.yaml"), "--save", str(tmp_path / "mapped.bin"))
+    assert res.exit_code == 0, res.output
+    assert run(*args, "--init-weights", str(tmp_path / "a.safetensors"),
+               "--save", str(tmp_path / "direct.bin")).exit_code == 0
+    assert (tmp_path / "mapped.bin").read_bytes() == (tmp_path / "direct.bin").read_bytes()
+    (tmp_path / "no-transpose.yaml").write_text(
+        (tmp_path / "map.yaml").read_text().replace("transpose: true", "transpose: false"))
+    res = run(*args, "--init-weights", str(tmp_path / "state_dict.safetensors"), "--weights-map",
+              str(tmp_path / "no-transpose.yaml"))
+    assert res.exit_code == 2 and "hidden.weight is F32 of shape (8, 4); hidden:weight needs " \
+        "F32 of shape (4, 8)" in res.output, res.output
+    (tmp_path / "bad.yaml").write_text("hidden.weight: [1, 2]\n")
+    res = run(*args, "--init-weights", str(tmp_path / "state_dict.safetensors"), "--weights-map",
+              str(tmp_path / "bad.yaml"))
+    assert res.exit_code == 2 and "bad.yaml hidden.weight: expected a name" in res.output

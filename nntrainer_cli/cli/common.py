@@ -101,6 +101,11 @@ lookahead_opt = click.option(
     "--lookahead", type=click.IntRange(min=0),
     help="Under a budget, start reading a tensor back this many slots before its use "
          "(default: [Model] memory_swap_lookahead, else 2).")
+weights_map_opt = click.option(
+    "--weights-map", type=FILE,
+    help="YAML renaming a safetensors file's tensors to ours (their_name: our_name, or "
+         "{name: ..., transpose: true} for a PyTorch Linear weight, or null to leave one "
+         "out), to load a PyTorch state_dict.")
 set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                         help="Override a config value, e.g. --set model.epochs=5 or "
                              "--set train_set.path=data.dat (repeatable).")

@@ -12,10 +12,15 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
-from .common import FILE, batch_opt, handle_errors, model_arg, set_opt, warn
+from .common import FILE, batch_opt, handle_errors, model_arg, set_opt, warn, weights_map_opt
 
 _weights_opt = click.option("--weights", "-w", type=FILE, required=True,
                             help="Trained weights: NNTrainer .bin or .safetensors.")
+
+
+def _names(weights_map):
+    from nntrainer_cli.runtime.tensor_files import read_weights_map
+    return read_weights_map(weights_map) if weights_map else None
 
 
 def _open(model, data, batch_size, overrides):
@@ -44,9 +49,10 @@ def _open(model, data, batch_size, overrides):
 @click.option("--data", type=FILE, help="Data to evaluate on (default: the model's test set).")
 @batch_opt
 @click.option("--report", "report_path", type=FILE, help="Also write the results as JSON.")
+@weights_map_opt
 @set_opt
 @handle_errors
-def eval_(model, weights, data, batch_size, report_path, overrides):
+def eval_(model, weights, data, batch_size, report_path, weights_map, overrides):
     """Evaluate MODEL with trained weights: loss and accuracy, and the memory it took."""
     from nntrainer_cli.report.tables import inference_summary
     from nntrainer_cli.runtime.inference import infer
@@ -55,7 +61,7 @@ def eval_(model, weights, data, batch_size, report_path, overrides):
         check_writable(report_path, "report")
     p, ds, path = _open(model, data, batch_size, overrides)
     try:
-        report = infer(model, p.graph, p.plan, weights, ds, path)
+        report = infer(model, p.graph, p.plan, weights, ds, path, names=_names(weights_map))
     finally:
         ds.close()
     if report_path:
@@ -71,9 +77,10 @@ def eval_(model, weights, data, batch_size, report_path, overrides):
               help="Where the outputs go: .npy (float32, records × values) or .csv, one row "
                    "per record in input order (after the final activation).")
 @batch_opt
+@weights_map_opt
 @set_opt
 @handle_errors
-def predict(model, weights, data, output, batch_size, overrides):
+def predict(model, weights, data, output, batch_size, weights_map, overrides):
     """Write MODEL's output for every record of --data."""
     from nntrainer_cli.runtime.inference import OutputFile, infer
 
@@ -82,7 +89,8 @@ def predict(model, weights, data, output, batch_size, overrides):
     out = p.graph.losses[0] if p.graph.losses else p.graph.nodes[-1]
     try:
         with OutputFile(output, ds.count, math.prod(out.ctx.output_shapes[0][1:])) as f:
-            report = infer(model, p.graph, p.plan, weights, ds, path, f.write)
+            report = infer(model, p.graph, p.plan, weights, ds, path, f.write,
+                           _names(weights_map))
     finally:
         ds.close()
     click.echo(f"wrote {report.records} predictions to {output}", err=True)

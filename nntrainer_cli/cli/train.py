@@ -9,8 +9,8 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
-from .common import (FILE, batch_opt, budget_opt, fail, lookahead_opt, model_arg,
-                     planner_opt, set_opt, warn, handle_errors)
+from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead_opt,
+                     model_arg, planner_opt, set_opt, warn, weights_map_opt)
 
 @click.command()
 @model_arg
@@ -40,13 +40,15 @@ from .common import (FILE, batch_opt, budget_opt, fail, lookahead_opt, model_arg
 @click.option("--swap-direct", is_flag=True,
               help="Open the swap file with O_DIRECT so reads really come from the disk, "
                    "not the page cache (for honest benchmarks; stays round up to 4 KiB).")
+@weights_map_opt
 @set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
-          quiet, no_trace, budget, lookahead, swap_dir, swap_direct, overrides):
+          quiet, no_trace, budget, lookahead, swap_dir, swap_direct, weights_map, overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.tables import plan_summary, train_summary
+    from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
     from nntrainer_cli.optim.schedulers import make_schedule
 
@@ -83,6 +85,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         opts = TrainOptions(epochs=epochs, seed=seed,
                             shuffle=not no_shuffle, quiet=quiet, save=save,
                             init_weights=init_weights, swap=p.swap,
+                            weights_map=read_weights_map(weights_map) if weights_map else None,
                             trace_memory=not no_trace)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished

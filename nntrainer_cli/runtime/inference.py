@@ -37,7 +37,7 @@ class InferenceReport:
 
 
 def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dataset,
-          data: str, on_output=None) -> InferenceReport:
+          data: str, on_output=None, names: dict | None = None) -> InferenceReport:
     """Run the data once through the model; `on_output(rows × values)` gets each batch's
     outputs (the last, partial batch only its real rows)."""
     t0 = time.perf_counter()
@@ -47,7 +47,7 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
         traced.exclude_since_here()
         ex = Executor(graph, plan, None, lambda iteration: 0.0, arena)
         traced.resume()
-        weights_io.load(ex, weights)   # a training file's optimizer state is not needed
+        weights_io.load(ex, weights, names)   # a training file's optimizer state is unused
         views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
             ds.read(start, batch, views)

@@ -35,6 +35,7 @@ class TrainOptions:
     quiet: bool = False
     save: str | None = None
     init_weights: str | None = None
+    weights_map: dict | None = None   # their tensor names → ours, for a safetensors init
     swap: SwapOptions | None = None   # where the swap file goes, and O_DIRECT or not
     trace_memory: bool = True    # tracemalloc: exact numpy peak, but slower small kernels
 
@@ -159,7 +160,7 @@ class Trainer:
         opts = self.opts
         ex.initialize(init_rng)
         if opts.init_weights:
-            note = weights_io.load(ex, opts.init_weights)
+            note = weights_io.load(ex, opts.init_weights, opts.weights_map)
             if note:
                 self._log(note)
         iteration = 0

@@ -10,7 +10,6 @@ file and the arena (no copy of the model), with no dependency."""
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 
@@ -20,6 +19,7 @@ from nntrainer_cli.errors import DataError
 from nntrainer_cli.files import atomic_open
 
 from .executor import Executor
+from .tensor_files import is_safetensors, load_safetensors, save_safetensors
 
 
 def _adam_names(ex: Executor) -> list[str]:
@@ -27,35 +27,9 @@ def _adam_names(ex: Executor) -> list[str]:
     return ex.state_names() if adam else []
 
 
-def _is_safetensors(path: str) -> bool:
-    return path.lower().endswith(".safetensors")
-
-
-def _save_safetensors(ex: Executor, path: str, epoch: int, iteration: int) -> None:
-    """The safetensors layout written straight from the arena, with no copy: an 8-byte
-    header length, a JSON header (dtype, shape, byte range per tensor), the raw data."""
-    names, header, at = ex.weight_names(), {}, 0
-    for name in names:
-        spec = ex.plan.specs[name]
-        header[name] = {"dtype": "F32", "shape": list(spec.shape),
-                        "data_offsets": [at, at + spec.nbytes]}
-        at += spec.nbytes
-    header["__metadata__"] = {"epoch": str(epoch), "iteration": str(iteration)}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)   # the format aligns the data to 8 bytes
-    try:
-        with atomic_open(path, "wb") as f:
-            f.write(struct.pack("<Q", len(text)) + text)
-            for name in names:
-                with ex.persistent(name, write=False) as arr:
-                    f.write(arr.data)
-    except OSError as e:
-        raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
-
-
 def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -> None:
-    if _is_safetensors(path):
-        _save_safetensors(ex, path, epoch, iteration)
+    if is_safetensors(path):
+        save_safetensors(ex, path, epoch, iteration)
         return
     try:
         with atomic_open(path, "wb") as f:
@@ -92,13 +66,14 @@ def save_arrays(path: str, graph, arrays: dict) -> None:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
 
-def load(ex: Executor, path: str) -> str | None:
+def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
     """Read weights (and Adam state when it fits this model) into the arena. Returns a
     note when the file's Adam state was left out: a file saved from the same layers
-    with other layers frozen (transfer learning) has state for other weights."""
+    with other layers frozen (transfer learning) has state for other weights. `names`
+    (a --weights-map) renames a safetensors file's tensors to ours."""
     weights = ex.weight_names()
-    if _is_safetensors(path):
-        _load_safetensors(ex, path, weights)
+    if is_safetensors(path):
+        load_safetensors(ex, path, weights, names or {})
         return None
     need = sum(ex.plan.specs[n].nbytes for n in weights)
     try:
@@ -132,43 +107,3 @@ def load(ex: Executor, path: str) -> str | None:
                     "than this model's, so Adam starts afresh")
         raise DataError(f"weights file {path} has {size} bytes, which does not fit this model: "
                         f"weights take {need}, optional Adam state {state_bytes}, counters 8")
-
-
-def _load_safetensors(ex: Executor, path: str, weights: list[str]) -> None:
-    """Every weight by its plan name, read straight into the arena; a missing, extra,
-    mis-shaped or non-float32 tensor is an error naming it."""
-    try:
-        if not os.path.isfile(path):
-            raise DataError(f"cannot read weights file {path}: no such regular file")
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"cannot read weights file {path}: {e.strerror}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(length))
-        except (struct.error, ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{path} is not a safetensors file ({e})") from None
-        header.pop("__metadata__", None)
-        missing = [n for n in weights if n not in header]
-        extra = sorted(set(header) - set(weights))
-        if missing or extra:
-            raise DataError(f"{path} does not hold this model's weights: "
-                            + "; ".join(part for part in (
-                                f"missing {', '.join(missing[:4])}" if missing else "",
-                                f"unknown {', '.join(extra[:4])}" if extra else "") if part))
-        base = 8 + length
-        for name in weights:
-            spec, entry = ex.plan.specs[name], header[name]
-            lo, hi = entry.get("data_offsets", [0, -1])
-            if entry.get("dtype") != "F32" or tuple(entry.get("shape", ())) != spec.shape \
-                    or hi - lo != spec.nbytes or base + hi > size:
-                raise DataError(f"{path}: {name} is {entry.get('dtype')} of shape "
-                                f"{tuple(entry.get('shape', ()))}; the model needs F32 of "
-                                f"shape {spec.shape}")
-            with ex.persistent(name, write=True) as arr:
-                f.seek(base + lo)
-                f.readinto(arr.data.cast("B"))
