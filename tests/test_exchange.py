@@ -234,3 +234,20 @@ def test_a_pytorch_state_dict_loads_through_a_weights_map(tmp_path, tiny_model):
     res = run(*args, "--init-weights", str(tmp_path / "state_dict.safetensors"), "--weights-map",
               str(tmp_path / "bad.yaml"))
     assert res.exit_code == 2 and "bad.yaml hidden.weight: expected a name" in res.output
+
+
+def test_the_shipped_onnx_model_evaluates_as_the_reference_does(tmp_path):
+    """models/digits_mlp.onnx, imported and evaluated on the digits test set, gets the
+    accuracy onnx's reference evaluator gets from the same file."""
+    from helpers import REPO
+    src = os.path.join(REPO, "models", "digits_mlp.onnx")
+    test = os.path.join(REPO, "datasets", "digits", "test.dat")
+    assert run("import", src, "-o", str(tmp_path / "d.ini")).exit_code == 0
+    res = run("eval", str(tmp_path / "d.ini"), "-w", str(tmp_path / "d.bin"), "--data", test,
+              "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    records = np.fromfile(test, dtype="<f4").reshape(-1, 74)
+    logits = ReferenceEvaluator(onnx.load(src)).run(None, {"input": records[:, :64]})[0]
+    want = (logits.argmax(1) == records[:, 64:].argmax(1)).mean()
+    import json
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == want
