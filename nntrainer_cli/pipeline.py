@@ -22,8 +22,11 @@ UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib":
 def parse_size(text: str) -> int | str:
     """`64MiB`, `1.5GB`, `500000` (bytes) or `50%` (of the plan without swap)."""
     t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?%", t) and 0 < float(t[:-1]) <= 100:
-        return t
+    if re.fullmatch(r"\d+(\.\d+)?%", t):
+        if 0 < float(t[:-1]) <= 100:
+            return t
+        raise ConfigError(f"a share of the plan must be over 0% and at most 100%, got "
+                          f"{text!r}", key="--memory-budget")
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
     if not m or m.group(2) not in UNITS or float(m.group(1)) * UNITS[m.group(2)] < 1:
         raise ConfigError(f"expected a size of at least one byte like 64MiB, 1.5GB, 500000 "

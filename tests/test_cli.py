@@ -229,6 +229,18 @@ def test_convert_help_agrees_with_what_convert_does(tmp_path):
     assert out.read_text().startswith("# A multi-layer perceptron on the 8x8 digits")
 
 
+def test_flags_without_effect_are_named(tmp_path):
+    res = run("train", DIGITS, "--epochs", "1", "--swap-direct", "--lookahead", "3",
+              "--set", "model.epochs=3")
+    warnings = [l for l in res.stderr.splitlines() if l.startswith("warning:")]
+    assert res.exit_code == 0 and len(warnings) == 3, res.stderr
+    assert "--swap-direct has no effect without --memory-budget" in res.stderr
+    assert "--epochs wins over --set model.epochs" in res.stderr
+    res = run("convert", DIGITS, "--to", "ini", "-o", str(tmp_path / "m.yaml"))
+    assert res.exit_code == 2 and "named as the other format" in res.output
+    assert not (tmp_path / "m.yaml").exists()
+
+
 def test_train_says_where_the_weights_went(tmp_path):
     res = run("train", DIGITS, "--epochs", "1")
     assert "not saved (use --save FILE)" in res.stdout

@@ -50,6 +50,20 @@ def test_predict_writes_every_record_in_order(tmp_path):
     assert (probs.argmax(1) == labels).mean() == train["test"]["accuracy"]
 
 
+def test_predict_needs_no_labels(tmp_path):
+    weights, _ = trained(tmp_path)
+    records = np.fromfile(f"{REPO}/datasets/digits/test.dat", dtype="<f4").reshape(-1, 74)
+    np.savez(tmp_path / "x.npz", x=records[:, :64])
+    assert run("predict", DIGITS, "-w", weights, "--data", f"{REPO}/datasets/digits/test.dat",
+               "-o", str(tmp_path / "with.npy")).exit_code == 0
+    res = run("predict", DIGITS, "-w", weights, "--data", str(tmp_path / "x.npz"),
+              "-o", str(tmp_path / "without.npy"))
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(np.load(tmp_path / "with.npy"), np.load(tmp_path / "without.npy"))
+    res = run("eval", DIGITS, "-w", weights, "--data", str(tmp_path / "x.npz"))
+    assert res.exit_code == 2 and "x.npz has no array 'y'" in res.output, res.output
+
+
 def test_inference_input_errors(tmp_path):
     weights, _ = trained(tmp_path)
     no_test = tmp_path / "m.ini"

@@ -107,5 +107,5 @@ weights_map_opt = click.option(
          "{name: ..., transpose: true} for a PyTorch Linear weight, or null to leave one "
          "out), to load a PyTorch state_dict.")
 set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-                        help="Override a config value, e.g. --set model.epochs=5 or "
-                             "--set train_set.path=data.dat (repeatable).")
+                        help="Override a value of the model file, e.g. --set "
+                             "model.batch_size=16 or --set fc1.unit=64 (repeatable).")

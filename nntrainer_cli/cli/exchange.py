@@ -6,6 +6,7 @@ import os
 
 import click
 
+from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
 from .common import FILE, model_arg, handle_errors
@@ -27,6 +28,10 @@ def convert(model, fmt, output):
     from nntrainer_cli.graph import build_graph
     from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml
 
+    if output and output.lower().endswith((".yaml", ".yml", ".ini")) and \
+            output.lower().endswith(".ini") != (fmt == "ini"):
+        raise ConfigError(f"--to {fmt} but {output} is named as the other format; the file "
+                          "would not read back", key="--output")
     build_graph(load_config(model), require_loss=False)  # refuse a model that does not build
     sections = read_model_file(model)
     if output:

@@ -23,7 +23,7 @@ def _names(weights_map):
     return read_weights_map(weights_map) if weights_map else None
 
 
-def _open(model, data, batch_size, overrides):
+def _open(model, data, batch_size, overrides, need_labels=True):
     """The forward-only plan and the data: --data, else the model's test set."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.runtime.data import open_dataset
@@ -40,7 +40,7 @@ def _open(model, data, batch_size, overrides):
     else:
         path = os.path.abspath(data)
         where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
-    return p, open_dataset(path, *record_sizes(p.graph), where), path
+    return p, open_dataset(path, *record_sizes(p.graph), where, need_labels), path
 
 
 @click.command("eval")
@@ -72,7 +72,9 @@ def eval_(model, weights, data, batch_size, report_path, weights_map, overrides)
 @click.command()
 @model_arg
 @_weights_opt
-@click.option("--data", type=FILE, required=True, help="The records to predict.")
+@click.option("--data", type=FILE, required=True,
+              help="The records to predict: raw data as for training, or .npz with 'x' "
+                   "(labels 'y' may be left out).")
 @click.option("--output", "-o", type=FILE, required=True,
               help="Where the outputs go: .npy (float32, records × values) or .csv, one row "
                    "per record in input order (after the final activation).")
@@ -85,7 +87,7 @@ def predict(model, weights, data, output, batch_size, weights_map, overrides):
     from nntrainer_cli.runtime.inference import OutputFile, infer
 
     check_writable(output, "predictions")
-    p, ds, path = _open(model, data, batch_size, overrides)
+    p, ds, path = _open(model, data, batch_size, overrides, need_labels=False)
     out = p.graph.losses[0] if p.graph.losses else p.graph.nodes[-1]
     try:
         with OutputFile(output, ds.count, math.prod(out.ctx.output_shapes[0][1:])) as f:

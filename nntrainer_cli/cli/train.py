@@ -59,7 +59,14 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                 budget=parse_size(budget) if budget is not None else None, lookahead=lookahead,
                 swap_dir=swap_dir, direct=swap_direct)
     cfg = p.cfg
-    warn(cfg.warnings, quiet)
+    unused = [flag for flag, given in (("--lookahead", lookahead is not None),
+                                       ("--swap-dir", swap_dir), ("--swap-direct", swap_direct))
+              if given and not p.swap]
+    ignored = [f"{flag} has no effect without --memory-budget (or [Model] memory_swap)"
+               for flag in unused]
+    if epochs and any(o.lower().replace(" ", "").startswith("model.epochs=") for o in overrides):
+        ignored.append("--epochs wins over --set model.epochs")
+    warn(cfg.warnings + ignored, quiet)
     if p.swap:
         check_swap_dir(p.swap.directory)
     if p.optimizer is None:

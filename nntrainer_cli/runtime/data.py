@@ -47,14 +47,16 @@ class Dataset:
         pass
 
 
-def open_dataset(path: str, input_sizes: list[int], label_sizes: list[int], where) -> Dataset:
-    """`where` builds a DataError pointing at the config key that named the file."""
+def open_dataset(path: str, input_sizes: list[int], label_sizes: list[int], where,
+                 need_labels: bool = True) -> Dataset:
+    """`where` builds a DataError pointing at the config key that named the file. An .npz
+    file may leave out its labels when they are not needed (predict)."""
     if os.path.isdir(path):
         raise where(f"data path is a directory, not a file: {path}")
     if os.path.exists(path) and not os.path.isfile(path):
         raise where(f"data path is not a regular file: {path}")
     if path.lower().endswith(".npz"):
-        return NpzDataset(path, input_sizes, label_sizes, where)
+        return NpzDataset(path, input_sizes, label_sizes, where, need_labels)
     return RawDataset(path, input_sizes, label_sizes, where)
 
 
@@ -140,18 +142,24 @@ class RawDataset(Dataset):
 
 
 class NpzDataset(Dataset):
-    def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where):
+    def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where,
+                 need_labels: bool = True):
         if len(input_sizes) != 1 or len(label_sizes) != 1:
             raise where(f"{path}: .npz data serves models with one input and one loss; use "
                         "NNTrainer raw files for more")
         try:
             with np.load(path) as f:
-                x, y = f["x"], f["y"]
+                missing = [k for k in ("x", "y") if k not in f.files]
+                if missing == ["y"] and not need_labels:   # predicting: no labels needed
+                    x = f["x"]
+                    y = np.zeros(len(x) if x.ndim else 0, dtype=np.int64)
+                elif missing:
+                    raise where(f"{path} has no array '{missing[0]}'; expected 'x' "
+                                "(features) and 'y' (labels)")
+                else:
+                    x, y = f["x"], f["y"]
         except FileNotFoundError:
             raise where(f"data file not found: {path}") from None
-        except KeyError as e:
-            raise where(f"{path} has no array {e}; expected 'x' (features) and 'y' (labels)") \
-                from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise where(f"cannot read data file {path}: {e or type(e).__name__}") from None
         for name, a in (("x", x), ("y", y)):

@@ -64,10 +64,6 @@ class TrainReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        """Plain values for json.dump; a missing test set or swap leaves its key out."""
-        out = asdict(self)
-        if out["test"] is None:
-            del out["test"]
-        if out["memory"] is not None and out["memory"]["swap"] is None:
-            del out["memory"]["swap"]
-        return out
+        """Plain values for json.dump; every key is always there (null when it does not
+        apply: no test set, no swap, a run stopped before the end)."""
+        return asdict(self)
