@@ -69,6 +69,9 @@ def prepare(path: str, *, overrides=(), batch_size: int | None = None,
     """Config → graph → optimizer → plan, from a model file and the command's flags;
     `inference` plans the forward pass only (eval, predict)."""
     cfg = load_config(path, overrides)
+    if any(s.get("backbone") for s in cfg.layers):   # ONNX backbones, with their weights
+        from nntrainer_cli.exchange.onnx_backbone import splice_backbones
+        splice_backbones(cfg)
     graph = build_graph(cfg, batch_size, require_loss, inference=inference)
     optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
         if cfg.optimizer and not inference else None

@@ -251,3 +251,37 @@ def test_the_shipped_onnx_model_evaluates_as_the_reference_does(tmp_path):
     want = (logits.argmax(1) == records[:, 64:].argmax(1)).mean()
     import json
     assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == want
+
+
+def test_an_onnx_backbone_is_spliced_with_its_weights(tmp_path):
+    """`backbone = feature.onnx`, frozen: its layers come in named after the section, fed
+    by the layer before it, with the ONNX weights, which training leaves as they are
+    while the head learns."""
+    from safetensors.numpy import load_file
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat")]
+    w, b = init("w", 2, 1, 3, 3), init("b", 2)
+    save(tmp_path, nodes, [w, b], [1, 1, 4, 4], [1, 32], name="feature.onnx")
+    x = RNG.standard_normal((32, 16)).astype("<f4")
+    y = np.eye(3, dtype="<f4")[RNG.integers(0, 3, 32)]
+    np.concatenate([x, y], axis=1).tofile(tmp_path / "t.dat")
+    model = tmp_path / "m.ini"
+    model.write_text("[Model]\nloss = cross\nbatch_size = 8\nepochs = 2\n[Optimizer]\ntype = sgd\n"
+                     "learning_rate = 0.1\n[train_set]\npath = t.dat\n"
+                     "[in]\ntype = input\ninput_shape = 1:4:4\n"
+                     "[feat]\nbackbone = feature.onnx\ntrainable = false\n"
+                     "[head]\ntype = fully_connected\nunit = 3\nactivation = softmax\n")
+    res = run("summary", str(model))
+    assert res.exit_code == 0 and "feat/conv" in res.output, res.output
+    start = tmp_path / "start.safetensors"
+    assert run("train", str(model), "-q", "--epochs", "1", "--set", "optimizer.learning_rate=1e-9",
+               "--save", str(start)).exit_code == 0
+    res = run("train", str(model), "-q", "--save", str(tmp_path / "after.safetensors"))
+    assert res.exit_code == 0, res.output
+    after = load_file(str(tmp_path / "after.safetensors"))
+    np.testing.assert_array_equal(after["feat/conv:filter"], numpy_helper.to_array(w))
+    np.testing.assert_array_equal(after["feat/conv:bias"], numpy_helper.to_array(b))
+    assert not np.array_equal(after["head:weight"], load_file(str(start))["head:weight"])
+    plan = prepare(str(model)).plan
+    assert "feat/conv:filter:grad" not in plan.specs   # frozen: no gradient planned

@@ -24,15 +24,14 @@ def convert(model, fmt, output):
     lines at the top of the file are carried over, other comments are dropped. The
     converted model plans and trains exactly like MODEL."""
     from nntrainer_cli.config.reader import read_model_file
-    from nntrainer_cli.config.model import load_config
-    from nntrainer_cli.graph import build_graph
     from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml
+    from nntrainer_cli.pipeline import prepare
 
     if output and output.lower().endswith((".yaml", ".yml", ".ini")) and \
             output.lower().endswith(".ini") != (fmt == "ini"):
         raise ConfigError(f"--to {fmt} but {output} is named as the other format; the file "
                           "would not read back", key="--output")
-    build_graph(load_config(model), require_loss=False)  # refuse a model that does not build
+    prepare(model, require_loss=False)  # refuse a model that does not build
     sections = read_model_file(model)
     if output:
         check_writable(output)

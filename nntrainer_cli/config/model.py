@@ -102,6 +102,8 @@ class ModelConfig:
     data: dict[str, Located] = field(default_factory=dict)
     layers: list[Section] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # keys that have no effect
+    # weights that came with spliced ONNX backbones, by plan name (set by the pipeline)
+    backbone_weights: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> str:
@@ -153,11 +155,15 @@ def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] =
             out.append(s)
             continue
         path = entry.path(base)
-        if not path.lower().endswith((".ini", ".yaml", ".yml")):
-            raise s.error(f"backbone {entry.value!r} is not an INI or YAML model; TensorFlow "
-                          "Lite and NNStreamer backbones are not supported", "backbone")
+        if not path.lower().endswith((".ini", ".yaml", ".yml", ".onnx")):
+            raise s.error(f"backbone {entry.value!r} is not an INI, YAML or ONNX model; "
+                          "TensorFlow Lite and NNStreamer backbones are not supported",
+                          "backbone")
         if not os.path.isfile(path):
             raise s.error(f"backbone file not found: {path}", "backbone")
+        if path.lower().endswith(".onnx"):   # spliced with its weights by the pipeline
+            out.append(s)
+            continue
         if path in seen:
             raise s.error("backbone includes itself", "backbone")
         inner = [b for b in read_model_file(path) if b.name not in SPECIAL]

@@ -51,8 +51,8 @@ class Imported:
 
 
 class _Builder:
-    def __init__(self, path: str, graph, to_array):
-        self.path, self.graph, self.to_array = path, graph, to_array
+    def __init__(self, path: str, graph, to_array, prefix: str = ""):
+        self.path, self.graph, self.to_array, self.prefix = path, graph, to_array, prefix
         self.consts = {t.name: to_array(t) for t in graph.initializer}
         self.layers: list[Section] = []
         self.weights: dict[str, np.ndarray] = {}
@@ -68,7 +68,8 @@ class _Builder:
                            file=self.path)
 
     def name(self, raw: str, fallback: str) -> str:
-        base = re.sub(r"[^-_./a-z0-9]", "_", raw.lower()).lstrip("-_./") or fallback
+        base = self.prefix + (re.sub(r"[^-_./a-z0-9]", "_", raw.lower()).lstrip("-_./")
+                              or fallback)
         name, k = base, 1
         while name in self.names:
             k += 1
@@ -229,10 +230,12 @@ def _constant(node, b: _Builder, a) -> None:
     b.consts[node.output[0]] = b.to_array(a["value"])
 
 
-def convert(path: str) -> Imported:
+def convert(path: str, prefix: str = "") -> Imported:
+    """The whole model; with a `prefix` (a backbone), layer names are prefixed with it
+    and neither [Model] nor a softmax is added."""
     model, numpy_helper = _load(path)
     g = model.graph
-    b = _Builder(path, g, numpy_helper.to_array)
+    b = _Builder(path, g, numpy_helper.to_array, prefix)
     data = [v for v in g.input if v.name not in b.consts]
     if len(data) != 1 or len(g.output) != 1:
         raise ConfigError(f"expected one input and one output, got {len(data)} and "
@@ -297,6 +300,9 @@ def convert(path: str) -> Imported:
         else:
             raise b.refuse(node, "this operator is not supported")
     out, _ = b.input_of(g.node[-1] if g.node else g.output[0], g.output[0].name)
+    if prefix:   # the output last, so that the next layer in the file chains to it
+        b.layers.sort(key=lambda section: section.name == out)
+        return Imported(b.layers, b.weights)
     return _finish(path, b, out)
 
 

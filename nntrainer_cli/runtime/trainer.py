@@ -159,6 +159,7 @@ class Trainer:
         """Initialize (or load) the weights, run the epochs, evaluate; fills `report`."""
         opts = self.opts
         ex.initialize(init_rng)
+        weights_io.load_arrays(ex, self.cfg.backbone_weights)
         if opts.init_weights:
             note = weights_io.load(ex, opts.init_weights, opts.weights_map)
             if note:

@@ -66,6 +66,13 @@ def save_arrays(path: str, graph, arrays: dict) -> None:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
 
+def load_arrays(ex: Executor, arrays: dict) -> None:
+    """Weights given by plan name (those an ONNX backbone brought) into the arena."""
+    for name, array in arrays.items():
+        with ex.persistent(name, write=True) as view:
+            np.copyto(view, array, casting="same_kind")
+
+
 def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
     """Read weights (and Adam state when it fits this model) into the arena. Returns a
     note when the file's Adam state was left out: a file saved from the same layers
