@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from helpers import write_records
+
 
 @pytest.fixture
 def tiny_model(tmp_path) -> str:
@@ -10,8 +12,7 @@ def tiny_model(tmp_path) -> str:
     (`train.dat`, 64 records) beside its model file `tiny.ini`; the model's path."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 4)).astype("<f4")
-    y = np.eye(3, dtype="<f4")[np.argmax(x[:, :3], axis=1)]
-    np.concatenate([x, y], axis=1).tofile(tmp_path / "train.dat")
+    write_records(tmp_path / "train.dat", x, np.argmax(x[:, :3], axis=1), 3)
     path = tmp_path / "tiny.ini"
     path.write_text("[Model]\nepochs = 5\nloss = cross\nbatch_size = 8\n"
                     "[Optimizer]\ntype = sgd\nlearning_rate = 0.5\n"

@@ -52,6 +52,12 @@ CORPUS_EXPECTED = {
 }
 
 
+def write_records(path, x, classes, n_classes: int) -> None:
+    """NNTrainer raw data: per record the features, then the one-hot label, as float32."""
+    labels = np.eye(n_classes)[classes]
+    np.concatenate([x, labels], axis=1).astype("<f4").tofile(path)
+
+
 def run(*args):
     """The command line in this process (click's CliRunner): exit code and output."""
     return CliRunner().invoke(main, list(args))

@@ -17,7 +17,7 @@ from nntrainer_cli.pipeline import prepare
 from nntrainer_cli.runtime import weights as weights_io
 from nntrainer_cli.runtime.executor import Executor
 
-from helpers import run
+from helpers import run, write_records
 
 RNG = np.random.default_rng(5)
 
@@ -124,9 +124,7 @@ def test_imported_model_fine_tunes(tmp_path):
     src = mlp(tmp_path)
     out = tmp_path / "m.ini"
     assert run("import", src, "-o", str(out)).exit_code == 0
-    x = RNG.standard_normal((64, 8)).astype("<f4")
-    y = np.eye(4, dtype="<f4")[RNG.integers(0, 4, 64)]
-    np.concatenate([x, y], axis=1).tofile(tmp_path / "t.dat")
+    write_records(tmp_path / "t.dat", RNG.standard_normal((64, 8)), RNG.integers(0, 4, 64), 4)
     res = run("train", str(out), "-q", "--init-weights", str(tmp_path / "m.bin"),
               "--epochs", "2", "--batch-size", "8", "--set", f"train_set.path={tmp_path}/t.dat",
               "--save", str(tmp_path / "tuned.bin"))
@@ -263,9 +261,7 @@ def test_an_onnx_backbone_is_spliced_with_its_weights(tmp_path):
              helper.make_node("Flatten", ["r"], ["f"], name="flat")]
     w, b = init("w", 2, 1, 3, 3), init("b", 2)
     save(tmp_path, nodes, [w, b], [1, 1, 4, 4], [1, 32], name="feature.onnx")
-    x = RNG.standard_normal((32, 16)).astype("<f4")
-    y = np.eye(3, dtype="<f4")[RNG.integers(0, 3, 32)]
-    np.concatenate([x, y], axis=1).tofile(tmp_path / "t.dat")
+    write_records(tmp_path / "t.dat", RNG.standard_normal((32, 16)), RNG.integers(0, 3, 32), 3)
     model = tmp_path / "m.ini"
     model.write_text("[Model]\nloss = cross\nbatch_size = 8\nepochs = 2\n[Optimizer]\ntype = sgd\n"
                      "learning_rate = 0.1\n[train_set]\npath = t.dat\n"

@@ -10,7 +10,7 @@ from nntrainer_cli.pipeline import parse_size, prepare
 from nntrainer_cli.plan.planners import Item, check_valid
 from nntrainer_cli.errors import ConfigError
 
-from helpers import REPO, run
+from helpers import REPO, run, write_records
 
 CONFIGS = os.path.join(REPO, "configs")
 
@@ -402,8 +402,7 @@ def test_held_out_models_train_bit_identically_in_half_their_memory(tmp_path, na
     features, ids, text = HELD_OUT[name]
     rng = np.random.default_rng(1)
     x = rng.integers(0, 10, (192, features)) if ids else rng.standard_normal((192, features))
-    y = np.eye(3)[rng.integers(0, 3, 192)]
-    np.concatenate([x, y], axis=1).astype("<f4").tofile(tmp_path / "train.dat")
+    write_records(tmp_path / "train.dat", x, rng.integers(0, 3, 192), 3)
     model = tmp_path / f"{name}.ini"
     model.write_text("[Model]\nloss = cross\nbatch_size = 64\n"
                      "[train_set]\ntype = file\npath = train.dat\n" + text)

@@ -11,6 +11,7 @@ from nntrainer_cli.files import check_writable, write_text
 
 from .common import FILE, model_arg, handle_errors
 
+
 @click.command()
 @model_arg
 @click.option("--to", "fmt", type=click.Choice(["yaml", "ini"]), required=True,

@@ -14,6 +14,7 @@ from nntrainer_cli.files import check_writable, write_text
 from .common import (FILE, MODEL_EXTENSIONS, batch_opt, budget_opt, fail, lookahead_opt,
                      model_arg, planner_opt, set_opt, warn, handle_errors)
 
+
 @click.command()
 @model_arg
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "svg"]), default="text",
@@ -64,8 +65,6 @@ def summary(model, batch_size, overrides):
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False)
     warn(p.cfg.warnings)
     click.echo(model_summary(p.plan, p.graph))
-
-
 
 
 def _model_files(paths) -> list[str]:

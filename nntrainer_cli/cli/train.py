@@ -12,6 +12,7 @@ from nntrainer_cli.files import check_writable, write_text
 from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead_opt,
                      model_arg, planner_opt, set_opt, warn, weights_map_opt)
 
+
 @click.command()
 @model_arg
 @click.option("--epochs", type=click.IntRange(min=1), help="Override [Model] epochs.")

@@ -30,8 +30,8 @@ def splice_backbones(cfg) -> None:
                 if e is not None:
                     e.value = ", ".join(source.value if v.strip() == feed else v.strip()
                                         for v in e.value.split(","))
-        for layer in layers:
-            if s.get("trainable") is not None:
+        if s.get("trainable") is not None:
+            for layer in layers:
                 layer.entries["trainable"] = s.get("trainable")
         for later in cfg.layers:   # layers that name the backbone read its output
             e = later.entries.get("input_layers")

@@ -135,7 +135,7 @@ def _conv(node, b: _Builder, a) -> None:
 
 
 def _dense(node, b: _Builder, w: np.ndarray, bias: np.ndarray | None) -> None:
-    data, rank = b.input_of(node, node.input[0])
+    _, rank = b.input_of(node, node.input[0])
     if rank != 2:
         raise b.refuse(node, "a dense layer needs a flattened (N, features) input")
     props = dict(unit=w.shape[1]) if bias is not None else dict(unit=w.shape[1],
@@ -310,8 +310,8 @@ def _finish(path: str, b: _Builder, out: str) -> Imported:
     """[Model] with cross-entropy when the graph ends in softmax; otherwise a softmax
     layer is added so the model trains with it (argmax, and so accuracy, unchanged)."""
     notes = []
-    last = next(s for s in b.layers if s.name == out)
-    if last.entries.get("activation", Entry("", "", 0)).value != "softmax":
+    last = next(s for s in b.layers if s.name == out).get("activation")
+    if last is None or last.value != "softmax":
         name = b.name("softmax", "softmax")
         section = Section(name, 0, path)
         section.entries["type"] = Entry("type", "activation", 0)

@@ -197,9 +197,7 @@ def _check_backward_writes(graph: LayerGraph, ts: TensorSet) -> None:
         if cd is None or "output" not in n.ctx.access.derivative_writes:
             continue
         for out in ts.io[n.name].outputs:
-            root = ts.specs[out].alias_of or out
-            group = [s for s in ts.specs.values() if (s.alias_of or s.name) == root]
-            late = [s.name for s in group if max(s.uses) > cd]
-            if late:
-                raise AssertionError(f"{n.name} overwrites {out} at slot {cd}, but "
-                                     f"{late} read those bytes later")
+            root = ts.specs[ts.specs[out].alias_of or out]   # its lifespan covers the group
+            if root.last > cd:
+                raise AssertionError(f"{n.name} overwrites {out} at slot {cd}, but those "
+                                     f"bytes are read until slot {root.last}")

@@ -69,7 +69,7 @@ class OutputFile:
     def __init__(self, path: str, records: int, values: int):
         if not path.lower().endswith((".npy", ".csv")):
             raise DataError(f"cannot write predictions to {path}: use .npy or .csv")
-        self.path, self.records, self.values, self.written = path, records, values, 0
+        self.path, self.records, self.values = path, records, values
         self.csv = path.lower().endswith(".csv")
 
     def __enter__(self):
@@ -85,7 +85,6 @@ class OutputFile:
             np.savetxt(self.f, rows, fmt="%.7g", delimiter=",")
         else:
             self.f.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
-        self.written += len(rows)
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)

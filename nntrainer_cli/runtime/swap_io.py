@@ -1,8 +1,9 @@
 """The swap file and the thread that moves tensors between it and the arena.
 
 One file per run, created in the swap directory and unlinked at once, so the kernel
-frees it when the run ends, whatever ends it. Operations run in the order they are submitted (FIFO), so a load into
-bytes that a store is still reading from always comes after that store. The compute
+frees it when the run ends, whatever ends it. Operations run in the order they are
+submitted (FIFO), so a load into bytes that a store is still reading from always comes
+after that store. The compute
 thread waits only for the operation a slot really needs.
 
 When the background thread is idle, the compute thread does an operation itself if it
