@@ -80,9 +80,20 @@ def strided(tmp_path):
              helper.make_node("Tanh", ["a"], ["t"], name="tanh"),
              helper.make_node("Reshape", ["t", "shape"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc")]
-    inits = [init("w", 2, 1, 3, 2), numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+    inits = [init("w", 2, 1, 3, 2), numpy_helper.from_array(np.array([1, 32], np.int64), "shape"),
              init("fw", 32, 3), init("fb", 3)]
     return save(tmp_path, nodes, inits, [1, 1, 6, 5], [1, 3])
+
+
+def reduced(tmp_path):
+    """What PyTorch's exporters write beside the classic ops: a weight passed through an
+    Identity (the TorchScript exporter's shared initializers) and a global average pool
+    as ReduceMean over H and W (torch.export's), here without keepdims."""
+    nodes = [helper.make_node("Identity", ["w"], ["wi"], name="shared"),
+             helper.make_node("Conv", ["x", "wi"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["c"], ["m"], name="mean", axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["m", "fw"], ["y"], name="fc")]
+    return save(tmp_path, nodes, [init("w", 3, 2, 3, 3), init("fw", 3, 4)], [1, 2, 5, 5], [1, 4])
 
 
 def ours(model, weights, x):
@@ -100,7 +111,8 @@ def softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("build,ext", [(mlp, ".ini"), (cnn, ".yaml"), (strided, ".ini")])
+@pytest.mark.parametrize("build,ext", [(mlp, ".ini"), (cnn, ".yaml"), (strided, ".ini"),
+                                       (reduced, ".ini")])
 def test_imported_forward_equals_the_reference(tmp_path, build, ext):
     src = build(tmp_path)
     out = tmp_path / f"imported{ext}"
@@ -145,6 +157,11 @@ REFUSED = [
      [4, 2], [2, 3], "transA = 1"),
     (helper.make_node("Flatten", ["x"], ["y"], name="f2", axis=2), [], [1, 2, 3, 3], [2, 9],
      "flatten from axis 2"),
+    (helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"),
+     [numpy_helper.from_array(np.array([3, 6], np.int64), "s")], [1, 2, 3, 3], [3, 6],
+     "node rs (Reshape): only a flatten to (batch, -1) is supported, got [3, 6]"),
+    (helper.make_node("ReduceMean", ["x"], ["y"], name="rm", axes=[1]), [], [1, 2, 3, 3],
+     [1, 1, 3, 3], "only a reduction over the spatial axes (2, 3)"),
 ]
 
 
@@ -168,6 +185,27 @@ def test_unreadable_files_are_refused(tmp_path):
         errors = [l for l in res.output.splitlines() if l.startswith("error:")]
         assert res.exit_code == 2 and len(errors) == 1 and name in errors[0], res.output
     assert not os.path.exists(tmp_path / "o.ini")
+
+
+def test_weights_in_a_file_beside_the_model(tmp_path):
+    """Exports over 2 GB (and torch.export's, above a size) keep the weights in
+    `x.onnx.data`: read from there, and a missing or cut-short file refused by name."""
+    inline = mlp(tmp_path)
+    model = onnx.load(inline)
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=0)
+    assert run("import", str(src), "-o", str(tmp_path / "a.ini")).exit_code == 0
+    assert run("import", inline, "-o", str(tmp_path / "inline.ini")).exit_code == 0
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "inline.bin").read_bytes()
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    res = run("import", str(src), "-o", str(tmp_path / "b.ini"))
+    assert res.exit_code == 2 and "ext.onnx.data is 100 bytes, shorter" in res.output, res.output
+    data.unlink()
+    res = run("import", str(src), "-o", str(tmp_path / "b.ini"))
+    assert res.exit_code == 2 and "ext.onnx.data is missing" in res.output, res.output
+    assert not (tmp_path / "b.ini").exists()
 
 
 def test_safetensors_round_trip_and_interop(tmp_path, tiny_model):
@@ -235,20 +273,26 @@ def test_a_pytorch_state_dict_loads_through_a_weights_map(tmp_path, tiny_model):
 
 
 def test_the_shipped_onnx_model_evaluates_as_the_reference_does(tmp_path):
-    """models/digits_mlp.onnx, imported and evaluated on the digits test set, gets the
-    accuracy onnx's reference evaluator gets from the same file."""
+    """models/digits_cnn.onnx (made by PyTorch), imported and evaluated on the digits
+    test set, gets the accuracy and loss onnx's reference evaluator gets from the same
+    file."""
     from helpers import REPO
-    src = os.path.join(REPO, "models", "digits_mlp.onnx")
+    src = os.path.join(REPO, "models", "digits_cnn.onnx")
     test = os.path.join(REPO, "datasets", "digits", "test.dat")
     assert run("import", src, "-o", str(tmp_path / "d.ini")).exit_code == 0
     res = run("eval", str(tmp_path / "d.ini"), "-w", str(tmp_path / "d.bin"), "--data", test,
               "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 0, res.output
     records = np.fromfile(test, dtype="<f4").reshape(-1, 74)
-    logits = ReferenceEvaluator(onnx.load(src)).run(None, {"input": records[:, :64]})[0]
-    want = (logits.argmax(1) == records[:, 64:].argmax(1)).mean()
+    x = records[:, :64].reshape(-1, 1, 8, 8)
+    logits = ReferenceEvaluator(onnx.load(src)).run(None, {"input": x})[0].astype(np.float64)
+    labels = records[:, 64:].argmax(1)
+    loss = np.mean(np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+                   + logits.max(1) - logits[np.arange(len(x)), labels])
     import json
-    assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == want
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["accuracy"] == (logits.argmax(1) == labels).mean()
+    assert report["loss"] == pytest.approx(loss, rel=1e-4)
 
 
 def test_an_onnx_backbone_is_spliced_with_its_weights(tmp_path):
