@@ -92,7 +92,7 @@ class Harness:
                    for t in fc.temps},
             rows=fc.input_shapes[0][0])
         if layer.is_loss:
-            label = np.zeros(fc.input_shapes[0])
+            label = np.zeros(layer.label_shape(fc))
             flat = label.reshape(-1, label.shape[-1])
             flat[np.arange(len(flat)), rng.integers(0, label.shape[-1], len(flat))] = 1
             self.ctx.label = label

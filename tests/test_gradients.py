@@ -54,11 +54,18 @@ CASES = [
     ("mse", {}, [(4, 1, 1, 3)]),
     ("cross_softmax", {}, [(4, 1, 1, 5)]),
     ("cross_sigmoid", {}, [(4, 1, 1, 3)]),
+    ("preprocess_l2norm", {}, [(3, 1, 1, 5)]),
+    ("preprocess_l2norm", {"epsilon": 0.5}, [(2, 2, 2, 2)]),
 ]
+# Layers that pass no gradient back (the graph refuses anything trainable before
+# them); tests/test_personal.py checks what they compute.
+NO_GRADIENT = {"centroid_knn", "preprocess_flip", "preprocess_translate"}
 
 
 def test_every_layer_has_a_case():
-    assert {c[0] for c in CASES} == set(REGISTRY)
+    assert {c[0] for c in CASES} | NO_GRADIENT == set(REGISTRY)
+    assert not any(REGISTRY[c[0]].differentiable is False for c in CASES)
+    assert all(REGISTRY[k].differentiable is False for k in NO_GRADIENT)
     assert {c[1]["activation"] for c in CASES if c[0] == "activation"} == set(FUNCTIONS)
 
 

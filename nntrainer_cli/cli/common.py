@@ -26,6 +26,7 @@ class FilePath(click.Path):
 
 
 FILE = FilePath(dir_okay=False)
+DATA = FilePath()   # a data file, or a folder of images per class
 
 
 def fail(message: str, code: int):

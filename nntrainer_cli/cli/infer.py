@@ -12,7 +12,7 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
-from .common import FILE, batch_opt, handle_errors, model_arg, set_opt, warn, weights_map_opt
+from .common import DATA, FILE, batch_opt, handle_errors, model_arg, set_opt, warn, weights_map_opt
 
 _weights_opt = click.option("--weights", "-w", type=FILE, required=True,
                             help="Trained weights: NNTrainer .bin or .safetensors.")
@@ -27,7 +27,7 @@ def _open(model, data, batch_size, overrides, need_labels=True):
     """The forward-only plan and the data: --data, else the model's test set."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.runtime.data import open_dataset
-    from nntrainer_cli.runtime.trainer import record_sizes
+    from nntrainer_cli.runtime.trainer import record_shapes
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False,
                 inference=True)
@@ -37,16 +37,19 @@ def _open(model, data, batch_size, overrides, need_labels=True):
         if loc is None:
             raise ConfigError("no test data: add [test_set] or pass --data FILE", file=model)
         path, where = p.cfg.resolve(loc.section, loc.key), loc.error
+        kind, label_column = loc.kind, loc.label_column
     else:
-        path = os.path.abspath(data)
+        path, kind, label_column = os.path.abspath(data), "auto", None
         where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
-    return p, open_dataset(path, *record_sizes(p.graph), where, need_labels), path
+    return p, open_dataset(path, *record_shapes(p.graph), where, need_labels, kind,
+                           label_column), path
 
 
 @click.command("eval")
 @model_arg
 @_weights_opt
-@click.option("--data", type=FILE, help="Data to evaluate on (default: the model's test set).")
+@click.option("--data", type=DATA, help="Data to evaluate on (default: the model's test set): "
+              "a raw or .npz file, a .csv table, or a folder of images per class.")
 @batch_opt
 @click.option("--report", "report_path", type=FILE, help="Also write the results as JSON.")
 @weights_map_opt
@@ -72,9 +75,10 @@ def eval_(model, weights, data, batch_size, report_path, weights_map, overrides)
 @click.command()
 @model_arg
 @_weights_opt
-@click.option("--data", type=FILE, required=True,
-              help="The records to predict: raw data as for training, or .npz with 'x' "
-                   "(labels 'y' may be left out).")
+@click.option("--data", type=DATA, required=True,
+              help="The records to predict: raw data as for training, .npz with 'x' "
+                   "(labels 'y' may be left out), a .csv table (the label column may be "
+                   "left out), or a folder of images per class.")
 @click.option("--output", "-o", type=FILE, required=True,
               help="Where the outputs go: .npy (float32, records × values) or .csv, one row "
                    "per record in input order (after the final activation).")

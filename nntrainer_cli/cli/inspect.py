@@ -105,7 +105,9 @@ def check(paths, batch_size):
         notes = list(p.cfg.warnings)
         for loc in p.cfg.data.values():
             data_path = p.cfg.resolve(loc.section, loc.key)
-            if not os.path.isfile(data_path):
+            if loc.kind == "dir" and not os.path.isdir(data_path):
+                notes.append(str(loc.error(f"image folder not found: {data_path}")))
+            elif loc.kind != "dir" and not os.path.isfile(data_path):
                 notes.append(str(loc.error(f"data file not found: {data_path}")))
         for note in notes:  # on standard output, with the line they are about
             click.echo(f"warning: {note}")

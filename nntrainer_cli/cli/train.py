@@ -33,6 +33,10 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @click.option("--no-tracemalloc", "no_trace", is_flag=True,
               help="Do not trace allocations: faster small kernels, for timing runs; the "
                    "report then gives RSS figures only, no measured_peak_bytes.")
+@click.option("--no-feature-cache", "no_cache", is_flag=True,
+              help="Run the frozen layers before the first trainable one every epoch, "
+                   "instead of keeping their output per record from the first epoch "
+                   "(the default when they are deterministic, and there is no swap).")
 @budget_opt
 @lookahead_opt
 @click.option("--swap-dir", type=click.Path(file_okay=False),
@@ -45,7 +49,8 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
-          quiet, no_trace, budget, lookahead, swap_dir, swap_direct, weights_map, overrides):
+          quiet, no_trace, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
+          overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.report.tables import plan_summary, train_summary
@@ -70,7 +75,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     warn(cfg.warnings + ignored, quiet)
     if p.swap:
         check_swap_dir(p.swap.directory)
-    if p.optimizer is None:
+    if p.optimizer is None and p.graph.learns_by_gradient:
         raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
                           file=model)
     if "train" not in cfg.data:
@@ -94,7 +99,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                             shuffle=not no_shuffle, quiet=quiet, save=save,
                             init_weights=init_weights, swap=p.swap,
                             weights_map=read_weights_map(weights_map) if weights_map else None,
-                            trace_memory=not no_trace)
+                            trace_memory=not no_trace, cache_features=not no_cache)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
         report = getattr(stop, "report", None)

@@ -89,6 +89,13 @@ class Located:
 
 
 @dataclass
+class DataSource(Located):
+    """A data section's path (the Located value) and how to read it."""
+    kind: str = "auto"                # file, dir or csv; auto: by the path (legacy [DataSet])
+    label_column: str | None = None   # csv: the label column's name or number
+
+
+@dataclass
 class ModelConfig:
     path: str
     sections: list[Section]
@@ -99,7 +106,7 @@ class ModelConfig:
     optimizer_section: Section | None = None
     scheduler: str | None = None
     scheduler_props: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Located] = field(default_factory=dict)
+    data: dict[str, DataSource] = field(default_factory=dict)
     layers: list[Section] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # keys that have no effect
     # weights that came with spliced ONNX backbones, by plan name (set by the pipeline)
@@ -231,8 +238,9 @@ def _optimizer(cfg: ModelConfig, sections: dict[str, Section]) -> None:
                             f"{missing} is missing")
 
 
-_SET_SCHEMA: P.Schema = {"type": P.Prop(P.enum("file"), "file"),
+_SET_SCHEMA: P.Schema = {"type": P.Prop(P.enum("file", "dir", "csv"), "file"),
                          "path": P.Prop(P.text, required=True),
+                         "label_column": P.Prop(P.text),
                          "buffer_size": P.Prop(P.positive_int, 1)}
 
 
@@ -244,12 +252,15 @@ def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
             raise legacy.error("missing required key 'TrainData'")
         for key, split in keys.items():
             if key in legacy.entries:
-                cfg.data[split] = Located(legacy.entries[key].value, legacy, key)
+                cfg.data[split] = DataSource(legacy.entries[key].value, legacy, key)
     for split in SPLITS:
         s = sections.get(f"{split}_set")
         if s is not None:
-            P.parse_section(s, _SET_SCHEMA)
-            cfg.data[split] = Located(s.entries["path"].value, s, "path")
+            values = P.parse_section(s, _SET_SCHEMA)
+            if values["label_column"] is not None and values["type"] != "csv":
+                raise s.error("label_column is for type = csv", "label_column")
+            cfg.data[split] = DataSource(s.entries["path"].value, s, "path", values["type"],
+                                         values["label_column"])
 
 
 # [Model] keys NNTrainer has that change nothing here, with the value that is harmless.

@@ -64,6 +64,12 @@ class LayerGraph:
         return [n for n in self.nodes if not n.inputs]
 
     @property
+    def learns_by_gradient(self) -> bool:
+        """Whether any weight is trained by an optimizer (not so for a model whose only
+        learning is centroid_knn's enrollment)."""
+        return self.training and any(w.trainable for n in self.nodes for w in n.ctx.weights)
+
+    @property
     def losses(self) -> list[Node]:
         return [n for n in self.nodes if n.layer.is_loss]
 
@@ -253,6 +259,22 @@ def _finalize(graph: LayerGraph) -> None:
 FRUGAL_APPLY_PARTS = 4
 
 
+def _check_gradient_flow(graph: LayerGraph) -> None:
+    """A layer that passes no gradient back (centroid_knn, augmentation) may have
+    nothing trainable before it: those weights would never learn."""
+    trained: dict[str, str] = {}   # node → the trainable layer upstream of it
+    for n in graph.nodes:
+        source = next((trained[c] for c, _ in n.inputs if c in trained), None)
+        if source is not None and not n.layer.differentiable:
+            raise n.error(f"a {n.type} layer passes no gradient back, but [{source}] before "
+                          f"it is trainable: set trainable = false there (or put the "
+                          f"{n.type} layer first)")
+        if source is None and any(w.trainable for w in n.ctx.weights):
+            source = n.section.name
+        if source is not None:
+            trained[n.name] = source
+
+
 def build_graph(cfg: ModelConfig, batch_size: int | None = None,
                 require_loss: bool = True, frugal: int = 0,
                 inference: bool = False) -> LayerGraph:
@@ -292,4 +314,6 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
     graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training, frugal,
                        FRUGAL_APPLY_PARTS if frugal else 1)
     _finalize(graph)
+    if training:
+        _check_gradient_flow(graph)
     return graph

@@ -158,6 +158,7 @@ class Layer:
     inputs = (1, 1)           # (min, max) number of inputs; max None = any
     access = Access()         # finalize may pick a variant: ctx.access = ...
     is_loss = False
+    differentiable = True     # False: passes no gradient back (nothing before it may train)
 
     def __init__(self, name: str, props: dict[str, Any]):
         self.name = name
@@ -175,6 +176,15 @@ class Layer:
     def request_bias(self, ctx: FinalizeContext, name: str, shape: Shape) -> None:
         if not self.p["disable_bias"]:
             ctx.weight(name, shape, self.p["bias_initializer"], decay=self.p["bias_decay"])
+
+    def per_record(self) -> bool:
+        """Whether, in training, each record's output depends on that record alone and
+        not on chance (a frozen prefix of such layers can have its output cached)."""
+        return True
+
+    def label_shape(self, ctx: FinalizeContext) -> Shape:
+        """A loss layer's label (with batch): by default one value per input value."""
+        return ctx.input_shapes[0]
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         raise NotImplementedError

@@ -24,6 +24,9 @@ class Input(Layer):
     def finalize(self, ctx: FinalizeContext) -> None:
         ctx.output_shapes = [ctx.input_shapes[0]]
 
+    def per_record(self) -> bool:   # normalization scales by the whole batch's range
+        return not self.p["normalization"]
+
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y = ctx.inputs[0], ctx.outputs[0]
         if x is not y:

@@ -34,6 +34,9 @@ class BatchNormalization(Layer):
               "weight_decay": P.Prop(P.nonneg_float, 0.0),
               "bias_decay": P.Prop(P.nonneg_float, 0.0)}
 
+    def per_record(self) -> bool:   # training normalizes by the batch's statistics
+        return False
+
     def finalize(self, ctx: FinalizeContext) -> None:
         shape = ctx.input_shapes[0]
         axis = int(self.p["axis"]) if self.p["axis"] else (1 if shape[1] > 1 else 3)
@@ -118,6 +121,9 @@ class Dropout(Layer):
         ctx.output_shapes = [ctx.input_shapes[0]]
         if self.p["dropout_rate"] > 0:
             ctx.temp("mask", ctx.input_shapes[0], ITERATION)
+
+    def per_record(self) -> bool:
+        return self.p["dropout_rate"] == 0
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y, rate = ctx.inputs[0], ctx.outputs[0], self.p["dropout_rate"]

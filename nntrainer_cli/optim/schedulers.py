@@ -27,5 +27,7 @@ def make_schedule(cfg: ModelConfig) -> Callable[[int], float]:
     if cfg.scheduler == "linear":
         hi, lo, n = p["max_learning_rate"], p["min_learning_rate"], p["decay_steps"]
         return lambda it: max(lo, hi - (hi - lo) * it / n)
+    if cfg.optimizer is None:   # nothing learns by gradient (a centroid_knn enrollment)
+        return lambda it: 0.0
     lr = cfg.optimizer_props.get("learning_rate") or DEFAULT_LR[cfg.optimizer]
     return lambda it: lr

@@ -120,7 +120,7 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
                            _phase_slots(ns, BACKWARD))
             io.out_grads.append(grad)
         if n.layer.is_loss:
-            io.label = add(f"{n.name}:label", "label", ctx.input_shapes[0],
+            io.label = add(f"{n.name}:label", "label", n.layer.label_shape(ctx),
                            {0, ns.forward} | _phase_slots(ns, [Phase.CALC_DERIVATIVE]))
         for w in ctx.weights:
             name = f"{n.name}:{w.name}"

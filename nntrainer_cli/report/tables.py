@@ -8,7 +8,7 @@ import math
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 from nntrainer_cli.runtime.inference import InferenceReport
-from nntrainer_cli.runtime.results import TrainReport
+from nntrainer_cli.runtime.results import MemoryFigures, TrainReport
 
 
 def human(n: int | float | None) -> str:
@@ -46,7 +46,9 @@ def plan_summary(plan: MemoryPlan) -> str:
     saved = 1 - plan.peak_bytes / plan.naive_bytes if plan.naive_bytes else 0
     chosen = plan.planner if plan.planner == plan.requested else \
         f"{plan.planner} (best of all)"
-    mode = "" if plan.slots[-1].phase != Phase.FORWARD else ", forward only (no loss)"
+    labels = any(t.kind == "label" for t in plan.specs.values())
+    mode = "" if plan.slots[-1].phase != Phase.FORWARD else \
+        ", forward only (no gradients)" if labels else ", forward only (no loss)"
     # Under a budget the graph may be the frugal one, whose plan without swap is smaller
     # than the one `plan` shows without a budget: say which graph the figures are of.
     note = ""
@@ -179,6 +181,11 @@ def train_summary(report: TrainReport) -> str:
         rows.append(["measured peak", f"{human(m.measured_peak_bytes)} ({ratio:.2f}x arena)"])
     if m.rss_delta_bytes is not None:
         rows.append(["training RSS growth", human(m.rss_delta_bytes)])
+    rows += _loader_rows(m, report.classes)
+    if report.feature_cache:
+        fc = report.feature_cache
+        rows.append(["cached features", f"{human(fc['bytes'])} in {fc['where']}, after "
+                                        f"[{fc['boundary']}] ({len(fc['layers'])} layers)"])
     rows += [["process peak RSS", human(m.rss_peak_bytes)],
              ["time", f"{report.seconds:.1f} s"],
              ["weights", f"saved to {report.weights}" if report.weights
@@ -194,5 +201,16 @@ def inference_summary(report: InferenceReport) -> str:
     rows += [["planned peak (forward only)", human(m.planned_peak_bytes)],
              ["measured peak", f"{human(m.measured_peak_bytes)} "
                                f"({m.measured_peak_bytes / max(m.planned_peak_bytes, 1):.2f}x)"],
+             *_loader_rows(m, report.classes),
              ["time", f"{report.seconds:.1f} s"]]
     return table(["result", "value"], rows, right={1})
+
+
+def _loader_rows(m: MemoryFigures, classes: list[str] | None) -> list[list[str]]:
+    """The data loader's own memory (apart from training's), and the class names."""
+    rows = [["data loader (held / reading)", f"{human(m.data_held_bytes)} / "
+             f"{human(m.data_read_peak_bytes) if m.data_read_peak_bytes is not None else '-'}"]]
+    if classes:
+        shown = ", ".join(f"{k}={name}" for k, name in enumerate(classes[:10]))
+        rows.append(["classes", shown + (", ..." if len(classes) > 10 else "")])
+    return rows

@@ -1,10 +1,11 @@
 """Training data, read batch by batch straight into the arena's input and label views.
 
-Two formats: NNTrainer raw files (per record, float32 features of every model input,
-then float32 labels of every loss layer; little-endian, no header), read record by
-record with os.preadv so the file is never loaded whole; and compact .npz files
+Two formats here: NNTrainer raw files (per record, float32 features of every model
+input, then float32 labels of every loss layer; little-endian, no header), read record
+by record with os.preadv so the file is never loaded whole; and compact .npz files
 (`x`: one row of features per record, uint8 pixels scaled to [0, 1]; `y`: class
-numbers, one-hot encoded on reading, or label rows), held in memory as stored."""
+numbers, one-hot encoded on reading, or label rows), held in memory as stored. Image
+folders (images.py) and CSV tables (tables.py) have modules of their own."""
 
 from __future__ import annotations
 
@@ -15,46 +16,35 @@ import numpy as np
 
 from nntrainer_cli.errors import DataError
 
+from .dataset import LARGE, ArrayDataset, Dataset
+from .images import ImageFolderDataset
+from .tables import CsvDataset
+
 
 SCAN_BYTES = 1 << 20   # raw files are checked in chunks of about this size when opened
 SNIFF_BYTES = 4096     # the head of a raw file that tells text from floats
-LARGE = 1e6            # a value beyond this in data is worth a warning
 
 
-class Dataset:
-    count: int
-    order: np.ndarray
-    notes: list[str]   # warnings about the data, for the user
-
-    def shuffle(self, rng: np.random.Generator) -> None:
-        rng.shuffle(self.order)
-
-    def batches(self, batch: int, drop_last: bool):
-        """Yield (start, rows): rows < batch only for a final partial batch, which is
-        padded with records from the start of the order."""
-        full = self.count // batch
-        for b in range(full):
-            yield b * batch, batch
-        rest = self.count - full * batch
-        if rest and not drop_last:
-            yield full * batch, rest
-
-    def records(self, start: int, batch: int):
-        for r in range(batch):
-            yield r, int(self.order[(start + r) % self.count])
-
-    def close(self) -> None:
-        pass
-
-
-def open_dataset(path: str, input_sizes: list[int], label_sizes: list[int], where,
-                 need_labels: bool = True) -> Dataset:
-    """`where` builds a DataError pointing at the config key that named the file. An .npz
-    file may leave out its labels when they are not needed (predict)."""
+def open_dataset(path: str, input_shapes: list[tuple], label_sizes: list[int], where,
+                 need_labels: bool = True, kind: str = "auto",
+                 label_column: str | None = None) -> Dataset:
+    """`where` builds a DataError pointing at the config key that named the data. `kind`
+    is the data section's type: file (raw, or .npz by extension), dir (image folders),
+    csv; "auto" (for --data) goes by the path. An .npz or CSV file may leave out its
+    labels when they are not needed (predict)."""
+    input_sizes = [int(np.prod(s)) for s in input_shapes]
+    if kind == "auto":
+        kind = "dir" if os.path.isdir(path) else "csv" if path.lower().endswith(".csv") \
+            else "file"
+    if kind == "dir":
+        return ImageFolderDataset(path, input_shapes, label_sizes, where, need_labels)
     if os.path.isdir(path):
-        raise where(f"data path is a directory, not a file: {path}")
+        raise where(f"data path is a directory, not a file: {path} (a folder of images per "
+                    "class is 'type = dir')")
     if os.path.exists(path) and not os.path.isfile(path):
         raise where(f"data path is not a regular file: {path}")
+    if kind == "csv":
+        return CsvDataset(path, input_sizes, label_sizes, where, need_labels, label_column)
     if path.lower().endswith(".npz"):
         return NpzDataset(path, input_sizes, label_sizes, where, need_labels)
     return RawDataset(path, input_sizes, label_sizes, where)
@@ -141,7 +131,7 @@ class RawDataset(Dataset):
         os.close(self.fd)
 
 
-class NpzDataset(Dataset):
+class NpzDataset(ArrayDataset):
     def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where,
                  need_labels: bool = True):
         if len(input_sizes) != 1 or len(label_sizes) != 1:
@@ -190,13 +180,3 @@ class NpzDataset(Dataset):
         self.count = len(x)
         self.order = np.arange(self.count, dtype=np.int64)
 
-    def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
-        features, labels = views
-        for r, idx in self.records(start, batch):
-            np.divide(self.x[idx], self.scale, out=features[r].reshape(-1))
-            row = labels[r].reshape(-1)
-            if self.onehot:
-                row.fill(0)
-                row[self.y[idx]] = 1
-            else:
-                np.copyto(row, self.y[idx], casting="unsafe")

@@ -260,10 +260,11 @@ class Executor:
         label = ctx.label[:rows].reshape(rows, -1)
         return int(np.count_nonzero(out.argmax(axis=1) == label.argmax(axis=1)))
 
-    def train_step(self, iteration: int) -> tuple[float, int]:
-        """One iteration over the batch already in the input/label views."""
+    def train_step(self, iteration: int, rows: int | None = None) -> tuple[float, int]:
+        """One iteration over the batch already in the input/label views; `rows` fewer
+        than the batch only where nothing learns by gradient (an enrollment)."""
         self.iteration, self.lr = iteration, self.schedule(iteration)
-        return self._run(len(self.plan.slots), True, self.graph.batch_size)
+        return self._run(len(self.plan.slots), True, rows or self.graph.batch_size)
 
     def eval_step(self, rows: int, on_output=None) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows,

@@ -15,7 +15,7 @@ from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.plan import MemoryPlan
 
 from . import weights as weights_io
-from .data import Dataset
+from .dataset import Dataset
 from .executor import Executor, allocate_arena, kernel_settings
 from .measure import RssDelta, TracedPeak, rss_peak_bytes
 from .results import MemoryFigures
@@ -31,6 +31,7 @@ class InferenceReport:
     accuracy: float | None
     memory: MemoryFigures
     seconds: float
+    classes: list[str] | None = None   # class names by index, when the data names them
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,16 +51,18 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
         weights_io.load(ex, weights, names)   # a training file's optimizer state is unused
         views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
-            ds.read(start, batch, views)
+            with traced.loading():
+                ds.read(start, batch, views)
             step_loss, step_correct = ex.eval_step(rows, on_output)
             loss, correct = loss + step_loss * rows, correct + step_correct
     memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes, plan.naive_bytes,
-                           traced.peak, rss_peak_bytes(), rss.delta, rss.reset)
+                           traced.peak, rss_peak_bytes(), rss.delta, rss.reset, None,
+                           ds.held_bytes, traced.loader_peak)
     has_loss = bool(graph.losses)
     return InferenceReport(model, weights, data, ds.count,
                            loss / ds.count if has_loss else None,
                            correct / ds.count if has_loss else None, memory,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, ds.classes)
 
 
 class OutputFile:

@@ -3,6 +3,7 @@ its buffers with tracemalloc) over a region, and the process's peak RSS."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import tracemalloc
 
@@ -10,9 +11,14 @@ import tracemalloc
 class NoTrace:
     """Stands in for TracedPeak when tracing is off (it slows small kernels down)."""
     peak = None
+    loader_peak = None
 
     def __enter__(self):
         return self
+
+    @contextlib.contextmanager
+    def loading(self):
+        yield
 
     def exclude_since_here(self) -> None:
         pass
@@ -42,7 +48,21 @@ class TracedPeak:
         self.kept = 0       # bytes counted before a pause
         self.before = 0     # peak reached before a pause
         self.peak = 0
+        self.loader_peak = 0   # the most the data loader had allocated while reading
         return self
+
+    @contextlib.contextmanager
+    def loading(self):
+        """A batch being read: the data loader's own allocations (an image decoder's
+        buffers) are measured apart, as the loader's, not as training memory."""
+        self.before = self.read()
+        start = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        yield
+        current, peak = tracemalloc.get_traced_memory()
+        self.loader_peak = max(self.loader_peak, peak - start)
+        tracemalloc.reset_peak()
+        self.base += current - start   # what the loader keeps is the loader's too
 
     def exclude_since_here(self) -> None:
         current, peak = tracemalloc.get_traced_memory()

@@ -48,6 +48,8 @@ class MemoryFigures:
     rss_delta_bytes: int | None    # its growth during training, when measurable
     rss_peak_reset: bool           # whether the kernel's peak could be reset first
     swap: SwapFigures | None = None
+    data_held_bytes: int = 0       # what the data loaders keep (arrays, file lists)
+    data_read_peak_bytes: int | None = None  # the most one batch's reading allocated
 
 
 @dataclass
@@ -62,6 +64,8 @@ class TrainReport:
     memory: MemoryFigures | None = None
     step_seconds_median: float | None = None  # after the first warm-up steps
     seconds: float = 0.0
+    classes: list[str] | None = None   # class names by index, when the data names them
+    feature_cache: dict | None = None  # the frozen prefix's cached output: layers, bytes, where
 
     def to_json(self) -> dict:
         """Plain values for json.dump; every key is always there (null when it does not

@@ -14,12 +14,15 @@ from tqdm import tqdm
 from nntrainer_cli.config import ModelConfig
 from nntrainer_cli.errors import DataError, TrainingError
 from nntrainer_cli.graph import LayerGraph
+from nntrainer_cli.graph.frozen import frozen_prefix
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
 from .results import EpochResult, MemoryFigures, SwapFigures, TestResult, TrainReport
 
 from . import weights as weights_io
-from .data import Dataset, open_dataset
+from .data import open_dataset
+from .dataset import Dataset
+from .feature_cache import FeatureCache
 from .executor import Executor, allocate_arena, kernel_settings
 from .swap_io import SwapFile, SwapIO
 
@@ -38,20 +41,22 @@ class TrainOptions:
     weights_map: dict | None = None   # their tensor names → ours, for a safetensors init
     swap: SwapOptions | None = None   # where the swap file goes, and O_DIRECT or not
     trace_memory: bool = True    # tracemalloc: exact numpy peak, but slower small kernels
+    cache_features: bool = True  # reuse a frozen prefix's output after the first epoch
 
 
-def record_sizes(graph: LayerGraph) -> tuple[list[int], list[int]]:
-    """Values per record of every model input and of every loss's label."""
-    return ([int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.inputs],
-            [int(np.prod(n.ctx.input_shapes[0][1:])) for n in graph.losses])
+def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
+    """The shape of a record of every model input, and the size of every loss's label."""
+    return ([n.ctx.input_shapes[0][1:] for n in graph.inputs],
+            [int(np.prod(n.layer.label_shape(n.ctx)[1:])) for n in graph.losses])
 
 
 def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
-    inputs, labels = record_sizes(graph)
+    inputs, labels = record_shapes(graph)
     out: dict[str, Dataset] = {}
     try:
         for split, loc in cfg.data.items():
-            out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels, loc.error)
+            out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels,
+                                      loc.error, kind=loc.kind, label_column=loc.label_column)
     except BaseException:
         for ds in out.values():
             ds.close()
@@ -64,6 +69,7 @@ class Trainer:
         self.cfg, self.graph, self.plan = cfg, graph, plan
         self.optimizer, self.schedule = optimizer, schedule
         self.data, self.opts = data, opts
+        self.cache: FeatureCache | None = None
         self.interactive = sys.stderr.isatty()
         tqdm.get_lock()  # its first call imports multiprocessing: keep that out of the measurement
 
@@ -75,7 +81,8 @@ class Trainer:
         batch, loss, correct, batches = self.graph.batch_size, 0.0, 0, 0
         views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
-            ds.read(start, batch, views)
+            with self.traced.loading():
+                ds.read(start, batch, views)
             l, c = ex.eval_step(rows)
             loss, correct, batches = loss + l * rows, correct + c, batches + rows
         return loss / batches, correct / batches
@@ -84,16 +91,25 @@ class Trainer:
         ds, batch = self.data["train"], self.graph.batch_size
         if self.opts.shuffle:
             ds.shuffle(rng)
-        steps = ds.count // batch
+        # gradient steps take whole batches; an enrollment (centroid_knn) takes every record
+        whole = self.graph.learns_by_gradient
+        steps = ds.count // batch if whole else -(-ds.count // batch)
         views = ex.input_views + ex.label_views
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.opts.epochs}", unit="batch",
                    leave=False, disable=self.opts.quiet or not self.interactive, file=sys.stderr)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, seen = 0.0, 0, 0
+        cache = self.cache
         with bar:
-            for k, (start, _) in enumerate(ds.batches(batch, drop_last=True)):
-                ds.read(start, batch, views)
+            for k, (start, rows) in enumerate(ds.batches(batch, drop_last=whole)):
+                if cache is not None and cache.ready:
+                    cache.read(ds.indices(start, batch))
+                else:
+                    with self.traced.loading():
+                        ds.read(start, batch, views)
+                    if cache is not None:
+                        cache.rows = ds.indices(start, batch)
                 s0 = time.perf_counter()
-                loss, c = ex.train_step(iteration)
+                loss, c = ex.train_step(iteration, rows)
                 self.step_seconds[self.steps_done] = time.perf_counter() - s0
                 self.steps_done += 1
                 if not math.isfinite(loss):
@@ -101,16 +117,17 @@ class Trainer:
                                         f"{iteration}; try a smaller learning rate. "
                                         "Weights of this epoch were not saved.")
                 iteration += 1
-                loss_sum, correct = loss_sum + loss, correct + c
+                loss_sum, correct, seen = loss_sum + loss * rows, correct + c, seen + rows
                 bar.update(1)
                 if k % 10 == 0 or k == steps - 1:
-                    bar.set_postfix(loss=f"{loss_sum / (k + 1):.4f}",
-                                    acc=f"{correct / ((k + 1) * batch):.3f}")
-        return loss_sum / steps, correct / (steps * batch), iteration
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        if cache is not None and not cache.ready:
+            cache.complete(ds)
+        return loss_sum / seen, correct / seen, iteration
 
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
-        if self.data["train"].count < self.graph.batch_size:
+        if self.data["train"].count < self.graph.batch_size and self.graph.learns_by_gradient:
             raise DataError(f"the training set has {self.data['train'].count} records, fewer "
                             f"than one batch of {self.graph.batch_size}")
         rng = np.random.default_rng(opts.seed)
@@ -119,11 +136,12 @@ class Trainer:
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
         # made before measuring starts: bookkeeping, not training memory
-        self.step_seconds = np.zeros(opts.epochs * (self.data["train"].count //
-                                                    self.graph.batch_size))
+        self.step_seconds = np.zeros(opts.epochs * -(-self.data["train"].count //
+                                                     self.graph.batch_size))
         self.steps_done = 0
         with kernel_settings(), RssDelta() as rss, \
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
+            self.traced = traced
             arena = allocate_arena(plan)
             traced.exclude_since_here()
             io = SwapIO(SwapFile(opts.swap.directory, plan.swap.file_bytes, opts.swap.direct),
@@ -131,6 +149,7 @@ class Trainer:
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
+                self.cache = self._feature_cache(ex)   # outside the arena: reported apart
                 traced.resume()
                 self._train(ex, report, rng, init_rng)
             except KeyboardInterrupt as e:  # the report of the finished epochs goes with it
@@ -144,7 +163,11 @@ class Trainer:
             plan.swap.bytes_in, plan.swap.bytes_out) if plan.swap else None
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
-                                      rss.delta, rss.reset, swap)
+                                      rss.delta, rss.reset, swap,
+                                      sum(ds.held_bytes for ds in self.data.values()),
+                                      traced.loader_peak)
+        report.classes = self.data["train"].classes
+        report.feature_cache = self.cache.figures() if self.cache else None
         done = self.step_seconds[:self.steps_done]
         timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done
         report.step_seconds_median = float(np.median(timed)) if len(timed) else None
@@ -154,6 +177,14 @@ class Trainer:
             stopped.report = report
             raise stopped
         return report
+
+    def _feature_cache(self, ex: Executor) -> FeatureCache | None:
+        """A cache of the frozen prefix's output, when there is one worth it (a second
+        epoch to use it, and no swap: the swap schedule runs every slot as planned)."""
+        if not self.opts.cache_features or self.opts.epochs < 2 or self.plan.swap:
+            return None
+        prefix = frozen_prefix(self.graph)
+        return FeatureCache(ex, prefix, self.plan, self.data["train"].count) if prefix else None
 
     def _train(self, ex: Executor, report: TrainReport, rng, init_rng) -> None:
         """Initialize (or load) the weights, run the epochs, evaluate; fills `report`."""
@@ -175,7 +206,8 @@ class Trainer:
             report.epochs.append(row)
             if opts.save:
                 weights_io.save(ex, opts.save, epoch, iteration,
-                                with_adam=self.optimizer.state == ("adam_m", "adam_v"))
+                                with_adam=self.optimizer is not None and
+                                self.optimizer.state == ("adam_m", "adam_v"))
             self._log(_epoch_line(row, opts.epochs))
         if "test" in self.data:
             report.test = TestResult(*self._evaluate(ex, self.data["test"]))

@@ -1,0 +1,57 @@
+"""The pretrained feature extractor of the README's personalization example: a small
+CNN trained in PyTorch on digits 0-4 only (the shipped digits' training split), then
+its convolutional part exported without the classifier, so its 64 features per image
+are what a device would get from a backbone trained elsewhere on other classes. The example personalizes it to
+digits 5-9, which it never saw.
+
+Run once from the repository root (needs torch and onnxscript, the `bench` extra); the
+output is committed:
+    python models/make_digits04_features.py
+"""
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DIGITS = os.path.join(HERE, "..", "datasets", "digits")
+OUT = os.path.join(HERE, "digits04_features.onnx")
+
+
+def digits(split: str, classes):
+    r = np.fromfile(os.path.join(DIGITS, f"{split}.dat"), "<f4").reshape(-1, 74)
+    y = r[:, 64:].argmax(1)
+    keep = np.isin(y, classes)
+    return torch.tensor(r[keep, :64].reshape(-1, 1, 8, 8)), torch.tensor(y[keep])
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    features = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+    model = nn.Sequential(features, nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 5))
+    (x, y), (tx, ty) = digits("train", range(5)), digits("test", range(5))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for epoch in range(40):
+        order = torch.randperm(len(x))
+        for b in range(0, len(x), 32):
+            i = order[b:b + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(tx).argmax(1) == ty).float().mean().item()
+    print(f"PyTorch {torch.__version__}: digits 0-4 test accuracy {accuracy:.4f} "
+          f"({len(x)} training images)")
+    torch.onnx.export(features, (tx[:2],), OUT, input_names=["input"],
+                      output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    print(f"wrote {OUT} ({os.path.getsize(OUT):,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
