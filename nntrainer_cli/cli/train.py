@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -27,6 +28,16 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @click.option("--save", type=FILE,
               help="Save weights here after every epoch (NNTrainer .bin layout, or "
                    ".safetensors by extension; atomic); default: [Model] save_path.")
+@click.option("--checkpoint", type=FILE,
+              help="Write a checkpoint here (weights, optimizer state, position, record "
+                   "order and random state; atomic) after every epoch, every --save-every "
+                   "iterations, and when Ctrl-C or SIGTERM stops the run; default: the "
+                   "--resume file, or save_path.ckpt with [Model] continue_train = true.")
+@click.option("--save-every", type=click.IntRange(min=1), metavar="N",
+              help="Also write the checkpoint every N iterations (needs a checkpoint path).")
+@click.option("--resume", type=FILE,
+              help="Continue from this checkpoint exactly where it stopped: the weights "
+                   "and every other state end as in an uninterrupted run with the same seed.")
 @click.option("--report", "report_path", type=FILE,
               help="Write the results as JSON to this file.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
@@ -48,7 +59,8 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @weights_map_opt
 @set_opt
 @handle_errors
-def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, report_path,
+def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, checkpoint,
+          save_every, resume, report_path,
           quiet, no_trace, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
           overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
@@ -83,6 +95,18 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                           "--set train_set.path=FILE", file=model)
     if save is None:
         save = cfg.model_path("save_path")
+    if cfg.model["continue_train"] and save and not resume and not checkpoint:
+        checkpoint = save + ".ckpt"   # NNTrainer's continue_train: pick up from save_path
+        resume = checkpoint if os.path.isfile(checkpoint) else None
+    checkpoint = checkpoint or resume
+    if save_every and not checkpoint:
+        raise ConfigError("--save-every needs a checkpoint path: --checkpoint FILE",
+                          key="--save-every")
+    if resume and init_weights:
+        raise ConfigError("--resume and --init-weights both set the weights: give one",
+                          key="--resume")
+    if checkpoint:
+        check_writable(checkpoint, "checkpoint")
     if save:
         check_writable(save, "weights")
     if report_path:
@@ -99,14 +123,17 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                             shuffle=not no_shuffle, quiet=quiet, save=save,
                             init_weights=init_weights, swap=p.swap,
                             weights_map=read_weights_map(weights_map) if weights_map else None,
-                            trace_memory=not no_trace, cache_features=not no_cache)
+                            trace_memory=not no_trace, cache_features=not no_cache,
+                            checkpoint=checkpoint, save_every=save_every, resume=resume)
         report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
         report = getattr(stop, "report", None)
         done = len(report.epochs) if report else 0
         if report_path and report:
             write_text(report_path, json.dumps(report.to_json(), indent=2))
-        fail(f"interrupted after {done} of {epochs} epochs; {saved}"
+        resumable = f"; continue with --resume {report.checkpoint}" \
+            if report and report.checkpoint else ""
+        fail(f"interrupted after {done} of {epochs} epochs; {saved}{resumable}"
               + (f"; report in {report_path}" if report_path and report else ""),
               getattr(stop, "exit_code", 130))
     finally:

@@ -264,7 +264,7 @@ def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
 
 
 # [Model] keys NNTrainer has that change nothing here, with the value that is harmless.
-IGNORED_MODEL_KEYS = {"save_best_path": None, "continue_train": False,
+IGNORED_MODEL_KEYS = {"save_best_path": None,
                       "memory_optimization": True, "loss_scale": None, "label_layers": None}
 OLD_OPTIMIZER_KEYS = ("learning_rate", "decay_rate", "decay_steps", "beta1", "beta2", "epsilon")
 

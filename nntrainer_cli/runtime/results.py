@@ -66,6 +66,7 @@ class TrainReport:
     seconds: float = 0.0
     classes: list[str] | None = None   # class names by index, when the data names them
     feature_cache: dict | None = None  # the frozen prefix's cached output: layers, bytes, where
+    checkpoint: str | None = None      # the last checkpoint written, if any
 
     def to_json(self) -> dict:
         """Plain values for json.dump; every key is always there (null when it does not

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -19,11 +19,13 @@ from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
 from .results import EpochResult, MemoryFigures, SwapFigures, TestResult, TrainReport
 
+from . import checkpoint
 from . import weights as weights_io
 from .data import open_dataset
 from .dataset import Dataset
 from .feature_cache import FeatureCache
 from .executor import Executor, allocate_arena, kernel_settings
+from .stopping import StopRequests
 from .swap_io import SwapFile, SwapIO
 
 
@@ -42,6 +44,9 @@ class TrainOptions:
     swap: SwapOptions | None = None   # where the swap file goes, and O_DIRECT or not
     trace_memory: bool = True    # tracemalloc: exact numpy peak, but slower small kernels
     cache_features: bool = True  # reuse a frozen prefix's output after the first epoch
+    checkpoint: str | None = None   # written after every epoch, every save_every, and on a stop
+    save_every: int | None = None   # iterations between checkpoints
+    resume: str | None = None       # a checkpoint to continue from
 
 
 def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
@@ -70,6 +75,7 @@ class Trainer:
         self.optimizer, self.schedule = optimizer, schedule
         self.data, self.opts = data, opts
         self.cache: FeatureCache | None = None
+        self.stops = StopRequests()   # entered while training: signals wait for a step's end
         self.interactive = sys.stderr.isatty()
         tqdm.get_lock()  # its first call imports multiprocessing: keep that out of the measurement
 
@@ -87,9 +93,12 @@ class Trainer:
             loss, correct, batches = loss + l * rows, correct + c, batches + rows
         return loss / batches, correct / batches
 
-    def _epoch(self, ex: Executor, epoch: int, rng, iteration: int) -> tuple[float, float, int]:
+    def _epoch(self, ex: Executor, epoch: int, rng, iteration: int, first: int = 0,
+               sums: tuple = (0.0, 0, 0)) -> tuple[float, float, int]:
+        """One epoch from batch `first` (a resumed one carries the running `sums` of
+        loss, correct rows and rows seen); a requested stop ends it after a step."""
         ds, batch = self.data["train"], self.graph.batch_size
-        if self.opts.shuffle:
+        if self.opts.shuffle and first == 0:
             ds.shuffle(rng)
         # gradient steps take whole batches; an enrollment (centroid_knn) takes every record
         whole = self.graph.learns_by_gradient
@@ -97,10 +106,13 @@ class Trainer:
         views = ex.input_views + ex.label_views
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.opts.epochs}", unit="batch",
                    leave=False, disable=self.opts.quiet or not self.interactive, file=sys.stderr)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen = sums
         cache = self.cache
+        bar.update(first)
         with bar:
             for k, (start, rows) in enumerate(ds.batches(batch, drop_last=whole)):
+                if k < first:
+                    continue
                 if cache is not None and cache.ready:
                     cache.read(ds.indices(start, batch))
                 else:
@@ -121,6 +133,10 @@ class Trainer:
                 bar.update(1)
                 if k % 10 == 0 or k == steps - 1:
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+                every = self.opts.save_every
+                if self.stops.signum is not None or every and iteration % every == 0:
+                    self._checkpoint(ex, rng, (epoch, k + 1, iteration, (loss_sum, correct, seen)))
+                self.stops.check()
         if cache is not None and not cache.ready:
             cache.complete(ds)
         return loss_sum / seen, correct / seen, iteration
@@ -151,7 +167,8 @@ class Trainer:
                               np.random.default_rng([opts.seed, 1]), io)
                 self.cache = self._feature_cache(ex)   # outside the arena: reported apart
                 traced.resume()
-                self._train(ex, report, rng, init_rng)
+                with StopRequests() as self.stops:
+                    self._train(ex, report, rng, init_rng)
             except KeyboardInterrupt as e:  # the report of the finished epochs goes with it
                 stopped = e
             finally:
@@ -187,18 +204,23 @@ class Trainer:
         return FeatureCache(ex, prefix, self.plan, self.data["train"].count) if prefix else None
 
     def _train(self, ex: Executor, report: TrainReport, rng, init_rng) -> None:
-        """Initialize (or load) the weights, run the epochs, evaluate; fills `report`."""
+        """Initialize (or load, or resume) the weights, run the epochs, evaluate; fills
+        `report`."""
         opts = self.opts
         ex.initialize(init_rng)
         weights_io.load_arrays(ex, self.cfg.backbone_weights)
-        if opts.init_weights:
+        self.report = report
+        epoch, first, iteration, sums = 1, 0, 0, (0.0, 0, 0)
+        if opts.resume:
+            epoch, first, iteration, sums = self._resume(ex, rng)
+        elif opts.init_weights:
             note = weights_io.load(ex, opts.init_weights, opts.weights_map)
             if note:
                 self._log(note)
-        iteration = 0
-        for epoch in range(1, opts.epochs + 1):
+        for epoch in range(epoch, opts.epochs + 1):
             e0 = time.perf_counter()
-            loss, acc, iteration = self._epoch(ex, epoch, rng, iteration)
+            loss, acc, iteration = self._epoch(ex, epoch, rng, iteration, first, sums)
+            first, sums = 0, (0.0, 0, 0)
             row = EpochResult(epoch, loss, acc)
             if "valid" in self.data:
                 row.val_loss, row.val_accuracy = self._evaluate(ex, self.data["valid"])
@@ -208,9 +230,37 @@ class Trainer:
                 weights_io.save(ex, opts.save, epoch, iteration,
                                 with_adam=self.optimizer is not None and
                                 self.optimizer.state == ("adam_m", "adam_v"))
+            self._checkpoint(ex, rng, (epoch + 1, 0, iteration, sums))
             self._log(_epoch_line(row, opts.epochs))
+            self.stops.check()
         if "test" in self.data:
             report.test = TestResult(*self._evaluate(ex, self.data["test"]))
+
+    def _checkpoint(self, ex: Executor, rng, position: tuple) -> None:
+        """Where the run stands (epoch, next batch, iteration, this epoch's sums), with
+        the weights, optimizer state, record order and both random generators."""
+        if not self.opts.checkpoint:
+            return
+        epoch, batch, iteration, sums = position
+        meta = {"epoch": epoch, "batch": batch, "iteration": iteration, "sums": list(sums),
+                "epochs_done": [asdict(r) for r in self.report.epochs],
+                "shuffle_rng": rng.bit_generator.state, "layer_rng": ex.rng.bit_generator.state}
+        checkpoint.save(self.opts.checkpoint, ex, meta, self.data["train"].order)
+        self.report.checkpoint = self.opts.checkpoint
+
+    def _resume(self, ex: Executor, rng) -> tuple:
+        meta, order = checkpoint.load(self.opts.resume, ex)
+        ds = self.data["train"]
+        if len(order) != ds.count:
+            raise DataError(f"{self.opts.resume} was written for {len(order)} training records; "
+                            f"the training set has {ds.count}")
+        ds.order[...] = order
+        rng.bit_generator.state = meta["shuffle_rng"]
+        ex.rng.bit_generator.state = meta["layer_rng"]
+        self.report.epochs = [EpochResult(**r) for r in meta["epochs_done"]]
+        self._log(f"resumed from {self.opts.resume} at epoch {meta['epoch']}, batch "
+                  f"{meta['batch']} (iteration {meta['iteration']})")
+        return meta["epoch"], meta["batch"], meta["iteration"], tuple(meta["sums"])
 
 
 def _epoch_line(row: EpochResult, epochs: int) -> str:

@@ -27,21 +27,26 @@ def _adam_names(ex: Executor) -> list[str]:
     return ex.state_names() if adam else []
 
 
+def write_bin(ex: Executor, f, epoch: int, iteration: int, with_adam: bool) -> None:
+    """NNTrainer's layout into an open binary file, tensor by tensor from the arena."""
+    for name in ex.weight_names():
+        with ex.persistent(name, write=False) as arr:
+            f.write(arr.data)
+    if with_adam:
+        f.write(b"adam")
+        for name in _adam_names(ex):
+            with ex.persistent(name, write=False) as arr:
+                f.write(arr.data)
+    f.write(struct.pack("<II", epoch, iteration))
+
+
 def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -> None:
     if is_safetensors(path):
         save_safetensors(ex, path, epoch, iteration)
         return
     try:
         with atomic_open(path, "wb") as f:
-            for name in ex.weight_names():
-                with ex.persistent(name, write=False) as arr:
-                    f.write(arr.data)
-            if with_adam:
-                f.write(b"adam")
-                for name in _adam_names(ex):
-                    with ex.persistent(name, write=False) as arr:
-                        f.write(arr.data)
-            f.write(struct.pack("<II", epoch, iteration))
+            write_bin(ex, f, epoch, iteration, with_adam)
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 

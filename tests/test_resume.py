@@ -1,0 +1,174 @@
+"""Checkpoints and resuming: a run killed at random moments (SIGKILL) and resumed from
+its last checkpoint, as often as it takes, ends with the weights of an uninterrupted
+run, byte for byte; Ctrl-C and SIGTERM stop at an iteration boundary with a checkpoint;
+NNTrainer's continue_train picks up from save_path; bad checkpoints are refused."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+from helpers import REPO, run
+
+DIGITS = os.path.join(REPO, "datasets", "digits", "train.dat")
+# batch norm, dropout (the layers' random state), Adam (its step count), shuffling
+CNN = os.path.join(REPO, "configs", "digits_cnn.ini")
+FROZEN = """[Model]
+loss = cross
+batch_size = 32
+epochs = 3
+[Optimizer]
+type = sgd
+learning_rate = 0.1
+momentum = 0.9
+[train_set]
+path = {data}
+[in]
+type = input
+input_shape = 1:8:8
+[conv]
+type = conv2d
+filters = 4
+kernel_size = 3,3
+padding = same
+activation = relu
+trainable = false
+[pool]
+type = pooling2d
+pooling = max
+pool_size = 2,2
+stride = 2,2
+flatten = true
+[head]
+type = fully_connected
+unit = 10
+activation = softmax
+"""
+
+
+def command(model, tmp_path, *extra, epochs=3):
+    return [sys.executable, "-m", "nntrainer_cli", "train", str(model), "-q", "--epochs",
+            str(epochs), "--save", str(tmp_path / "w.bin"), *extra]
+
+
+def uninterrupted(model, tmp_path, epochs=3):
+    res = run("train", str(model), "-q", "--epochs", str(epochs), "--save",
+              str(tmp_path / "full.bin"))
+    assert res.exit_code == 0, res.output
+    return (tmp_path / "full.bin").read_bytes()
+
+
+@pytest.mark.parametrize("model,epochs", [("cnn", 3), ("frozen", 40)])
+def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(tmp_path, model,
+                                                                            epochs):
+    if model == "frozen":   # SGD momentum, and the feature cache rebuilt on every resume
+        path = tmp_path / "frozen.ini"
+        path.write_text(FROZEN.format(data=DIGITS))
+    else:
+        path = CNN
+    want = uninterrupted(path, tmp_path, epochs)
+    ckpt = tmp_path / "run.ckpt"
+    rng, kills = random.Random(7), 0
+    while True:
+        resume = ["--resume", str(ckpt)] if ckpt.exists() else ["--checkpoint", str(ckpt)]
+        p = subprocess.Popen(command(path, tmp_path, "--save-every", "3", *resume,
+                                     epochs=epochs), stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.wait(timeout=rng.uniform(0.9, 2.5)) == 0, p.stderr.read()
+            break
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            p.stderr.close()
+            kills += 1
+        assert kills < 40
+    assert (tmp_path / "w.bin").read_bytes() == want
+    assert kills >= 1, "never interrupted: no test"
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_writes_a_checkpoint_at_an_iteration_boundary(tmp_path, sig, code):
+    want = uninterrupted(CNN, tmp_path)
+    ckpt = tmp_path / "run.ckpt"
+    p = subprocess.Popen(command(CNN, tmp_path, "--checkpoint", str(ckpt), "--save-every", "10"),
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(sig)
+    assert p.wait(timeout=60) == code
+    err = p.stderr.read()
+    assert f"continue with --resume {ckpt}" in err and "Traceback" not in err, err
+    with zipfile.ZipFile(ckpt) as z:
+        assert "weights.bin" in z.namelist()
+    res = run("train", CNN, "-q", "--epochs", "3", "--save", str(tmp_path / "w.bin"),
+              "--resume", str(ckpt))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "w.bin").read_bytes() == want
+
+
+def test_continue_train_picks_up_from_save_path(tmp_path):
+    """[Model] continue_train = true (NNTrainer's key): the second run, asked for four
+    epochs, continues the first run's two."""
+    (tmp_path / "m.ini").write_text(FROZEN.format(data=DIGITS).replace(
+        "epochs = 3", "epochs = 2\nsave_path = w.bin\ncontinue_train = true"))
+    assert run("train", str(tmp_path / "m.ini"), "-q").exit_code == 0
+    assert (tmp_path / "w.bin.ckpt").exists()
+    res = run("train", str(tmp_path / "m.ini"), "--epochs", "4")
+    assert res.exit_code == 0 and "resumed from" in res.output and "at epoch 3" in res.output
+    (tmp_path / "plain.ini").write_text(FROZEN.format(data=DIGITS).replace("epochs = 3",
+                                                                            "epochs = 4"))
+    assert run("train", str(tmp_path / "plain.ini"), "-q", "--save",
+               str(tmp_path / "plain.bin")).exit_code == 0
+    assert (tmp_path / "w.bin").read_bytes() == (tmp_path / "plain.bin").read_bytes()
+
+
+def test_bad_checkpoints_and_flags_are_refused(tmp_path):
+    (tmp_path / "m.ini").write_text(FROZEN.format(data=DIGITS))
+    model, ckpt = str(tmp_path / "m.ini"), tmp_path / "c.ckpt"
+    assert run("train", model, "-q", "--epochs", "1", "--checkpoint", str(ckpt)).exit_code == 0
+    cases = [
+        (["--resume", str(ckpt), "-b", "16"], "written for another model or batch size"),
+        (["--save-every", "5"], "--save-every needs a checkpoint path"),
+        (["--resume", str(ckpt), "--init-weights", str(ckpt)], "both set the weights"),
+        (["--resume", str(tmp_path / "none.ckpt")], "no checkpoint at"),
+    ]
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:300])
+    cases.append((["--resume", str(tmp_path / "cut.ckpt")], "is not a readable checkpoint"))
+    (tmp_path / "text.ckpt").write_text("hello")
+    cases.append((["--resume", str(tmp_path / "text.ckpt")], "is not a readable checkpoint"))
+    for args, message in cases:
+        res = run("train", model, "-q", *args)
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 96 KiB tmpfs (needs root, as CI runs), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, tiny_disk):
+    (tmp_path / "m.ini").write_text(FROZEN.format(data=DIGITS))
+    ckpt = tiny_disk / "c.ckpt"
+    res = run("train", str(tmp_path / "m.ini"), "-q", "--epochs", "1", "--checkpoint", str(ckpt))
+    assert res.exit_code == 0, res.output
+    good = ckpt.read_bytes()
+    (tiny_disk / "filler").write_bytes(b"\0" * (96 * 1024 - 2 * len(good) + 4096))
+    res = run("train", str(tmp_path / "m.ini"), "-q", "--epochs", "3", "--resume", str(ckpt))
+    assert res.exit_code == 2, res.output
+    assert f"cannot write checkpoint {ckpt}: No space left on device" in res.output
+    assert ckpt.read_bytes() == good
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["c.ckpt", "filler"]
