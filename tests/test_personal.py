@@ -83,6 +83,44 @@ def test_an_image_folder_trains_as_the_same_records_in_npz_do(tmp_path):
     assert run("train", str(tmp_path / "rgb.ini"), "-q").exit_code == 0
 
 
+def test_other_data_is_numbered_by_the_training_sets_class_names(tmp_path):
+    """A test folder with fewer classes, a table without one class, a renamed folder;
+    a plain folder of images and one image to predict; a 16-bit PNG by its full range."""
+    x, y = digits("valid")
+    names = ["cat", "dog", "owl"]
+    image_folder(tmp_path / "train", x[:30], y[:30] % 3, names)
+    image_folder(tmp_path / "test", x[30:60][y[30:60] % 3 > 0], y[30:60][y[30:60] % 3 > 0] % 3,
+                 names)
+    (tmp_path / "m.ini").write_text(MODEL.format(
+        data="type = dir\npath = train\n[test_set]\ntype = dir\npath = test",
+        shape="1:8:8", classes=3))
+    res = run("train", str(tmp_path / "m.ini"), "-q", "--save", str(tmp_path / "w.bin"),
+              "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    dog_owl = json.loads((tmp_path / "r.json").read_text())["test"]["accuracy"]
+    res = run("eval", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"))
+    assert res.exit_code == 0 and f"{dog_owl:.4f}" in res.output and "0=cat" in res.output
+    (tmp_path / "test" / "owl").rename(tmp_path / "test" / "emu")
+    res = run("eval", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"))
+    assert res.exit_code == 2 and "class folder 'emu' is not one of the training set's" \
+        in res.output, res.output
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(x[i].reshape(8, 8)).save(flat / f"{i}.png")
+    res = run("predict", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"), "--data",
+              str(flat), "-o", str(tmp_path / "p.npy"))
+    assert res.exit_code == 0 and np.load(tmp_path / "p.npy").shape == (3, 3), res.output
+    res = run("predict", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"), "--data",
+              str(flat / "1.png"), "-o", str(tmp_path / "one.npy"))
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(tmp_path / "one.npy")[0], np.load(tmp_path / "p.npy")[1])
+    from nntrainer_cli.runtime.images import ImageFolderDataset
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(flat / "deep.png")
+    ds = ImageFolderDataset(str(flat / "deep.png"), [(1, 8, 8)], [3], ValueError, False)
+    np.testing.assert_allclose(ds._decode(ds.files[0]), 30000 / 65535, rtol=1e-6)
+
+
 @pytest.mark.parametrize("spoil,message", [
     (lambda root: (root / "dog" / "0001.bmp").write_bytes(b"BM not really"),
      "0001.bmp: not a readable image"),
@@ -118,6 +156,23 @@ def test_a_csv_table_with_a_header_and_named_classes(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["classes"] == ["high", "low", "mid"]
     assert report["epochs"][-1]["train_accuracy"] > 0.8
+    # a table without one class is numbered by the training set's names, found by the
+    # model file's label_column
+    res = run("eval", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"), "--data",
+              str(tmp_path / "t.csv"))
+    assert res.exit_code == 0, res.output
+    everything = res.output
+    (tmp_path / "no_high.csv").write_text("\n".join(
+        [rows[0]] + [r for r in rows[1:] if ",high," not in r]) + "\n")
+    res = run("eval", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"), "--data",
+              str(tmp_path / "no_high.csv"))
+    assert res.exit_code == 0 and "0=high, 1=low, 2=mid" in res.output and \
+        "0=high, 1=low, 2=mid" in everything, res.output
+    # by column number (from 1), semicolons between cells
+    (tmp_path / "semi.csv").write_text("\n".join(r.replace(",", ";") for r in rows) + "\n")
+    res = run("train", str(tmp_path / "m.ini"), "-q", "--set", f"train_set.path={tmp_path}/semi.csv",
+              "--set", "train_set.label_column=3")
+    assert res.exit_code == 0, res.output
     # the same table without a header and with class numbers, read the same way
     (tmp_path / "plain.csv").write_text("\n".join(
         f"{r[0]},{r[1]},{r[2]},{k}" for r, k in zip(x, y)) + "\n")
@@ -132,6 +187,7 @@ def test_a_csv_table_with_a_header_and_named_classes(tmp_path):
     ("1,2,0\n3,x,1\n", "t.csv line 2 column 2: 'x' is not a finite number"),
     ("a,b,y\n1,nan,1\n", "line 2 column 2 (b): 'nan' is not a finite number"),
     ("1,2,0\n3,4,7\n", "line 2: label 7 is not a class number 0..2"),
+    ("1,2,0\n3,4,1.5\n", "line 2: label 1.5 is not a class number 0..2"),
     ("1,2,3,0\n", "3 feature columns but the model's input takes 2"),
     ("", "holds no rows"),
 ])

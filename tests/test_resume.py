@@ -142,6 +142,12 @@ def test_bad_checkpoints_and_flags_are_refused(tmp_path):
     cases.append((["--resume", str(tmp_path / "cut.ckpt")], "is not a readable checkpoint"))
     (tmp_path / "text.ckpt").write_text("hello")
     cases.append((["--resume", str(tmp_path / "text.ckpt")], "is not a readable checkpoint"))
+    with zipfile.ZipFile(ckpt) as z:
+        weights = bytearray(z.read("weights.bin"))
+    weights[8:12] = b"\x00\x00\xc0\x7f"   # a NaN in the first tensor
+    (tmp_path / "nan.bin").write_bytes(weights)
+    cases.append((["--init-weights", str(tmp_path / "nan.bin")],
+                  "tensor conv:filter holds a value that is not a finite number"))
     for args, message in cases:
         res = run("train", model, "-q", *args)
         assert res.exit_code == 2 and message in res.output, (args, res.output)

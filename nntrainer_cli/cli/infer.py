@@ -26,23 +26,30 @@ def _names(weights_map):
 def _open(model, data, batch_size, overrides, need_labels=True):
     """The forward-only plan and the data: --data, else the model's test set."""
     from nntrainer_cli.pipeline import prepare
-    from nntrainer_cli.runtime.data import open_dataset
+    from nntrainer_cli.runtime.data import class_names, open_dataset
+    from nntrainer_cli.runtime.tables import has_column
     from nntrainer_cli.runtime.trainer import record_shapes
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False,
                 inference=True)
     warn(p.cfg.warnings)
+    cfg, shapes = p.cfg, record_shapes(p.graph)
+    train, test = cfg.data.get("train"), cfg.data.get("test")
+    # the training set's class names number the classes of what is evaluated here
+    classes = class_names((cfg.resolve(train.section, train.key), train.kind,
+                           train.label_column), *shapes) if train else None
     if data is None:
-        loc = p.cfg.data.get("test")
-        if loc is None:
+        if test is None:
             raise ConfigError("no test data: add [test_set] or pass --data FILE", file=model)
-        path, where = p.cfg.resolve(loc.section, loc.key), loc.error
-        kind, label_column = loc.kind, loc.label_column
+        path, where = cfg.resolve(test.section, test.key), test.error
+        kind, label_column = test.kind, test.label_column
     else:
-        path, kind, label_column = os.path.abspath(data), "auto", None
+        path, kind = os.path.abspath(data), "auto"
+        label_column = next((s.label_column for s in (test, train) if s and s.label_column
+                             and has_column(path, s.label_column)), None)   # the model's
         where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
-    return p, open_dataset(path, *record_shapes(p.graph), where, need_labels, kind,
-                           label_column), path
+    return p, open_dataset(path, *shapes, where, need_labels, kind, label_column,
+                           classes), path
 
 
 @click.command("eval")

@@ -70,6 +70,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
     from nntrainer_cli.optim.schedulers import make_schedule
 
+    from nntrainer_cli.graph.frozen import frozen_prefix
     from nntrainer_cli.pipeline import parse_size
     from nntrainer_cli.runtime.swap_io import check_swap_dir
 
@@ -84,6 +85,13 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                for flag in unused]
     if epochs and any(o.lower().replace(" ", "").startswith("model.epochs=") for o in overrides):
         ignored.append("--epochs wins over --set model.epochs")
+    if no_cache and frozen_prefix(p.graph) is None:
+        ignored.append("--no-feature-cache has no effect: no frozen layers before the first "
+                       "trainable one give each record an output to cache")
+    if not p.graph.learns_by_gradient and (epochs or cfg.model["epochs"]) > 1:
+        ignored.append("nothing learns by gradient here (centroid_knn enrolls): each epoch "
+                       "enrolls every record again, the same centroids up to rounding; "
+                       "one epoch is enough")
     warn(cfg.warnings + ignored, quiet)
     if p.swap:
         check_swap_dir(p.swap.directory)

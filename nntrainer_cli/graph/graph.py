@@ -266,9 +266,9 @@ def _check_gradient_flow(graph: LayerGraph) -> None:
     for n in graph.nodes:
         source = next((trained[c] for c, _ in n.inputs if c in trained), None)
         if source is not None and not n.layer.differentiable:
+            move = "" if n.layer.is_loss else f" (or put the {n.type} layer before it)"
             raise n.error(f"a {n.type} layer passes no gradient back, but [{source}] before "
-                          f"it is trainable: set trainable = false there (or put the "
-                          f"{n.type} layer first)")
+                          f"it is trainable: set trainable = false there{move}")
         if source is None and any(w.trainable for w in n.ctx.weights):
             source = n.section.name
         if source is not None:

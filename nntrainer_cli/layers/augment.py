@@ -67,6 +67,13 @@ class PreprocessTranslate(Augment):
     type = "preprocess_translate"
     schema = {"random_translate": P.Prop(P.floating, 0.0)}
 
+    def finalize(self, ctx: FinalizeContext) -> None:
+        if abs(self.p["random_translate"]) > 1:
+            raise LayerError("random_translate is a share of the image size, from 0 to 1 "
+                             f"(NNTrainer takes its size), got {self.p['random_translate']}",
+                             "random_translate")
+        super().finalize(ctx)
+
     def augment(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         limit = abs(self.p["random_translate"])
         _, h, w = x.shape

@@ -23,6 +23,7 @@ from nntrainer_cli.files import atomic_open
 
 from . import weights as weights_io
 from .executor import Executor
+from .tensor_files import check_finite
 
 FORMAT = 1
 
@@ -59,7 +60,7 @@ def load(path: str, ex: Executor) -> tuple[dict, np.ndarray]:
         z = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise DataError(f"no checkpoint at {path}") from None
-    except (OSError, zipfile.BadZipFile, ValueError) as e:
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, RuntimeError) as e:
         raise DataError(f"{path} is not a readable checkpoint ({e})") from None
     with z:
         try:
@@ -78,7 +79,8 @@ def load(path: str, ex: Executor) -> tuple[dict, np.ndarray]:
                     _read_into(f, ex, name, path)
             with z.open("order.npy") as f:
                 order = np.load(f)
-        except (KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+        except (KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError,
+                NotImplementedError, RuntimeError) as e:   # zipfile: unknown method, encrypted
             raise DataError(f"{path} is not a readable checkpoint ({e})") from None
     return meta, order
 
@@ -88,3 +90,4 @@ def _read_into(f, ex: Executor, name: str, path: str) -> None:
         view = arr.data.cast("B")
         if f.readinto(view) != len(view):
             raise DataError(f"{path}: tensor {name} is cut short")
+        check_finite(arr, name, path)

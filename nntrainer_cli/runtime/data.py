@@ -17,7 +17,7 @@ import numpy as np
 from nntrainer_cli.errors import DataError
 
 from .dataset import LARGE, ArrayDataset, Dataset
-from .images import ImageFolderDataset
+from .images import EXTENSIONS, ImageFolderDataset, class_folders
 from .tables import CsvDataset
 
 
@@ -27,27 +27,45 @@ SNIFF_BYTES = 4096     # the head of a raw file that tells text from floats
 
 def open_dataset(path: str, input_shapes: list[tuple], label_sizes: list[int], where,
                  need_labels: bool = True, kind: str = "auto",
-                 label_column: str | None = None) -> Dataset:
+                 label_column: str | None = None, classes: list[str] | None = None) -> Dataset:
     """`where` builds a DataError pointing at the config key that named the data. `kind`
     is the data section's type: file (raw, or .npz by extension), dir (image folders),
     csv; "auto" (for --data) goes by the path. An .npz or CSV file may leave out its
-    labels when they are not needed (predict)."""
+    labels when they are not needed (predict). `classes`: the training set's class
+    names, which number the classes of a folder or table given by name."""
     input_sizes = [int(np.prod(s)) for s in input_shapes]
     if kind == "auto":
-        kind = "dir" if os.path.isdir(path) else "csv" if path.lower().endswith(".csv") \
-            else "file"
+        kind = "dir" if os.path.isdir(path) or path.lower().endswith(EXTENSIONS) else \
+            "csv" if path.lower().endswith(".csv") else "file"
     if kind == "dir":
-        return ImageFolderDataset(path, input_shapes, label_sizes, where, need_labels)
+        return ImageFolderDataset(path, input_shapes, label_sizes, where, need_labels, classes)
     if os.path.isdir(path):
         raise where(f"data path is a directory, not a file: {path} (a folder of images per "
                     "class is 'type = dir')")
     if os.path.exists(path) and not os.path.isfile(path):
         raise where(f"data path is not a regular file: {path}")
     if kind == "csv":
-        return CsvDataset(path, input_sizes, label_sizes, where, need_labels, label_column)
+        return CsvDataset(path, input_sizes, label_sizes, where, need_labels, label_column,
+                          classes)
     if path.lower().endswith(".npz"):
         return NpzDataset(path, input_sizes, label_sizes, where, need_labels)
     return RawDataset(path, input_sizes, label_sizes, where)
+
+
+def class_names(source: tuple, input_shapes: list[tuple], label_sizes: list[int]):
+    """The class names a training set gives its labels (class folders, CSV class names),
+    by which other data of the model is numbered; None when it gives none or cannot be
+    read. `source` is (path, kind, label_column)."""
+    path, kind, label_column = source
+    try:
+        if kind == "dir" and os.path.isdir(path):
+            return class_folders(path) or None
+        if kind == "csv":
+            return CsvDataset(path, [int(np.prod(s)) for s in input_shapes], label_sizes,
+                              DataError, True, label_column).classes
+    except DataError:
+        return None
+    return None
 
 
 def _field(j: int, input_sizes: list[int], label_sizes: list[int]) -> str:
@@ -150,7 +168,8 @@ class NpzDataset(ArrayDataset):
                     x, y = f["x"], f["y"]
         except FileNotFoundError:
             raise where(f"data file not found: {path}") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+                NotImplementedError, RuntimeError) as e:   # zipfile: unknown method, encrypted
             raise where(f"cannot read data file {path}: {e or type(e).__name__}") from None
         for name, a in (("x", x), ("y", y)):
             if a.ndim == 0 or len(a) == 0:

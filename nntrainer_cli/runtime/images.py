@@ -1,13 +1,18 @@
 """A folder of a person's images, one subfolder per class (NNTrainer's `dir` data):
 PNG, JPEG and BMP, decoded a batch at a time into the input view, converted to its
-shape (grayscale or RGB by the channel count, resized to H×W, scaled to [0, 1]). The
-class index is the subfolder's place in sorted order. Every image is decoded once when
-the folder is opened, so a bad file stops the run before training, not in epoch 3."""
+shape (grayscale or RGB by the channel count, resized to H×W, scaled to [0, 1]; 16-bit
+images by their full range). Records go by sorted class folder, then sorted file name.
+The class index is the folder's place in sorted order, or, for data other than the
+training set's, the index the training set gives that name. Every image is decoded
+once when the folder is opened, so a bad file stops the run before training, not in
+epoch 3. For predictions, a folder of images without class folders, or one image file,
+will do."""
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -25,59 +30,107 @@ def _pillow(where):
     return Image
 
 
+def class_folders(path: str) -> list[str]:
+    """A folder's class subfolders, in the order that numbers them."""
+    return sorted(d for d in os.listdir(path)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
+
+
+def _images(folder: str) -> tuple[list[str], list[str]]:
+    """The image files of a folder, sorted, and the other files in it."""
+    files = sorted(f for f in os.listdir(folder)
+                   if not f.startswith(".") and os.path.isfile(os.path.join(folder, f)))
+    images = [f for f in files if f.lower().endswith(EXTENSIONS)]
+    return images, [f for f in files if f not in images]
+
+
+def _shown(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 class ImageFolderDataset(Dataset):
     def __init__(self, path: str, input_shapes: list[tuple], label_sizes: list[int], where,
-                 need_labels: bool = True):
+                 need_labels: bool = True, classes: list[str] | None = None):
         self.Image = _pillow(where)
         if len(input_shapes) != 1 or len(label_sizes) != 1:
             raise where(f"{path}: an image folder serves models with one input and one loss")
-        if not os.path.isdir(path):
-            raise where(f"image folder not found: {path}")
         self.shape = input_shapes[0]   # (C, H, W)
         if len(self.shape) != 3 or self.shape[0] not in (1, 3):
             raise where(f"{path}: images need an input of 1 (grayscale) or 3 (RGB) channels, "
                         f"the model's input is {':'.join(map(str, self.shape))}")
-        self.classes = sorted(d for d in os.listdir(path)
-                              if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
-        if not self.classes:
+        self.notes, self.where = [], where
+        if os.path.isfile(path) and path.lower().endswith(EXTENSIONS) and not need_labels:
+            self._unlabeled([path])   # one image to predict
+        elif not os.path.isdir(path):
+            raise where(f"{path} is a file, not a folder of class folders" if os.path.exists(path)
+                        else f"image folder not found: {path}")
+        elif class_folders(path):
+            self._labeled(path, label_sizes[0], need_labels, classes)
+        elif not need_labels and _images(path)[0]:   # a folder of images to predict
+            self._unlabeled([os.path.join(path, f) for f in _images(path)[0]])
+        else:
             raise where(f"{path} has no class subfolders (one folder of images per class)")
-        if need_labels and len(self.classes) != label_sizes[0]:
-            raise where(f"{path} has {len(self.classes)} class folders "
-                        f"({', '.join(self.classes[:5])}{', ...' if len(self.classes) > 5 else ''})"
-                        f" but the model tells {label_sizes[0]} classes apart")
-        self.files: list[str] = []
-        labels: list[int] = []
-        self.notes = []
-        skipped = 0
-        for k, name in enumerate(self.classes):
-            folder = os.path.join(path, name)
-            entries = sorted(f for f in os.listdir(folder) if not f.startswith("."))
-            images = [f for f in entries if f.lower().endswith(EXTENSIONS)]
-            skipped += len(entries) - len(images)
-            if not images:
-                raise where(f"class folder {folder} holds no PNG, JPEG or BMP image")
-            self.files += [os.path.join(folder, f) for f in images]
-            labels += [k] * len(images)
-        if skipped:
-            self.notes.append(f"{path}: {skipped} files that are not PNG, JPEG or BMP were "
-                              "left out")
-        self.labels = np.array(labels, dtype=np.int32)
         self.count = len(self.files)
         self.order = np.arange(self.count, dtype=np.int64)
         for f in self.files:   # decode each once now: a bad image is found before training
-            self._decode(f, where)
-        self.where = where
+            self._decode(f)
 
-    def _decode(self, file: str, where) -> np.ndarray:
-        c, h, w = self.shape
+    def _unlabeled(self, files: list[str]) -> None:
+        self.files, self.labels, self.classes = files, np.zeros(len(files), np.int32), None
+
+    def _labeled(self, path: str, size: int, need_labels: bool, classes) -> None:
+        names = class_folders(path)
+        if classes is not None:   # numbered as the training set numbers them
+            unknown = [n for n in names if n not in classes]
+            if unknown:
+                raise self.where(f"{path}: class folder {unknown[0]!r} is not one of the "
+                                 f"training set's classes ({_shown(classes)})")
+            index = {n: classes.index(n) for n in names}
+        else:
+            if need_labels and len(names) != size:
+                raise self.where(f"{path} has {len(names)} class folders ({_shown(names)}) but "
+                                 f"the model tells {size} classes apart")
+            classes, index = names, {n: k for k, n in enumerate(names)}
+        self.classes, self.files, labels, others = classes, [], [], []
+        for name in names:
+            folder = os.path.join(path, name)
+            images, rest = _images(folder)
+            if not images:
+                raise self.where(f"class folder {folder} holds no PNG, JPEG or BMP image")
+            self.files += [os.path.join(folder, f) for f in images]
+            labels += [index[name]] * len(images)
+            others += [os.path.join(name, f) for f in rest]
+        if others:
+            self.notes.append(f"{path}: left out {len(others)} file"
+                              f"{'s' if len(others) > 1 else ''} that "
+                              f"{'are' if len(others) > 1 else 'is'} not PNG, JPEG or BMP: "
+                              f"{_shown(others, 3)}")
+        self.labels = np.array(labels, dtype=np.int32)
+
+    def _decode(self, file: str) -> np.ndarray:
+        """The image as H×W×C float32 in [0, 1]."""
+        Image, (c, h, w) = self.Image, self.shape
         try:
-            with self.Image.open(file) as img:
-                img = img.convert("L" if c == 1 else "RGB")
-                if img.size != (w, h):
-                    img = img.resize((w, h), self.Image.BILINEAR)
-                return np.asarray(img)
+            with warnings.catch_warnings():   # a large photo is fine: it is resized
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(file) as img:
+                    if img.mode.startswith("I") or img.mode == "F":   # 16/32-bit grayscale
+                        scale = 1.0 if img.mode == "F" else 65535.0
+                        img = Image.fromarray(np.asarray(img, np.float32) / np.float32(scale))
+                    else:
+                        img = img.convert("L" if c == 1 else "RGB")
+                    if img.size != (w, h):
+                        img = img.resize((w, h), Image.BILINEAR)
+                    pixels = np.asarray(img, np.float32)
+        except Image.DecompressionBombError as e:
+            raise self.where(f"{file}: {e}") from None
         except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad files
-            raise where(f"{file}: not a readable image ({e or type(e).__name__})") from None
+            raise self.where(f"{file}: not a readable image ({e or type(e).__name__})") from None
+        if img.mode == "F":
+            pixels = np.repeat(pixels[:, :, None], c, axis=2)
+        else:
+            pixels = pixels.reshape(h, w, -1) / np.float32(255)
+        return pixels
 
     @property
     def held_bytes(self) -> int:
@@ -86,10 +139,8 @@ class ImageFolderDataset(Dataset):
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         features, labels = views
         for r, idx in self.records(start, batch):
-            pixels = self._decode(self.files[idx], self.where)
-            out = features[r].reshape(self.shape)
-            np.divide(pixels.reshape(self.shape[1:] + (-1,)).transpose(2, 0, 1), np.float32(255),
-                      out=out)
+            pixels = self._decode(self.files[idx])
+            np.copyto(features[r].reshape(self.shape), pixels.transpose(2, 0, 1))
             row = labels[r].reshape(-1)
             row.fill(0)
             row[self.labels[idx]] = 1

@@ -1,8 +1,10 @@
-"""Tabular data as CSV: feature columns and a label column (the last, or the one named
-by `label_column`), a header row detected when its cells are not numbers. Labels are
-class numbers 0..C-1, or class names (numbered in sorted order); with a one-value label
-(an mse model) the label cell is the target itself. Tables are small: held in memory as
-float32 once parsed, and every bad row is refused, by line, when the file is opened."""
+"""Tabular data as CSV: feature columns and a label column (the last, or the one
+`label_column` names or numbers, counting from 1), commas or else semicolons or tabs
+between cells, a header row detected when a cell of the first row is not a number but
+the one below it is. Labels are class numbers 0..C-1, or class names (numbered in
+sorted order, or as the training set numbers them); with a one-value label (an mse
+model) the label cell is the target itself. Tables are small: held in memory as float32
+once parsed, and every bad row is refused, by line, when the file is opened."""
 
 from __future__ import annotations
 
@@ -11,6 +13,25 @@ import csv
 import numpy as np
 
 from .dataset import LARGE, ArrayDataset
+
+
+def _rows(path: str) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of every row that is not blank."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    delimiter = "," if "," in first else ";" if ";" in first else "\t" if "\t" in first else ","
+    return [(n, r) for n, r in enumerate(csv.reader(lines, delimiter=delimiter), 1)
+            if any(c.strip() for c in r)]
+
+
+def has_column(path: str, name: str) -> bool:
+    """Whether a table's first row names this column (False when it cannot be read)."""
+    try:
+        rows = _rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return bool(rows) and name in [c.strip() for c in rows[0][1]]
 
 
 def _number(cell: str) -> float | None:
@@ -22,12 +43,12 @@ def _number(cell: str) -> float | None:
 
 class CsvDataset(ArrayDataset):
     def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where,
-                 need_labels: bool = True, label_column: str | None = None):
+                 need_labels: bool = True, label_column: str | None = None,
+                 classes: list[str] | None = None):
         if len(input_sizes) != 1 or len(label_sizes) != 1:
             raise where(f"{path}: a CSV file serves models with one input and one loss")
         try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                rows = [(n, r) for n, r in enumerate(csv.reader(f), 1) if any(c.strip() for c in r)]
+            rows = _rows(path)
         except FileNotFoundError:
             raise where(f"data file not found: {path}") from None
         except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -43,12 +64,13 @@ class CsvDataset(ArrayDataset):
                for j, c in enumerate(first)):
             header, rows = [c.strip() for c in first], rows[1:]
         width = len(header) if header else len(rows[0][1]) if rows else 0
-        label = self._label_index(path, header, width, label_column, where)
+        if not need_labels and width == input_sizes[0]:
+            label = None   # predicting from a table without its labels
+        else:
+            label = self._label_index(path, header, width, label_column, where)
         features = width - (1 if label is not None else 0)
         if not rows:
             raise where(f"{path} has a header but no rows")
-        if not need_labels and label_column is None and width == input_sizes[0]:
-            label, features = None, width   # predicting from a table without its labels
         if features != input_sizes[0]:
             raise where(f"{path} has {features} feature columns but the model's input takes "
                         f"{input_sizes[0]}")
@@ -60,7 +82,7 @@ class CsvDataset(ArrayDataset):
             values = [c for j, c in enumerate(row) if j != label]
             for j, c in enumerate(values):
                 v = _number(c)
-                if v is None or not np.isfinite(v):
+                if v is None or not np.isfinite(np.float32(v)):   # in float32 range too
                     name = f" ({header[j if label is None or j < label else j + 1]})" \
                         if header else ""
                     raise where(f"{path} line {line} column {j + 1}{name}: {c.strip()!r} is "
@@ -69,8 +91,8 @@ class CsvDataset(ArrayDataset):
             if label is not None:
                 cells.append(row[label].strip())
         self.x, self.classes = x, None
-        self.y = self._labels(path, rows, cells, label_sizes[0], where) if label is not None \
-            else np.zeros(len(rows), dtype=np.int64)
+        self.y = self._labels(path, rows, cells, label_sizes[0], where, classes) \
+            if label is not None else np.zeros(len(rows), dtype=np.int64)
         self.onehot = label_sizes[0] > 1
         self.notes = [f"{path}: values beyond {LARGE:g} (largest {np.abs(x).max():g}); "
                       "consider scaling the features"] if np.abs(x).max() > LARGE else []
@@ -83,29 +105,35 @@ class CsvDataset(ArrayDataset):
             return width - 1
         if header and label_column in header:
             return header.index(label_column)
-        if label_column.isdigit() and int(label_column) < width:
-            return int(label_column)
-        raise where(f"{path} has no column {label_column!r}"
+        if label_column.isdigit() and 1 <= int(label_column) <= width:
+            return int(label_column) - 1
+        raise where(f"label_column = {label_column}: {path} has no such column"
                     + (f" (columns: {', '.join(header)})" if header else
-                       f" (no header row: give a column number 0..{width - 1})"))
+                       f" (no header row: give a column number 1..{width})"))
 
-    def _labels(self, path, rows, cells, classes, where) -> np.ndarray:
-        if classes == 1:   # a regression target
+    def _labels(self, path, rows, cells, size, where, classes) -> np.ndarray:
+        if size == 1:   # a regression target
             bad = next((i for i, c in enumerate(cells) if _number(c) is None), None)
             if bad is not None:
                 raise where(f"{path} line {rows[bad][0]}: label {cells[bad]!r} is not a number")
             return np.array([float(c) for c in cells], dtype=np.float32).reshape(-1, 1)
         numbers = [_number(c) for c in cells]
-        if all(v is not None and v == int(v) for v in numbers):
-            y = np.array(numbers, dtype=np.int64)
-            bad = np.flatnonzero((y < 0) | (y >= classes))
-            if len(bad):
-                raise where(f"{path} line {rows[bad[0]][0]}: label {cells[bad[0]]} is not a "
-                            f"class number 0..{classes - 1}")
-            return y
-        names = sorted(set(cells))   # class names, numbered in sorted order
-        if len(names) > classes:
-            raise where(f"{path} has {len(names)} class names in its label column but the "
-                        f"model tells {classes} classes apart")
-        self.classes = names
-        return np.array([names.index(c) for c in cells], dtype=np.int64)
+        if all(v is not None for v in numbers):   # class numbers
+            bad = next((i for i, v in enumerate(numbers)
+                        if not (v == int(v) and 0 <= v < size)), None)
+            if bad is not None:
+                raise where(f"{path} line {rows[bad][0]}: label {cells[bad]} is not a class "
+                            f"number 0..{size - 1}")
+            return np.array(numbers, dtype=np.int64)
+        if classes is None:   # class names, numbered in sorted order
+            classes = sorted(set(cells))
+            if len(classes) > size:
+                raise where(f"{path} has {len(classes)} class names in its label column but "
+                            f"the model tells {size} classes apart")
+        unknown = next((i for i, c in enumerate(cells) if c not in classes), None)
+        if unknown is not None:
+            raise where(f"{path} line {rows[unknown][0]}: class {cells[unknown]!r} is not one of "
+                        f"the training set's classes ({', '.join(classes[:5])})")
+        self.classes = classes
+        index = {name: k for k, name in enumerate(classes)}
+        return np.array([index[c] for c in cells], dtype=np.int64)

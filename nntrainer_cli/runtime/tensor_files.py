@@ -17,6 +17,14 @@ from nntrainer_cli.errors import ConfigError, DataError
 from nntrainer_cli.files import atomic_open
 
 
+def check_finite(arr: np.ndarray, name: str, path: str) -> None:
+    """Loaded weights must be numbers: a NaN would only show later, as a NaN loss. (min
+    and max carry any NaN or infinity through, with no temporary the size of `arr`.)"""
+    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        raise DataError(f"weights file {path}: tensor {name} holds a value that is not a "
+                        "finite number")
+
+
 def is_safetensors(path: str) -> bool:
     return path.lower().endswith(".safetensors")
 
@@ -122,3 +130,4 @@ def load_safetensors(ex, path: str, weights: list[str], names: dict) -> None:
                     np.copyto(arr, buf.T)
                 else:
                     f.readinto(arr.data.cast("B"))
+                check_finite(arr, name, path)

@@ -56,12 +56,17 @@ def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
 
 
 def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
+    """Every data section, the training set first: class names it gives (folders, CSV
+    class names) number the classes of the others."""
     inputs, labels = record_shapes(graph)
     out: dict[str, Dataset] = {}
     try:
-        for split, loc in cfg.data.items():
+        for split in sorted(cfg.data, key=lambda s: s != "train"):
+            loc = cfg.data[split]
+            classes = out["train"].classes if "train" in out else None
             out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels,
-                                      loc.error, kind=loc.kind, label_column=loc.label_column)
+                                      loc.error, kind=loc.kind, label_column=loc.label_column,
+                                      classes=classes)
     except BaseException:
         for ds in out.values():
             ds.close()
@@ -198,9 +203,13 @@ class Trainer:
     def _feature_cache(self, ex: Executor) -> FeatureCache | None:
         """A cache of the frozen prefix's output, when there is one worth it (a second
         epoch to use it, and no swap: the swap schedule runs every slot as planned)."""
-        if not self.opts.cache_features or self.opts.epochs < 2 or self.plan.swap:
+        if not self.opts.cache_features or self.opts.epochs < 2:
             return None
         prefix = frozen_prefix(self.graph)
+        if prefix and self.plan.swap:
+            self._log("note: the frozen layers' output is not cached under a memory budget "
+                      "(the swap schedule runs every slot as planned)")
+            return None
         return FeatureCache(ex, prefix, self.plan, self.data["train"].count) if prefix else None
 
     def _train(self, ex: Executor, report: TrainReport, rng, init_rng) -> None:

@@ -19,7 +19,7 @@ from nntrainer_cli.errors import DataError
 from nntrainer_cli.files import atomic_open
 
 from .executor import Executor
-from .tensor_files import is_safetensors, load_safetensors, save_safetensors
+from .tensor_files import check_finite, is_safetensors, load_safetensors, save_safetensors
 
 
 def _adam_names(ex: Executor) -> list[str]:
@@ -102,6 +102,7 @@ def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
         for name in weights:
             with ex.persistent(name, write=True) as arr:
                 f.readinto(arr.data.cast("B"))
+                check_finite(arr, name, path)
         rest = size - need
         state = _adam_names(ex)
         state_bytes = 4 + sum(ex.plan.specs[n].nbytes for n in state)
