@@ -187,8 +187,10 @@ def check(root: str, res) -> list[str]:
     return problems
 
 
-def fuzz(cases: int, seed: int = 0) -> tuple[collections.Counter, list[str]]:
-    """Run `cases` cases; the outcomes (kind and exit code) and every problem found."""
+def fuzz(cases: int, seed: int = 0, only: int | None = None
+         ) -> tuple[collections.Counter, list[str]]:
+    """Run `cases` cases; the outcomes (kind and exit code) and every problem found.
+    `only`: run just that case (the ones before it are made, not run, to replay it)."""
     rng = random.Random(seed)
     outcomes, problems = collections.Counter(), []
     with tempfile.TemporaryDirectory() as base:
@@ -200,6 +202,11 @@ def fuzz(cases: int, seed: int = 0) -> tuple[collections.Counter, list[str]]:
             shutil.copytree(clean, root)
             state = rng.getstate()
             kind, args = case(root, rng)
+            if only is not None and k != only:
+                shutil.rmtree(root)
+                if k > only:
+                    break
+                continue
             res = run(*args)
             outcomes[(kind, res.exit_code)] += 1
             problems += [f"case {k} ({kind}, rng state {hash(state) & 0xffff:04x}): {p}\n"
@@ -212,8 +219,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", type=int, help="Run only this case (to look at a problem).")
     args = ap.parse_args()
-    outcomes, problems = fuzz(args.cases, args.seed)
+    outcomes, problems = fuzz(args.cases, args.seed, args.only)
     for (kind, code), n in sorted(outcomes.items()):
         print(f"{kind:10s} exit {code}: {n}")
     print(f"{args.cases} cases, {len(problems)} problems")

@@ -52,6 +52,45 @@ CORPUS_EXPECTED = {
 }
 
 
+# A frozen conv layer before a trainable head on the 8×8 digits (raw data at `data`):
+# a prefix whose output the feature cache keeps. `optimizer` and `extra` (layers after
+# the input) are filled in per test.
+FROZEN_CONV = """[Model]
+loss = cross
+batch_size = 32
+epochs = 3
+[Optimizer]
+{optimizer}
+[train_set]
+path = {data}
+[in]
+type = input
+input_shape = 1:8:8
+{extra}
+[conv]
+type = conv2d
+filters = 4
+kernel_size = 3,3
+padding = same
+activation = relu
+trainable = false
+[pool]
+type = pooling2d
+pooling = max
+pool_size = 2,2
+stride = 2,2
+flatten = true
+[head]
+type = fully_connected
+unit = 10
+activation = softmax
+"""
+
+
+def frozen_conv(data, optimizer="type = adam\nlearning_rate = 0.01", extra="") -> str:
+    return FROZEN_CONV.format(data=data, optimizer=optimizer, extra=extra)
+
+
 def write_records(path, x, classes, n_classes: int) -> None:
     """NNTrainer raw data: per record the features, then the one-hot label, as float32."""
     labels = np.eye(n_classes)[classes]

@@ -12,7 +12,7 @@ import pytest
 
 from nntrainer_cli.pipeline import prepare
 
-from helpers import REPO, run
+from helpers import REPO, frozen_conv, run
 
 # CI installs Pillow (the images extra): there a missing one fails
 Image = importlib.import_module("PIL.Image") if os.environ.get("CI") \
@@ -188,6 +188,7 @@ def test_a_csv_table_with_a_header_and_named_classes(tmp_path):
     ("a,b,y\n1,nan,1\n", "line 2 column 2 (b): 'nan' is not a finite number"),
     ("1,2,0\n3,4,7\n", "line 2: label 7 is not a class number 0..2"),
     ("1,2,0\n3,4,1.5\n", "line 2: label 1.5 is not a class number 0..2"),
+    ("1,2,0\n3,4,nan\n", "line 2: label nan is not a class number 0..2"),
     ("1,2,3,0\n", "3 feature columns but the model's input takes 2"),
     ("", "holds no rows"),
 ])
@@ -348,39 +349,6 @@ def test_flips_and_shifts_follow_the_seeded_draws_in_training_only(tmp_path):
         _augmented(tmp_path, "preprocess_translate", "random_translate = 0.3", x, False), x)
 
 
-FROZEN = """[Model]
-loss = cross
-batch_size = 32
-epochs = 3
-[Optimizer]
-type = adam
-learning_rate = 0.01
-[train_set]
-path = {data}
-[in]
-type = input
-input_shape = 1:8:8
-{extra}
-[conv]
-type = conv2d
-filters = 4
-kernel_size = 3,3
-padding = same
-activation = relu
-trainable = false
-[pool]
-type = pooling2d
-pooling = max
-pool_size = 2,2
-stride = 2,2
-flatten = true
-[head]
-type = fully_connected
-unit = 10
-activation = softmax
-"""
-
-
 @pytest.mark.parametrize("records,where", [(200, "memory"), (1257, "file")])
 def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, records, where):
     """Three shuffled epochs (with a partial last batch): the frozen conv's output
@@ -388,7 +356,7 @@ def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, rec
     every epoch; in memory when no bigger than the plan, else in a file."""
     data = tmp_path / "train.dat"
     data.write_bytes(open(os.path.join(DIGITS, "train.dat"), "rb").read()[:records * 74 * 4])
-    (tmp_path / "m.ini").write_text(FROZEN.format(data=data, extra=""))
+    (tmp_path / "m.ini").write_text(frozen_conv(data))
     for flag in ("", "--no-feature-cache"):
         res = run("train", str(tmp_path / "m.ini"), "-q", "--save", str(tmp_path / f"w{flag}.bin"),
                   "--report", str(tmp_path / f"r{flag}.json"), *([flag] if flag else []))
@@ -406,8 +374,8 @@ def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, rec
     "[flip]\ntype = preprocess_flip",
 ])
 def test_no_cache_where_the_prefix_is_not_the_same_every_epoch(tmp_path, extra):
-    (tmp_path / "m.ini").write_text(FROZEN.format(data=os.path.join(DIGITS, "train.dat"),
-                                                  extra=extra))
+    (tmp_path / "m.ini").write_text(frozen_conv(os.path.join(DIGITS, "train.dat"),
+                                                extra=extra))
     res = run("train", str(tmp_path / "m.ini"), "-q", "--epochs", "2",
               "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 0, res.output

@@ -13,42 +13,12 @@ import zipfile
 
 import pytest
 
-from helpers import REPO, run
+from helpers import REPO, frozen_conv, run
 
 DIGITS = os.path.join(REPO, "datasets", "digits", "train.dat")
 # batch norm, dropout (the layers' random state), Adam (its step count), shuffling
 CNN = os.path.join(REPO, "configs", "digits_cnn.ini")
-FROZEN = """[Model]
-loss = cross
-batch_size = 32
-epochs = 3
-[Optimizer]
-type = sgd
-learning_rate = 0.1
-momentum = 0.9
-[train_set]
-path = {data}
-[in]
-type = input
-input_shape = 1:8:8
-[conv]
-type = conv2d
-filters = 4
-kernel_size = 3,3
-padding = same
-activation = relu
-trainable = false
-[pool]
-type = pooling2d
-pooling = max
-pool_size = 2,2
-stride = 2,2
-flatten = true
-[head]
-type = fully_connected
-unit = 10
-activation = softmax
-"""
+SGD = "type = sgd\nlearning_rate = 0.1\nmomentum = 0.9"
 
 
 def command(model, tmp_path, *extra, epochs=3):
@@ -68,7 +38,7 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(tmp_p
                                                                             epochs):
     if model == "frozen":   # SGD momentum, and the feature cache rebuilt on every resume
         path = tmp_path / "frozen.ini"
-        path.write_text(FROZEN.format(data=DIGITS))
+        path.write_text(frozen_conv(DIGITS, SGD))
     else:
         path = CNN
     want = uninterrupted(path, tmp_path, epochs)
@@ -115,13 +85,13 @@ def test_a_stop_signal_writes_a_checkpoint_at_an_iteration_boundary(tmp_path, si
 def test_continue_train_picks_up_from_save_path(tmp_path):
     """[Model] continue_train = true (NNTrainer's key): the second run, asked for four
     epochs, continues the first run's two."""
-    (tmp_path / "m.ini").write_text(FROZEN.format(data=DIGITS).replace(
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS, SGD).replace(
         "epochs = 3", "epochs = 2\nsave_path = w.bin\ncontinue_train = true"))
     assert run("train", str(tmp_path / "m.ini"), "-q").exit_code == 0
     assert (tmp_path / "w.bin.ckpt").exists()
     res = run("train", str(tmp_path / "m.ini"), "--epochs", "4")
     assert res.exit_code == 0 and "resumed from" in res.output and "at epoch 3" in res.output
-    (tmp_path / "plain.ini").write_text(FROZEN.format(data=DIGITS).replace("epochs = 3",
+    (tmp_path / "plain.ini").write_text(frozen_conv(DIGITS, SGD).replace("epochs = 3",
                                                                             "epochs = 4"))
     assert run("train", str(tmp_path / "plain.ini"), "-q", "--save",
                str(tmp_path / "plain.bin")).exit_code == 0
@@ -129,7 +99,7 @@ def test_continue_train_picks_up_from_save_path(tmp_path):
 
 
 def test_bad_checkpoints_and_flags_are_refused(tmp_path):
-    (tmp_path / "m.ini").write_text(FROZEN.format(data=DIGITS))
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS, SGD))
     model, ckpt = str(tmp_path / "m.ini"), tmp_path / "c.ckpt"
     assert run("train", model, "-q", "--epochs", "1", "--checkpoint", str(ckpt)).exit_code == 0
     cases = [
@@ -167,7 +137,7 @@ def tiny_disk(tmp_path):
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, tiny_disk):
-    (tmp_path / "m.ini").write_text(FROZEN.format(data=DIGITS))
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS, SGD))
     ckpt = tiny_disk / "c.ckpt"
     res = run("train", str(tmp_path / "m.ini"), "-q", "--epochs", "1", "--checkpoint", str(ckpt))
     assert res.exit_code == 0, res.output

@@ -120,7 +120,7 @@ class CsvDataset(ArrayDataset):
         numbers = [_number(c) for c in cells]
         if all(v is not None for v in numbers):   # class numbers
             bad = next((i for i, v in enumerate(numbers)
-                        if not (v == int(v) and 0 <= v < size)), None)
+                        if not (np.isfinite(v) and v == int(v) and 0 <= v < size)), None)
             if bad is not None:
                 raise where(f"{path} line {rows[bad][0]}: label {cells[bad]} is not a class "
                             f"number 0..{size - 1}")
