@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+import zipfile
 
 
 def visible(text: str) -> str:
@@ -62,3 +63,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run stops cleanly, with exit code 143."""
 
     exit_code = 143
+
+
+# What reading a damaged zip archive (.npz data, a checkpoint) raises besides
+# BadZipFile: an unknown compression method or version, an "encrypted" flag bit.
+ZIP_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+                   RuntimeError)

@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from nntrainer_cli.errors import DataError
+from nntrainer_cli.errors import ZIP_READ_ERRORS, DataError
 from nntrainer_cli.files import atomic_open
 
 from . import weights as weights_io
@@ -60,7 +60,7 @@ def load(path: str, ex: Executor) -> tuple[dict, np.ndarray]:
         z = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise DataError(f"no checkpoint at {path}") from None
-    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, RuntimeError) as e:
+    except ZIP_READ_ERRORS as e:
         raise DataError(f"{path} is not a readable checkpoint ({e})") from None
     with z:
         try:
@@ -79,8 +79,7 @@ def load(path: str, ex: Executor) -> tuple[dict, np.ndarray]:
                     _read_into(f, ex, name, path)
             with z.open("order.npy") as f:
                 order = np.load(f)
-        except (KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError,
-                NotImplementedError, RuntimeError) as e:   # zipfile: unknown method, encrypted
+        except (KeyError, *ZIP_READ_ERRORS) as e:
             raise DataError(f"{path} is not a readable checkpoint ({e})") from None
     return meta, order
 

@@ -10,11 +10,10 @@ folders (images.py) and CSV tables (tables.py) have modules of their own."""
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
-from nntrainer_cli.errors import DataError
+from nntrainer_cli.errors import ZIP_READ_ERRORS, DataError
 
 from .dataset import LARGE, ArrayDataset, Dataset
 from .images import EXTENSIONS, ImageFolderDataset, class_folders
@@ -168,8 +167,7 @@ class NpzDataset(ArrayDataset):
                     x, y = f["x"], f["y"]
         except FileNotFoundError:
             raise where(f"data file not found: {path}") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile,
-                NotImplementedError, RuntimeError) as e:   # zipfile: unknown method, encrypted
+        except ZIP_READ_ERRORS as e:
             raise where(f"cannot read data file {path}: {e or type(e).__name__}") from None
         for name, a in (("x", x), ("y", y)):
             if a.ndim == 0 or len(a) == 0:
