@@ -236,9 +236,7 @@ class Trainer:
             row.seconds = time.perf_counter() - e0
             report.epochs.append(row)
             if opts.save:
-                weights_io.save(ex, opts.save, epoch, iteration,
-                                with_adam=self.optimizer is not None and
-                                self.optimizer.state == ("adam_m", "adam_v"))
+                weights_io.save(ex, opts.save, epoch, iteration)
             self._checkpoint(ex, rng, (epoch + 1, 0, iteration, sums))
             self._log(_epoch_line(row, opts.epochs))
             self.stops.check()

@@ -27,26 +27,28 @@ def _adam_names(ex: Executor) -> list[str]:
     return ex.state_names() if adam else []
 
 
-def write_bin(ex: Executor, f, epoch: int, iteration: int, with_adam: bool) -> None:
-    """NNTrainer's layout into an open binary file, tensor by tensor from the arena."""
+def write_bin(ex: Executor, f, epoch: int, iteration: int, with_adam: bool = True) -> None:
+    """NNTrainer's layout into an open binary file, tensor by tensor from the arena; with
+    Adam's state when the optimizer is Adam and `with_adam`."""
     for name in ex.weight_names():
         with ex.persistent(name, write=False) as arr:
             f.write(arr.data)
-    if with_adam:
+    adam = _adam_names(ex) if with_adam else []
+    if adam:
         f.write(b"adam")
-        for name in _adam_names(ex):
+        for name in adam:
             with ex.persistent(name, write=False) as arr:
                 f.write(arr.data)
     f.write(struct.pack("<II", epoch, iteration))
 
 
-def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool) -> None:
+def save(ex: Executor, path: str, epoch: int, iteration: int) -> None:
     if is_safetensors(path):
         save_safetensors(ex, path, epoch, iteration)
         return
     try:
         with atomic_open(path, "wb") as f:
-            write_bin(ex, f, epoch, iteration, with_adam)
+            write_bin(ex, f, epoch, iteration)
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
