@@ -36,8 +36,8 @@ def _open(model, data, batch_size, overrides, need_labels=True):
     cfg, shapes = p.cfg, record_shapes(p.graph)
     train, test = cfg.data.get("train"), cfg.data.get("test")
     # the training set's class names number the classes of what is evaluated here
-    classes = class_names((cfg.resolve(train.section, train.key), train.kind,
-                           train.label_column), *shapes) if train else None
+    classes = class_names(cfg.resolve(train.section, train.key), train.kind,
+                          train.label_column, *shapes) if train else None
     if data is None:
         if test is None:
             raise ConfigError("no test data: add [test_set] or pass --data FILE", file=model)
@@ -46,6 +46,7 @@ def _open(model, data, batch_size, overrides, need_labels=True):
     else:
         path, kind = os.path.abspath(data), "auto"
         label_column = next((s.label_column for s in (test, train) if s and s.label_column
+                             and path.lower().endswith(".csv")
                              and has_column(path, s.label_column)), None)   # the model's
         where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
     return p, open_dataset(path, *shapes, where, need_labels, kind, label_column,

@@ -64,15 +64,13 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
           quiet, no_trace, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
           overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
-    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.graph.frozen import frozen_prefix
+    from nntrainer_cli.optim.schedulers import make_schedule
+    from nntrainer_cli.pipeline import parse_size, prepare
     from nntrainer_cli.report.tables import plan_summary, train_summary
+    from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
-    from nntrainer_cli.optim.schedulers import make_schedule
-
-    from nntrainer_cli.graph.frozen import frozen_prefix
-    from nntrainer_cli.pipeline import parse_size
-    from nntrainer_cli.runtime.swap_io import check_swap_dir
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
                 budget=parse_size(budget) if budget is not None else None, lookahead=lookahead,

@@ -51,11 +51,11 @@ def open_dataset(path: str, input_shapes: list[tuple], label_sizes: list[int], w
     return RawDataset(path, input_sizes, label_sizes, where)
 
 
-def class_names(source: tuple, input_shapes: list[tuple], label_sizes: list[int]):
+def class_names(path: str, kind: str, label_column: str | None, input_shapes: list[tuple],
+                label_sizes: list[int]) -> list[str] | None:
     """The class names a training set gives its labels (class folders, CSV class names),
     by which other data of the model is numbered; None when it gives none or cannot be
-    read. `source` is (path, kind, label_column)."""
-    path, kind, label_column = source
+    read."""
     try:
         if kind == "dir" and os.path.isdir(path):
             return class_folders(path) or None

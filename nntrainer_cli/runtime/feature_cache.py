@@ -28,8 +28,7 @@ def _noop() -> None:
 
 
 class FeatureCache:
-    def __init__(self, ex, prefix: FrozenPrefix, plan: MemoryPlan, count: int,
-                 directory: str | None = None):
+    def __init__(self, ex, prefix: FrozenPrefix, plan: MemoryPlan, count: int):
         node, index = prefix.boundary
         ns = plan.tensors.node_slots
         self.ex, self.prefix = ex, prefix
@@ -45,7 +44,7 @@ class FeatureCache:
             self.features = np.empty(feature_shape, np.float32)
             self.labels = np.empty(label_shape, np.float32)
         else:
-            with tempfile.TemporaryFile(dir=directory, prefix="nntrainer-features-") as f:
+            with tempfile.TemporaryFile(prefix="nntrainer-features-") as f:
                 f.truncate(self.bytes)
                 whole = np.memmap(f, np.float32, "w+", shape=(self.bytes // 4,))
             split = int(np.prod(feature_shape))

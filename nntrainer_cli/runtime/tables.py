@@ -15,23 +15,30 @@ import numpy as np
 from .dataset import LARGE, ArrayDataset
 
 
+def _delimiter(first: str) -> str:
+    """Commas, else semicolons, else tabs: whichever the first row holds."""
+    return "," if "," in first else ";" if ";" in first else "\t" if "\t" in first else ","
+
+
 def _rows(path: str) -> list[tuple[int, list[str]]]:
     """(line number, cells) of every row that is not blank."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         lines = f.read().splitlines()
     first = next((line for line in lines if line.strip()), "")
-    delimiter = "," if "," in first else ";" if ";" in first else "\t" if "\t" in first else ","
-    return [(n, r) for n, r in enumerate(csv.reader(lines, delimiter=delimiter), 1)
+    return [(n, r) for n, r in enumerate(csv.reader(lines, delimiter=_delimiter(first)), 1)
             if any(c.strip() for c in r)]
 
 
 def has_column(path: str, name: str) -> bool:
-    """Whether a table's first row names this column (False when it cannot be read)."""
+    """Whether a table's first row names this column (False when it cannot be read);
+    reads that row only."""
     try:
-        rows = _rows(path)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = next((line for line in f if line.strip()), "")
+        cells = next(csv.reader([first], delimiter=_delimiter(first)), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return bool(rows) and name in [c.strip() for c in rows[0][1]]
+    return name in [c.strip() for c in cells]
 
 
 def _number(cell: str) -> float | None:

@@ -80,7 +80,7 @@ class Trainer:
         self.optimizer, self.schedule = optimizer, schedule
         self.data, self.opts = data, opts
         self.cache: FeatureCache | None = None
-        self.stops = StopRequests()   # entered while training: signals wait for a step's end
+        self.stops = StopRequests()   # entered while training: a signal waits for the step
         self.interactive = sys.stderr.isatty()
         tqdm.get_lock()  # its first call imports multiprocessing: keep that out of the measurement
 
@@ -172,7 +172,7 @@ class Trainer:
                               np.random.default_rng([opts.seed, 1]), io)
                 self.cache = self._feature_cache(ex)   # outside the arena: reported apart
                 traced.resume()
-                with StopRequests() as self.stops:
+                with self.stops:
                     self._train(ex, report, rng, init_rng)
             except KeyboardInterrupt as e:  # the report of the finished epochs goes with it
                 stopped = e
