@@ -1,8 +1,8 @@
 """The pretrained feature extractor of the README's personalization example: a small
 CNN trained in PyTorch on digits 0-4 only (the shipped digits' training split), then
 its convolutional part exported without the classifier, so its 64 features per image
-are what a device would get from a backbone trained elsewhere on other classes. The example personalizes it to
-digits 5-9, which it never saw.
+are what a device would get from a backbone trained elsewhere on other classes. The
+example personalizes it to digits 5-9, which it never saw.
 
 Run once from the repository root (needs torch and onnxscript, the `bench` extra); the
 output is committed:
@@ -11,20 +11,12 @@ output is committed:
 
 import os
 
-import numpy as np
 import torch
 from torch import nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DIGITS = os.path.join(HERE, "..", "datasets", "digits")
+from make_digits_cnn import HERE, digits   # this folder: the digits as tensors
+
 OUT = os.path.join(HERE, "digits04_features.onnx")
-
-
-def digits(split: str, classes):
-    r = np.fromfile(os.path.join(DIGITS, f"{split}.dat"), "<f4").reshape(-1, 74)
-    y = r[:, 64:].argmax(1)
-    keep = np.isin(y, classes)
-    return torch.tensor(r[keep, :64].reshape(-1, 1, 8, 8)), torch.tensor(y[keep])
 
 
 def main() -> None:

@@ -19,10 +19,13 @@ DIGITS = os.path.join(HERE, "..", "datasets", "digits")
 OUT = os.path.join(HERE, "digits_cnn.onnx")
 
 
-def digits(split: str):
-    """NNTrainer's raw records: 64 pixel floats, then 10 one-hot label floats."""
+def digits(split: str, classes=range(10)):
+    """The shipped digits of these classes as tensors (images N×1×8×8, class numbers),
+    from NNTrainer's raw records: 64 pixel floats, then 10 one-hot label floats."""
     r = np.fromfile(os.path.join(DIGITS, f"{split}.dat"), "<f4").reshape(-1, 74)
-    return torch.tensor(r[:, :64].reshape(-1, 1, 8, 8)), torch.tensor(r[:, 64:].argmax(1))
+    y = r[:, 64:].argmax(1)
+    keep = np.isin(y, classes)
+    return torch.tensor(r[keep, :64].reshape(-1, 1, 8, 8)), torch.tensor(y[keep])
 
 
 def main() -> None:
