@@ -1,4 +1,4 @@
-"""The `nntrainer` command: train, plan, check, summarize, convert and import models."""
+"""The `nntrainer` command: train, federate, plan, check, summarize, convert and import models."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from nntrainer_cli.errors import Terminated
 
 from .common import OneLineErrors
 from .exchange import convert, import_
+from .federate import federate
 from .infer import eval_, predict
 from .inspect import check, plan, summary
 from .train import train
@@ -32,5 +33,5 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-for command in (train, eval_, predict, plan, summary, check, convert, import_):
+for command in (train, federate, eval_, predict, plan, summary, check, convert, import_):
     main.add_command(command)

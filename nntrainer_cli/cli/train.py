@@ -67,7 +67,6 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     from nntrainer_cli.graph.frozen import frozen_prefix
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.pipeline import parse_size, prepare
-    from nntrainer_cli.report.tables import plan_summary, train_summary
     from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
@@ -120,18 +119,28 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     data = open_datasets(cfg, p.graph)
     warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]
-    saved = f"weights of finished epochs are in {save}" if save else \
+    opts = TrainOptions(epochs=epochs, seed=seed,
+                        shuffle=not no_shuffle, quiet=quiet, save=save,
+                        init_weights=init_weights, swap=p.swap,
+                        weights_map=read_weights_map(weights_map) if weights_map else None,
+                        trace_memory=not no_trace, cache_features=not no_cache,
+                        checkpoint=checkpoint, save_every=save_every, resume=resume)
+    trainer = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts)
+    run_and_report(trainer, p.plan, list(data.values()), report_path, quiet, epochs, "epochs")
+
+
+def run_and_report(trainer, plan, datasets, report_path, quiet, total: int, unit: str):
+    """Run `trainer`, write the JSON report, print the summary, close the data. On
+    Ctrl-C or SIGTERM, say what finished and where it is, with the stop's exit code."""
+    from nntrainer_cli.report.tables import plan_summary, train_summary
+
+    save = trainer.opts.save
+    saved = f"weights of finished {unit} are in {save}" if save else \
         "weights were not saved (use --save FILE)"
     try:
         if not quiet:
-            click.echo(plan_summary(p.plan), err=True)
-        opts = TrainOptions(epochs=epochs, seed=seed,
-                            shuffle=not no_shuffle, quiet=quiet, save=save,
-                            init_weights=init_weights, swap=p.swap,
-                            weights_map=read_weights_map(weights_map) if weights_map else None,
-                            trace_memory=not no_trace, cache_features=not no_cache,
-                            checkpoint=checkpoint, save_every=save_every, resume=resume)
-        report = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts).run()
+            click.echo(plan_summary(plan), err=True)
+        report = trainer.run()
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
         report = getattr(stop, "report", None)
         done = len(report.epochs) if report else 0
@@ -139,11 +148,11 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
             write_text(report_path, json.dumps(report.to_json(), indent=2))
         resumable = f"; continue with --resume {report.checkpoint}" \
             if report and report.checkpoint else ""
-        fail(f"interrupted after {done} of {epochs} epochs; {saved}{resumable}"
-              + (f"; report in {report_path}" if report_path and report else ""),
-              getattr(stop, "exit_code", 130))
+        fail(f"interrupted after {done} of {total} {unit}; {saved}{resumable}"
+             + (f"; report in {report_path}" if report_path and report else ""),
+             getattr(stop, "exit_code", 130))
     finally:
-        for ds in data.values():
+        for ds in datasets:
             ds.close()
     if report_path:
         write_text(report_path, json.dumps(report.to_json(), indent=2))

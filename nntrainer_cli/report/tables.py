@@ -167,6 +167,14 @@ def train_summary(report: TrainReport) -> str:
     rows += [["planned peak", human(m.planned_peak_bytes)],
              ["lower bound", human(m.lower_bound_bytes)],
              ["naive total", human(m.naive_bytes)]]
+    fed = report.federation
+    if fed:
+        sizes = fed.shard_sizes
+        rows += [["clients (records each)", f"{len(sizes)} ({min(sizes)}-{max(sizes)}), "
+                                            f"{fed.partition}, engine {fed.engine}"],
+                 ["rounds x local epochs", f"{len(fed.rounds)} x {fed.local_epochs}"],
+                 ["global weights + their sum", human(2 * fed.weights_bytes)]]
+        arena += 2 * fed.weights_bytes
     if m.swap:
         sw = m.swap
         rows += [["memory budget", human(sw.budget_bytes)],
@@ -178,7 +186,8 @@ def train_summary(report: TrainReport) -> str:
                                                     f"{sw.io_wait_seconds:.2f} s waiting"]]
     if m.measured_peak_bytes is not None:
         ratio = m.measured_peak_bytes / arena if arena else 0
-        rows.append(["measured peak", f"{human(m.measured_peak_bytes)} ({ratio:.2f}x arena)"])
+        rows.append(["measured peak", f"{human(m.measured_peak_bytes)} ({ratio:.2f}x arena"
+                                      f"{' + weights' if fed else ''})"])
     if m.rss_delta_bytes is not None:
         rows.append(["training RSS growth", human(m.rss_delta_bytes)])
     rows += _loader_rows(m, report.classes)

@@ -80,6 +80,7 @@ class RawDataset(Dataset):
     def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where):
         self.path = path
         self.record_bytes = 4 * (sum(input_sizes) + sum(label_sizes))
+        self.label = (sum(input_sizes), label_sizes[0]) if len(label_sizes) == 1 else None
         try:
             self.fd = os.open(path, os.O_RDONLY)
             size = os.fstat(self.fd).st_size
@@ -135,6 +136,23 @@ class RawDataset(Dataset):
             return [f"{self.path} record {at[0]}: {column(at[1])} is {largest:.3g}; values "
                     "this large suggest the file is not float32 data of this model's shape"]
         return []
+
+    def class_of(self) -> np.ndarray | None:
+        """The one label's argmax per record, when every label is one-hot."""
+        if self.label is None:
+            return None
+        at, size = self.label
+        out = np.empty(self.count, np.int64)
+        per = max(1, SCAN_BYTES // self.record_bytes)
+        for first in range(0, self.count, per):
+            n = min(per, self.count - first)
+            rows = np.frombuffer(os.pread(self.fd, n * self.record_bytes,
+                                          first * self.record_bytes), dtype="<f4")
+            labels = rows.reshape(n, -1)[:, at:at + size]
+            if not ((labels == 0) | (labels == 1)).all() or (labels.sum(axis=1) != 1).any():
+                return None
+            out[first:first + n] = labels.argmax(axis=1)
+        return out
 
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         """Fill row r of every view (inputs then labels) with record order[start + r]."""

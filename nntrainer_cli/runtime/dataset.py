@@ -19,6 +19,10 @@ class Dataset:
         """Memory the loader keeps between batches (arrays held, file lists)."""
         return 0
 
+    def class_of(self) -> np.ndarray | None:
+        """Each record's class number, where labels are classes (to split by class)."""
+        return None
+
     def shuffle(self, rng: np.random.Generator) -> None:
         rng.shuffle(self.order)
 
@@ -63,6 +67,9 @@ class ArrayDataset(Dataset):
     @property
     def held_bytes(self) -> int:
         return self.x.nbytes + self.y.nbytes
+
+    def class_of(self) -> np.ndarray | None:
+        return self.y if self.onehot else None
 
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         features, labels = views

@@ -67,6 +67,7 @@ class Executor:
         self.graph, self.plan = graph, plan
         self.rng = rng or np.random.default_rng(0)
         self.optimizer, self.schedule = optimizer, schedule
+        self.state_from = 0   # the iteration the optimizer's state (and step count) began
         self.arena = allocate_arena(plan) if arena is None else arena
         self.io = swap_io
         self.places = self._placements()
@@ -165,7 +166,7 @@ class Executor:
                 grad /= extra
                 grad += weight
                 grad *= extra
-            self.optimizer.apply(weight, grad, state, self.lr, self.iteration)
+            self.optimizer.apply(weight, grad, state, self.lr, self.iteration - self.state_from)
 
     def _clip_and_apply(self, updates) -> None:
         """NNTrainer's clipping: one L2 norm over all clipped gradients; each is scaled
@@ -296,6 +297,14 @@ class Executor:
         return [part[kind] for n, w in self.weights if w.trainable
                 for kind in range(len(self.optimizer.state))
                 for part in io[n.name].state[w.name]]
+
+    def reset_state(self, iteration: int) -> None:
+        """The optimizer's state back to zero and its step count starting over at
+        `iteration`: a federated client starts each round afresh from the global weights."""
+        for name in self.state_names() if self.optimizer else ():
+            with self.persistent(name, write=True) as v:
+                v.fill(0)
+        self.state_from = iteration
 
     def initialize(self, rng: np.random.Generator) -> None:
         for (node, w), name in zip(self.weights, self.weight_names()):

@@ -136,6 +136,9 @@ class ImageFolderDataset(Dataset):
     def held_bytes(self) -> int:
         return self.labels.nbytes + sys.getsizeof(self.files) + sum(map(sys.getsizeof, self.files))
 
+    def class_of(self) -> np.ndarray | None:
+        return self.labels if self.classes is not None else None
+
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         features, labels = views
         for r, idx in self.records(start, batch):

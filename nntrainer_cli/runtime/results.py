@@ -52,6 +52,27 @@ class MemoryFigures:
     data_read_peak_bytes: int | None = None  # the most one batch's reading allocated
 
 
+@dataclass(frozen=True)
+class ClientResult:
+    client: int
+    samples: int                   # its records: its weight in the average
+    loss: float                    # over its last local epoch
+    accuracy: float
+    seconds: float
+    peak_rss_bytes: int | None = None   # its own process's (engine flower)
+
+
+@dataclass
+class FederationFigures:
+    engine: str                    # local or flower
+    partition: str                 # iid, dirichlet:ALPHA or dir
+    local_epochs: int
+    shard_sizes: list[int]         # records per client
+    weights_bytes: int             # one copy of the weights; averaging holds two more
+    rounds: list[list[ClientResult]] = field(default_factory=list)
+    server_peak_rss_bytes: int | None = None   # the Flower server process's (engine flower)
+
+
 @dataclass
 class TrainReport:
     model: str
@@ -67,6 +88,7 @@ class TrainReport:
     classes: list[str] | None = None   # class names by index, when the data names them
     feature_cache: dict | None = None  # the frozen prefix's cached output: layers, bytes, where
     checkpoint: str | None = None      # the last checkpoint written, if any
+    federation: FederationFigures | None = None   # `federate`: epochs are its rounds
 
     def to_json(self) -> dict:
         """Plain values for json.dump; every key is always there (null when it does not

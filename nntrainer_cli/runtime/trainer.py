@@ -55,15 +55,19 @@ def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
             [int(np.prod(n.layer.label_shape(n.ctx)[1:])) for n in graph.losses])
 
 
-def open_datasets(cfg: ModelConfig, graph: LayerGraph) -> dict[str, Dataset]:
+def open_datasets(cfg: ModelConfig, graph: LayerGraph, train: bool = True,
+                  classes: list[str] | None = None) -> dict[str, Dataset]:
     """Every data section, the training set first: class names it gives (folders, CSV
-    class names) number the classes of the others."""
+    class names) number the classes of the others. Without `train` (its path holds
+    federated clients' data), `classes` number them."""
     inputs, labels = record_shapes(graph)
     out: dict[str, Dataset] = {}
     try:
         for split in sorted(cfg.data, key=lambda s: s != "train"):
+            if split == "train" and not train:
+                continue
             loc = cfg.data[split]
-            classes = out["train"].classes if "train" in out else None
+            classes = out["train"].classes if "train" in out else classes
             out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels,
                                       loc.error, kind=loc.kind, label_column=loc.label_column,
                                       classes=classes)
@@ -84,6 +88,11 @@ class Trainer:
         self.interactive = sys.stderr.isatty()
         tqdm.get_lock()  # its first call imports multiprocessing: keep that out of the measurement
 
+    @property
+    def train_sets(self) -> list[Dataset]:
+        """What the epochs read: the training set (a federation's clients have more)."""
+        return [self.data["train"]]
+
     def _log(self, text: str) -> None:
         if not self.opts.quiet:
             tqdm.write(text, file=sys.stderr)
@@ -99,17 +108,19 @@ class Trainer:
         return loss / batches, correct / batches
 
     def _epoch(self, ex: Executor, epoch: int, rng, iteration: int, first: int = 0,
-               sums: tuple = (0.0, 0, 0)) -> tuple[float, float, int]:
-        """One epoch from batch `first` (a resumed one carries the running `sums` of
-        loss, correct rows and rows seen); a requested stop ends it after a step."""
-        ds, batch = self.data["train"], self.graph.batch_size
+               sums: tuple = (0.0, 0, 0), ds: Dataset | None = None,
+               desc: str | None = None) -> tuple[float, float, int]:
+        """One epoch of `ds` (the training set unless given) from batch `first` (a
+        resumed one carries the running `sums` of loss, correct rows and rows seen); a
+        requested stop ends it after a step."""
+        ds, batch = ds or self.data["train"], self.graph.batch_size
         if self.opts.shuffle and first == 0:
             ds.shuffle(rng)
         # gradient steps take whole batches; an enrollment (centroid_knn) takes every record
         whole = self.graph.learns_by_gradient
         steps = ds.count // batch if whole else -(-ds.count // batch)
         views = ex.input_views + ex.label_views
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.opts.epochs}", unit="batch",
+        bar = tqdm(total=steps, desc=desc or f"epoch {epoch}/{self.opts.epochs}", unit="batch",
                    leave=False, disable=self.opts.quiet or not self.interactive, file=sys.stderr)
         loss_sum, correct, seen = sums
         cache = self.cache
@@ -148,8 +159,9 @@ class Trainer:
 
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
-        if self.data["train"].count < self.graph.batch_size and self.graph.learns_by_gradient:
-            raise DataError(f"the training set has {self.data['train'].count} records, fewer "
+        small = min(ds.count for ds in self.train_sets)
+        if small < self.graph.batch_size and self.graph.learns_by_gradient:
+            raise DataError(f"the training set has {small} records, fewer "
                             f"than one batch of {self.graph.batch_size}")
         rng = np.random.default_rng(opts.seed)
         report = TrainReport(self.cfg.path, self.graph.batch_size, plan.planner, opts.save)
@@ -157,8 +169,8 @@ class Trainer:
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
         # made before measuring starts: bookkeeping, not training memory
-        self.step_seconds = np.zeros(opts.epochs * -(-self.data["train"].count //
-                                                     self.graph.batch_size))
+        self.step_seconds = np.zeros(opts.epochs * sum(-(-ds.count // self.graph.batch_size)
+                                                       for ds in self.train_sets))
         self.steps_done = 0
         with kernel_settings(), RssDelta() as rss, \
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
@@ -186,9 +198,10 @@ class Trainer:
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
                                       rss.delta, rss.reset, swap,
-                                      sum(ds.held_bytes for ds in self.data.values()),
+                                      sum(ds.held_bytes for ds in
+                                          {*self.data.values(), *self.train_sets}),
                                       traced.loader_peak)
-        report.classes = self.data["train"].classes
+        report.classes = self.train_sets[0].classes
         report.feature_cache = self.cache.figures() if self.cache else None
         done = self.step_seconds[:self.steps_done]
         timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done

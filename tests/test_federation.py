@@ -1,0 +1,189 @@
+"""Federated averaging: the average itself, the splits, and the oracles that pin the
+engine to plain training (one client is `train`; equal IID shards with one full-batch
+SGD step each are one centralized step)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import DIGITS, REPO, run, write_records
+from nntrainer_cli.runtime import partition
+from nntrainer_cli.runtime.federation import fedavg
+
+DIGITS_DIR = os.path.join(REPO, "datasets", "digits")
+
+SGD_MLP = """[Model]
+loss = cross
+batch_size = {batch}
+epochs = 1
+[Optimizer]
+type = sgd
+[LearningRateScheduler]
+type = constant
+learning_rate = 0.1
+[train_set]
+path = {train}
+[valid_set]
+path = {valid}
+[in]
+type = input
+input_shape = 1:1:64
+[fc1]
+type = fully_connected
+unit = 32
+activation = relu
+[out]
+type = fully_connected
+unit = 10
+activation = softmax
+"""
+
+
+def sgd_model(tmp_path, batch=32, train=None):
+    path = tmp_path / "sgd.ini"
+    path.write_text(SGD_MLP.format(batch=batch, train=train or f"{DIGITS_DIR}/train.dat",
+                                   valid=f"{DIGITS_DIR}/valid.dat"))
+    return str(path)
+
+
+def weights_of(path, model):
+    """The saved .bin's weights (without the trailing epoch and iteration counters)."""
+    return np.fromfile(path, dtype="<f4")[:-2]
+
+
+def test_fedavg_is_the_weighted_mean():
+    rng = np.random.default_rng(0)
+    clients = [([rng.standard_normal((3, 4)).astype(np.float32),
+                 rng.standard_normal(5).astype(np.float32)], n) for n in (10, 30, 7)]
+    got = fedavg(clients)
+    counts = np.array([n for _, n in clients], dtype=np.float64)
+    for t, tensor in enumerate(got):
+        stacked = np.stack([w[t].astype(np.float64) for w, _ in clients])
+        want = np.tensordot(counts / counts.sum(), stacked, axes=1)
+        assert tensor.dtype == np.float32
+        np.testing.assert_allclose(tensor, want, rtol=1e-6, atol=1e-7)
+    alone = fedavg(clients[:1])   # one client: its weights exactly
+    assert all(np.array_equal(a, b) for a, b in zip(alone, clients[0][0]))
+    before = [t.copy() for w, _ in clients for t in w]
+    fedavg(clients)                # the clients' arrays are left as they were
+    assert all(np.array_equal(a, b) for a, b in zip(before, [t for w, _ in clients for t in w]))
+
+
+def test_splits_cover_the_records_once():
+    rng = np.random.default_rng(3)
+    classes = rng.integers(0, 10, 1000)
+    for kind, alpha in (("iid", None), ("dirichlet", 0.3), ("dirichlet", 100.0)):
+        shards = partition.split(1000, classes, 8, kind, alpha, np.random.default_rng(1), 32)
+        joined = np.concatenate(shards)
+        assert sorted(joined) == list(range(1000)), kind
+        assert all(len(s) >= 32 and np.all(np.diff(s) > 0) for s in shards)
+        again = partition.split(1000, classes, 8, kind, alpha, np.random.default_rng(1), 32)
+        assert all(np.array_equal(a, b) for a, b in zip(shards, again))   # seeded
+    iid = partition.split(1000, None, 8, "iid", None, np.random.default_rng(1), 1)
+    assert {len(s) for s in iid} == {125}
+
+    def classes_held(alpha):   # classes making up 90% of a client's records, on average
+        shards = partition.split(1000, classes, 8, "dirichlet", alpha,
+                                 np.random.default_rng(2), 10)
+        held = []
+        for s in shards:
+            counts = np.sort(np.bincount(classes[s], minlength=10))[::-1]
+            held.append(np.searchsorted(np.cumsum(counts), 0.9 * len(s)) + 1)
+        return np.mean(held)
+    assert classes_held(0.1) < classes_held(100.0) - 3   # small alpha: few classes each
+
+
+@pytest.mark.parametrize("spec", ["dirichlet", "dirichlet:0", "dirichlet:-1", "zipf", "iid:2"])
+def test_bad_partition_specs_are_one_line(spec):
+    r = run("federate", DIGITS, "--clients", "4", "--rounds", "1", "--partition", spec)
+    assert r.exit_code == 2, r.output
+    assert "--partition" in r.output and "Traceback" not in r.output
+
+
+def test_too_many_clients_and_no_count_are_clear(tmp_path):
+    r = run("federate", DIGITS, "--clients", "50", "--rounds", "1")
+    assert r.exit_code == 2 and "1257 training records cannot give 50 clients" in r.output
+    r = run("federate", DIGITS, "--rounds", "1")
+    assert r.exit_code == 2 and "--clients" in r.output
+
+
+def test_one_client_trains_exactly_as_train(tmp_path):
+    """One client for R rounds of one local epoch is `train` for R epochs: same
+    initial weights, data order, generators and iteration count, so the same bytes."""
+    model = sgd_model(tmp_path)
+    a, b = tmp_path / "train.bin", tmp_path / "fed.bin"
+    r = run("train", model, "--epochs", "3", "--save", str(a), "-q")
+    assert r.exit_code == 0, r.output
+    r = run("federate", model, "--clients", "1", "--rounds", "3", "--save", str(b), "-q")
+    assert r.exit_code == 0, r.output
+    assert a.read_bytes() == b.read_bytes()
+    # and two local epochs per round are two epochs each
+    r = run("federate", model, "--clients", "1", "--rounds", "2", "--local-epochs", "2",
+            "--save", str(b), "-q")
+    r2 = run("train", model, "--epochs", "4", "--save", str(a), "-q")
+    assert r.exit_code == r2.exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_equal_iid_shards_one_step_each_is_one_centralized_step(tmp_path):
+    """FedSGD: with equal shards, each client one full-batch SGD step, the weighted mean
+    of the clients' weights is one full-batch step on all records (the mean of the
+    shards' gradients is the full gradient)."""
+    rng = np.random.default_rng(5)
+    data = np.fromfile(f"{DIGITS_DIR}/train.dat", "<f4").reshape(-1, 74)[:128]
+    write_records(tmp_path / "small.dat", data[:, :64], data[:, 64:].argmax(1), 10)
+    init = tmp_path / "init.bin"
+    model = sgd_model(tmp_path, batch=32, train=tmp_path / "small.dat")
+    assert run("train", model, "--epochs", "1", "--save", str(init), "-q").exit_code == 0
+    fed, central = tmp_path / "fed.bin", tmp_path / "central.bin"
+    r = run("federate", model, "--clients", "4", "--rounds", "1", "--init-weights", str(init),
+            "--save", str(fed), "-q", "--seed", str(rng.integers(100)))
+    assert r.exit_code == 0, r.output
+    r = run("train", model, "--batch-size", "128", "--epochs", "1", "--init-weights",
+            str(init), "--save", str(central), "-q")
+    assert r.exit_code == 0, r.output
+    got, want = weights_of(fed, model), weights_of(central, model)
+    moved = np.abs(want - weights_of(init, model)).max()
+    assert moved > 1e-3                     # the step did something
+    assert np.abs(got - want).max() < 1e-6
+
+
+def test_dirichlet_digits_learns_and_reports_rounds(tmp_path):
+    out = tmp_path / "fed.json"
+    r = run("federate", DIGITS, "--clients", "4", "--rounds", "5", "--local-epochs", "2",
+            "--partition", "dirichlet:0.5", "--report", str(out))
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    fed = rep["federation"]
+    assert len(rep["epochs"]) == len(fed["rounds"]) == 5
+    assert sum(fed["shard_sizes"]) == 1257 and len(fed["shard_sizes"]) == 4
+    assert all([c["samples"] for c in rnd] == fed["shard_sizes"] for rnd in fed["rounds"])
+    assert rep["epochs"][-1]["val_accuracy"] > 0.85
+    assert rep["epochs"][-1]["val_accuracy"] > rep["epochs"][0]["val_accuracy"]
+    assert "round 5/5" in r.output and "clients (records each)" in r.output
+    # memory: the plan, the global weights and their sum, whatever the number of clients
+    m = rep["memory"]
+    assert m["measured_peak_bytes"] <= 1.05 * (m["planned_peak_bytes"]
+                                               + 2 * fed["weights_bytes"])
+
+
+def test_client_folders(tmp_path):
+    """`--partition dir`: one data file per client in the training folder."""
+    data = np.fromfile(f"{DIGITS_DIR}/train.dat", "<f4").reshape(-1, 74)
+    folder = tmp_path / "clients"
+    folder.mkdir()
+    for k, part in enumerate((data[:300], data[300:700], data[700:])):
+        part.tofile(folder / f"phone{k}.dat")
+    model = tmp_path / "m.ini"
+    model.write_text(open(DIGITS).read().replace("../datasets/digits/train.dat", str(folder))
+                     .replace("../datasets", os.path.join(REPO, "datasets")))
+    out = tmp_path / "r.json"
+    r = run("federate", str(model), "--partition", "dir", "--rounds", "2", "--report", str(out))
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["federation"]["shard_sizes"] == [300, 400, 557]
+    r = run("federate", str(model), "--partition", "dir", "--clients", "4", "--rounds", "1")
+    assert r.exit_code == 2 and "holds 3 client entries, not 4" in r.output
