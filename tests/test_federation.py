@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +189,13 @@ def test_client_folders(tmp_path):
     assert json.loads(out.read_text())["federation"]["shard_sizes"] == [300, 400, 557]
     r = run("federate", str(model), "--partition", "dir", "--clients", "4", "--rounds", "1")
     assert r.exit_code == 2 and "holds 3 client entries, not 4" in r.output
+
+
+def test_flower_engine_without_flower_says_what_to_install():
+    code = ("import sys; sys.modules['flwr'] = None; from nntrainer_cli.cli import main; "
+            "main()")
+    r = subprocess.run([sys.executable, "-c", code, "federate", DIGITS, "--clients", "2",
+                        "--rounds", "1", "--engine", "flower"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: --engine: the flower engine needs Flower: pip install "
+                                "'nntrainer_cli[federated]'")

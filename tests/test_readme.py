@@ -33,7 +33,7 @@ RUN_HERE = [c for c in COMMANDS if not c.startswith(SETUP)]
 
 def test_the_readme_shows_the_two_commands():
     assert "nntrainer train configs/digits_mlp.ini" in COMMANDS
-    assert "pip install -e '.[test,import,images]' && pytest -q" in COMMANDS
+    assert "pip install -e '.[test,import,images,federated]' && pytest -q" in COMMANDS
 
 
 def test_setup_and_test_commands_are_what_ci_runs():

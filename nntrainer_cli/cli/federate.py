@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import click
@@ -33,6 +34,15 @@ from .train import run_and_report
               help="local: the clients one after another in this process, one arena for "
                    "all. flower: a Flower server and one process per client on 127.0.0.1 "
                    "(needs the 'federated' extra: pip install 'nntrainer_cli[federated]').")
+@click.option("--connect", metavar="HOST:PORT",
+              help="Run as one client of the Flower server at HOST:PORT (what --engine "
+                   "flower starts for each client on 127.0.0.1; the same on a device): "
+                   "train this client's records when the server asks, send back weights.")
+@click.option("--client-id", type=click.IntRange(min=0), metavar="K",
+              help="With --connect: which client this is (its share of the data, and its "
+                   "seed + K).")
+@click.option("--wait", type=click.FloatRange(min=0), default=30, show_default=True,
+              help="With --connect: seconds to wait for the server to listen.")
 @batch_opt
 @planner_opt
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -51,8 +61,9 @@ from .train import run_and_report
 @budget_opt
 @set_opt
 @handle_errors
-def federate(model, clients, rounds, local_epochs, partition, engine, batch_size, planner,
-             seed, init_weights, save, report_path, quiet, no_trace, budget, overrides):
+def federate(model, clients, rounds, local_epochs, partition, engine, connect, client_id, wait,
+             batch_size, planner, seed, init_weights, save, report_path, quiet, no_trace,
+             budget, overrides):
     """Train MODEL by federated averaging (FedAvg): its training set is split among
     clients; each round every client trains its share from the global weights, and the
     global weights become the clients' mean, weighted by their record counts. Only
@@ -62,11 +73,20 @@ def federate(model, clients, rounds, local_epochs, partition, engine, batch_size
     from nntrainer_cli.runtime import partition as parts
     from nntrainer_cli.runtime.federation import (FederatedTrainer, FedOptions,
                                                   open_federated)
+    from nntrainer_cli.runtime.flower_engine import FlowerClient, FlowerServer, flower
     from nntrainer_cli.runtime.trainer import TrainOptions
 
     kind, _ = parts.parse(partition)
     if clients is None and kind != "dir":
         raise ConfigError("how many clients? give --clients N", key="--clients")
+    if (connect is None) != (client_id is None):
+        raise ConfigError("a client process needs both --connect HOST:PORT and --client-id K",
+                          key="--connect" if connect is None else "--client-id")
+    if connect and not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", connect):
+        raise ConfigError(f"expected HOST:PORT, got {connect!r}", key="--connect")
+    if client_id is not None and clients is not None and client_id >= clients:
+        raise ConfigError(f"client {client_id} of {clients}: ids go from 0 to {clients - 1}",
+                          key="--client-id")
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
                 budget=parse_size(budget) if budget is not None else None)
     cfg = p.cfg
@@ -80,13 +100,30 @@ def federate(model, clients, rounds, local_epochs, partition, engine, batch_size
     for path, what in ((save, "weights"), (report_path, "report")):
         if path:
             check_writable(path, what)
+    flowering = engine == "flower" or connect is not None
+    if flowering:
+        flower()   # says what to install before any data is read
     fed = FedOptions(clients, rounds, local_epochs, partition, engine)
-    data, client_sets = open_federated(cfg, p.graph, fed, seed)
-    fed = replace(fed, clients=len(client_sets))
+    data, client_sets = open_federated(cfg, p.graph, fed, seed, client_id)
+    if client_id is None:
+        fed = replace(fed, clients=len(client_sets))
     warn([note for ds in data.values() for note in ds.notes], quiet)
+    # tracemalloc would count Flower's own buffers, and slows its imports tenfold: its
+    # processes report their resident peaks instead
     opts = TrainOptions(epochs=rounds * local_epochs, seed=seed, quiet=quiet, save=save,
-                        init_weights=init_weights, swap=p.swap, trace_memory=not no_trace)
-    trainer = FederatedTrainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data,
-                               opts, fed, client_sets)
+                        init_weights=init_weights, swap=p.swap,
+                        trace_memory=not (no_trace or flowering))
+    args = (cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts, fed, client_sets)
+    if connect:
+        trainer = FlowerClient(*args, [client_id], address=connect, wait=wait)
+    elif engine == "flower":
+        same = [model, "--clients", str(fed.clients), "--rounds", str(rounds), "--local-epochs",
+                str(local_epochs), "--partition", partition, "--seed", str(seed), "--planner",
+                planner, "-q", *(["--batch-size", str(batch_size)] if batch_size else []),
+                *(["--memory-budget", budget] if budget else []),
+                *[a for o in overrides for a in ("--set", o)]]
+        trainer = FlowerServer(*args, client_args=same)
+    else:
+        trainer = FederatedTrainer(*args)
     run_and_report(trainer, p.plan, [*data.values(), *client_sets], report_path, quiet,
                    rounds, "rounds")

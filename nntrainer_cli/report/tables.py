@@ -174,6 +174,9 @@ def train_summary(report: TrainReport) -> str:
                                             f"{fed.partition}, engine {fed.engine}"],
                  ["rounds x local epochs", f"{len(fed.rounds)} x {fed.local_epochs}"],
                  ["global weights + their sum", human(2 * fed.weights_bytes)]]
+        if fed.rounds and fed.rounds[-1] and fed.rounds[-1][0].peak_rss_bytes is not None:
+            rows.append(["client process peak RSS (largest)",
+                         human(max(c.peak_rss_bytes for c in fed.rounds[-1]))])
         arena += 2 * fed.weights_bytes
     if m.swap:
         sw = m.swap

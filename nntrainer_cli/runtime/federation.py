@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nntrainer_cli.errors import ConfigError
+
 from . import partition
 from . import weights as weights_io
 from .data import class_names, open_dataset
@@ -66,14 +68,14 @@ def fedavg(updates: list[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:
     return total
 
 
-def open_federated(cfg, graph, fed: FedOptions,
-                   seed: int) -> tuple[dict[str, Dataset], list[Dataset]]:
+def open_federated(cfg, graph, fed: FedOptions, seed: int,
+                   only: int | None = None) -> tuple[dict[str, Dataset], list[Dataset]]:
     """The model's data sets and each client's records: shares of the training set, or
-    with `dir` the entries of its folder, one per client."""
+    with `dir` the entries of its folder, one per client; `only` that client's."""
     kind, alpha = partition.parse(fed.partition)
     least = graph.batch_size if graph.learns_by_gradient else 1
     if kind == "dir":
-        clients = _client_folders(cfg, graph, fed, least)
+        clients = _client_folders(cfg, graph, fed, least, only)
         try:
             return open_datasets(cfg, graph, train=False, classes=clients[0].classes), clients
         except BaseException:
@@ -89,10 +91,12 @@ def open_federated(cfg, graph, fed: FedOptions,
         for ds in data.values():
             ds.close()
         raise
-    return data, [partition.Shard(train, r) for r in rows]
+    return data, [partition.Shard(train, r) for k, r in enumerate(rows)
+                  if only in (None, k)]
 
 
-def _client_folders(cfg, graph, fed: FedOptions, least: int) -> list[Dataset]:
+def _client_folders(cfg, graph, fed: FedOptions, least: int,
+                    only: int | None) -> list[Dataset]:
     """With `dir`: the training path's entries, one per client (image folders, or data
     files), numbered by the classes they name together."""
     loc = cfg.data["train"]
@@ -105,6 +109,9 @@ def _client_folders(cfg, graph, fed: FedOptions, least: int) -> list[Dataset]:
     if fed.clients not in (None, len(entries)):
         raise loc.error(f"--partition dir: {folder} holds {len(entries)} client entries, "
                         f"not {fed.clients}")
+    if only is not None and only >= len(entries):
+        raise ConfigError(f"{folder} holds {len(entries)} clients (0..{len(entries) - 1}), "
+                          f"not client {only}", key="--client-id")
     inputs, labels = record_shapes(graph)
     paths = [os.path.join(folder, e) for e in entries]
     named = [class_names(p, loc.kind, loc.label_column, inputs, labels) for p in paths]
@@ -114,7 +121,7 @@ def _client_folders(cfg, graph, fed: FedOptions, least: int) -> list[Dataset]:
                         f"model tells {labels[0]} apart")
     out = []
     try:
-        for p in paths:
+        for p in paths if only is None else paths[only:only + 1]:
             out.append(open_dataset(p, inputs, labels, loc.error, kind=loc.kind,
                                     label_column=loc.label_column, classes=classes))
             if out[-1].count < least:
@@ -133,10 +140,11 @@ class FederatedTrainer(Trainer):
     weights after each round and at the end."""
 
     def __init__(self, cfg, graph, plan, optimizer, schedule, data, opts, fed: FedOptions,
-                 clients: list[Dataset]):
+                 clients: list[Dataset], ids: list[int] | None = None):
         super().__init__(cfg, graph, plan, optimizer, schedule, data, opts)
         self.fed = fed
-        self.clients = [Client(k, ds, opts.seed) for k, ds in enumerate(clients)]
+        self.clients = [Client(k, ds, opts.seed)
+                        for k, ds in zip(ids or range(len(clients)), clients)]
 
     @property
     def train_sets(self) -> list[Dataset]:
@@ -197,13 +205,14 @@ class FederatedTrainer(Trainer):
                     with ex.persistent(name, write=False) as v:
                         accumulate([t], [v], client.ds.count / count, k == 0)
             glob, total = total, glob
-            self.finish_round(ex, r, results, glob, t0)
+            self.finish_round(ex, r, results, glob, t0, max(c.iteration for c in self.clients))
         self.finish(ex)
 
     def finish_round(self, ex: Executor, r: int, results: list[ClientResult],
-                     glob: list[np.ndarray], t0: float) -> None:
-        """The new global weights into the arena, judged on the validation set, saved,
-        logged and reported; a requested stop ends the run here."""
+                     glob: list[np.ndarray], t0: float, iteration: int) -> None:
+        """The new global weights into the arena, judged on the validation set, saved
+        (with the clients' largest iteration count), logged and reported; a requested
+        stop ends the run here."""
         for name, w in zip(ex.weight_names(), glob):
             with ex.persistent(name, write=True) as v:
                 np.copyto(v, w)
@@ -216,8 +225,8 @@ class FederatedTrainer(Trainer):
         self.report.epochs.append(row)
         self.report.federation.rounds.append(results)
         if self.opts.save:
-            weights_io.save(ex, self.opts.save, r * self.fed.local_epochs,
-                            max(c.iteration for c in self.clients))
+            weights_io.save(ex, self.opts.save, r * self.fed.local_epochs, iteration,
+                            with_adam=False)
         self._log(_round_line(row, self.fed.rounds, len(results)))
         self.stops.check()
 

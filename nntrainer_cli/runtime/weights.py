@@ -42,13 +42,15 @@ def write_bin(ex: Executor, f, epoch: int, iteration: int, with_adam: bool = Tru
     f.write(struct.pack("<II", epoch, iteration))
 
 
-def save(ex: Executor, path: str, epoch: int, iteration: int) -> None:
+def save(ex: Executor, path: str, epoch: int, iteration: int, with_adam: bool = True) -> None:
+    """Atomically; Adam's state goes into a .bin when the optimizer is Adam and
+    `with_adam` (federated weights have none of their own)."""
     if is_safetensors(path):
         save_safetensors(ex, path, epoch, iteration)
         return
     try:
         with atomic_open(path, "wb") as f:
-            write_bin(ex, f, epoch, iteration)
+            write_bin(ex, f, epoch, iteration, with_adam)
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 

@@ -1,0 +1,109 @@
+"""The Flower engine: a real Flower server and client processes on 127.0.0.1 agree with
+the local engine, survive a client that dies, and fail clearly without a server. Needs
+the `federated` extra (CI installs it: there a missing Flower fails, elsewhere skips)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import DIGITS, run
+
+flwr = __import__("flwr") if os.environ.get("CI") else pytest.importorskip("flwr")
+
+COMMAND = [sys.executable, "-m", "nntrainer_cli", "federate", DIGITS]
+
+
+def test_flower_processes_agree_with_the_local_engine(tmp_path):
+    common = ["--clients", "3", "--rounds", "2", "--partition", "dirichlet:1", "--seed", "4",
+              "-q"]
+    out = tmp_path / "flower.json"
+    r = subprocess.run([*COMMAND, *common, "--engine", "flower", "--save",
+                        str(tmp_path / "flower.bin"), "--report", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = run("federate", DIGITS, *common, "--save", str(tmp_path / "local.bin"))
+    assert r.exit_code == 0, r.output
+    a = np.fromfile(tmp_path / "flower.bin", "<f4")
+    b = np.fromfile(tmp_path / "local.bin", "<f4")
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
+    rep = json.loads(out.read_text())
+    fed = rep["federation"]
+    assert fed["engine"] == "flower" and len(fed["rounds"]) == 2
+    # every client ran in its own process and said how much memory it took
+    for clients in fed["rounds"]:
+        assert [c["client"] for c in clients] == [0, 1, 2]
+        assert all(c["peak_rss_bytes"] > rep["memory"]["planned_peak_bytes"] for c in clients)
+    assert fed["server_peak_rss_bytes"] > 0
+
+
+def _children(pid: int) -> dict[int, int]:
+    """Client id → pid of the processes `pid` started."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"--client-id" in args:
+            out[int(args[args.index(b"--client-id") + 1])] = int(entry)
+    return out
+
+
+def test_a_client_that_dies_is_left_out_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "r.json"
+    server = subprocess.Popen([*COMMAND, "--clients", "3", "--rounds", "4", "--local-epochs",
+                               "4", "--engine", "flower", "--report", str(out)],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    try:
+        for line in server.stderr:
+            lines.append(line)
+            if line.startswith("round 1/4"):   # round 2 is under way: kill client 1
+                os.kill(_children(server.pid)[1], signal.SIGKILL)
+                break
+        lines += server.stderr.readlines()
+        assert server.wait(120) == 0, "".join(lines)
+    finally:
+        server.kill()
+    rounds = json.loads(out.read_text())["federation"]["rounds"]
+    assert len(rounds) == 4 and [c["client"] for c in rounds[0]] == [0, 1, 2]
+    assert [c["client"] for c in rounds[-1]] == [0, 2]
+    text = "".join(lines)
+    assert "Traceback" not in text
+    assert "round 4/4  clients 2" in text
+
+
+def test_no_server_is_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # nothing listens here once closed
+    t0 = time.monotonic()
+    r = run("federate", DIGITS, "--clients", "2", "--rounds", "1", "--connect",
+            f"127.0.0.1:{port}", "--client-id", "0", "--wait", "0.5")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1] == \
+        f"error: --connect: cannot reach a Flower server at 127.0.0.1:{port} (waited 0.5 s)"
+    assert "Traceback" not in r.output
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--connect", "127.0.0.1:1"], "needs both --connect HOST:PORT and --client-id K"),
+    (["--connect", "nowhere", "--client-id", "0"], "expected HOST:PORT"),
+    (["--connect", "127.0.0.1:1", "--client-id", "5"], "client 5 of 2: ids go from 0 to 1"),
+])
+def test_bad_client_flags(args, message):
+    r = run("federate", DIGITS, "--clients", "2", "--rounds", "1", *args)
+    assert r.exit_code == 2 and message in r.output, r.output
