@@ -199,3 +199,12 @@ def test_flower_engine_without_flower_says_what_to_install():
     assert r.returncode == 2
     assert r.stderr.strip() == ("error: --engine: the flower engine needs Flower: pip install "
                                 "'nntrainer_cli[federated]'")
+
+
+def test_under_a_memory_budget_the_weights_are_the_same(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    common = ["--clients", "4", "--rounds", "2", "--partition", "dirichlet:1", "-q"]
+    r = run("federate", DIGITS, *common, "--save", str(a))
+    r2 = run("federate", DIGITS, *common, "--save", str(b), "--memory-budget", "50%")
+    assert r.exit_code == r2.exit_code == 0, r.output + r2.output
+    assert a.read_bytes() == b.read_bytes()

@@ -227,7 +227,7 @@ class FederatedTrainer(Trainer):
         if self.opts.save:
             weights_io.save(ex, self.opts.save, r * self.fed.local_epochs, iteration,
                             with_adam=False)
-        self._log(_round_line(row, self.fed.rounds, len(results)))
+        self._log(_round_line(row, self.fed.rounds, results))
         self.stops.check()
 
     def finish(self, ex: Executor) -> None:
@@ -235,9 +235,13 @@ class FederatedTrainer(Trainer):
             self.report.test = TestResult(*self._evaluate(ex, self.data["test"]))
 
 
-def _round_line(row: EpochResult, rounds: int, clients: int) -> str:
-    text = f"round {row.epoch}/{rounds}  clients {clients}  loss {row.train_loss:.4f}  " \
+def _round_line(row: EpochResult, rounds: int, clients: list[ClientResult]) -> str:
+    """The round's global figures, its slowest client, and the largest client process."""
+    text = f"round {row.epoch}/{rounds}  clients {len(clients)}  loss {row.train_loss:.4f}  " \
            f"acc {row.train_accuracy:.4f}"
     if row.val_loss is not None:
         text += f"  val_loss {row.val_loss:.4f}  val_acc {row.val_accuracy:.4f}"
-    return text + f"  ({row.seconds:.2f}s)"
+    text += f"  ({row.seconds:.2f}s; slowest client {max(c.seconds for c in clients):.2f}s"
+    if clients[0].peak_rss_bytes is not None:
+        text += f", largest {max(c.peak_rss_bytes for c in clients) / 2**20:.1f} MiB"
+    return text + ")"
