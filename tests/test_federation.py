@@ -4,6 +4,7 @@ SGD step each are one centralized step)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -99,7 +100,8 @@ def test_splits_cover_the_records_once():
     assert classes_held(0.1) < classes_held(100.0) - 3   # small alpha: few classes each
 
 
-@pytest.mark.parametrize("spec", ["dirichlet", "dirichlet:0", "dirichlet:-1", "zipf", "iid:2"])
+@pytest.mark.parametrize("spec", ["dirichlet", "dirichlet:0", "dirichlet:-1", "zipf", "iid:2",
+                                  "dirichlet:1e400"])
 def test_bad_partition_specs_are_one_line(spec):
     r = run("federate", DIGITS, "--clients", "4", "--rounds", "1", "--partition", spec)
     assert r.exit_code == 2, r.output
@@ -208,3 +210,58 @@ def test_under_a_memory_budget_the_weights_are_the_same(tmp_path):
     r2 = run("federate", DIGITS, *common, "--save", str(b), "--memory-budget", "50%")
     assert r.exit_code == r2.exit_code == 0, r.output + r2.output
     assert a.read_bytes() == b.read_bytes()
+
+
+IMAGE_MLP = """[Model]
+loss = cross
+batch_size = 16
+[Optimizer]
+type = adam
+learning_rate = 0.02
+[train_set]
+type = dir
+path = clients
+[test_set]
+type = dir
+path = test
+[in]
+type = input
+input_shape = 1:8:8
+[flat]
+type = flatten
+[fc]
+type = fully_connected
+unit = 10
+activation = softmax
+"""
+
+
+def test_client_image_folders_lacking_classes(tmp_path):
+    """Each client a folder of class folders, some classes missing from some clients:
+    classes are numbered by all the names together, in training and in `eval`."""
+    Image = importlib.import_module("PIL.Image") if os.environ.get("CI") \
+        else pytest.importorskip("PIL.Image")
+    data = np.fromfile(f"{DIGITS_DIR}/train.dat", "<f4").reshape(-1, 74)
+    x, y = (data[:, :64] * 255).round().astype(np.uint8), data[:, 64:].argmax(1)
+
+    def save(folder, rows):
+        for i in rows:
+            (folder / str(y[i])).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i].reshape(8, 8)).save(folder / str(y[i]) / f"{i}.png")
+    save(tmp_path / "clients" / "alice", np.flatnonzero(y < 7)[:200])    # no 7, 8, 9
+    save(tmp_path / "clients" / "bob", np.flatnonzero(y > 0)[200:400])   # no 0
+    save(tmp_path / "clients" / "carol", np.arange(900, 1100))
+    save(tmp_path / "test", np.arange(1100, 1257))
+    model = tmp_path / "m.ini"
+    model.write_text(IMAGE_MLP)
+    out, weights = tmp_path / "r.json", tmp_path / "w.bin"
+    r = run("federate", str(model), "--partition", "dir", "--rounds", "3", "--local-epochs", "2",
+            "--report", str(out), "--save", str(weights))
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["federation"]["shard_sizes"] == [200, 200, 200]
+    assert rep["classes"] == [str(k) for k in range(10)]
+    assert rep["test"]["accuracy"] > 0.7
+    r = run("eval", str(model), "--weights", str(weights))
+    assert r.exit_code == 0, r.output
+    assert f"{rep['test']['accuracy']:.4f}" in r.output

@@ -85,6 +85,55 @@ def test_a_client_that_dies_is_left_out_and_the_run_goes_on(tmp_path):
     assert "round 4/4  clients 2" in text
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_ends_the_run_after_the_round_and_leaves_no_client(tmp_path, signum, code):
+    """Flower's server installs its own signal handlers; ours are taken back, so a
+    Ctrl-C (to the whole process group, as a terminal sends it) or a SIGTERM ends the
+    run after the round in progress, with the report of the rounds done."""
+    out = tmp_path / "r.json"
+    server = subprocess.Popen([*COMMAND, "--clients", "2", "--rounds", "30", "--local-epochs",
+                               "3", "--engine", "flower", "--report", str(out)],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    try:
+        for line in server.stderr:
+            if line.startswith("round 2/30"):
+                os.killpg(server.pid, signum)
+                break
+        rest = server.stderr.read()
+        assert server.wait(60) == code, rest
+    finally:
+        server.kill()
+    assert "error: interrupted after" in rest and "Traceback" not in rest
+    rep = json.loads(out.read_text())
+    assert rep["interrupted"] and 2 <= len(rep["epochs"]) < 30
+    assert _children(server.pid) == {}
+
+
+def test_a_client_started_with_other_settings_is_refused(tmp_path):
+    """`--listen`: the server waits for clients started elsewhere; one whose settings
+    differ from the server's says so and is left out."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    common = ["--clients", "2", "--rounds", "2", "-q"]
+    server = subprocess.Popen([*COMMAND, *common, "--engine", "flower", "--listen", address],
+                              stderr=subprocess.PIPE, text=True)
+    good = subprocess.Popen([*COMMAND, *common, "--connect", address, "--client-id", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    bad = subprocess.run([*COMMAND, *common, "--connect", address, "--client-id", "1",
+                          "--local-epochs", "3"], capture_output=True, text=True, timeout=120)
+    try:
+        assert bad.returncode == 2
+        assert bad.stderr.strip() == ("error: --local-epochs: the server federates with "
+                                      "--local-epochs 1, this client was started with 3")
+        assert server.wait(120) == 0 and good.wait(60) == 0
+    finally:
+        server.kill()
+        good.kill()
+
+
 def test_no_server_is_one_line():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

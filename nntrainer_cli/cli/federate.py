@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import click
@@ -10,8 +9,8 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable
 
-from .common import (FILE, batch_opt, budget_opt, handle_errors, model_arg, planner_opt,
-                     set_opt, warn)
+from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, model_arg,
+                     planner_opt, set_opt, warn)
 from .train import run_and_report
 
 
@@ -34,15 +33,21 @@ from .train import run_and_report
               help="local: the clients one after another in this process, one arena for "
                    "all. flower: a Flower server and one process per client on 127.0.0.1 "
                    "(needs the 'federated' extra: pip install 'nntrainer_cli[federated]').")
+@click.option("--listen", metavar="HOST:PORT",
+              help="With --engine flower: serve at HOST:PORT (e.g. 0.0.0.0:8080) and wait "
+                   "for --clients clients to connect (each started with --connect), "
+                   "instead of starting them here.")
 @click.option("--connect", metavar="HOST:PORT",
               help="Run as one client of the Flower server at HOST:PORT (what --engine "
-                   "flower starts for each client on 127.0.0.1; the same on a device): "
-                   "train this client's records when the server asks, send back weights.")
+                   "flower starts for each client; on another machine too): train this "
+                   "client's records when the server asks, send back its weights. Its "
+                   "--clients, --partition, --local-epochs and --seed must be the server's.")
 @click.option("--client-id", type=click.IntRange(min=0), metavar="K",
               help="With --connect: which client this is (its share of the data, and its "
                    "seed + K).")
-@click.option("--wait", type=click.FloatRange(min=0), default=30, show_default=True,
-              help="With --connect: seconds to wait for the server to listen.")
+@click.option("--wait", type=click.FloatRange(min=0), default=120, show_default=True,
+              help="Seconds a client waits for its server to listen, and a server for all "
+                   "its clients to join.")
 @batch_opt
 @planner_opt
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -61,8 +66,8 @@ from .train import run_and_report
 @budget_opt
 @set_opt
 @handle_errors
-def federate(model, clients, rounds, local_epochs, partition, engine, connect, client_id, wait,
-             batch_size, planner, seed, init_weights, save, report_path, quiet, no_trace,
+def federate(model, clients, rounds, local_epochs, partition, engine, listen, connect,
+             client_id, wait, batch_size, planner, seed, init_weights, save, report_path, quiet, no_trace,
              budget, overrides):
     """Train MODEL by federated averaging (FedAvg): its training set is split among
     clients; each round every client trains its share from the global weights, and the
@@ -73,7 +78,8 @@ def federate(model, clients, rounds, local_epochs, partition, engine, connect, c
     from nntrainer_cli.runtime import partition as parts
     from nntrainer_cli.runtime.federation import (FederatedTrainer, FedOptions,
                                                   open_federated)
-    from nntrainer_cli.runtime.flower_engine import FlowerClient, FlowerServer, flower
+    from nntrainer_cli.runtime.flower_engine import (FlowerClient, FlowerServer, flower,
+                                                     parse_address)
     from nntrainer_cli.runtime.trainer import TrainOptions
 
     kind, _ = parts.parse(partition)
@@ -82,8 +88,16 @@ def federate(model, clients, rounds, local_epochs, partition, engine, connect, c
     if (connect is None) != (client_id is None):
         raise ConfigError("a client process needs both --connect HOST:PORT and --client-id K",
                           key="--connect" if connect is None else "--client-id")
-    if connect and not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", connect):
-        raise ConfigError(f"expected HOST:PORT, got {connect!r}", key="--connect")
+    if connect:
+        parse_address(connect, "--connect")
+    if listen:
+        parse_address(listen, "--listen")
+    if connect and (engine != "local" or listen):
+        raise ConfigError("--connect runs a client; --engine and --listen are the server's",
+                          key="--connect")
+    if listen and engine != "flower":
+        raise ConfigError("--listen serves the flower engine: add --engine flower",
+                          key="--listen")
     if client_id is not None and clients is not None and client_id >= clients:
         raise ConfigError(f"client {client_id} of {clients}: ids go from 0 to {clients - 1}",
                           key="--client-id")
@@ -115,15 +129,33 @@ def federate(model, clients, rounds, local_epochs, partition, engine, connect, c
                         trace_memory=not (no_trace or flowering))
     args = (cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts, fed, client_sets)
     if connect:
-        trainer = FlowerClient(*args, [client_id], address=connect, wait=wait)
-    elif engine == "flower":
+        _client(FlowerClient(*args, [client_id], address=connect, wait=wait),
+                [*data.values(), *client_sets], quiet)
+        return
+    if engine == "flower":
         same = [model, "--clients", str(fed.clients), "--rounds", str(rounds), "--local-epochs",
                 str(local_epochs), "--partition", partition, "--seed", str(seed), "--planner",
                 planner, "-q", *(["--batch-size", str(batch_size)] if batch_size else []),
                 *(["--memory-budget", budget] if budget else []),
                 *[a for o in overrides for a in ("--set", o)]]
-        trainer = FlowerServer(*args, client_args=same)
+        trainer = FlowerServer(*args, client_args=same, listen=listen, wait=wait)
     else:
         trainer = FederatedTrainer(*args)
     run_and_report(trainer, p.plan, [*data.values(), *client_sets], report_path, quiet,
                    rounds, "rounds")
+
+
+def _client(trainer, datasets, quiet: bool) -> None:
+    """This process as one client: trains when its server asks, until the server ends."""
+    k = trainer.clients[0].index
+    try:
+        report = trainer.run()
+    except KeyboardInterrupt as stop:
+        fail(f"client {k} stopped after {trainer.rounds_done} rounds",
+             getattr(stop, "exit_code", 130))
+    finally:
+        for ds in datasets:
+            ds.close()
+    if not quiet:
+        click.echo(f"client {k}: {trainer.rounds_done} rounds of {trainer.clients[0].ds.count} "
+                   f"records; peak RSS {report.memory.rss_peak_bytes / 2**20:.1f} MiB")

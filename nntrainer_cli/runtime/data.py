@@ -16,7 +16,7 @@ import numpy as np
 from nntrainer_cli.errors import ZIP_READ_ERRORS, DataError
 
 from .dataset import LARGE, ArrayDataset, Dataset
-from .images import EXTENSIONS, ImageFolderDataset, class_folders
+from .images import EXTENSIONS, ImageFolderDataset, folder_classes
 from .tables import CsvDataset
 
 
@@ -58,7 +58,7 @@ def class_names(path: str, kind: str, label_column: str | None, input_shapes: li
     read."""
     try:
         if kind == "dir" and os.path.isdir(path):
-            return class_folders(path) or None
+            return folder_classes(path) or None
         if kind == "csv":
             return CsvDataset(path, [int(np.prod(s)) for s in input_shapes], label_sizes,
                               DataError, True, label_column).classes

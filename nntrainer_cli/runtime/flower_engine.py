@@ -1,9 +1,9 @@
-"""The Flower engine of `federate`: a Flower server in this process and one process per
-client on 127.0.0.1, speaking Flower's gRPC protocol. Each client process reads the
-model and its own share of the data, plans its own arena, and runs the local engine's
-client step (FederatedTrainer.fit); only weights (in .bin order), record counts and
-metrics cross the process boundary. A client on another machine is the same command
-with `--connect HOST:PORT --client-id K`.
+"""The Flower engine of `federate`: a Flower server in this process and, unless it
+listens for clients elsewhere (`--listen`), one process per client on 127.0.0.1,
+speaking Flower's gRPC protocol. Each client process reads the model and its own share
+of the data, plans its own arena, and runs the local engine's client step
+(FederatedTrainer.fit); only weights (in .bin order), record counts and metrics cross
+the process boundary. A client is `federate MODEL --connect HOST:PORT --client-id K`.
 
 This uses Flower's gRPC API of start_server / start_client with a NumPyClient
 (deprecated since Flower 1.13, still served by 1.42, which the `federated` extra pins):
@@ -13,8 +13,11 @@ and start a process per message."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +33,8 @@ from .measure import rss_peak_bytes
 from .results import ClientResult
 
 CLIENT_EXIT_WAIT = 10   # seconds a client process gets to leave after the last round
-JOIN_WAIT = 120         # seconds the client processes get to join before the first round
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+AGREED = ("local_epochs", "clients", "partition", "seed")   # server and clients alike
 
 
 def flower():
@@ -42,8 +45,17 @@ def flower():
     except ImportError:
         raise ConfigError("the flower engine needs Flower: pip install "
                           "'nntrainer_cli[federated]'", key="--engine") from None
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    logging.getLogger("flwr").setLevel(logging.CRITICAL)   # our own lines say what failed
     return flwr
+
+
+def parse_address(text: str, key: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) → (host, port)."""
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[\w.\-]+):(\d{1,5})", text)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}",
+                          key=key)
+    return m.group(1).strip("[]"), int(m.group(2))
 
 
 def _free_port() -> int:
@@ -52,38 +64,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class FlowerServer(FederatedTrainer):
-    """Starts the client processes (`client_args`: their command line but for --connect
-    and --client-id), serves the rounds, averages, judges and saves the global weights."""
+def _die_with_parent() -> None:
+    """In a client process before it starts: end with the server (Linux's
+    PR_SET_PDEATHSIG), so a killed server leaves no client waiting."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
-    def __init__(self, *args, client_args: list[str]):
+
+class FlowerServer(FederatedTrainer):
+    """Serves the rounds, averages, judges and saves the global weights. Starts the
+    client processes (`client_args`: their command line but for --connect and
+    --client-id) on 127.0.0.1, or with `listen` waits for clients to join there."""
+
+    def __init__(self, *args, client_args: list[str], listen: str | None, wait: float):
         super().__init__(*args)
-        self.client_args = client_args
+        self.client_args, self.listen, self.wait = client_args, listen, wait
 
     def _train(self, ex: Executor, report, rng, init_rng) -> None:
         fl = flower()
         glob = self._start(ex, report, init_rng)
-        address = f"127.0.0.1:{_free_port()}"
+        address = self.listen or f"127.0.0.1:{_free_port()}"
         # the clients train at once: BLAS threads shared out among them, not each taking
         # every core (8 clients on 2 cores ran rounds 10x slower so)
         threads = str(max(1, (os.cpu_count() or 1) // len(self.clients)))
         env = {**{v: threads for v in THREAD_VARIABLES}, **os.environ}
-        procs = [subprocess.Popen([sys.executable, "-m", "nntrainer_cli", "federate",
-                                   *self.client_args, "--connect", address,
-                                   "--client-id", str(c.index)], stdin=subprocess.DEVNULL,
-                                  env=env)
-                 for c in self.clients]
+        # their own session: a Ctrl-C in the terminal reaches the server, which ends them
+        procs = [] if self.listen else [
+            subprocess.Popen([sys.executable, "-m", "nntrainer_cli", "federate",
+                              *self.client_args, "--connect", address, "--client-id",
+                              str(c.index)], stdin=subprocess.DEVNULL, env=env,
+                             start_new_session=True, preexec_fn=_die_with_parent)
+            for c in self.clients]
+        finished = False
         try:
             strategy = _strategy(fl, self, ex, glob, procs)
             fl.server.start_server(server_address=address, strategy=strategy,
                                    config=fl.server.ServerConfig(num_rounds=self.fed.rounds))
             if strategy.error is not None:
                 raise strategy.error
+            finished = True
         finally:
             for p in procs:
-                try:
-                    p.wait(CLIENT_EXIT_WAIT)
-                except subprocess.TimeoutExpired:
+                if finished:
+                    try:
+                        p.wait(CLIENT_EXIT_WAIT)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if p.poll() is None:
                     p.kill()
                     p.wait()
         report.federation.server_peak_rss_bytes = rss_peak_bytes()
@@ -93,44 +122,64 @@ class FlowerServer(FederatedTrainer):
 def _strategy(fl, server: FlowerServer, ex: Executor, glob: list[np.ndarray], procs):
     """FedAvg as Flower runs it, averaging with our fedavg (by client, so the sum's
     order and bits are the local engine's) and judging the global weights after each
-    round. A client that fails is left out of that round; with none left, the run ends."""
+    round. A client that fails is left out of that round; with none left, the run
+    ends. A stop request (Ctrl-C, SIGTERM) ends it after the round in progress."""
     from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+
+    n = len(server.clients)
+    agreed = {"local_epochs": server.fed.local_epochs, "clients": n,
+              "partition": server.fed.partition, "seed": server.opts.seed}
 
     class Strategy(fl.server.strategy.FedAvg):
         error: BaseException | None = None
+        present = set(range(n))   # the clients of the last round
+
+        def _stop(self, error: BaseException | None = None) -> bool:
+            """Whether the run must end: an error already, a new one, or a stop request."""
+            try:
+                server.stops.check()
+            except KeyboardInterrupt as e:
+                error = error or e
+            if self.error is None:
+                self.error = error
+            return self.error is not None
 
         def configure_fit(self, server_round, parameters, client_manager):
-            deadline = time.monotonic() + JOIN_WAIT
-            while server_round == 1 and len(client_manager) < len(procs):
-                gone = [k for k, p in enumerate(procs) if p.poll() is not None]
-                if gone or time.monotonic() > deadline:   # every client joins the first round
-                    self.error = TrainingError(
-                        f"client {gone[0]} exited with code {procs[gone[0]].returncode} before "
-                        "the first round" if gone else f"only {len(client_manager)} of "
-                        f"{len(procs)} clients joined in {JOIN_WAIT} s")
-                    return []
-                time.sleep(0.05)
-            if self.error is None and not len(client_manager):
-                self.error = TrainingError(f"no client is left for round {server_round}")
-            if self.error is not None:
+            if server_round == 1:   # every client joins the first round
+                server.stops.arm()  # Flower's start_server took the signals
+                deadline = time.monotonic() + server.wait
+                while len(client_manager) < n and not self._stop():
+                    gone = [k for k, p in enumerate(procs) if p.poll() is not None]
+                    if gone:
+                        self._stop(TrainingError(f"client {gone[0]} exited with code "
+                                                 f"{procs[gone[0]].returncode} before the "
+                                                 "first round"))
+                    elif time.monotonic() > deadline:
+                        self._stop(TrainingError(f"only {len(client_manager)} of {n} clients "
+                                                 f"joined in {server.wait:g} s"))
+                    time.sleep(0.05)
+            if not self.error and not len(client_manager):
+                self._stop(TrainingError(f"no client is left for round {server_round}"))
+            if self._stop():
                 return []
             self.t0 = time.perf_counter()
-            config = {"round": server_round}
+            config = {"round": server_round, **agreed}
             return [(c, FitIns(parameters, config)) for c in client_manager.all().values()]
 
         def aggregate_fit(self, server_round, results, failures):
             if self.error is not None:
                 return None, {}
-            for f in failures:
-                server._log(f"warning: a client failed in round {server_round} "
-                            f"({type(f).__name__}); it is left out of the average")
-            if not results:
-                self.error = TrainingError(f"every client failed in round {server_round}")
-                return None, {}
             updates = sorted((res.metrics["client"], parameters_to_ndarrays(res.parameters),
                               res) for _, res in results)
-            new = fedavg([(w, res.num_examples) for _, w, res in updates])
-            for g, w in zip(glob, new):
+            got = {k for k, _, _ in updates}
+            for k in sorted(self.present - got):
+                server._log(f"warning: client {k} failed in round {server_round}; it is left "
+                            "out of the average")
+            self.present = got
+            if not results:
+                self._stop(TrainingError(f"every client failed in round {server_round}"))
+                return None, {}
+            for g, w in zip(glob, fedavg([(w, res.num_examples) for _, w, res in updates])):
                 np.copyto(g, w)
             clients = [ClientResult(int(m["client"]), res.num_examples, m["loss"],
                                     m["accuracy"], m["seconds"], int(m["peak_rss"]))
@@ -139,7 +188,7 @@ def _strategy(fl, server: FlowerServer, ex: Executor, glob: list[np.ndarray], pr
                 server.finish_round(ex, server_round, clients, glob, self.t0,
                                     max(int(res.metrics["iteration"]) for _, _, res in updates))
             except BaseException as e:   # a stop request, a full disk: end after this round
-                self.error = e
+                self._stop(e)
                 return None, {}
             return ndarrays_to_parameters(glob), {}
 
@@ -156,25 +205,49 @@ class FlowerClient(FederatedTrainer):
     def __init__(self, *args, address: str, wait: float):
         super().__init__(*args)
         self.address, self.wait = address, wait
+        self.rounds_done = 0
+
+    def _connect(self) -> None:
+        """Wait until the server listens (Flower's client does not retry)."""
+        host, port = parse_address(self.address, "--connect")
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                return
+            except socket.gaierror as e:
+                raise ConfigError(f"cannot find host {host}: {e.strerror}",
+                                  key="--connect") from None
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"cannot reach a Flower server at {self.address} "
+                                      f"(waited {self.wait:g} s)", key="--connect") from None
+                time.sleep(0.05)
 
     def _train(self, ex: Executor, report, rng, init_rng) -> None:
         fl = flower()
         self.report, client, trainer = report, self.clients[0], self
-        host, _, port = self.address.rpartition(":")
-        deadline = time.monotonic() + self.wait
-        while socket.socket().connect_ex((host, int(port))):
-            if time.monotonic() > deadline:
-                raise ConfigError(f"cannot reach a Flower server at {self.address} (waited "
-                                  f"{self.wait:g} s)", key="--connect")
-            time.sleep(0.05)
+        shapes = [ex.plan.specs[name].shape for name in ex.weight_names()]
+        ours = {"local_epochs": self.fed.local_epochs, "clients": self.fed.clients,
+                "partition": self.fed.partition, "seed": self.opts.seed}
+        self._connect()
 
         class Client(fl.client.NumPyClient):
             def fit(self, parameters, config):
+                for key in AGREED:
+                    if ours[key] is not None and config[key] != ours[key]:
+                        flag = "--" + key.replace("_", "-")
+                        raise ConfigError(f"the server federates with {flag} {config[key]}, "
+                                          f"this client was started with {ours[key]}", key=flag)
+                if [tuple(w.shape) for w in parameters] != [tuple(s) for s in shapes]:
+                    raise ConfigError("the server's model has other weights than this one",
+                                      key="--connect")
                 result = trainer.fit(ex, client, parameters, int(config["round"]))
                 weights = []
                 for name in ex.weight_names():
                     with ex.persistent(name, write=False) as v:
                         weights.append(v.copy())
+                trainer.rounds_done += 1
                 return weights, client.ds.count, {
                     "client": client.index, "loss": result.loss, "accuracy": result.accuracy,
                     "seconds": result.seconds, "iteration": client.iteration,
@@ -182,7 +255,8 @@ class FlowerClient(FederatedTrainer):
 
         try:
             fl.client.start_client(server_address=self.address, client=Client().to_client())
-        except Exception as e:   # grpc's RpcError: the server went away
+        except Exception as e:   # grpc's RpcError: the server went away, or is not Flower
             if type(e).__module__.startswith("grpc"):
-                raise TrainingError(f"lost the Flower server at {self.address}") from None
+                raise TrainingError(f"lost the Flower server at {self.address} after "
+                                    f"{self.rounds_done} rounds") from None
             raise

@@ -7,6 +7,7 @@ needs no split: its folders are the clients."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -23,7 +24,7 @@ def parse(spec: str) -> tuple[str, float | None]:
     if text in ("iid", "dir"):
         return text, None
     m = re.fullmatch(r"dirichlet:(\d+(?:\.\d*)?(?:e[-+]?\d+)?)", text)
-    if m and float(m.group(1)) > 0:
+    if m and 0 < float(m.group(1)) < math.inf:
         return "dirichlet", float(m.group(1))
     raise ConfigError(f"expected iid, dir or dirichlet:ALPHA with ALPHA > 0 (e.g. "
                       f"dirichlet:0.5), got {spec!r}", key="--partition")

@@ -16,10 +16,15 @@ class StopRequests:
         self.previous: dict = {}
 
     def __enter__(self):
+        self.arm()
+        return self
+
+    def arm(self) -> None:
+        """Take SIGINT and SIGTERM (again: Flower's server installs its own handlers)."""
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
-                self.previous[s] = signal.signal(s, self._request)
-        return self
+                old = signal.signal(s, self._request)
+                self.previous.setdefault(s, old)
 
     def _request(self, signum, frame) -> None:
         if self.signum is not None:   # asked twice: stop now
