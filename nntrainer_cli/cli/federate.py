@@ -28,6 +28,10 @@ from .train import run_and_report
                    "dirichlet:ALPHA (per class, shares drawn from Dirichlet(ALPHA): small "
                    "ALPHA, few classes per client), or dir ([train_set] path is a folder "
                    "with one entry per client, read as [train_set] type says).")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True,
+              help="Share of the clients that train in each round (at least one), drawn "
+                   "from --seed and the round.")
 @click.option("--engine", type=click.Choice(["local", "flower"]), default="local",
               show_default=True,
               help="local: the clients one after another in this process, one arena for "
@@ -66,7 +70,7 @@ from .train import run_and_report
 @budget_opt
 @set_opt
 @handle_errors
-def federate(model, clients, rounds, local_epochs, partition, engine, listen, connect,
+def federate(model, clients, rounds, local_epochs, partition, fraction, engine, listen, connect,
              client_id, wait, batch_size, planner, seed, init_weights, save, report_path, quiet, no_trace,
              budget, overrides):
     """Train MODEL by federated averaging (FedAvg): its training set is split among
@@ -117,7 +121,7 @@ def federate(model, clients, rounds, local_epochs, partition, engine, listen, co
     flowering = engine == "flower" or connect is not None
     if flowering:
         flower()   # says what to install before any data is read
-    fed = FedOptions(clients, rounds, local_epochs, partition, engine)
+    fed = FedOptions(clients, rounds, local_epochs, partition, engine, fraction)
     data, client_sets = open_federated(cfg, p.graph, fed, seed, client_id)
     if client_id is None:
         fed = replace(fed, clients=len(client_sets))

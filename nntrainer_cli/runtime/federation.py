@@ -34,6 +34,17 @@ class FedOptions:
     local_epochs: int = 1
     partition: str = "iid"   # as given: iid, dirichlet:ALPHA, dir
     engine: str = "local"
+    fraction: float = 1.0    # of the clients sampled each round
+
+
+def sampled(fed: FedOptions, seed: int, round_: int) -> list[int]:
+    """The clients that train in this round: all, or a `fraction` of them (at least one)
+    drawn from the seed and the round, so every engine draws the same ones."""
+    if fed.fraction >= 1:
+        return list(range(fed.clients))
+    rng = np.random.default_rng([seed, 3, round_])
+    take = max(1, round(fed.fraction * fed.clients))
+    return sorted(int(k) for k in rng.choice(fed.clients, take, replace=False))
 
 
 class Client:
@@ -195,11 +206,12 @@ class FederatedTrainer(Trainer):
         glob = self._start(ex, report, init_rng)
         total = [np.empty_like(w) for w in glob]
         names = ex.weight_names()
-        count = sum(c.ds.count for c in self.clients)
         for r in range(1, self.fed.rounds + 1):
             t0 = time.perf_counter()
             results = []
-            for k, client in enumerate(self.clients):
+            chosen = [self.clients[k] for k in sampled(self.fed, self.opts.seed, r)]
+            count = sum(c.ds.count for c in chosen)
+            for k, client in enumerate(chosen):
                 results.append(self.fit(ex, client, glob, r))
                 for name, t in zip(names, total):   # the arena's copy is used up here
                     with ex.persistent(name, write=False) as v:

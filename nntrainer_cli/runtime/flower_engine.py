@@ -28,7 +28,7 @@ import numpy as np
 from nntrainer_cli.errors import ConfigError, TrainingError
 
 from .executor import Executor
-from .federation import FederatedTrainer, fedavg
+from .federation import FederatedTrainer, fedavg, sampled
 from .measure import rss_peak_bytes
 from .results import ClientResult
 
@@ -124,7 +124,8 @@ def _strategy(fl, server: FlowerServer, ex: Executor, glob: list[np.ndarray], pr
     order and bits are the local engine's) and judging the global weights after each
     round. A client that fails is left out of that round; with none left, the run
     ends. A stop request (Ctrl-C, SIGTERM) ends it after the round in progress."""
-    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import (FitIns, GetPropertiesIns, ndarrays_to_parameters,
+                             parameters_to_ndarrays)
 
     n = len(server.clients)
     agreed = {"local_epochs": server.fed.local_epochs, "clients": n,
@@ -132,7 +133,8 @@ def _strategy(fl, server: FlowerServer, ex: Executor, glob: list[np.ndarray], pr
 
     class Strategy(fl.server.strategy.FedAvg):
         error: BaseException | None = None
-        present = set(range(n))   # the clients of the last round
+        expected: set[int] = set()   # the clients asked to train this round
+        ids: dict[str, int] = {}     # Flower's client → our client id
 
         def _stop(self, error: BaseException | None = None) -> bool:
             """Whether the run must end: an error already, a new one, or a stop request."""
@@ -164,18 +166,30 @@ def _strategy(fl, server: FlowerServer, ex: Executor, glob: list[np.ndarray], pr
                 return []
             self.t0 = time.perf_counter()
             config = {"round": server_round, **agreed}
-            return [(c, FitIns(parameters, config)) for c in client_manager.all().values()]
+            for cid, proxy in client_manager.all().items():
+                if cid not in self.ids:
+                    self.ids[cid] = int(proxy.get_properties(GetPropertiesIns({}), None, None)
+                                        .properties["client"])
+            chosen = set(sampled(server.fed, server.opts.seed, server_round))
+            asked = [(proxy, FitIns(parameters, config))
+                     for cid, proxy in client_manager.all().items() if self.ids[cid] in chosen]
+            self.expected = {self.ids[p.cid] for p, _ in asked}
+            for k in sorted(chosen - self.expected):
+                server._log(f"warning: client {k} is gone; round {server_round} goes on "
+                            "without it")
+            if not asked:
+                self._stop(TrainingError(f"no sampled client is left for round "
+                                         f"{server_round}"))
+            return asked
 
         def aggregate_fit(self, server_round, results, failures):
             if self.error is not None:
                 return None, {}
             updates = sorted((res.metrics["client"], parameters_to_ndarrays(res.parameters),
                               res) for _, res in results)
-            got = {k for k, _, _ in updates}
-            for k in sorted(self.present - got):
+            for k in sorted(self.expected - {k for k, _, _ in updates}):
                 server._log(f"warning: client {k} failed in round {server_round}; it is left "
                             "out of the average")
-            self.present = got
             if not results:
                 self._stop(TrainingError(f"every client failed in round {server_round}"))
                 return None, {}
@@ -233,6 +247,9 @@ class FlowerClient(FederatedTrainer):
         self._connect()
 
         class Client(fl.client.NumPyClient):
+            def get_properties(self, config):
+                return {"client": client.index}
+
             def fit(self, parameters, config):
                 for key in AGREED:
                     if ours[key] is not None and config[key] != ours[key]:
