@@ -1,4 +1,4 @@
-"""The `nntrainer` command: train, federate, plan, check, summarize, convert and import models."""
+"""The `nntrainer` command: train, federate, report, compare, plan, check, summarize, convert and import models."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .exchange import convert, import_
 from .federate import federate
 from .infer import eval_, predict
 from .inspect import check, plan, summary
+from .runs import compare, report
 from .train import train
 
 
@@ -33,5 +34,6 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
-for command in (train, federate, eval_, predict, plan, summary, check, convert, import_):
+for command in (train, federate, eval_, predict, plan, summary, check, convert, import_,
+                report, compare):
     main.add_command(command)

@@ -145,7 +145,7 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
         trainer = FlowerServer(*args, client_args=same, listen=listen, wait=wait)
     else:
         trainer = FederatedTrainer(*args)
-    run_and_report(trainer, p.plan, [*data.values(), *client_sets], report_path, quiet,
+    run_and_report(trainer, p.plan, [*data.values(), *client_sets], [report_path], quiet,
                    rounds, "rounds")
 
 

@@ -40,6 +40,12 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
                    "and every other state end as in an uninterrupted run with the same seed.")
 @click.option("--report", "report_path", type=FILE,
               help="Write the results as JSON to this file.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Keep the whole run in this new (or empty) folder: the model as it ran, "
+                   "the plan (JSON, SVG), metrics.csv (one row per epoch), report.json, what "
+                   "ran it (run.json), and the weights and checkpoint unless --save and "
+                   "--checkpoint put them elsewhere. Read it back with 'nntrainer report' and "
+                   "'nntrainer compare'.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--no-tracemalloc", "no_trace", is_flag=True,
               help="Do not trace allocations: faster small kernels, for timing runs; the "
@@ -60,13 +66,14 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, checkpoint,
-          save_every, resume, report_path,
+          save_every, resume, report_path, run_dir,
           quiet, no_trace, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
           overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.graph.frozen import frozen_prefix
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.pipeline import parse_size, prepare
+    from nntrainer_cli.report.run_folder import RunFolder
     from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
@@ -116,6 +123,13 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         check_writable(save, "weights")
     if report_path:
         check_writable(report_path, "report")
+    folder = None
+    if run_dir:   # made once every flag is known good, before the data is read
+        folder = RunFolder(run_dir)
+        save = save or folder.file("weights.bin")
+        checkpoint = checkpoint or folder.file("checkpoint.ckpt")
+        ctx = click.get_current_context()
+        folder.start(model, overrides, p.plan, ctx.command_path, ctx.params)
     data = open_datasets(cfg, p.graph)
     warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]
@@ -124,14 +138,21 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                         init_weights=init_weights, swap=p.swap,
                         weights_map=read_weights_map(weights_map) if weights_map else None,
                         trace_memory=not no_trace, cache_features=not no_cache,
-                        checkpoint=checkpoint, save_every=save_every, resume=resume)
+                        checkpoint=checkpoint, save_every=save_every, resume=resume,
+                        on_epoch=folder.epoch if folder else None)
     trainer = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts)
-    run_and_report(trainer, p.plan, list(data.values()), report_path, quiet, epochs, "epochs")
+    reports = [report_path] + ([folder.file("report.json")] if folder else [])
+    try:
+        run_and_report(trainer, p.plan, list(data.values()), reports, quiet, epochs, "epochs")
+    finally:
+        if folder:
+            folder.close()
 
 
-def run_and_report(trainer, plan, datasets, report_path, quiet, total: int, unit: str):
-    """Run `trainer`, write the JSON report, print the summary, close the data. On
-    Ctrl-C or SIGTERM, say what finished and where it is, with the stop's exit code."""
+def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, unit: str):
+    """Run `trainer`, write the JSON report (to each of `report_paths` given), print the
+    summary, close the data. On Ctrl-C or SIGTERM, say what finished and where it is,
+    with the stop's exit code."""
     from nntrainer_cli.report.tables import plan_summary, train_summary
 
     save = trainer.opts.save
@@ -144,17 +165,19 @@ def run_and_report(trainer, plan, datasets, report_path, quiet, total: int, unit
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: keep what finished
         report = getattr(stop, "report", None)
         done = len(report.epochs) if report else 0
-        if report_path and report:
-            write_text(report_path, json.dumps(report.to_json(), indent=2))
+        written = [p for p in report_paths if p] if report else []
+        for path in written:
+            write_text(path, json.dumps(report.to_json(), indent=2))
         resumable = f"; continue with --resume {report.checkpoint}" \
             if report and report.checkpoint else ""
         fail(f"interrupted after {done} of {total} {unit}; {saved}{resumable}"
-             + (f"; report in {report_path}" if report_path and report else ""),
+             + (f"; report in {written[0]}" if written else ""),
              getattr(stop, "exit_code", 130))
     finally:
         for ds in datasets:
             ds.close()
-    if report_path:
-        write_text(report_path, json.dumps(report.to_json(), indent=2))
+    for path in report_paths:
+        if path:
+            write_text(path, json.dumps(report.to_json(), indent=2))
     if not quiet:
         click.echo(train_summary(report))

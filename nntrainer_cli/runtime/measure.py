@@ -4,6 +4,7 @@ its buffers with tracemalloc) over a region, and the process's peak RSS."""
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import tracemalloc
 
@@ -85,6 +86,23 @@ class TracedPeak:
 def rss_peak_bytes() -> int:
     """The whole process's peak resident memory since it started."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_now_bytes() -> int | None:
+    """The process's resident memory now (None where /proc is missing). Read with a
+    small unbuffered read: a buffered open allocates 128 KiB, which tracemalloc counts."""
+    try:
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 1 << 14).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def _status(field: str) -> int | None:

@@ -17,6 +17,15 @@ class EpochResult:
 
 
 @dataclass(frozen=True)
+class EpochState:
+    """Where a run stands at an epoch's end, for the run folder's metrics."""
+    learning_rate: float           # of the epoch's last iteration
+    rss_bytes: int | None          # the process's resident memory now
+    swap_bytes_in: int             # moved so far (0 without swap)
+    swap_bytes_out: int
+
+
+@dataclass(frozen=True)
 class TestResult:
     loss: float
     accuracy: float

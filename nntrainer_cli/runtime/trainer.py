@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -16,8 +16,9 @@ from nntrainer_cli.errors import DataError, TrainingError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.graph.frozen import frozen_prefix
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
-from .measure import NoTrace, RssDelta, TracedPeak, rss_peak_bytes
-from .results import EpochResult, MemoryFigures, SwapFigures, TestResult, TrainReport
+from .measure import NoTrace, RssDelta, TracedPeak, rss_now_bytes, rss_peak_bytes
+from .results import (EpochResult, EpochState, MemoryFigures, SwapFigures, TestResult,
+                      TrainReport)
 
 from . import checkpoint
 from . import weights as weights_io
@@ -47,6 +48,7 @@ class TrainOptions:
     checkpoint: str | None = None   # written after every epoch, every save_every, and on a stop
     save_every: int | None = None   # iterations between checkpoints
     resume: str | None = None       # a checkpoint to continue from
+    on_epoch: object = None   # called with each finished EpochResult and an EpochState
 
 
 def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
@@ -179,6 +181,7 @@ class Trainer:
             traced.exclude_since_here()
             io = SwapIO(SwapFile(opts.swap.directory, plan.swap.file_bytes, opts.swap.direct),
                         inline=not opts.swap.direct) if plan.swap else None
+            self.io = io
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
@@ -248,6 +251,10 @@ class Trainer:
                 row.val_loss, row.val_accuracy = self._evaluate(ex, self.data["valid"])
             row.seconds = time.perf_counter() - e0
             report.epochs.append(row)
+            if opts.on_epoch:
+                opts.on_epoch(row, EpochState(
+                    self.schedule(max(iteration - 1, 0)), rss_now_bytes(),
+                    self.io.moved_in if self.io else 0, self.io.moved_out if self.io else 0))
             if opts.save:
                 weights_io.save(ex, opts.save, epoch, iteration)
             self._checkpoint(ex, rng, (epoch + 1, 0, iteration, sums))
@@ -263,7 +270,9 @@ class Trainer:
             return
         epoch, batch, iteration, sums = position
         meta = {"epoch": epoch, "batch": batch, "iteration": iteration, "sums": list(sums),
-                "epochs_done": [asdict(r) for r in self.report.epochs],
+                # vars, not asdict: asdict makes tuples per call that the interpreter
+                # keeps on its free list, which tracemalloc counts as a growing peak
+                "epochs_done": [dict(vars(r)) for r in self.report.epochs],
                 "shuffle_rng": rng.bit_generator.state, "layer_rng": ex.rng.bit_generator.state}
         checkpoint.save(self.opts.checkpoint, ex, meta, self.data["train"].order)
         self.report.checkpoint = self.opts.checkpoint

@@ -1,0 +1,146 @@
+"""Run folders (`train --run-dir`), the HTML page of one (`report`) and the comparison
+of several (`compare`), including folders of runs cut short or damaged."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+from helpers import DIGITS, run
+
+
+def train_run(tmp_path, name, *args):
+    folder = tmp_path / name
+    r = run("train", DIGITS, "--epochs", "3", "--run-dir", str(folder), "-q", *args)
+    assert r.exit_code == 0, r.output
+    return folder
+
+
+class Page(HTMLParser):
+    """What the page holds: tags, external references, the chart series, the text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.external, self.series, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        for key in ("src", "href"):
+            if a.get(key) and not a[key].startswith("#"):
+                self.external.append(a[key])
+        if tag == "polyline" and a.get("data-series"):
+            self.series.append((a["data-series"], len(a["points"].split())))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_a_run_folder_holds_the_whole_run(tmp_path):
+    folder = train_run(tmp_path, "a", "--set", "fc1.unit=64")
+    assert sorted(os.listdir(folder)) == ["checkpoint.ckpt", "metrics.csv", "model.ini",
+                                          "plan.json", "plan.svg", "report.json", "run.json",
+                                          "weights.bin"]
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    report = json.loads((folder / "report.json").read_text())
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["val_accuracy"]) for r in rows] == [e["val_accuracy"]
+                                                        for e in report["epochs"]]
+    assert all(int(r["planned_bytes"]) == report["memory"]["planned_peak_bytes"] for r in rows)
+    assert all(int(r["rss_bytes"]) > 0 and float(r["learning_rate"]) == 0.001 for r in rows)
+    # the model as it ran: after --set, and it trains from its new place
+    assert "unit = 64" in (folder / "model.ini").read_text()
+    r = run("train", str(folder / "model.ini"), "--epochs", "1", "-q")
+    assert r.exit_code == 0, r.output
+    info = json.loads((folder / "run.json").read_text())
+    assert info["machine"]["cores"] == os.cpu_count()
+    assert info["options"]["run_dir"] == str(folder) and info["options"]["epochs"] == 3
+    assert report["weights"] == str(folder / "weights.bin")
+
+
+def test_two_runs_never_share_a_folder(tmp_path):
+    folder = train_run(tmp_path, "a")
+    before = sorted(os.listdir(folder))
+    r = run("train", DIGITS, "--epochs", "1", "--run-dir", str(folder))
+    assert r.exit_code == 2 and "already holds a run" in r.output
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_the_page_is_self_contained_with_curves_and_the_memory_map(tmp_path):
+    folder = train_run(tmp_path, "a")
+    r = run("report", str(folder))
+    assert r.exit_code == 0, r.output
+    page = Page()
+    page.feed((folder / "report.html").read_text())
+    assert page.external == [] and "script" not in page.tags
+    assert ("train", 3) in page.series and ("validation", 3) in page.series
+    text = " ".join(page.text)
+    assert "Memory map" in text and "Layers" in text and "fc1" in text
+    assert page.tags.count("svg") >= 4   # three charts and the memory map
+
+
+def test_an_interrupted_run_renders_what_it_left(tmp_path):
+    folder = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "nntrainer_cli", "train", DIGITS,
+                             "--epochs", "200", "--run-dir", str(folder)],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("epoch 2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stderr.read()
+    assert proc.wait(60) == 130
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert 2 <= len(rows) < 200
+    assert json.loads((folder / "report.json").read_text())["interrupted"]
+    (folder / "report.json").unlink()          # as if killed before the report
+    with open(folder / "metrics.csv", "a") as f:
+        f.write("9,0.1")                        # a row cut off mid-write
+    r = run("report", str(folder))
+    assert r.exit_code == 0, r.output
+    assert "lacks report.json" in r.output
+    html = (folder / "report.html").read_text()
+    assert "the run did not finish" in html
+    r = run("compare", str(folder), "--format", "json")
+    assert json.loads(r.output)[0]["epochs"] == len(rows)
+
+
+def test_compare_sets_runs_side_by_side(tmp_path):
+    a = train_run(tmp_path, "small", "--set", "fc1.unit=32")
+    b = train_run(tmp_path, "budget", "--memory-budget", "60%")
+    r = run("compare", str(a), str(b))
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split()[:2] == ["run", "epochs"] and len(lines) == 4
+    rows = json.loads(run("compare", str(a), str(b), "--format", "json").output)
+    reports = [json.loads((d / "report.json").read_text()) for d in (a, b)]
+    assert [r["planned_peak_bytes"] for r in rows] == [
+        rep["memory"]["planned_peak_bytes"] for rep in reports]
+    assert rows[0]["budget_bytes"] is None and rows[1]["budget_bytes"] > 0
+
+
+def test_bad_run_folders_are_one_line(tmp_path):
+    r = run("report", str(tmp_path / "none"))
+    assert r.exit_code == 2 and "not a run folder" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("compare", str(empty))
+    assert r.exit_code == 2 and "has no run.json" in r.output
+    folder = train_run(tmp_path, "a")
+    info = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**info, "format": 99}))
+    r = run("report", str(folder))
+    assert r.exit_code == 2 and "newer format" in r.output
+    (folder / "run.json").write_text(json.dumps(info))
+    (folder / "report.json").write_text('{"epochs": [')
+    r = run("report", str(folder))
+    assert r.exit_code == 2 and "is not valid JSON" in r.output
+    file = tmp_path / "file"
+    file.write_text("x")
+    r = run("train", DIGITS, "--run-dir", str(file))
+    assert r.exit_code == 2 and "Traceback" not in r.output
