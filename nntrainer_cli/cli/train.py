@@ -50,6 +50,12 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @click.option("--no-tracemalloc", "no_trace", is_flag=True,
               help="Do not trace allocations: faster small kernels, for timing runs; the "
                    "report then gives RSS figures only, no measured_peak_bytes.")
+@click.option("--profile", is_flag=True,
+              help="Time every slot of the training steps: the table after the summary (and "
+                   "'profile' in the report) gives each layer and phase's share of a step, "
+                   "the share outside the kernels, and GFLOP/s of the matrix products "
+                   "against this machine's BLAS. Add --no-tracemalloc for kernel times "
+                   "without the tracing's cost.")
 @click.option("--no-feature-cache", "no_cache", is_flag=True,
               help="Run the frozen layers before the first trainable one every epoch, "
                    "instead of keeping their output per record from the first epoch "
@@ -67,7 +73,7 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, checkpoint,
           save_every, resume, report_path, run_dir,
-          quiet, no_trace, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
+          quiet, no_trace, profile, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
           overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.graph.frozen import frozen_prefix
@@ -139,7 +145,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                         weights_map=read_weights_map(weights_map) if weights_map else None,
                         trace_memory=not no_trace, cache_features=not no_cache,
                         checkpoint=checkpoint, save_every=save_every, resume=resume,
-                        on_epoch=folder.epoch if folder else None)
+                        on_epoch=folder.epoch if folder else None, profile=profile)
     trainer = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts)
     reports = [report_path] + ([folder.file("report.json")] if folder else [])
     try:
@@ -153,7 +159,7 @@ def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, uni
     """Run `trainer`, write the JSON report (to each of `report_paths` given), print the
     summary, close the data. On Ctrl-C or SIGTERM, say what finished and where it is,
     with the stop's exit code."""
-    from nntrainer_cli.report.tables import plan_summary, train_summary
+    from nntrainer_cli.report.tables import plan_summary, profile_table, train_summary
 
     save = trainer.opts.save
     saved = f"weights of finished {unit} are in {save}" if save else \
@@ -181,3 +187,5 @@ def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, uni
             write_text(path, json.dumps(report.to_json(), indent=2))
     if not quiet:
         click.echo(train_summary(report))
+        if report.profile:
+            click.echo("\n" + profile_table(report.profile))

@@ -205,6 +205,24 @@ def train_summary(report: TrainReport) -> str:
     return table(["result", "value"], rows, right={1})
 
 
+def profile_table(prof: dict) -> str:
+    """`train --profile`: the slots by time, GFLOP/s of the products, the rest."""
+    rows = []
+    for r in sorted(prof["slots"], key=lambda r: -r["seconds_per_step"]):
+        gf = r["gflops"]
+        rows.append([r["layer"], r["phase"], f"{1000 * r['seconds_per_step']:.3f}",
+                     f"{100 * r['share']:.1f}%", "-" if gf is None else f"{gf:.1f}",
+                     "-" if gf is None else f"{100 * gf / prof['gemm_gflops']:.0f}%"])
+    outside = prof["outside_kernels_share"]
+    rows.append(["(outside kernels)", "", f"{1000 * outside * prof['step_seconds_mean']:.3f}",
+                 f"{100 * outside:.1f}%", "", ""])
+    return (table(["layer", "phase", "ms/step", "share", "GFLOP/s", "of GEMM"], rows,
+                  right={2, 3, 4, 5})
+            + f"\n{prof['steps']} steps, {1000 * prof['step_seconds_mean']:.3f} ms each on "
+              f"average; this machine's BLAS: {prof['gemm_gflops']:.1f} GFLOP/s on a "
+              "512x512x512 float32 product")
+
+
 def inference_summary(report: InferenceReport) -> str:
     m = report.memory
     rows = [["records", str(report.records)]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 
 import numpy as np
 
@@ -68,6 +69,7 @@ class Executor:
         self.rng = rng or np.random.default_rng(0)
         self.optimizer, self.schedule = optimizer, schedule
         self.state_from = 0   # the iteration the optimizer's state (and step count) began
+        self.slot_seconds: np.ndarray | None = None   # per slot, summed (train --profile)
         self.arena = allocate_arena(plan) if arena is None else arena
         self.io = swap_io
         self.places = self._placements()
@@ -222,6 +224,7 @@ class Executor:
             ctx.rows = rows
         correct, reg = 0, 0.0
         io, swap, base = self.io, self.swap_steps, 0
+        timed = self.slot_seconds if training else None
         if io is not None:
             base = io.submitted
         for i in range(count):
@@ -231,7 +234,12 @@ class Executor:
                     io.submit(job)
                 if need:
                     io.wait(base + need)
-            if training:
+            if timed is not None:
+                fn, args = self.train_steps[i]
+                t0 = time.perf_counter()
+                fn(*args)
+                timed[i] += time.perf_counter() - t0
+            elif training:
                 fn, args = self.train_steps[i]
                 fn(*args)
             else:

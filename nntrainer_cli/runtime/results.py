@@ -98,6 +98,7 @@ class TrainReport:
     feature_cache: dict | None = None  # the frozen prefix's cached output: layers, bytes, where
     checkpoint: str | None = None      # the last checkpoint written, if any
     federation: FederationFigures | None = None   # `federate`: epochs are its rounds
+    profile: dict | None = None        # train --profile: time per slot (runtime/profile.py)
 
     def to_json(self) -> dict:
         """Plain values for json.dump; every key is always there (null when it does not

@@ -26,6 +26,7 @@ from .data import open_dataset
 from .dataset import Dataset
 from .feature_cache import FeatureCache
 from .executor import Executor, allocate_arena, kernel_settings
+from .profile import profile
 from .stopping import StopRequests
 from .swap_io import SwapFile, SwapIO
 
@@ -49,6 +50,7 @@ class TrainOptions:
     save_every: int | None = None   # iterations between checkpoints
     resume: str | None = None       # a checkpoint to continue from
     on_epoch: object = None   # called with each finished EpochResult and an EpochState
+    profile: bool = False     # time every slot of the training steps
 
 
 def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
@@ -185,6 +187,8 @@ class Trainer:
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
+                if opts.profile:   # made before measuring resumes: bookkeeping
+                    ex.slot_seconds = np.zeros(len(plan.slots))
                 self.cache = self._feature_cache(ex)   # outside the arena: reported apart
                 traced.resume()
                 with self.stops:
@@ -209,6 +213,9 @@ class Trainer:
         done = self.step_seconds[:self.steps_done]
         timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done
         report.step_seconds_median = float(np.median(timed)) if len(timed) else None
+        if opts.profile and len(done):
+            report.profile = profile(self.graph, plan, ex.slot_seconds, len(done),
+                                     float(done.sum()))
         report.seconds = time.perf_counter() - t0
         if stopped is not None:
             report.interrupted = True
