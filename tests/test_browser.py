@@ -30,8 +30,11 @@ window.addEventListener("load", () => {
   const lines = [...d.querySelectorAll("polyline.series")].map(p => {
     const b = p.getBBox(); return [p.dataset.series, b.width, b.height]; });
   const map = d.querySelector("#memory-map ~ figure svg").getBoundingClientRect();
-  document.getElementById("result").textContent =
-    JSON.stringify({lines, map: [map.width, map.height]});
+  const svg = d.querySelector("#memory-map ~ figure svg");
+  const vb = svg.viewBox.baseVal, box = svg.getBBox();
+  const shown = vb && vb.width ? vb.width : map.width;   // user units on screen
+  document.getElementById("result").textContent = JSON.stringify(
+    {lines, map: [map.width, map.height], content: box.x + box.width, shown});
 });
 </script></body></html>"""
 
@@ -51,6 +54,8 @@ def test_the_page_lays_out_in_chromium(tmp_path):
     for name in ("train", "validation"):
         assert drawn[name][0] > 100   # a line across the chart, not a dot
     assert found["map"][0] > 500 and found["map"][1] > 300
+    # scaled to the page as a whole, not cut off at the page's edge
+    assert found["content"] <= found["shown"] + 1
     shot = tmp_path / "page.png"
     subprocess.run([BROWSER, *FLAGS, "--window-size=1000,2200", f"--screenshot={shot}",
                     f"file://{folder}/report.html"], capture_output=True, timeout=120)

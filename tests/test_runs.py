@@ -53,13 +53,15 @@ def test_a_run_folder_holds_the_whole_run(tmp_path):
                                                         for e in report["epochs"]]
     assert all(int(r["planned_bytes"]) == report["memory"]["planned_peak_bytes"] for r in rows)
     assert all(int(r["rss_bytes"]) > 0 and float(r["learning_rate"]) == 0.001 for r in rows)
-    # the model as it ran: after --set, and it trains from its new place
-    assert "unit = 64" in (folder / "model.ini").read_text()
+    # the model as it ran: after --set and --epochs, and it trains from its new place
+    text = (folder / "model.ini").read_text()
+    assert "unit = 64" in text and "epochs = 3" in text
     r = run("train", str(folder / "model.ini"), "--epochs", "1", "-q")
     assert r.exit_code == 0, r.output
     info = json.loads((folder / "run.json").read_text())
     assert info["machine"]["cores"] == os.cpu_count()
-    assert info["options"]["run_dir"] == str(folder) and info["options"]["epochs"] == 3
+    assert info["command"] == (f"nntrainer train {DIGITS} --epochs 3 --run-dir {folder} "
+                               "--quiet --set fc1.unit=64")
     assert report["weights"] == str(folder / "weights.bin")
 
 
@@ -105,9 +107,9 @@ def test_an_interrupted_run_renders_what_it_left(tmp_path):
     assert r.exit_code == 0, r.output
     assert "lacks report.json" in r.output
     html = (folder / "report.html").read_text()
-    assert "the run did not finish" in html
+    assert "the run may not have finished" in html
     r = run("compare", str(folder), "--format", "json")
-    assert json.loads(r.output)[0]["epochs"] == len(rows)
+    assert json.loads(r.output)[0]["epochs"] == f"{len(rows)} (stopped)"
 
 
 def test_compare_sets_runs_side_by_side(tmp_path):
@@ -126,7 +128,7 @@ def test_compare_sets_runs_side_by_side(tmp_path):
 
 def test_bad_run_folders_are_one_line(tmp_path):
     r = run("report", str(tmp_path / "none"))
-    assert r.exit_code == 2 and "not a run folder" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run("compare", str(empty))
@@ -136,11 +138,37 @@ def test_bad_run_folders_are_one_line(tmp_path):
     (folder / "run.json").write_text(json.dumps({**info, "format": 99}))
     r = run("report", str(folder))
     assert r.exit_code == 2 and "newer format" in r.output
-    (folder / "run.json").write_text(json.dumps(info))
-    (folder / "report.json").write_text('{"epochs": [')
+    (folder / "run.json").write_text('{"format": ')
     r = run("report", str(folder))
     assert r.exit_code == 2 and "is not valid JSON" in r.output
+    (folder / "run.json").write_text(json.dumps(info))
+    # files cut off mid-write: left out, said so, the rest rendered
+    (folder / "report.json").write_text('{"epochs": [')
+    svg = (folder / "plan.svg").read_text()
+    (folder / "plan.svg").write_text(svg[:len(svg) // 2])
+    r = run("report", str(folder))
+    assert r.exit_code == 0 and "report.json (damaged), plan.svg (damaged)" in r.output
+    html = (folder / "report.html").read_text()
+    assert "cut off or damaged, left out" in html and "Memory map" not in html
+    assert "Layers" in html   # what follows the damaged map is still there
+    r = run("compare", str(folder), str(tmp_path / "none"))
+    assert r.exit_code == 2 and str(folder) in r.output and "does not exist" in r.output
     file = tmp_path / "file"
     file.write_text("x")
     r = run("train", DIGITS, "--run-dir", str(file))
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_a_budget_run_shows_its_resident_arena_and_what_it_swapped(tmp_path):
+    folder = train_run(tmp_path, "b", "--memory-budget", "60%")
+    r = run("report", str(folder), "-o", "-", "-q")   # the page to standard output
+    assert r.exit_code == 0 and r.output.startswith("<!doctype html>")
+    assert not (folder / "report.html").exists()
+    rep = json.loads((folder / "report.json").read_text())
+    arena = rep["memory"]["swap"]["resident_peak_bytes"]
+    from nntrainer_cli.report.tables import human
+    assert f"resident arena (under the budget)</td><td class=\"n\">{human(arena)}" in r.output
+    assert "tensors go to the swap file" in r.output
+    assert 'viewBox="0 0' in r.output   # the memory map scales to the page
+    rows = json.loads(run("compare", str(folder), "--format", "json").output)
+    assert rows[0]["arena_bytes"] == arena and rows[0]["swap_bytes"] > 0

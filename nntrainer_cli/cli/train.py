@@ -134,8 +134,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         folder = RunFolder(run_dir)
         save = save or folder.file("weights.bin")
         checkpoint = checkpoint or folder.file("checkpoint.ckpt")
-        ctx = click.get_current_context()
-        folder.start(model, overrides, p.plan, ctx.command_path, ctx.params)
+        folder.start(model, overrides, p.plan, click.get_current_context())
     data = open_datasets(cfg, p.graph)
     warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]

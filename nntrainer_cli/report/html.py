@@ -22,7 +22,7 @@ font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 13px; }
 svg { max-width: 100%; height: auto; } .meta { color: #666; font-size: .9em; }
 @media print { body { max-width: none; padding: 0; } h2 { break-after: avoid; }
-               .chart, table, figure { break-inside: avoid; } }
+               .chart, table, figure, .keep { break-inside: avoid; } }
 """
 SERIES = {"train": "#1f77b4", "validation": "#ff7f0e", "resident (RSS)": "#2ca02c",
           "planned arena": "#d62728"}
@@ -33,15 +33,17 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], unit=None,
-               width: int = 460, height: int = 260) -> str:
-    """A small SVG line chart: epochs across, one line per series, labelled axes."""
+               width: int = 460, height: int = 260, from_zero: bool = True) -> str:
+    """A small SVG line chart: epochs across, one line per series, labelled axes; the
+    value axis from zero, or around the values."""
     points = [p for s in series.values() for p in s]
     if not points:
         return ""
     left, right, top, bottom = 64, 12, 46, 40   # a title row, then a legend row
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(max(xs), min(xs) + 1)
-    y0, y1 = min(0.0, min(ys)), max(ys) or 1.0
+    y0, y1 = (min(0.0, min(ys)), max(ys) or 1.0) if from_zero else \
+        (min(ys) * 0.98, max(max(ys) * 1.02, min(ys) * 0.98 + 1))
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa
     label = unit or (lambda v: f"{v:.3g}")
@@ -95,8 +97,15 @@ def _summary(run: Run) -> list[list]:
             rows.append(["test loss / accuracy", f"{_fmt(rep['test']['loss'])} / "
                                                  f"{_fmt(rep['test']['accuracy'])}"])
         m = rep.get("memory") or {}
-        rows += [["planned peak (arena)", human(m.get("planned_peak_bytes"))],
-                 ["lower bound", human(m.get("lower_bound_bytes"))],
+        sw = m.get("swap")
+        if sw:
+            rows += [["resident arena (under the budget)", human(sw["resident_peak_bytes"])],
+                     ["memory budget", human(sw["budget_bytes"])],
+                     ["plan without swap", human(m.get("planned_peak_bytes"))]]
+        else:
+            rows.append(["planned peak (arena)", human(m.get("planned_peak_bytes"))])
+        rows += [["lower bound (without swap)", human(m.get("lower_bound_bytes"))],
+                 ["naive total (no sharing)", human(m.get("naive_bytes"))],
                  ["measured peak (tracemalloc)", human(m.get("measured_peak_bytes"))],
                  ["process peak RSS", human(m.get("rss_peak_bytes"))],
                  ["RSS growth while training", human(m.get("rss_delta_bytes"))],
@@ -137,21 +146,6 @@ def _swap(rep: dict | None) -> list[list]:
                                           f"{sw['io_wait_seconds']:.2f} s waiting"]]
 
 
-def _command(info: dict) -> str:
-    """The command as it was given, from its parsed options."""
-    words = [info.get("command", "nntrainer train")]
-    for key, value in (info.get("options") or {}).items():
-        flag = "--" + key.replace("_", "-")
-        if key == "model":
-            words.append(str(value))
-        elif value is True:
-            words.append(flag)
-        else:
-            for v in value if isinstance(value, list) else [value]:
-                words += [flag, str(v)]
-    return " ".join(words)
-
-
 def render(run: Run) -> str:
     info, m = run.info, run.metrics
     curve = lambda key: [(r["epoch"], r[key]) for r in m if r.get(key) is not None]  # noqa
@@ -159,33 +153,45 @@ def render(run: Run) -> str:
                                   "validation": curve("val_loss")}),
               line_chart("accuracy", {"train": curve("train_accuracy"),
                                       "validation": curve("val_accuracy")}),
-              line_chart("memory after each epoch", {
-                  "resident (RSS)": curve("rss_bytes"), "planned arena": curve("planned_bytes")},
-                  unit=human)]
+              line_chart(f"process RSS after each epoch (arena "
+                         f"{human(m[0]['planned_bytes']) if m and m[0].get('planned_bytes') else '?'})",
+                         {"resident (RSS)": curve("rss_bytes")}, unit=human, from_zero=False)]
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>{escape(run.name)}: nntrainer run</title><style>{STYLE}</style></head>"
              f"<body><h1>{escape(run.name)}</h1>",
              f"<p class=\"meta\">{escape(info.get('model', ''))} · started "
-             f"{escape(info.get('started', '?'))} · <code>{escape(_command(info))}</code></p>"]
-    if run.missing:
-        parts.append(f"<p class=\"note\">Missing from the run folder: "
-                     f"{escape(', '.join(run.missing))}"
-                     f"{' (the run did not finish)' if 'report.json' in run.missing else ''}."
-                     "</p>")
+             f"{escape(info.get('started', '?'))} · <code>"
+             f"{escape(str(info.get('command', '')))}</code></p>"]
+    if run.missing or run.damaged:
+        parts.append("<p class=\"note\">" + "; ".join(
+            f"{what} in the run folder: {escape(', '.join(names))}" for what, names in
+            (("missing", run.missing), ("cut off or damaged, left out", run.damaged)) if names)
+            + (" (the run may not have finished)" if "report.json" in run.missing else "")
+            + ".</p>")
     parts += ["<h2>Results</h2>", _table(["", ""], _summary(run), {1}),
               "<h2 id=\"curves\">Training curves</h2>",
               f"<div class=\"charts\">{''.join(charts) or '<p>No finished epoch.</p>'}</div>"]
     if run.svg:
         svg = run.svg[run.svg.find("<svg"):]
-        parts += ["<h2 id=\"memory-map\">Memory map</h2>",
+        parts += ["<section class=\"keep\"><h2 id=\"memory-map\">Memory map</h2>",
                   "<p>Time slots of one iteration across, arena offsets down; one block per "
-                  "tensor, coloured by kind (hover for its name).</p>", f"<figure>{svg}</figure>"]
+                  "tensor, coloured by kind (hover for its name).</p>",
+                  f"<figure>{svg}</figure></section>"]
     swap = _swap(run.report)
     if swap:
         parts += ["<h2>Swap</h2>", _table(["", ""], swap, {1})]
+        gone = [[t["name"], t["kind"], human(t["bytes"])] for t in (run.plan or {}).get(
+            "tensors", []) if t.get("swapped") and t["bytes"]]
+        if gone:
+            parts += [f"<p>{len(gone)} tensors go to the swap file between their uses, so "
+                      "they need no bytes of the arena while idle:</p>",
+                      _table(["tensor", "kind", "bytes"], gone, {2})]
     if run.plan:
         parts += ["<h2>Layers</h2>",
+                  "<p>Own tensors: the bytes of every tensor of the layer, each counted "
+                  "whole (they add up to the naive total); the plan lets tensors whose "
+                  "lifetimes do not overlap share bytes.</p>",
                   _table(["layer", "output (C:H:W)", "parameters", "own tensors"],
                          _layers(run.plan), {2, 3})]
     mach = info.get("machine", {})

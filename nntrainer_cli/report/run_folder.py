@@ -18,6 +18,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import sys
 
 from nntrainer_cli import __version__
@@ -36,6 +37,24 @@ FORMAT = 1
 METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
            "learning_rate", "seconds", "rss_bytes", "planned_bytes", "swap_bytes_in",
            "swap_bytes_out"]
+
+
+def command_line(ctx) -> str:
+    """The command as typed, rebuilt from what click parsed (flags at their defaults
+    left out), so it can be run again."""
+    words = ["nntrainer", ctx.command.name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value in (None, False, ()) or value == param.default:
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0])
+        else:
+            for v in value if getattr(param, "multiple", False) else [value]:
+                words += [param.opts[0], shlex.quote(str(v))]
+    return " ".join(words)
 
 
 def _machine() -> dict:
@@ -62,7 +81,9 @@ class RunFolder:
         if os.path.isfile(path):
             raise DataError(f"--run-dir {path} is a file, not a folder")
         if os.path.isdir(path) and os.listdir(path):
-            raise DataError(f"--run-dir {path} already holds a run; give a new or empty folder")
+            what = "already holds a run" if os.path.isfile(os.path.join(path, "run.json")) \
+                else "is not empty"
+            raise DataError(f"--run-dir {path} {what}; give a new or empty folder")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
@@ -73,20 +94,20 @@ class RunFolder:
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def start(self, model: str, overrides, plan: MemoryPlan, command: str,
-              options: dict) -> None:
-        """The model as it runs, what runs it (the command and its options as parsed),
-        and its plan."""
+    def start(self, model: str, overrides, plan: MemoryPlan, ctx) -> None:
+        """The model as it runs (flags that change it folded in), what runs it (the
+        command line, from click's context `ctx`), and its plan."""
         import numpy as np
         fmt = "yaml" if model.lower().endswith((".yaml", ".yml")) else "ini"
         target = self.file(f"model.{fmt}")
         sections = read_model_file(model)
-        apply_overrides(sections, list(overrides))
+        folded = [f"model.{key}={ctx.params[key]}" for key in ("epochs", "batch_size")
+                  if ctx.params.get(key)]
+        apply_overrides(sections, [*overrides, *folded])
         rebase(sections, model, target)
         write_text(target, (to_yaml if fmt == "yaml" else to_ini)(sections,
                                                                  leading_comments(model)))
-        info = {"format": FORMAT, "command": command, "argv": sys.argv,
-                "options": {k: v for k, v in options.items() if v not in (None, False, ())},
+        info = {"format": FORMAT, "command": command_line(ctx),
                 "model": os.path.abspath(model),
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
@@ -126,10 +147,12 @@ class Run:
     has no report, a run of another version may lack a file)."""
 
     def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise DataError(f"{path} does not exist")
         if not os.path.isdir(path):
             raise DataError(f"{path} is not a run folder (train --run-dir DIR makes one)")
-        self.path, self.missing = path, []
-        self.info = self._json("run.json")
+        self.path, self.missing, self.damaged = path, [], []
+        self.info = self._json("run.json", required=True)
         if self.info is None:
             raise DataError(f"{path} has no run.json: not a run folder (train --run-dir DIR "
                             "makes one)")
@@ -140,10 +163,16 @@ class Run:
         self.report = self._json("report.json")
         self.plan = self._json("plan.json")
         self.svg = self._text("plan.svg")
+        if self.svg is not None and not self.svg.rstrip().endswith("</svg>"):
+            self.damaged.append("plan.svg")
+            self.svg = None
         self.model_name = next((n for n in ("model.ini", "model.yaml")
                                 if os.path.isfile(os.path.join(path, n))), None)
         self.model = self._text(self.model_name or "model.ini")
         self.metrics = self._metrics()
+        if not self.metrics and self.report:   # no metrics.csv: the report has the epochs
+            self.metrics = [{**e, "epoch": float(e["epoch"])}
+                            for e in self.report.get("epochs", [])]
 
     @property
     def name(self) -> str:
@@ -159,15 +188,20 @@ class Run:
             raise DataError(f"cannot read {os.path.join(self.path, name)}: {e}") from None
         return None
 
-    def _json(self, name: str):
+    def _json(self, name: str, required: bool = False):
+        """A JSON file; one cut off is noted as damaged and left out, except run.json,
+        without which the folder is not a run."""
         text = self._text(name)
         if text is None:
             return None
         try:
             return json.loads(text)
         except ValueError as e:
-            raise DataError(f"{os.path.join(self.path, name)} is not valid JSON ({e}); the "
-                            "run may have been cut off while writing it") from None
+            if required:
+                raise DataError(f"{os.path.join(self.path, name)} is not valid JSON ({e})") \
+                    from None
+            self.damaged.append(name)
+            return None
 
     def _metrics(self) -> list[dict]:
         """The epochs' rows; a row cut off by an interrupted run is left out."""

@@ -49,8 +49,9 @@ def plan_svg(plan: MemoryPlan, model: str) -> str:
     arena = max(plan.arena_bytes, 1)
     x = lambda t: LEFT + WIDTH * t / slots  # noqa: E731
     y = lambda b: TOP + HEIGHT * b / arena  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LEFT + WIDTH + RIGHT}" '
-           f'height="{TOP + HEIGHT + BOTTOM}" font-family="sans-serif" font-size="12">',
+    w, h = LEFT + WIDTH + RIGHT, TOP + HEIGHT + BOTTOM
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           f'viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">'
            f'{escape(model)}: {human(plan.arena_bytes)} arena, planner {plan.planner}, '
