@@ -172,3 +172,13 @@ def test_a_budget_run_shows_its_resident_arena_and_what_it_swapped(tmp_path):
     assert 'viewBox="0 0' in r.output   # the memory map scales to the page
     rows = json.loads(run("compare", str(folder), "--format", "json").output)
     assert rows[0]["arena_bytes"] == arena and rows[0]["swap_bytes"] > 0
+
+
+def test_a_profiled_run_shows_time_per_layer(tmp_path):
+    folder = train_run(tmp_path, "p", "--profile", "--no-tracemalloc")
+    assert run("report", str(folder), "-q").exit_code == 0
+    html = (folder / "report.html").read_text()
+    assert "ms/step (--profile)" in html
+    prof = json.loads((folder / "report.json").read_text())["profile"]
+    fc1 = sum(s["seconds_per_step"] for s in prof["slots"] if s["layer"] == "fc1")
+    assert "<td>fc1</td>" in html and f"{1000 * fc1:.3f}</td>" in html

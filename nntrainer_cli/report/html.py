@@ -118,8 +118,9 @@ def _summary(run: Run) -> list[list]:
     return rows
 
 
-def _layers(plan: dict) -> list[list]:
-    """Per layer, from the plan: output shape, parameters, bytes of its own tensors."""
+def _layers(plan: dict, prof: dict | None) -> list[list]:
+    """Per layer, from the plan: output shape, parameters, bytes of its own tensors;
+    with a profile, its time per training step (all its phases)."""
     rows: dict[str, list] = {}
     for t in plan.get("tensors", []):
         layer = t["name"].split(":")[0]
@@ -129,7 +130,11 @@ def _layers(plan: dict) -> list[list]:
         if t["kind"] == "weight":
             row[2] += math.prod(t["shape"])
         row[3] += t["bytes"]
+    seconds: dict[str, float] = {}
+    for slot in (prof or {}).get("slots", []):
+        seconds[slot["layer"]] = seconds.get(slot["layer"], 0.0) + slot["seconds_per_step"]
     return [[name, shape, f"{params:,}", human(size)]
+            + ([f"{1000 * seconds.get(name, 0.0):.3f}"] if prof else [])
             for name, shape, params, size in rows.values()]
 
 
@@ -187,13 +192,15 @@ def render(run: Run) -> str:
             parts += [f"<p>{len(gone)} tensors go to the swap file between their uses, so "
                       "they need no bytes of the arena while idle:</p>",
                       _table(["tensor", "kind", "bytes"], gone, {2})]
+    prof = (run.report or {}).get("profile")
     if run.plan:
         parts += ["<h2>Layers</h2>",
                   "<p>Own tensors: the bytes of every tensor of the layer, each counted "
                   "whole (they add up to the naive total); the plan lets tensors whose "
                   "lifetimes do not overlap share bytes.</p>",
-                  _table(["layer", "output (C:H:W)", "parameters", "own tensors"],
-                         _layers(run.plan), {2, 3})]
+                  _table(["layer", "output (C:H:W)", "parameters", "own tensors"]
+                         + (["ms/step (--profile)"] if prof else []),
+                         _layers(run.plan, prof), {2, 3, 4})]
     mach = info.get("machine", {})
     parts += ["<h2>Machine</h2>", _table(["", ""], [
         ["cores", mach.get("cores")], ["memory", human(mach.get("memory_bytes"))],
