@@ -89,8 +89,13 @@ def rss_peak_bytes() -> int:
 
 
 def rss_now_bytes() -> int | None:
-    """The process's resident memory now (None where /proc is missing). Read with a
-    small unbuffered read: a buffered open allocates 128 KiB, which tracemalloc counts."""
+    """The process's resident memory now (None where /proc is missing)."""
+    return _status("VmRSS")
+
+
+def _status(field: str) -> int | None:
+    """A field of /proc/self/status in bytes, read with one small unbuffered read: a
+    buffered open allocates 128 KiB, which tracemalloc would count."""
     try:
         fd = os.open("/proc/self/status", os.O_RDONLY)
     except OSError:
@@ -100,19 +105,8 @@ def rss_now_bytes() -> int | None:
     finally:
         os.close(fd)
     for line in text.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    return None
-
-
-def _status(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return None
 
 
