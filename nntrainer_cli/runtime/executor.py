@@ -234,14 +234,14 @@ class Executor:
                     io.submit(job)
                 if need:
                     io.wait(base + need)
-            if timed is not None:
+            if training:
                 fn, args = self.train_steps[i]
-                t0 = time.perf_counter()
-                fn(*args)
-                timed[i] += time.perf_counter() - t0
-            elif training:
-                fn, args = self.train_steps[i]
-                fn(*args)
+                if timed is None:
+                    fn(*args)
+                else:
+                    t0 = time.perf_counter()
+                    fn(*args)
+                    timed[i] += time.perf_counter() - t0
             else:
                 node = self.graph.by_name[self.plan.slots[i].node]
                 node.layer.forward(self.slot_ctx[i], False)

@@ -183,7 +183,6 @@ class Trainer:
             traced.exclude_since_here()
             io = SwapIO(SwapFile(opts.swap.directory, plan.swap.file_bytes, opts.swap.direct),
                         inline=not opts.swap.direct) if plan.swap else None
-            self.io = io
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
@@ -261,7 +260,7 @@ class Trainer:
             if opts.on_epoch:
                 opts.on_epoch(row, EpochState(
                     self.schedule(max(iteration - 1, 0)), rss_now_bytes(),
-                    self.io.moved_in if self.io else 0, self.io.moved_out if self.io else 0))
+                    ex.io.moved_in if ex.io else 0, ex.io.moved_out if ex.io else 0))
             if opts.save:
                 weights_io.save(ex, opts.save, epoch, iteration)
             self._checkpoint(ex, rng, (epoch + 1, 0, iteration, sums))
