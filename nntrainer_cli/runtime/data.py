@@ -16,7 +16,7 @@ import numpy as np
 from nntrainer_cli.errors import ZIP_READ_ERRORS, DataError
 
 from .dataset import LARGE, ArrayDataset, Dataset
-from .images import EXTENSIONS, ImageFolderDataset, folder_classes
+from .images import EXTENSIONS, ImageFolderDataset, class_folders, holds_clients
 from .tables import CsvDataset
 
 
@@ -55,16 +55,27 @@ def class_names(path: str, kind: str, label_column: str | None, input_shapes: li
                 label_sizes: list[int]) -> list[str] | None:
     """The class names a training set gives its labels (class folders, CSV class names),
     by which other data of the model is numbered; None when it gives none or cannot be
-    read."""
+    read. For a folder of federated clients' data (one entry per client), the names
+    they give together, sorted."""
     try:
+        if os.path.isdir(path) and (kind != "dir" or holds_clients(path)):
+            named = [class_names(e, kind, label_column, input_shapes, label_sizes)
+                     for e in client_entries(path)]
+            return sorted({c for names in named if names for c in names}) or None
         if kind == "dir" and os.path.isdir(path):
-            return folder_classes(path) or None
+            return class_folders(path) or None
         if kind == "csv":
             return CsvDataset(path, [int(np.prod(s)) for s in input_shapes], label_sizes,
                               DataError, True, label_column).classes
     except DataError:
         return None
     return None
+
+
+def client_entries(folder: str) -> list[str]:
+    """A federated training folder's entries, one per client, in client order."""
+    return [os.path.join(folder, e) for e in sorted(os.listdir(folder))
+            if not e.startswith(".")]
 
 
 def _field(j: int, input_sizes: list[int], label_sizes: list[int]) -> str:

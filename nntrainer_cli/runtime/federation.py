@@ -20,7 +20,7 @@ from nntrainer_cli.errors import ConfigError
 
 from . import partition
 from . import weights as weights_io
-from .data import class_names, open_dataset
+from .data import class_names, client_entries, open_dataset
 from .dataset import Dataset
 from .executor import Executor
 from .results import ClientResult, EpochResult, FederationFigures, TestResult
@@ -112,21 +112,18 @@ def _client_folders(cfg, graph, fed: FedOptions, least: int,
     files), numbered by the classes they name together."""
     loc = cfg.data["train"]
     folder = cfg.resolve(loc.section, loc.key)
-    entries = sorted(e for e in os.listdir(folder) if not e.startswith(".")) \
-        if os.path.isdir(folder) else []
-    if not entries:
+    paths = client_entries(folder) if os.path.isdir(folder) else []
+    if not paths:
         raise loc.error(f"--partition dir: {folder} is not a folder holding one entry per "
                         "client")
-    if fed.clients not in (None, len(entries)):
-        raise loc.error(f"--partition dir: {folder} holds {len(entries)} client entries, "
+    if fed.clients not in (None, len(paths)):
+        raise loc.error(f"--partition dir: {folder} holds {len(paths)} client entries, "
                         f"not {fed.clients}")
-    if only is not None and only >= len(entries):
-        raise ConfigError(f"{folder} holds {len(entries)} clients (0..{len(entries) - 1}), "
+    if only is not None and only >= len(paths):
+        raise ConfigError(f"{folder} holds {len(paths)} clients (0..{len(paths) - 1}), "
                           f"not client {only}", key="--client-id")
     inputs, labels = record_shapes(graph)
-    paths = [os.path.join(folder, e) for e in entries]
-    named = [class_names(p, loc.kind, loc.label_column, inputs, labels) for p in paths]
-    classes = sorted({c for names in named if names for c in names}) or None
+    classes = class_names(folder, loc.kind, loc.label_column, inputs, labels)
     if classes and len(classes) != labels[0]:
         raise loc.error(f"the clients of {folder} name {len(classes)} classes together; the "
                         f"model tells {labels[0]} apart")

@@ -36,15 +36,11 @@ def class_folders(path: str) -> list[str]:
                   if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
 
 
-def folder_classes(path: str) -> list[str]:
-    """The class names a folder numbers its images by: its class folders, or for a
-    folder of federated clients' folders (each holding class folders, no image) all the
-    class names they hold together, sorted."""
-    folders = class_folders(path)
-    inner = [os.path.join(path, f) for f in folders]
-    if folders and all(class_folders(f) and not _images(f)[0] for f in inner):
-        return sorted({name for f in inner for name in class_folders(f)})
-    return folders
+def holds_clients(path: str) -> bool:
+    """Whether a folder holds federated clients' folders (each a folder of class
+    folders, with no image of its own) rather than class folders."""
+    inner = [os.path.join(path, f) for f in class_folders(path)]
+    return bool(inner) and all(class_folders(f) and not _images(f)[0] for f in inner)
 
 
 def _images(folder: str) -> tuple[list[str], list[str]]:
