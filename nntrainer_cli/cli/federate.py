@@ -11,7 +11,7 @@ from nntrainer_cli.files import check_writable
 
 from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, model_arg,
                      planner_opt, set_opt, warn)
-from .train import run_and_report
+from .train import require_training, run_and_report
 
 
 @click.command()
@@ -71,8 +71,8 @@ from .train import run_and_report
 @set_opt
 @handle_errors
 def federate(model, clients, rounds, local_epochs, partition, fraction, engine, listen, connect,
-             client_id, wait, batch_size, planner, seed, init_weights, save, report_path, quiet, no_trace,
-             budget, overrides):
+             client_id, wait, batch_size, planner, seed, init_weights, save, report_path,
+             quiet, no_trace, budget, overrides):
     """Train MODEL by federated averaging (FedAvg): its training set is split among
     clients; each round every client trains its share from the global weights, and the
     global weights become the clients' mean, weighted by their record counts. Only
@@ -109,11 +109,7 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
                 budget=parse_size(budget) if budget is not None else None)
     cfg = p.cfg
     warn(cfg.warnings, quiet)
-    if p.optimizer is None and p.graph.learns_by_gradient:
-        raise ConfigError("no [Optimizer] section: training needs one (e.g. type = sgd)",
-                          file=model)
-    if "train" not in cfg.data:
-        raise ConfigError("no training data: add [train_set] with path = FILE", file=model)
+    require_training(p, model)
     save = save or cfg.model_path("save_path")
     for path, what in ((save, "weights"), (report_path, "report")):
         if path:

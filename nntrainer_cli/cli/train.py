@@ -105,12 +105,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     warn(cfg.warnings + ignored, quiet)
     if p.swap:
         check_swap_dir(p.swap.directory)
-    if p.optimizer is None and p.graph.learns_by_gradient:
-        raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
-                          file=model)
-    if "train" not in cfg.data:
-        raise ConfigError("no training data: add [train_set] with path = FILE, or pass "
-                          "--set train_set.path=FILE", file=model)
+    require_training(p, model)
     if save is None:
         save = cfg.model_path("save_path")
     if cfg.model["continue_train"] and save and not resume and not checkpoint:
@@ -152,6 +147,17 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     finally:
         if folder:
             folder.close()
+
+
+def require_training(p, model: str) -> None:
+    """What train and federate both need of a model: an optimizer where something
+    learns by gradient, and training data."""
+    if p.optimizer is None and p.graph.learns_by_gradient:
+        raise ConfigError("no [Optimizer] section: training needs one (e.g. type = adam)",
+                          file=model)
+    if "train" not in p.cfg.data:
+        raise ConfigError("no training data: add [train_set] with path = FILE, or pass "
+                          "--set train_set.path=FILE", file=model)
 
 
 def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, unit: str):

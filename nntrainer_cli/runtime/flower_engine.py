@@ -34,7 +34,6 @@ from .results import ClientResult
 
 CLIENT_EXIT_WAIT = 10   # seconds a client process gets to leave after the last round
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-AGREED = ("local_epochs", "clients", "partition", "seed")   # server and clients alike
 
 
 def flower():
@@ -56,6 +55,12 @@ def parse_address(text: str, key: str) -> tuple[str, int]:
         raise ConfigError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}",
                           key=key)
     return m.group(1).strip("[]"), int(m.group(2))
+
+
+def _agreed(trainer: FederatedTrainer) -> dict:
+    """What server and clients must share: the split and the local training."""
+    return {"local_epochs": trainer.fed.local_epochs, "clients": trainer.fed.clients,
+            "partition": trainer.fed.partition, "seed": trainer.opts.seed}
 
 
 def _free_port() -> int:
@@ -128,8 +133,7 @@ def _strategy(fl, server: FlowerServer, ex: Executor, glob: list[np.ndarray], pr
                              parameters_to_ndarrays)
 
     n = len(server.clients)
-    agreed = {"local_epochs": server.fed.local_epochs, "clients": n,
-              "partition": server.fed.partition, "seed": server.opts.seed}
+    agreed = _agreed(server)
 
     class Strategy(fl.server.strategy.FedAvg):
         error: BaseException | None = None
@@ -242,8 +246,7 @@ class FlowerClient(FederatedTrainer):
         fl = flower()
         self.report, client, trainer = report, self.clients[0], self
         shapes = [ex.plan.specs[name].shape for name in ex.weight_names()]
-        ours = {"local_epochs": self.fed.local_epochs, "clients": self.fed.clients,
-                "partition": self.fed.partition, "seed": self.opts.seed}
+        ours = _agreed(self)
         self._connect()
 
         class Client(fl.client.NumPyClient):
@@ -251,7 +254,7 @@ class FlowerClient(FederatedTrainer):
                 return {"client": client.index}
 
             def fit(self, parameters, config):
-                for key in AGREED:
+                for key in ours:
                     if ours[key] is not None and config[key] != ours[key]:
                         flag = "--" + key.replace("_", "-")
                         raise ConfigError(f"the server federates with {flag} {config[key]}, "
