@@ -14,7 +14,7 @@ import os
 import torch
 from torch import nn
 
-from make_digits_cnn import HERE, digits   # this folder: the digits as tensors
+from make_digits_cnn import HERE, digits, fit   # this folder: the digits, the recipe
 
 OUT = os.path.join(HERE, "digits04_features.onnx")
 
@@ -27,14 +27,7 @@ def main() -> None:
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
     model = nn.Sequential(features, nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 5))
     (x, y), (tx, ty) = digits("train", range(5)), digits("test", range(5))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for epoch in range(40):
-        order = torch.randperm(len(x))
-        for b in range(0, len(x), 32):
-            i = order[b:b + 32]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i]), y[i]).backward()
-            opt.step()
+    fit(model, x, y, epochs=40, lr=3e-3)
     model.eval()
     with torch.no_grad():
         accuracy = (model(tx).argmax(1) == ty).float().mean().item()

@@ -28,6 +28,19 @@ def digits(split: str, classes=range(10)):
     return torch.tensor(r[keep, :64].reshape(-1, 1, 8, 8)), torch.tensor(y[keep])
 
 
+def fit(model: nn.Module, x, y, epochs: int, lr: float) -> None:
+    """Adam on shuffled batches of 32, the recipe of both example models."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x))
+        for b in range(0, len(x), 32):
+            i = order[b:b + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+            opt.step()
+
+
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -36,15 +49,7 @@ def main() -> None:
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 10))
     (x, y), (tx, ty) = digits("train"), digits("test")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for epoch in range(30):
-        model.train()
-        order = torch.randperm(len(x))
-        for b in range(0, len(x), 32):
-            i = order[b:b + 32]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i]), y[i]).backward()
-            opt.step()
+    fit(model, x, y, epochs=30, lr=1e-3)
     model.eval()
     with torch.no_grad():
         logits = model(tx)
