@@ -265,3 +265,33 @@ def test_client_image_folders_lacking_classes(tmp_path):
     r = run("eval", str(model), "--weights", str(weights))
     assert r.exit_code == 0, r.output
     assert f"{rep['test']['accuracy']:.4f}" in r.output
+
+
+def test_client_tables_name_classes_for_eval(tmp_path):
+    """`--partition dir` over CSV tables with class names: `eval` numbers a test table
+    that lacks some classes by the names all clients give together, as `federate` did."""
+    data = np.fromfile(f"{DIGITS_DIR}/train.dat", "<f4").reshape(-1, 74)
+    x, y = data[:, :64], data[:, 64:].argmax(1)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+    def table(path, rows):
+        path.write_text("".join(",".join(f"{v:g}" for v in x[i]) + f",{names[y[i]]}\n"
+                                for i in rows))
+    (tmp_path / "clients").mkdir()
+    table(tmp_path / "clients" / "a.csv", np.flatnonzero(y < 7)[:300])
+    table(tmp_path / "clients" / "b.csv", np.flatnonzero(y > 2)[:300])
+    table(tmp_path / "test.csv", np.flatnonzero(y >= 5)[-120:])   # no zero to four
+    model = tmp_path / "m.ini"
+    model.write_text(IMAGE_MLP.replace("type = dir\npath = clients", "type = csv\npath = clients")
+                     .replace("type = dir\npath = test", "type = csv\npath = test.csv")
+                     .replace("input_shape = 1:8:8\n[flat]\ntype = flatten",
+                              "input_shape = 1:1:64"))
+    out, weights = tmp_path / "r.json", tmp_path / "w.bin"
+    r = run("federate", str(model), "--partition", "dir", "--rounds", "3", "--report", str(out),
+            "--save", str(weights), "-q")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["classes"] == sorted(names)
+    r = run("eval", str(model), "--weights", str(weights))
+    assert r.exit_code == 0, r.output
+    assert f"{rep['test']['accuracy']:.4f}" in r.output and rep["test"]["accuracy"] > 0.3
