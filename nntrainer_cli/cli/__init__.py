@@ -1,4 +1,5 @@
-"""The `nntrainer` command: train, federate, report, compare, plan, check, summarize, convert and import models."""
+"""The `nntrainer` command: train, federate, report, compare, plan, check, summarize,
+convert and import models."""
 
 from __future__ import annotations
 

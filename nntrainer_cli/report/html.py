@@ -153,13 +153,13 @@ def _swap(rep: dict | None) -> list[list]:
 
 def render(run: Run) -> str:
     info, m = run.info, run.metrics
+    arena = human(m[0]["planned_bytes"]) if m and m[0].get("planned_bytes") else "?"
     curve = lambda key: [(r["epoch"], r[key]) for r in m if r.get(key) is not None]  # noqa
     charts = [line_chart("loss", {"train": curve("train_loss"),
                                   "validation": curve("val_loss")}),
               line_chart("accuracy", {"train": curve("train_accuracy"),
                                       "validation": curve("val_accuracy")}),
-              line_chart(f"process RSS after each epoch (arena "
-                         f"{human(m[0]['planned_bytes']) if m and m[0].get('planned_bytes') else '?'})",
+              line_chart(f"process RSS after each epoch (arena {arena})",
                          {"resident (RSS)": curve("rss_bytes")}, unit=human, from_zero=False)]
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
