@@ -73,6 +73,50 @@ def test_two_runs_never_share_a_folder(tmp_path):
     assert sorted(os.listdir(folder)) == before
 
 
+def test_saved_weights_get_a_numbered_run_folder_beside_them(tmp_path):
+    weights = tmp_path / "out" / "w.bin"
+    weights.parent.mkdir()
+    for n in (1, 2):
+        r = run("train", DIGITS, "--epochs", "1", "--save", str(weights))
+        assert r.exit_code == 0, r.output
+        folder = tmp_path / "out" / "runs" / f"w-{n}"
+        assert f"run folder: {folder}" in r.output
+        assert sorted(os.listdir(folder)) == ["checkpoint.ckpt", "metrics.csv", "model.ini",
+                                              "plan.json", "plan.svg", "report.json",
+                                              "run.json"]   # the weights went where asked
+        assert json.loads((folder / "report.json").read_text())["weights"] == str(weights)
+    r = run("train", DIGITS, "--epochs", "1", "--save", str(weights), "--no-run-dir")
+    assert r.exit_code == 0 and "run folder" not in r.output
+    assert sorted(os.listdir(tmp_path / "out" / "runs")) == ["w-1", "w-2"]
+    r = run("train", DIGITS, "--run-dir", str(tmp_path / "x"), "--no-run-dir")
+    assert r.exit_code == 2 and "contradict" in r.output and not (tmp_path / "x").exists()
+
+
+def test_bad_data_leaves_no_run_folder(tmp_path):
+    r = run("train", DIGITS, "--save", str(tmp_path / "w.bin"),
+            "--set", f"train_set.path={tmp_path / 'missing.npz'}")
+    assert r.exit_code == 2 and "missing.npz" in r.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_writing_checkpoints_is_measured_apart_from_training(tmp_path):
+    plain = json.loads(run_json(tmp_path, "p.json"))
+    folder = train_run(tmp_path, "a")
+    kept = json.loads((folder / "report.json").read_text())["memory"]
+    assert plain["memory"]["checkpoint_write_peak_bytes"] is None
+    assert kept["checkpoint_write_peak_bytes"] > 0
+    # what the zip archive allocates is the writer's, not training's
+    assert kept["measured_peak_bytes"] < plain["memory"]["measured_peak_bytes"] + \
+        kept["checkpoint_write_peak_bytes"] / 2
+
+
+def run_json(tmp_path, name):
+    r = run("train", DIGITS, "--epochs", "3", "-q", "--report", str(tmp_path / name),
+            "--save", str(tmp_path / "w.bin"), "--no-run-dir")
+    assert r.exit_code == 0, r.output
+    return (tmp_path / name).read_text()
+
+
 def test_the_page_is_self_contained_with_curves_and_the_memory_map(tmp_path):
     folder = train_run(tmp_path, "a")
     r = run("report", str(folder))
@@ -182,3 +226,21 @@ def test_a_profiled_run_shows_time_per_layer(tmp_path):
     prof = json.loads((folder / "report.json").read_text())["profile"]
     fc1 = sum(s["seconds_per_step"] for s in prof["slots"] if s["layer"] == "fc1")
     assert "<td>fc1</td>" in html and f"{1000 * fc1:.3f}</td>" in html
+
+
+def test_a_federated_run_keeps_one_metrics_row_per_round(tmp_path):
+    folder = tmp_path / "fed"
+    r = run("federate", DIGITS, "--clients", "3", "--rounds", "2", "--run-dir", str(folder))
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    report = json.loads((folder / "report.json").read_text())
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [float(r["val_accuracy"]) for r in rows] == [e["val_accuracy"]
+                                                        for e in report["epochs"]]
+    assert (folder / "weights.bin").stat().st_size > 0
+    assert "federate" in json.loads((folder / "run.json").read_text())["command"]
+    r = run("compare", str(folder), str(train_run(tmp_path, "a")))
+    assert r.exit_code == 0 and "fed" in r.output, r.output
+    r = run("federate", DIGITS, "--rounds", "1", "--clients", "2", "--connect",
+            "127.0.0.1:1", "--client-id", "0", "--run-dir", str(tmp_path / "c"))
+    assert r.exit_code == 2 and "server's" in r.output

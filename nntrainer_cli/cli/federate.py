@@ -11,7 +11,7 @@ from nntrainer_cli.files import check_writable
 
 from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, model_arg,
                      planner_opt, set_opt, warn)
-from .train import require_training, run_and_report
+from .train import require_training, run_and_report, run_folder
 
 
 @click.command()
@@ -64,6 +64,11 @@ from .train import require_training, run_and_report
                    "[Model] save_path.")
 @click.option("--report", "report_path", type=FILE,
               help="Write the results as JSON to this file, with every round's clients.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Keep the run in this new (or empty) folder, as train --run-dir does: one "
+                   "metrics.csv row per round. Default when weights are saved: runs/STEM-N "
+                   "beside them.")
+@click.option("--no-run-dir", is_flag=True, help="Write no run folder.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--no-tracemalloc", "no_trace", is_flag=True,
               help="Do not trace allocations (faster); the report gives RSS figures only.")
@@ -72,7 +77,7 @@ from .train import require_training, run_and_report
 @handle_errors
 def federate(model, clients, rounds, local_epochs, partition, fraction, engine, listen, connect,
              client_id, wait, batch_size, planner, seed, init_weights, save, report_path,
-             quiet, no_trace, budget, overrides):
+             run_dir, no_run_dir, quiet, no_trace, budget, overrides):
     """Train MODEL by federated averaging (FedAvg): its training set is split among
     clients; each round every client trains its share from the global weights, and the
     global weights become the clients' mean, weighted by their record counts. Only
@@ -99,6 +104,9 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
     if connect and (engine != "local" or listen):
         raise ConfigError("--connect runs a client; --engine and --listen are the server's",
                           key="--connect")
+    if connect and run_dir:
+        raise ConfigError("--run-dir is the server's: a client keeps no run folder",
+                          key="--run-dir")
     if listen and engine != "flower":
         raise ConfigError("--listen serves the flower engine: add --engine flower",
                           key="--listen")
@@ -122,11 +130,16 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
     if client_id is None:
         fed = replace(fed, clients=len(client_sets))
     warn([note for ds in data.values() for note in ds.notes], quiet)
+    folder = None if connect else run_folder(run_dir, no_run_dir, save)
+    if folder:
+        save = save or folder.file("weights.bin")
+        folder.start(model, overrides, p.plan, click.get_current_context())
     # tracemalloc would count Flower's own buffers, and slows its imports tenfold: its
     # processes report their resident peaks instead
     opts = TrainOptions(epochs=rounds * local_epochs, seed=seed, quiet=quiet, save=save,
                         init_weights=init_weights, swap=p.swap,
-                        trace_memory=not (no_trace or flowering))
+                        trace_memory=not (no_trace or flowering),
+                        on_epoch=folder.epoch if folder else None)
     args = (cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts, fed, client_sets)
     if connect:
         _client(FlowerClient(*args, [client_id], address=connect, wait=wait),
@@ -141,8 +154,8 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
         trainer = FlowerServer(*args, client_args=same, listen=listen, wait=wait)
     else:
         trainer = FederatedTrainer(*args)
-    run_and_report(trainer, p.plan, [*data.values(), *client_sets], [report_path], quiet,
-                   rounds, "rounds")
+    run_and_report(trainer, p.plan, [*data.values(), *client_sets], report_path, folder,
+                   quiet, rounds, "rounds")
 
 
 def _client(trainer, datasets, quiet: bool) -> None:

@@ -45,7 +45,10 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
                    "the plan (JSON, SVG), metrics.csv (one row per epoch), report.json, what "
                    "ran it (run.json), and the weights and checkpoint unless --save and "
                    "--checkpoint put them elsewhere. Read it back with 'nntrainer report' and "
-                   "'nntrainer compare'.")
+                   "'nntrainer compare'. Default when weights are saved (--save or [Model] "
+                   "save_path): runs/STEM-N beside them, N the first number free.")
+@click.option("--no-run-dir", is_flag=True,
+              help="Write no run folder, not even the default one beside saved weights.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--no-tracemalloc", "no_trace", is_flag=True,
               help="Do not trace allocations: faster small kernels, for timing runs; the "
@@ -72,14 +75,13 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, checkpoint,
-          save_every, resume, report_path, run_dir,
+          save_every, resume, report_path, run_dir, no_run_dir,
           quiet, no_trace, profile, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
           overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.graph.frozen import frozen_prefix
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.pipeline import parse_size, prepare
-    from nntrainer_cli.report.run_folder import RunFolder
     from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
@@ -124,13 +126,12 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         check_writable(save, "weights")
     if report_path:
         check_writable(report_path, "report")
-    folder = None
-    if run_dir:   # made once every flag is known good, before the data is read
-        folder = RunFolder(run_dir)
+    data = open_datasets(cfg, p.graph)
+    folder = run_folder(run_dir, no_run_dir, save)   # once flags and data are known good
+    if folder:
         save = save or folder.file("weights.bin")
         checkpoint = checkpoint or folder.file("checkpoint.ckpt")
         folder.start(model, overrides, p.plan, click.get_current_context())
-    data = open_datasets(cfg, p.graph)
     warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]
     opts = TrainOptions(epochs=epochs, seed=seed,
@@ -141,12 +142,20 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                         checkpoint=checkpoint, save_every=save_every, resume=resume,
                         on_epoch=folder.epoch if folder else None, profile=profile)
     trainer = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts)
-    reports = [report_path] + ([folder.file("report.json")] if folder else [])
-    try:
-        run_and_report(trainer, p.plan, list(data.values()), reports, quiet, epochs, "epochs")
-    finally:
-        if folder:
-            folder.close()
+    run_and_report(trainer, p.plan, list(data.values()), report_path, folder, quiet, epochs,
+                   "epochs")
+
+
+def run_folder(run_dir: str | None, no_run_dir: bool, save: str | None):
+    """The run's folder: the one --run-dir names, else runs/STEM-N beside the weights
+    when they are saved, none with --no-run-dir."""
+    from nntrainer_cli.report.run_folder import RunFolder
+    if no_run_dir and run_dir:
+        raise ConfigError("--run-dir and --no-run-dir contradict each other: give one",
+                          key="--no-run-dir")
+    if run_dir:
+        return RunFolder(run_dir)
+    return RunFolder.beside(save) if save and not no_run_dir else None
 
 
 def require_training(p, model: str) -> None:
@@ -160,12 +169,14 @@ def require_training(p, model: str) -> None:
                           "--set train_set.path=FILE", file=model)
 
 
-def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, unit: str):
-    """Run `trainer`, write the JSON report (to each of `report_paths` given), print the
-    summary, close the data. On Ctrl-C or SIGTERM, say what finished and where it is,
-    with the stop's exit code."""
+def run_and_report(trainer, plan, datasets, report_path, folder, quiet, total: int,
+                   unit: str):
+    """Run `trainer`, write the JSON report (to `report_path` and the run folder, each
+    when given), print the summary, close the data and the folder. On Ctrl-C or
+    SIGTERM, say what finished and where it is, with the stop's exit code."""
     from nntrainer_cli.report.tables import plan_summary, profile_table, train_summary
 
+    report_paths = [report_path] + ([folder.file("report.json")] if folder else [])
     save = trainer.opts.save
     saved = f"weights of finished {unit} are in {save}" if save else \
         "weights were not saved (use --save FILE)"
@@ -187,6 +198,8 @@ def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, uni
     finally:
         for ds in datasets:
             ds.close()
+        if folder:
+            folder.close()
     for path in report_paths:
         if path:
             write_text(path, json.dumps(report.to_json(), indent=2))
@@ -194,3 +207,6 @@ def run_and_report(trainer, plan, datasets, report_paths, quiet, total: int, uni
         click.echo(train_summary(report))
         if report.profile:
             click.echo("\n" + profile_table(report.profile))
+        if folder:
+            click.echo(f"run folder: {folder.path} (see it with: nntrainer report "
+                       f"{folder.path})")

@@ -8,13 +8,15 @@ place, for `nntrainer report` and `nntrainer compare` to read back later.
     report.json             the run's report (as --report writes it), at the end or on a stop
     weights.bin, checkpoint.ckpt   unless --save / --checkpoint put them elsewhere
 
-A folder that already holds files is refused, so two runs never share one."""
+A folder that already holds files is refused, so two runs never share one. A run that
+saves its weights and names no folder gets one beside them: runs/STEM-N."""
 
 from __future__ import annotations
 
 import csv
 import datetime
 import io
+import itertools
 import json
 import os
 import platform
@@ -90,6 +92,25 @@ class RunFolder:
             raise DataError(f"cannot create --run-dir {path}: {e.strerror}") from None
         self.path = path
         self.metrics = None
+
+    @classmethod
+    def beside(cls, weights: str) -> "RunFolder":
+        """The default folder of a run that saves its weights: runs/STEM-N in the weights'
+        folder, N the first number free. Each is made exclusively (mkdir fails if it
+        exists), so two runs started together still get two folders."""
+        parent = os.path.join(os.path.dirname(weights), "runs")
+        stem = os.path.splitext(os.path.basename(weights))[0]
+        try:
+            os.makedirs(parent, exist_ok=True)
+            for n in itertools.count(1):
+                try:
+                    os.mkdir(os.path.join(parent, f"{stem}-{n}"))
+                    return cls(os.path.join(parent, f"{stem}-{n}"))
+                except FileExistsError:
+                    continue
+        except OSError as e:
+            raise DataError(f"cannot create a run folder in {parent}: {e.strerror} (name one "
+                            "with --run-dir, or pass --no-run-dir)") from None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

@@ -194,6 +194,8 @@ def train_summary(report: TrainReport) -> str:
     if m.rss_delta_bytes is not None:
         rows.append(["training RSS growth", human(m.rss_delta_bytes)])
     rows += _loader_rows(m, report.classes)
+    if m.checkpoint_write_peak_bytes is not None:
+        rows.append(["checkpoint writing (apart)", human(m.checkpoint_write_peak_bytes)])
     if report.feature_cache:
         fc = report.feature_cache
         rows.append(["cached features", f"{human(fc['bytes'])} in {fc['where']}, after "

@@ -233,6 +233,7 @@ class FederatedTrainer(Trainer):
         row.seconds = time.perf_counter() - t0
         self.report.epochs.append(row)
         self.report.federation.rounds.append(results)
+        self._tell(ex, row, iteration)
         if self.opts.save:
             weights_io.save(ex, self.opts.save, r * self.fed.local_epochs, iteration,
                             with_adam=False)

@@ -51,13 +51,13 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
         weights_io.load(ex, weights, names)   # a training file's optimizer state is unused
         views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
-            with traced.loading():
+            with traced.apart("loader"):
                 ds.read(start, batch, views)
             step_loss, step_correct = ex.eval_step(rows, on_output)
             loss, correct = loss + step_loss * rows, correct + step_correct
     memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes, plan.naive_bytes,
                            traced.peak, rss_peak_bytes(), rss.delta, rss.reset, None,
-                           ds.held_bytes, traced.loader_peak)
+                           ds.held_bytes, traced.peaks_apart["loader"])
     has_loss = bool(graph.losses)
     return InferenceReport(model, weights, data, ds.count,
                            loss / ds.count if has_loss else None,

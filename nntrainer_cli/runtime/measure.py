@@ -12,13 +12,13 @@ import tracemalloc
 class NoTrace:
     """Stands in for TracedPeak when tracing is off (it slows small kernels down)."""
     peak = None
-    loader_peak = None
+    peaks_apart = {"loader": None, "writer": None}
 
     def __enter__(self):
         return self
 
     @contextlib.contextmanager
-    def loading(self):
+    def apart(self, kind: str):
         yield
 
     def exclude_since_here(self) -> None:
@@ -49,21 +49,24 @@ class TracedPeak:
         self.kept = 0       # bytes counted before a pause
         self.before = 0     # peak reached before a pause
         self.peak = 0
-        self.loader_peak = 0   # the most the data loader had allocated while reading
+        # the most reading one batch, and writing one checkpoint, allocated
+        self.peaks_apart = {"loader": 0, "writer": 0}
         return self
 
     @contextlib.contextmanager
-    def loading(self):
-        """A batch being read: the data loader's own allocations (an image decoder's
-        buffers) are measured apart, as the loader's, not as training memory."""
+    def apart(self, kind: str):
+        """I/O around training, measured apart from training memory: "loader" (a batch
+        being read: an image decoder's buffers) or "writer" (a checkpoint being written:
+        the zip archive's records). Each kind's own peak is reported beside the
+        training peak."""
         self.before = self.read()
         start = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         yield
         current, peak = tracemalloc.get_traced_memory()
-        self.loader_peak = max(self.loader_peak, peak - start)
+        self.peaks_apart[kind] = max(self.peaks_apart[kind], peak - start)
         tracemalloc.reset_peak()
-        self.base += current - start   # what the loader keeps is the loader's too
+        self.base += current - start   # what the I/O keeps is its own too
 
     def exclude_since_here(self) -> None:
         current, peak = tracemalloc.get_traced_memory()

@@ -59,6 +59,7 @@ class MemoryFigures:
     swap: SwapFigures | None = None
     data_held_bytes: int = 0       # what the data loaders keep (arrays, file lists)
     data_read_peak_bytes: int | None = None  # the most one batch's reading allocated
+    checkpoint_write_peak_bytes: int | None = None  # the most one checkpoint's writing did
 
 
 @dataclass(frozen=True)

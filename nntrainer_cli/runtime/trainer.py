@@ -105,7 +105,7 @@ class Trainer:
         batch, loss, correct, batches = self.graph.batch_size, 0.0, 0, 0
         views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
-            with self.traced.loading():
+            with self.traced.apart("loader"):
                 ds.read(start, batch, views)
             l, c = ex.eval_step(rows)
             loss, correct, batches = loss + l * rows, correct + c, batches + rows
@@ -136,7 +136,7 @@ class Trainer:
                 if cache is not None and cache.ready:
                     cache.read(ds.indices(start, batch))
                 else:
-                    with self.traced.loading():
+                    with self.traced.apart("loader"):
                         ds.read(start, batch, views)
                     if cache is not None:
                         cache.rows = ds.indices(start, batch)
@@ -206,7 +206,8 @@ class Trainer:
                                       rss.delta, rss.reset, swap,
                                       sum(ds.held_bytes for ds in
                                           {*self.data.values(), *self.train_sets}),
-                                      traced.loader_peak)
+                                      traced.peaks_apart["loader"],
+                                      traced.peaks_apart["writer"] if opts.checkpoint else None)
         report.classes = self.train_sets[0].classes
         report.feature_cache = self.cache.figures() if self.cache else None
         done = self.step_seconds[:self.steps_done]
@@ -257,10 +258,7 @@ class Trainer:
                 row.val_loss, row.val_accuracy = self._evaluate(ex, self.data["valid"])
             row.seconds = time.perf_counter() - e0
             report.epochs.append(row)
-            if opts.on_epoch:
-                opts.on_epoch(row, EpochState(
-                    self.schedule(max(iteration - 1, 0)), rss_now_bytes(),
-                    ex.io.moved_in if ex.io else 0, ex.io.moved_out if ex.io else 0))
+            self._tell(ex, row, iteration)
             if opts.save:
                 weights_io.save(ex, opts.save, epoch, iteration)
             self._checkpoint(ex, rng, (epoch + 1, 0, iteration, sums))
@@ -268,6 +266,13 @@ class Trainer:
             self.stops.check()
         if "test" in self.data:
             report.test = TestResult(*self._evaluate(ex, self.data["test"]))
+
+    def _tell(self, ex: Executor, row: EpochResult, iteration: int) -> None:
+        """A finished epoch (or round), with where the run stands, to `on_epoch`."""
+        if self.opts.on_epoch:
+            self.opts.on_epoch(row, EpochState(
+                self.schedule(max(iteration - 1, 0)), rss_now_bytes(),
+                ex.io.moved_in if ex.io else 0, ex.io.moved_out if ex.io else 0))
 
     def _checkpoint(self, ex: Executor, rng, position: tuple) -> None:
         """Where the run stands (epoch, next batch, iteration, this epoch's sums), with
@@ -280,7 +285,8 @@ class Trainer:
                 # keeps on its free list, which tracemalloc counts as a growing peak
                 "epochs_done": [dict(vars(r)) for r in self.report.epochs],
                 "shuffle_rng": rng.bit_generator.state, "layer_rng": ex.rng.bit_generator.state}
-        checkpoint.save(self.opts.checkpoint, ex, meta, self.data["train"].order)
+        with self.traced.apart("writer"):
+            checkpoint.save(self.opts.checkpoint, ex, meta, self.data["train"].order)
         self.report.checkpoint = self.opts.checkpoint
 
     def _resume(self, ex: Executor, rng) -> tuple:
