@@ -1,20 +1,31 @@
 """nntrainer_cli against PyTorch (CPU) on the same models, data, batch and thread count.
 
     pip install -e .[bench]
-    python benchmarks/compare_torch.py [--steps 30] [--json benchmarks/results/torch.json]
+    python benchmarks/compare_torch.py [--rounds 5] [--steps 30] [--json FILE]
 
-Each run is its own process with 2 threads. Memory is measured the same way on both
-sides: peak RSS during training minus RSS just before the model is built (after imports
-and data set-up), with the kernel's high-water mark reset there (/proc/self/clear_refs);
-the whole-process peak RSS is given too. Speed is the median step time after 3 warm-up
-steps. The PyTorch model is built from the same model file (our parsed graph, run with
-torch.nn modules and autograd). Prints the Markdown table used in the README."""
+Each run is its own process with 2 threads (OMP, OpenBLAS, MKL and torch all pinned).
+The sides run in alternating rounds (torch, ours, and for the MLP a bare numpy loop,
+then again, --rounds times), so a slow spell of a shared machine hits both; each
+figure is the median over the rounds, with the spread (lowest-highest) beside it.
+A run's step time is its median step after 3 warm-up steps. Memory is measured the
+same way on both sides: peak RSS during training minus RSS just before the model is
+built (after imports and data set-up), with the kernel's high-water mark reset there
+(/proc/self/clear_refs). The PyTorch model is built from the same model file (our
+parsed graph, run with torch.nn modules and autograd).
+
+The bare numpy loop ("numpy floor") is the MLP's own step written out by hand: the
+same matrix products, relu, softmax cross entropy and optimizer update as ours, on
+preallocated arrays, with no graph, plan or dispatch. It is the floor for our MLP step.
+
+Prints the Markdown table used in the README, headed by the machine, the BLAS each
+side uses (threadpoolctl) and the exact PyTorch build."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -27,15 +38,16 @@ REPO = os.path.dirname(HERE)
 CORPUS = os.path.join(REPO, "..", "shared", "nntrainer-ini")
 THREADS = 2
 WARMUP = 3
-MODELS = {  # name: (model file, batch size, data: "mnist" or random records)
-    "MLP 784-1024-1024-10": (os.path.join(HERE, "models", "mlp_784.ini"), 64, "mnist"),
-    "LeNet-5 28x28": (os.path.join(HERE, "models", "lenet5.ini"), 64, "mnist"),
-    "VGG-style 3x32x32": (os.path.join(HERE, "models", "vgg_cifar.ini"), 64, "random"),
+MODELS = {  # name: (model file, batch size, data: "mnist" or random records, most steps)
+    "MLP 784-1024-1024-10": (os.path.join(HERE, "models", "mlp_784.ini"), 64, "mnist", None),
+    "LeNet-5 28x28": (os.path.join(HERE, "models", "lenet5.ini"), 64, "mnist", None),
+    "VGG-style 3x32x32": (os.path.join(HERE, "models", "vgg_cifar.ini"), 64, "random", None),
     "ResNet-18 (corpus) 3x32x32": (os.path.join(CORPUS, "Applications", "Resnet", "res",
-                                                "resnet18.ini"), 16, "random"),
+                                                "resnet18.ini"), 16, "random", 12),
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "OPENBLAS_NUM_THREADS": str(THREADS),
        "MKL_NUM_THREADS": str(THREADS)}
+FLOOR_MODELS = {"MLP 784-1024-1024-10"}   # models the bare numpy loop can run
 
 
 def data_file(work: str, model: str, batch: int, steps: int, kind: str) -> str:
@@ -82,7 +94,7 @@ def ours(model, batch, data, steps, optimizer, work) -> dict:
     report = os.path.join(work, "ours.json")
     cmd = [sys.executable, "-m", "nntrainer_cli", "train", model, "-q", "--no-tracemalloc",
            "--no-shuffle", "--epochs", "1", "--batch-size", str(batch), "--report", report,
-           "--save", os.path.join(work, "ours.bin"),
+           "--save", os.path.join(work, "ours.bin"), "--no-run-dir",
            "--set", f"train_set.path={data}"]
     subprocess.run(cmd, check=True, env=ENV)
     with open(report) as f:
@@ -93,23 +105,18 @@ def ours(model, batch, data, steps, optimizer, work) -> dict:
             "reset": m["rss_peak_reset"]}
 
 
-def torch_side(model, batch, data, steps, optimizer) -> dict:
-    cmd = [sys.executable, __file__, "--torch-worker", model, str(batch), data, str(steps),
+def worker(kind, model, batch, data, steps, optimizer) -> dict:
+    """A torch or numpy-floor run in its own process: its figures, as JSON."""
+    cmd = [sys.executable, __file__, f"--{kind}-worker", model, str(batch), data, str(steps),
            optimizer]
     out = subprocess.run(cmd, check=True, env=ENV, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-# --- the PyTorch side, run in its own process ----------------------------------------
-def torch_worker(model, batch, data, steps, optimizer) -> None:
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
+def load_batches(model, batch, data, steps):
+    """The graph of `model`, and its training batches as float32 arrays and class ids."""
     from nntrainer_cli.pipeline import prepare
-    from nntrainer_cli.runtime.measure import RssDelta, rss_peak_bytes
 
-    torch.set_num_threads(THREADS)
     graph = prepare(model, batch_size=batch).graph
     in_shape = graph.inputs[0].ctx.input_shapes[0][1:]
     classes = int(np.prod(graph.losses[0].ctx.input_shapes[0][1:]))
@@ -120,9 +127,76 @@ def torch_worker(model, batch, data, steps, optimizer) -> None:
     else:
         raw = np.fromfile(data, "<f4").reshape(-1, int(np.prod(in_shape)) + classes)
         xs, ys = raw[:, :-classes].reshape((-1,) + in_shape), raw[:, -classes:].argmax(1)
-    batches = [(torch.from_numpy(np.ascontiguousarray(xs[i:i + batch])),
-                torch.from_numpy(np.ascontiguousarray(ys[i:i + batch])))
+    batches = [(np.ascontiguousarray(xs[i:i + batch]), np.ascontiguousarray(ys[i:i + batch]))
                for i in range(0, len(xs) - batch + 1, batch)][:steps]
+    return graph, classes, batches
+
+
+# --- the bare numpy loop, run in its own process --------------------------------------
+def floor_worker(model, batch, data, steps, optimizer) -> None:
+    """The MLP's step by hand: fully connected layers with relu between them, softmax
+    cross entropy, and our optimizer's own update, on preallocated float32 arrays."""
+    from nntrainer_cli.optim.optimizers import make_optimizer
+    from nntrainer_cli.runtime.measure import RssDelta, rss_peak_bytes
+
+    graph, classes, batches = load_batches(model, batch, data, steps)
+    units = [n.layer.p["unit"] for n in graph.nodes if n.type == "fully_connected"]
+    sizes = [int(np.prod(graph.inputs[0].ctx.input_shapes[0][1:]))] + units
+    opt = make_optimizer(optimizer, {"learning_rate": 0.01})
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    with RssDelta() as rss:
+        ws = [rng.uniform(-0.05, 0.05, (a, b)).astype(np.float32)
+              for a, b in zip(sizes, sizes[1:])]
+        bs = [f32(b) for b in sizes[1:]]
+        gws, gbs = [f32(*w.shape) for w in ws], [f32(*b.shape) for b in bs]
+        state = [[f32(*w.shape) for _ in opt.state] for w in ws + bs]
+        hs = [f32(batch, n) for n in sizes]            # inputs, then each layer's output
+        ds = [f32(batch, n) for n in sizes]            # their derivatives
+        onehot = f32(batch, classes)
+        times = []
+        for it, (x, y) in enumerate(batches):
+            start = time.perf_counter()
+            np.copyto(hs[0], x.reshape(batch, -1))
+            for i, (w, b) in enumerate(zip(ws, bs)):
+                np.matmul(hs[i], w, out=hs[i + 1])
+                hs[i + 1] += b
+                if i < len(ws) - 1:
+                    np.maximum(hs[i + 1], 0, out=hs[i + 1])
+            p = hs[-1]                                  # softmax, then its derivative
+            p -= p.max(axis=1, keepdims=True)
+            np.exp(p, out=p)
+            p /= p.sum(axis=1, keepdims=True)
+            onehot.fill(0)
+            onehot[np.arange(batch), y] = 1
+            np.subtract(p, onehot, out=ds[-1])
+            ds[-1] /= batch
+            for i in reversed(range(len(ws))):
+                np.matmul(hs[i].T, ds[i + 1], out=gws[i])
+                np.sum(ds[i + 1], axis=0, out=gbs[i])
+                if i > 0:
+                    np.matmul(ds[i + 1], ws[i].T, out=ds[i])
+                    np.sign(hs[i], out=hs[i])           # relu's derivative, as ours
+                    ds[i] *= hs[i]
+            for w, g, st in zip(ws + bs, gws + gbs, state):
+                opt.apply(w, g, st, 0.01, it)
+            times.append(time.perf_counter() - start)
+    print(json.dumps({"rss_delta": rss.delta, "rss_peak": rss_peak_bytes(),
+                      "step_ms": 1000 * float(np.median(times[WARMUP:] or times)),
+                      "reset": rss.reset}))
+
+
+# --- the PyTorch side, run in its own process ----------------------------------------
+def torch_worker(model, batch, data, steps, optimizer) -> None:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from nntrainer_cli.runtime.measure import RssDelta, rss_peak_bytes
+
+    torch.set_num_threads(THREADS)
+    graph, classes, arrays = load_batches(model, batch, data, steps)
+    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in arrays]
 
     class Net(nn.Module):
         """Our graph, node by node, with torch modules."""
@@ -199,44 +273,90 @@ def torch_worker(model, batch, data, steps, optimizer) -> None:
                       "reset": rss.reset}))
 
 
+def environment() -> dict:
+    """What the figures depend on: the machine, and the libraries each side computes with."""
+    import numpy
+    import torch
+    from threadpoolctl import threadpool_info
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    blas = [{k: lib.get(k) for k in ("internal_api", "version", "num_threads",
+                                      "architecture")} for lib in threadpool_info()]
+    build = torch.__config__.show().splitlines()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": numpy.__version__, "threadpools": blas, "torch": torch.__version__,
+            "torch_build": [line.strip(" -") for line in build
+                            if "Math Kernel" in line or "MKL-DNN" in line
+                            or "CPU capability" in line]}
+
+
+def spread(values: list[float]) -> str:
+    """Median and (lowest-highest) of one side's step times."""
+    return f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30, help="training steps per run")
+    ap.add_argument("--steps", type=int, default=30,
+                    help="training steps per run (ResNet-18: at most 12)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per model")
     ap.add_argument("--json", help="also write the raw figures here")
     ap.add_argument("--only", help="run only models whose name contains this")
     ap.add_argument("--torch-worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.torch_worker:
-        model, batch, data, steps, optimizer = args.torch_worker
-        torch_worker(model, int(batch), data, int(steps), optimizer)
-        return
+    for kind, run in (("torch_worker", torch_worker), ("floor_worker", floor_worker)):
+        if getattr(args, kind):
+            model, batch, data, steps, optimizer = getattr(args, kind)
+            run(model, int(batch), data, int(steps), optimizer)
+            return
+    info = environment()
     rows = []
-    print(f"{THREADS} threads each side; median step after {WARMUP} warm-up steps; memory = "
-          "peak RSS during training minus RSS before the model is built\n")
+    blas = ", ".join(" ".join(str(b[k]) for k in ("internal_api", "version", "architecture")
+                              if b[k]) for b in info["threadpools"])
+    print(f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy "
+          f"{info['numpy']} ({blas}); torch {info['torch']} "
+          f"({'; '.join(info['torch_build'])})\n")
+    print(f"{THREADS} threads each side; {args.rounds} alternating rounds of {args.steps} "
+          f"steps (ResNet-18: 12); ms/step: median over rounds (lowest-highest) of each run's median step "
+          f"after {WARMUP} warm-up steps; memory: peak RSS during training minus RSS "
+          "before the model is built, median over rounds\n")
     print("| model | optimizer | batch | params | torch MiB | ours MiB | ratio | torch ms/step "
-          "| ours ms/step | ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ours ms/step | ratio | numpy floor ms/step | ours / floor |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as work:
-        for name, (model, batch, kind) in MODELS.items():
+        for name, (model, batch, kind, most) in MODELS.items():
             if args.only and args.only not in name:
                 continue
-            data = data_file(work, model, batch, args.steps, kind)
+            steps = min(args.steps, most or args.steps)   # ResNet-18: seconds a step
+            data = data_file(work, model, batch, steps, kind)
             for optimizer in ("sgd", "adam"):
                 variant = with_optimizer(model, optimizer, work)
-                t = torch_side(variant, batch, data, args.steps, optimizer)
-                o = ours(variant, batch, data, args.steps, optimizer, work)
-                row = {"model": name, "optimizer": optimizer, "batch": batch, "torch": t,
-                       "ours": o}
-                rows.append(row)
-                mib = lambda b: b / 2**20  # noqa: E731
-                print(f"| {name} | {optimizer} | {batch} | {t['params']:,} "
-                      f"| {mib(t['rss_delta']):.1f} | {mib(o['rss_delta']):.1f} "
-                      f"| {o['rss_delta'] / t['rss_delta']:.2f} | {t['step_ms']:.1f} "
-                      f"| {o['step_ms']:.1f} | {o['step_ms'] / t['step_ms']:.2f} |")
+                runs = {"torch": [], "ours": [], "floor": []}
+                for _ in range(args.rounds):
+                    runs["torch"].append(worker("torch", variant, batch, data, steps,
+                                                optimizer))
+                    runs["ours"].append(ours(variant, batch, data, steps, optimizer, work))
+                    if name in FLOOR_MODELS:
+                        runs["floor"].append(worker("floor", variant, batch, data, steps,
+                                                    optimizer))
+                ms = {side: [r["step_ms"] for r in rs] for side, rs in runs.items()}
+                mib = {side: float(np.median([r["rss_delta"] for r in rs])) / 2**20
+                       for side, rs in runs.items() if rs}
+                t, o = np.median(ms["torch"]), np.median(ms["ours"])
+                floor = (f"{spread(ms['floor'])} | {o / np.median(ms['floor']):.2f}"
+                         if ms["floor"] else "- | -")
+                print(f"| {name} | {optimizer} | {batch} | {runs['torch'][0]['params']:,} "
+                      f"| {mib['torch']:.1f} | {mib['ours']:.1f} | {mib['ours'] / mib['torch']:.2f} "
+                      f"| {spread(ms['torch'])} | {spread(ms['ours'])} | {o / t:.2f} | {floor} |")
                 sys.stdout.flush()
+                rows.append({"model": name, "optimizer": optimizer, "batch": batch,
+                             "steps": steps, **runs})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": THREADS, "steps": args.steps, "runs": rows}, f, indent=2)
+            json.dump({"threads": THREADS, "steps": args.steps, "rounds": args.rounds,
+                       "environment": info, "runs": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

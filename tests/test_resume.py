@@ -3,6 +3,7 @@ its last checkpoint, as often as it takes, ends with the weights of an uninterru
 run, byte for byte; Ctrl-C and SIGTERM stop at an iteration boundary with a checkpoint;
 NNTrainer's continue_train picks up from save_path; bad checkpoints are refused."""
 
+import json
 import os
 import random
 import signal
@@ -148,3 +149,40 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, tiny_disk):
     assert f"cannot write checkpoint {ckpt}: No space left on device" in res.output
     assert ckpt.read_bytes() == good
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["c.ckpt", "filler"]
+
+
+def test_save_best_keeps_the_best_validation_epoch_across_a_resume(tmp_path):
+    mlp = os.path.join(REPO, "configs", "digits_mlp.ini")
+
+    def train(name, *args):   # the best file by NNTrainer's key: --set as a file has it
+        res = run("train", mlp, "-q", "--set", f"model.save_best_path={tmp_path / name}.bin",
+                  "--report", str(tmp_path / f"{name}.json"), *args)
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    whole = train("whole", "--epochs", "8")
+    epochs = whole["epochs"]
+    best = max(epochs, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+    assert whole["best"]["epoch"] == best["epoch"] < 8   # the last epoch is not the best
+    # the file holds that epoch's weights: eval on the validation set gives its accuracy
+    res = run("eval", mlp, "--weights", str(tmp_path / "whole.bin"), "--data",
+              os.path.join(REPO, "datasets", "digits", "valid.dat"), "--report",
+              str(tmp_path / "eval.json"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == best["val_accuracy"]
+    # stopped after epoch 3 and resumed: the same best epoch, the same bytes
+    ckpt = str(tmp_path / "c.ckpt")
+    train("part", "--epochs", "3", "--checkpoint", ckpt)
+    part = train("part", "--epochs", "8", "--resume", ckpt)
+    assert part["best"] == {**whole["best"], "weights": str(tmp_path / "part.bin")}
+    assert (tmp_path / "part.bin").read_bytes() == (tmp_path / "whole.bin").read_bytes()
+
+
+def test_save_best_needs_a_validation_set(tmp_path):
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS, SGD))
+    res = run("train", str(tmp_path / "m.ini"), "-q", "--save-best", str(tmp_path / "b.bin"))
+    assert res.exit_code == 2 and "add [valid_set]" in res.output, res.output
+    res = run("train", str(tmp_path / "m.ini"), "--epochs", "1",
+              "--set", f"model.save_best_path={tmp_path / 'b.bin'}")
+    assert res.exit_code == 2 and "save_best_path: has no effect" in res.output, res.output
+    assert not (tmp_path / "b.bin").exists()

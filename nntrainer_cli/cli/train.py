@@ -28,6 +28,10 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @click.option("--save", type=FILE,
               help="Save weights here after every epoch (NNTrainer .bin layout, or "
                    ".safetensors by extension; atomic); default: [Model] save_path.")
+@click.option("--save-best", type=FILE,
+              help="Save the weights of the epoch with the best validation accuracy (on a "
+                   "tie, the lower validation loss) here, when it ends (atomic; needs a "
+                   "validation set); default: [Model] save_best_path.")
 @click.option("--checkpoint", type=FILE,
               help="Write a checkpoint here (weights, optimizer state, position, record "
                    "order and random state; atomic) after every epoch, every --save-every "
@@ -74,7 +78,8 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @weights_map_opt
 @set_opt
 @handle_errors
-def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, checkpoint,
+def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, save_best,
+          checkpoint,
           save_every, resume, report_path, run_dir, no_run_dir,
           quiet, no_trace, profile, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
           overrides):
@@ -110,6 +115,11 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     require_training(p, model)
     if save is None:
         save = cfg.model_path("save_path")
+    if save_best and "valid" not in cfg.data:
+        raise ConfigError("--save-best keeps the epoch with the best validation accuracy: "
+                          "add [valid_set] with path = FILE", key="--save-best")
+    if save_best is None and "valid" in cfg.data:
+        save_best = cfg.model_path("save_best_path")
     if cfg.model["continue_train"] and save and not resume and not checkpoint:
         checkpoint = save + ".ckpt"   # NNTrainer's continue_train: pick up from save_path
         resume = checkpoint if os.path.isfile(checkpoint) else None
@@ -122,8 +132,9 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                           key="--resume")
     if checkpoint:
         check_writable(checkpoint, "checkpoint")
-    if save:
-        check_writable(save, "weights")
+    for path, what in ((save, "weights"), (save_best, "best weights")):
+        if path:
+            check_writable(path, what)
     if report_path:
         check_writable(report_path, "report")
     data = open_datasets(cfg, p.graph)
@@ -135,7 +146,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]
     opts = TrainOptions(epochs=epochs, seed=seed,
-                        shuffle=not no_shuffle, quiet=quiet, save=save,
+                        shuffle=not no_shuffle, quiet=quiet, save=save, save_best=save_best,
                         init_weights=init_weights, swap=p.swap,
                         weights_map=read_weights_map(weights_map) if weights_map else None,
                         trace_memory=not no_trace, cache_features=not no_cache,

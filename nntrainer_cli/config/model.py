@@ -264,8 +264,7 @@ def _data(cfg: ModelConfig, sections: dict[str, Section]) -> None:
 
 
 # [Model] keys NNTrainer has that change nothing here, with the value that is harmless.
-IGNORED_MODEL_KEYS = {"save_best_path": None,
-                      "memory_optimization": True, "loss_scale": None, "label_layers": None}
+IGNORED_MODEL_KEYS = {"memory_optimization": True, "loss_scale": None, "label_layers": None}
 OLD_OPTIMIZER_KEYS = ("learning_rate", "decay_rate", "decay_steps", "beta1", "beta2", "epsilon")
 
 
@@ -297,6 +296,9 @@ def _check_effects(cfg: ModelConfig, sections: dict[str, Section]) -> None:
     for key, split in (("traindata", "train"), ("validdata", "valid"), ("testdata", "test")):
         if legacy is not None and key in legacy.entries and f"{split}_set" in sections:
             _no_effect(cfg, legacy, key, f"[{split}_set] is also given, and it wins")
+    if cfg.model["save_best_path"] and "valid" not in cfg.data:
+        _no_effect(cfg, model, "save_best_path", "no validation set ([valid_set]) to find "
+                   "the best epoch by")
     for key, harmless in IGNORED_MODEL_KEYS.items():
         if key in model.entries and cfg.model[key] != harmless:
             _no_effect(cfg, model, key, "not supported here, ignored")

@@ -204,6 +204,10 @@ def train_summary(report: TrainReport) -> str:
              ["time", f"{report.seconds:.1f} s"],
              ["weights", f"saved to {report.weights}" if report.weights
               else "not saved (use --save FILE)"]]
+    if report.best:
+        b = report.best
+        rows.append(["best validation epoch", f"{b.epoch}: acc {b.val_accuracy:.4f}, loss "
+                                              f"{b.val_loss:.4f}, saved to {b.weights}"])
     return table(["result", "value"], rows, right={1})
 
 

@@ -26,6 +26,26 @@ class EpochState:
 
 
 @dataclass(frozen=True)
+class BestEpoch:
+    """The epoch of the best validation accuracy (on a tie, the lower validation loss),
+    as NNTrainer's save_best_path picks it, and where its weights went."""
+    epoch: int
+    val_accuracy: float
+    val_loss: float
+    weights: str
+
+
+def best_epoch(epochs: list[EpochResult]) -> EpochResult | None:
+    """The first epoch no later one beat on (accuracy, then lower loss)."""
+    best = None
+    for e in epochs:
+        if e.val_accuracy is not None and (best is None or (e.val_accuracy, -e.val_loss)
+                                           > (best.val_accuracy, -best.val_loss)):
+            best = e
+    return best
+
+
+@dataclass(frozen=True)
 class TestResult:
     loss: float
     accuracy: float
@@ -98,6 +118,7 @@ class TrainReport:
     classes: list[str] | None = None   # class names by index, when the data names them
     feature_cache: dict | None = None  # the frozen prefix's cached output: layers, bytes, where
     checkpoint: str | None = None      # the last checkpoint written, if any
+    best: BestEpoch | None = None      # save_best_path: the epoch whose weights it holds
     federation: FederationFigures | None = None   # `federate`: epochs are its rounds
     profile: dict | None = None        # train --profile: time per slot (runtime/profile.py)
 

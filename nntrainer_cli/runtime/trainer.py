@@ -17,8 +17,8 @@ from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.graph.frozen import frozen_prefix
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_now_bytes, rss_peak_bytes
-from .results import (EpochResult, EpochState, MemoryFigures, SwapFigures, TestResult,
-                      TrainReport)
+from .results import (BestEpoch, EpochResult, EpochState, MemoryFigures, SwapFigures,
+                      TestResult, TrainReport, best_epoch)
 
 from . import checkpoint
 from . import weights as weights_io
@@ -41,6 +41,7 @@ class TrainOptions:
     shuffle: bool = True
     quiet: bool = False
     save: str | None = None
+    save_best: str | None = None      # the best validation epoch's weights (save_best_path)
     init_weights: str | None = None
     weights_map: dict | None = None   # their tensor names → ours, for a safetensors init
     swap: SwapOptions | None = None   # where the swap file goes, and O_DIRECT or not
@@ -261,6 +262,9 @@ class Trainer:
             self._tell(ex, row, iteration)
             if opts.save:
                 weights_io.save(ex, opts.save, epoch, iteration)
+            if opts.save_best and best_epoch(report.epochs) is row:
+                weights_io.save(ex, opts.save_best, epoch, iteration)
+                report.best = BestEpoch(epoch, row.val_accuracy, row.val_loss, opts.save_best)
             self._checkpoint(ex, rng, (epoch + 1, 0, iteration, sums))
             self._log(_epoch_line(row, opts.epochs))
             self.stops.check()
@@ -284,6 +288,7 @@ class Trainer:
                 # vars, not asdict: asdict makes tuples per call that the interpreter
                 # keeps on its free list, which tracemalloc counts as a growing peak
                 "epochs_done": [dict(vars(r)) for r in self.report.epochs],
+                "best": dict(vars(self.report.best)) if self.report.best else None,
                 "shuffle_rng": rng.bit_generator.state, "layer_rng": ex.rng.bit_generator.state}
         with self.traced.apart("writer"):
             checkpoint.save(self.opts.checkpoint, ex, meta, self.data["train"].order)
@@ -299,6 +304,9 @@ class Trainer:
         rng.bit_generator.state = meta["shuffle_rng"]
         ex.rng.bit_generator.state = meta["layer_rng"]
         self.report.epochs = [EpochResult(**r) for r in meta["epochs_done"]]
+        best = meta.get("best")
+        if best and best["weights"] == self.opts.save_best:   # the file holds that epoch
+            self.report.best = BestEpoch(**best)
         self._log(f"resumed from {self.opts.resume} at epoch {meta['epoch']}, batch "
                   f"{meta['batch']} (iteration {meta['iteration']})")
         return meta["epoch"], meta["batch"], meta["iteration"], tuple(meta["sums"])
