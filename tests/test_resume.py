@@ -186,3 +186,12 @@ def test_save_best_needs_a_validation_set(tmp_path):
               "--set", f"model.save_best_path={tmp_path / 'b.bin'}")
     assert res.exit_code == 2 and "save_best_path: has no effect" in res.output, res.output
     assert not (tmp_path / "b.bin").exists()
+
+
+def test_a_full_swap_directory_is_one_line_and_leaves_nothing(tmp_path, tiny_disk):
+    mlp = os.path.join(REPO, "configs", "digits_mlp.ini")
+    res = run("train", mlp, "-q", "--epochs", "1", "--memory-budget", "50%",
+              "--swap-dir", str(tiny_disk))
+    assert res.exit_code == 2, res.output
+    assert f"swap file in {tiny_disk}: No space left on device" in res.output
+    assert list(tiny_disk.iterdir()) == []

@@ -59,6 +59,9 @@ def handle_errors(fn):
             if debug:
                 raise
             fail(f"internal error: {type(e).__name__}: {e} (run with --debug for details)", 1)
+        finally:   # the command's arrays are gone: their memory goes back to the system
+            from nntrainer_cli.runtime.measure import release_free_memory
+            release_free_memory()
     return wrapper
 
 

@@ -43,6 +43,8 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
                 require_loss=False, budget=parse_size(budget) if budget is not None else None,
                 lookahead=lookahead)
     warn(p.cfg.warnings)
+    if fmt == "text" and not output:   # whether it fits this machine as it is
+        click.echo(p.auto or fits_here(p.plan), err=True)
     text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
             "svg": lambda: plan_svg(p.plan, model),
             "text": lambda: plan_text(p.plan, model)}[fmt]()
@@ -50,6 +52,19 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
         write_text(output, text)
     else:
         click.echo(text)
+
+
+def fits_here(plan) -> str:
+    """Whether the plan fits what this machine leaves this process, and if not, what
+    --memory-budget auto would do."""
+    from nntrainer_cli.pipeline import machine_budget
+
+    room, how = machine_budget()
+    arena = plan.arena_bytes
+    if arena <= room:
+        return f"this machine: {room / 2**20:.1f} MiB for training ({how}); the arena fits"
+    return (f"this machine: {room / 2**20:.1f} MiB for training ({how}); the arena "
+            f"({arena / 2**20:.1f} MiB) does not fit: train with --memory-budget auto")
 
 
 @click.command()

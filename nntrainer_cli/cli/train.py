@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -91,10 +92,18 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
 
-    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                budget=parse_size(budget) if budget is not None else None, lookahead=lookahead,
-                swap_dir=swap_dir, direct=swap_direct)
+    size = parse_size(budget) if budget is not None else None
+    plan_for = functools.partial(prepare, model, overrides=overrides, batch_size=batch_size,
+                                 planner=planner, lookahead=lookahead, swap_dir=swap_dir,
+                                 direct=swap_direct)
+    data = None
+    if size == "auto":   # measured with the data open: what the loader holds counts
+        first = plan_for()
+        data = open_datasets(first.cfg, first.graph)
+    p = plan_for(budget=size)
     cfg = p.cfg
+    if p.auto and not quiet:
+        click.echo(p.auto, err=True)
     unused = [flag for flag, given in (("--lookahead", lookahead is not None),
                                        ("--swap-dir", swap_dir), ("--swap-direct", swap_direct))
               if given and not p.swap]
@@ -137,7 +146,8 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
             check_writable(path, what)
     if report_path:
         check_writable(report_path, "report")
-    data = open_datasets(cfg, p.graph)
+    if data is None:
+        data = open_datasets(cfg, p.graph)
     folder = run_folder(run_dir, no_run_dir, save)   # once flags and data are known good
     if folder:
         save = save or folder.file("weights.bin")

@@ -4,6 +4,7 @@ its buffers with tracemalloc) over a region, and the process's peak RSS."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import tracemalloc
@@ -91,9 +92,73 @@ def rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_free_memory() -> None:
+    """Hand back to the system the memory the allocator keeps once a run's objects are
+    gone (glibc's malloc_trim; elsewhere nothing). A process that trains again and
+    again should call it between runs, as every command does when it ends: without it,
+    300 runs of the digits MLP through the API grew from 47.5 to 66.8 MiB resident,
+    with it from 48.2 to 50.6 MiB."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def held_bytes() -> int:
+    """The memory this process has allocated itself (anonymous resident pages): what
+    its cgroup is charged for it, unlike the shared libraries' file pages in RSS."""
+    return _status("RssAnon") or rss_now_bytes() or 0
+
+
 def rss_now_bytes() -> int | None:
     """The process's resident memory now (None where /proc is missing)."""
     return _status("VmRSS")
+
+
+UNLIMITED = 1 << 60   # cgroup v1 writes "no limit" as a page-rounded 2**63 - 1
+
+
+def memory_limit() -> tuple[int, str]:
+    """All the memory this process may use, and where that figure comes from: its
+    memory cgroup's limit (v2 `memory.max` up the hierarchy, v1 the hierarchical
+    limit in `memory.stat`), else the RAM available now plus what it already holds."""
+    limits = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hid, controllers, path = line.split(":", 2)
+        if hid == "0" and not controllers:       # cgroup v2: the lowest memory.max on the way up
+            parts = [p for p in path.split("/") if p]
+            for k in range(len(parts), -1, -1):
+                value = _read_first(os.path.join("/sys/fs/cgroup", *parts[:k], "memory.max"))
+                if value and value.isdigit():
+                    limits.append((int(value), "cgroup v2 memory.max"))
+        elif "memory" in controllers.split(","):
+            stat = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.stat")
+            for row in (_read_first(stat, whole=True) or "").splitlines():
+                if row.startswith("hierarchical_memory_limit "):
+                    limits.append((int(row.split()[1]), "cgroup v1 memory limit"))
+    limits = [(b, src) for b, src in limits if b < UNLIMITED]
+    if limits:
+        return min(limits)
+    available = next((int(row.split()[1]) * 1024 for row in
+                      (_read_first("/proc/meminfo", whole=True) or "").splitlines()
+                      if row.startswith("MemAvailable:")), None)
+    if available is None:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"
+    return available + held_bytes(), "what it holds plus the available RAM"
+
+
+def _read_first(path: str, whole: bool = False) -> str | None:
+    """A small kernel file's first line (or all of it), or None where it is missing."""
+    try:
+        with open(path) as f:
+            return f.read() if whole else f.readline().strip()
+    except OSError:
+        return None
 
 
 def _status(field: str) -> int | None:

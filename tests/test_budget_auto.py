@@ -1,0 +1,93 @@
+"""`--memory-budget auto`: the budget is what this process may still use (its memory
+cgroup's limit, else the available RAM) less what it holds and a margin; a plan that
+fits it runs without swap, one that does not is planned within it. `plan` says whether
+the model fits this machine as it is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nntrainer_cli import pipeline
+from nntrainer_cli.errors import ConfigError
+from nntrainer_cli.runtime import measure
+
+from helpers import REPO, run
+
+MLP = os.path.join(REPO, "configs", "digits_mlp.ini")
+MIB = 2**20
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend this process may use `limit` bytes and holds `held` of them."""
+    def set_to(limit, held):
+        monkeypatch.setattr(measure, "memory_limit", lambda: (limit, "cgroup v1 memory limit"))
+        monkeypatch.setattr(measure, "held_bytes", lambda: held)
+    return set_to
+
+
+def test_auto_is_a_size():
+    assert pipeline.parse_size(" Auto ") == "auto"
+
+
+def test_a_plan_that_fits_runs_without_swap(machine):
+    machine(200 * MIB, 40 * MIB)
+    p = pipeline.prepare(MLP, budget="auto")
+    assert p.plan.swap is None and p.swap is None
+    room = 200 * MIB - 40 * MIB - pipeline.AUTO_MARGIN
+    assert p.auto == (f"--memory-budget auto: {room / MIB:.1f} MiB (cgroup v1 memory limit "
+                      f"200.0 MiB, less this process's 40.0 MiB and a "
+                      f"{pipeline.AUTO_MARGIN / MIB:.1f} MiB margin); the plan's "
+                      f"{p.plan.peak_bytes / MIB:.1f} MiB fits it: no swap")
+
+
+def test_a_plan_that_does_not_fit_is_planned_within_what_is_left(machine):
+    peak = pipeline.prepare(MLP).plan.peak_bytes
+    room = peak // 2
+    machine(40 * MIB + pipeline.AUTO_MARGIN + room, 40 * MIB)
+    p = pipeline.prepare(MLP, budget="auto")
+    assert p.plan.swap.budget == room and p.plan.swap.peak <= room
+    assert p.auto.startswith(f"--memory-budget auto: {room / MIB:.1f} MiB (cgroup v1")
+    # and it trains to the same weights as without a budget
+    res = run("train", MLP, "--epochs", "1", "--memory-budget", "auto", "--no-run-dir")
+    assert res.exit_code == 0 and "--memory-budget auto:" in res.output, res.output
+
+
+def test_nothing_left_is_one_line(machine):
+    machine(30 * MIB, 40 * MIB)
+    with pytest.raises(ConfigError, match="auto: no memory is left for training"):
+        pipeline.prepare(MLP, budget="auto")
+
+
+def test_plan_says_whether_the_model_fits_this_machine(machine):
+    machine(200 * MIB, 40 * MIB)
+    res = run("plan", MLP)
+    assert res.exit_code == 0 and "; the arena fits" in res.output, res.output
+    machine(40 * MIB + pipeline.AUTO_MARGIN + 1000, 40 * MIB)
+    res = run("plan", MLP)
+    assert "does not fit: train with --memory-budget auto" in res.output, res.output
+
+
+def test_the_limit_comes_from_the_memory_cgroup():
+    group = f"/sys/fs/cgroup/memory/nntrainer-test-{os.getpid()}"
+    try:
+        os.mkdir(group)
+    except OSError as e:
+        pytest.skip(f"cannot make a memory cgroup here ({e.strerror}): needs root and "
+                    "cgroup v1")
+    try:
+        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(300 * MIB))
+        join = lambda: open(os.path.join(group, "cgroup.procs"), "w").write(str(os.getpid()))  # noqa: E731
+        out = subprocess.run(
+            [sys.executable, "-m", "nntrainer_cli", "train", MLP, "--epochs", "1",
+             "--memory-budget", "auto", "--no-run-dir"],
+            capture_output=True, text=True, preexec_fn=join)
+    finally:
+        os.rmdir(group)
+    assert out.returncode == 0, out.stderr
+    assert "(cgroup v1 memory limit 300.0 MiB, less this process's" in out.stderr
