@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-from compare_torch import ENV, MODELS, data_file, with_optimizer
+from compare_torch import ENV, data_file, selected, with_optimizer
 
 CGROUP = "/sys/fs/cgroup/memory"
 SIDES = {  # name: extra flags for ours (None: PyTorch)
@@ -92,10 +92,7 @@ def main() -> None:
           "| arena | growth beyond it |")
     print("|---|---:|---|---:|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as work:
-        for name, (model, batch, kind, most) in MODELS.items():
-            if args.only and args.only not in name:
-                continue
-            steps = min(args.steps, most or args.steps)
+        for name, model, batch, kind, steps in selected(args.only, args.steps):
             data = data_file(work, model, batch, steps, kind)
             variant = with_optimizer(model, "sgd", work)
             compare = os.path.join(os.path.dirname(os.path.abspath(__file__)),

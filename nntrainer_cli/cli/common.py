@@ -98,9 +98,11 @@ batch_opt = click.option("--batch-size", "-b", type=click.IntRange(min=1),
                           help="Override [Model] batch_size.")
 budget_opt = click.option(
     "--memory-budget", "budget", metavar="SIZE",
-    help="Keep the resident arena within SIZE (64MiB, 1.5GB, 500000 bytes, or 50% of the "
-         "plan made without a budget): tensors idle between two uses go to a swap file and come "
-         "back before they are needed. Same results, less memory.")
+    help="Keep the resident arena within SIZE (64MiB, 1.5GB, 500000 bytes, 50% of the "
+         "plan made without a budget, or auto: what this machine or the process's memory "
+         "cgroup leaves, less what the process holds and an 8 MiB margin): tensors idle "
+         "between two uses go to a swap file and come back before they are needed. Same "
+         "results, less memory.")
 lookahead_opt = click.option(
     "--lookahead", type=click.IntRange(min=0),
     help="Under a budget, start reading a tensor back this many slots before its use "
