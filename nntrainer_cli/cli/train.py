@@ -80,10 +80,8 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @set_opt
 @handle_errors
 def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, save, save_best,
-          checkpoint,
-          save_every, resume, report_path, run_dir, no_run_dir,
-          quiet, no_trace, profile, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map,
-          overrides):
+          checkpoint, save_every, resume, report_path, run_dir, no_run_dir, quiet, no_trace,
+          profile, no_cache, budget, lookahead, swap_dir, swap_direct, weights_map, overrides):
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.graph.frozen import frozen_prefix
     from nntrainer_cli.optim.schedulers import make_schedule
