@@ -418,3 +418,25 @@ def test_held_out_models_train_bit_identically_in_half_their_memory(tmp_path, na
     assert sw["bytes_in"] > 0
     assert m["measured_peak_bytes"] <= 1.15 * sw["budget_bytes"]
     assert list(swap_dir.iterdir()) == []
+
+
+def test_two_runs_sharing_a_swap_directory_and_data_never_collide(tmp_path):
+    """Two processes at once, one swap directory and one data file: each has its own
+    swap file (made unique and unlinked at once), so both end with the weights of a run
+    without swap, and the directory is left empty."""
+    import subprocess
+    import sys
+
+    model = os.path.join(CONFIGS, "digits_cnn.ini")
+    plain, _ = train_weights(model, tmp_path, "plain")
+    swap_dir = tmp_path / "swap"
+    swap_dir.mkdir()
+    runs = [subprocess.Popen([sys.executable, "-m", "nntrainer_cli", "train", model, "-q",
+                              "--no-shuffle", "--epochs", "1", "--memory-budget", "50%",
+                              "--swap-dir", str(swap_dir), "--save", str(tmp_path / f"{k}.bin"),
+                              "--no-run-dir"], stderr=subprocess.PIPE, text=True)
+            for k in range(2)]
+    for r in runs:
+        assert r.wait(timeout=300) == 0, r.stderr.read()
+    assert (tmp_path / "0.bin").read_bytes() == (tmp_path / "1.bin").read_bytes() == plain
+    assert list(swap_dir.iterdir()) == []
