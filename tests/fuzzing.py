@@ -55,8 +55,9 @@ unit = 3
 activation = softmax
 """
 FLAGS = ["--epochs", "--batch-size", "--seed", "--planner", "--memory-budget", "--lookahead",
-         "--save-every", "--set"]
-VALUES = ["0", "1", "-1", "3", "2.5", "1e9", "", "x", "50%", "0%", "min", "best", "greedy",
+         "--save-every", "--set", "--save-best", "--run-dir"]
+PATH_FLAGS = {"--save-best", "--run-dir"}   # their values become names in the case's folder
+VALUES = ["0", "1", "-1", "3", "2.5", "1e9", "", "x", "50%", "0%", "min", "auto", "best", "greedy",
           "model.epochs=1", "fc.unit=0", "conv.filters=-2", "model.batch_size=100",
           "train_set.type=csv", "nothing", "optimizer.learning_rate=nan", "in.input_shape=1:2"]
 
@@ -157,7 +158,8 @@ def case(root: str, rng: random.Random) -> tuple[str, list[str]]:
         args += ["--resume", p("c.ckpt"), "--epochs", "3"]
     elif kind == "flags":
         for _ in range(rng.randint(1, 3)):
-            args += [rng.choice(FLAGS), rng.choice(VALUES)]
+            flag, value = rng.choice(FLAGS), rng.choice(VALUES)
+            args += [flag, p(value) if flag in PATH_FLAGS and value else value]
     return kind, args
 
 
