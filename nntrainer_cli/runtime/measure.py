@@ -123,59 +123,58 @@ def memory_limit() -> tuple[int, str]:
     memory cgroup's limit (v2 `memory.max` up the hierarchy, v1 the hierarchical
     limit in `memory.stat`), else the RAM available now plus what it already holds."""
     limits = []
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
+    for line in (_read("/proc/self/cgroup") or "").splitlines():
         hid, controllers, path = line.split(":", 2)
         if hid == "0" and not controllers:       # cgroup v2: the lowest memory.max on the way up
             parts = [p for p in path.split("/") if p]
             for k in range(len(parts), -1, -1):
-                value = _read_first(os.path.join("/sys/fs/cgroup", *parts[:k], "memory.max"))
-                if value and value.isdigit():
+                value = (_read(os.path.join("/sys/fs/cgroup", *parts[:k], "memory.max"))
+                         or "").strip()
+                if value.isdigit():
                     limits.append((int(value), "cgroup v2 memory.max"))
         elif "memory" in controllers.split(","):
             stat = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.stat")
-            for row in (_read_first(stat, whole=True) or "").splitlines():
+            for row in (_read(stat) or "").splitlines():
                 if row.startswith("hierarchical_memory_limit "):
                     limits.append((int(row.split()[1]), "cgroup v1 memory limit"))
     limits = [(b, src) for b, src in limits if b < UNLIMITED]
     if limits:
         return min(limits)
-    available = next((int(row.split()[1]) * 1024 for row in
-                      (_read_first("/proc/meminfo", whole=True) or "").splitlines()
-                      if row.startswith("MemAvailable:")), None)
+    available = _kib_field("/proc/meminfo", "MemAvailable")
     if available is None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"
     return available + held_bytes(), "what it holds plus the available RAM"
 
 
-def _read_first(path: str, whole: bool = False) -> str | None:
-    """A small kernel file's first line (or all of it), or None where it is missing."""
+def _read(path: str) -> str | None:
+    """A small kernel file's text, or None where it is missing. One unbuffered read
+    loop: a buffered open allocates 128 KiB, which tracemalloc would count."""
     try:
-        with open(path) as f:
-            return f.read() if whole else f.readline().strip()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
-
-
-def _status(field: str) -> int | None:
-    """A field of /proc/self/status in bytes, read with one small unbuffered read: a
-    buffered open allocates 128 KiB, which tracemalloc would count."""
+    chunks = []
     try:
-        fd = os.open("/proc/self/status", os.O_RDONLY)
+        while chunk := os.read(fd, 1 << 14):
+            chunks.append(chunk)
     except OSError:
         return None
-    try:
-        text = os.read(fd, 1 << 14).decode("ascii", "replace")
     finally:
         os.close(fd)
-    for line in text.splitlines():
+    return b"".join(chunks).decode("ascii", "replace")
+
+
+def _kib_field(path: str, field: str) -> int | None:
+    """A `Field:   N kB` line of a /proc file (status, meminfo) in bytes."""
+    for line in (_read(path) or "").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def _status(field: str) -> int | None:
+    """A field of /proc/self/status in bytes."""
+    return _kib_field("/proc/self/status", field)
 
 
 class RssDelta:
