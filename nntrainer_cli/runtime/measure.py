@@ -146,6 +146,9 @@ def memory_limit() -> tuple[int, str]:
     return available + held_bytes(), "what it holds plus the available RAM"
 
 
+READ_SIZE = 1 << 14
+
+
 def _read(path: str) -> str | None:
     """A small kernel file's text, or None where it is missing. One unbuffered read
     loop: a buffered open allocates 128 KiB, which tracemalloc would count."""
@@ -153,10 +156,10 @@ def _read(path: str) -> str | None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
-    chunks = []
-    try:
-        while chunk := os.read(fd, 1 << 14):
-            chunks.append(chunk)
+    try:   # these files fit one read: a second one (its buffer made while the first
+        chunks = [os.read(fd, READ_SIZE)]   # is held) only when the first came back full
+        while len(chunks[-1]) == READ_SIZE:
+            chunks.append(os.read(fd, READ_SIZE))
     except OSError:
         return None
     finally:
