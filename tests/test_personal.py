@@ -118,7 +118,32 @@ def test_other_data_is_numbered_by_the_training_sets_class_names(tmp_path):
     from nntrainer_cli.runtime.images import ImageFolderDataset
     Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(flat / "deep.png")
     ds = ImageFolderDataset(str(flat / "deep.png"), [(1, 8, 8)], [3], ValueError, False)
-    np.testing.assert_allclose(ds._decode(ds.files[0]), 30000 / 65535, rtol=1e-6)
+    pixels = np.empty((1, 64), np.float32)
+    ds.read(0, 1, [pixels, np.empty((1, 3), np.float32)])
+    np.testing.assert_allclose(pixels, 30000 / 65535, rtol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_images_decode_as_pillows_own_open_convert_and_resize(tmp_path, channels):
+    """Each image opens by its extension's plugin (a JPEG named .png by sniffing) and
+    reaches the input as Image.open, convert and resize give it."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8))
+    made = {"rgb.png": rgb, "gray.bmp": rgb.convert("L"), "palette.png": rgb.convert("P"),
+            "alpha.png": rgb.convert("RGBA"), "photo.jpg": rgb, "jpeg_inside.png": rgb}
+    (tmp_path / "a").mkdir()
+    for name, img in made.items():
+        img.save(tmp_path / "a" / name, format="JPEG" if "j" in name else None)
+    from nntrainer_cli.runtime.images import ImageFolderDataset
+    ds = ImageFolderDataset(str(tmp_path), [(channels, 8, 8)], [1], ValueError)
+    got = np.empty((len(made), channels * 64), np.float32)
+    ds.read(0, len(made), [got, np.empty((len(made), 1), np.float32)])
+    for row, file in zip(got, ds.files):
+        with Image.open(file) as img:
+            want = np.asarray(img.convert("L" if channels == 1 else "RGB")
+                              .resize((8, 8), Image.BILINEAR), np.float32) / 255
+        np.testing.assert_array_equal(row.reshape(channels, 8, 8),
+                                      want.reshape(8, 8, channels).transpose(2, 0, 1), file)
 
 
 @pytest.mark.parametrize("spoil,message", [
@@ -349,22 +374,32 @@ def test_flips_and_shifts_follow_the_seeded_draws_in_training_only(tmp_path):
         _augmented(tmp_path, "preprocess_translate", "random_translate = 0.3", x, False), x)
 
 
-@pytest.mark.parametrize("records,where", [(200, "memory"), (1257, "file")])
-def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, records, where):
+@pytest.mark.parametrize("records,budget,where", [(200, None, "memory"), (1257, None, "file"),
+                                                   (200, "52%", "file"), (200, "51%", "file")])
+def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, records, budget,
+                                                                   where):
     """Three shuffled epochs (with a partial last batch): the frozen conv's output
     cached from epoch 1 gives the same weights, bit for bit, as computing it again
-    every epoch; in memory when no bigger than the plan, else in a file."""
+    every epoch; in memory when no bigger than the plan, else in a file. Under a
+    budget the swap schedule runs around the slots the cache skips, and the cache
+    takes what the budget leaves beside the arena."""
     data = tmp_path / "train.dat"
     data.write_bytes(open(os.path.join(DIGITS, "train.dat"), "rb").read()[:records * 74 * 4])
     (tmp_path / "m.ini").write_text(frozen_conv(data))
-    for flag in ("", "--no-feature-cache"):
+    limit = ["--memory-budget", budget] if budget else []
+    for flag in ("", "--no-feature-cache", "plain"):
         res = run("train", str(tmp_path / "m.ini"), "-q", "--save", str(tmp_path / f"w{flag}.bin"),
-                  "--report", str(tmp_path / f"r{flag}.json"), *([flag] if flag else []))
+                  "--report", str(tmp_path / f"r{flag}.json"),
+                  *(limit if flag != "plain" else []), *([flag] if flag[:1] == "-" else []))
         assert res.exit_code == 0, res.output
-    assert (tmp_path / "w.bin").read_bytes() == (tmp_path / "w--no-feature-cache.bin").read_bytes()
-    cached = json.loads((tmp_path / "r.json").read_text())["feature_cache"]
+    weights = (tmp_path / "w.bin").read_bytes()
+    assert weights == (tmp_path / "w--no-feature-cache.bin").read_bytes()
+    assert weights == (tmp_path / "wplain.bin").read_bytes()
+    report = json.loads((tmp_path / "r.json").read_text())
+    cached = report["feature_cache"]
     assert cached["boundary"] == "pool/flatten_realized" and cached["where"] == where
     assert cached["bytes"] == records * (64 + 10) * 4
+    assert (report["memory"]["swap"] is not None) == bool(budget)
     assert json.loads((tmp_path / "r--no-feature-cache.json").read_text())["feature_cache"] is None
 
 

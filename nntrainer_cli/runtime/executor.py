@@ -275,6 +275,13 @@ class Executor:
         self.iteration, self.lr = iteration, self.schedule(iteration)
         return self._run(len(self.plan.slots), True, rows or self.graph.batch_size)
 
+    def run_first(self, count: int) -> None:
+        """The first `count` training slots, with their swap loads and stores (a feature
+        cache computing the records no full batch held), untimed."""
+        timed, self.slot_seconds = self.slot_seconds, None
+        self._run(count, True, self.graph.batch_size)
+        self.slot_seconds = timed
+
     def eval_step(self, rows: int, on_output=None) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows,
         whose outputs (rows × values) go to `on_output` when given."""

@@ -7,9 +7,11 @@ batch's rows from the cache, and the labels come from the cache too, so the data
 is not read again.
 
 The cache lives outside the arena: in memory when it is no bigger than the plan
-itself, else in a file (unlinked at once, like the swap file). Each cached value is
-exactly what the prefix computed for that record, so results equal running the prefix
-every epoch up to the summation order of a batch's matrix products."""
+itself (under a budget: than what the budget leaves beside the arena), else in a file
+(unlinked at once, like the swap file). Under swap the schedule's loads and stores run
+as planned around the slots that now do nothing, so it stays valid. Each cached value
+is exactly what the prefix computed for that record, so results equal running the
+prefix every epoch up to the summation order of a batch's matrix products."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ class FeatureCache:
         feature_shape = (count,) + self.boundary.shape[1:]
         label_shape = (count,) + ex.label_views[0].shape[1:]
         self.bytes = 4 * (int(np.prod(feature_shape)) + int(np.prod(label_shape)))
-        self.where = "memory" if self.bytes <= plan.peak_bytes else "file"
+        room = plan.swap.budget - plan.swap.peak if plan.swap else plan.peak_bytes
+        self.where = "memory" if self.bytes <= room else "file"
         if self.where == "memory":
             self.features = np.empty(feature_shape, np.float32)
             self.labels = np.empty(label_shape, np.float32)
@@ -52,40 +55,49 @@ class FeatureCache:
             self.labels = whole[split:].reshape(label_shape)
         self.filled = np.zeros(count, dtype=bool)
         self.rows: np.ndarray | None = None   # the records of the batch in the views
+        self.label = ex.label_views[0]   # as read (under swap it may move out by the slot)
         self.ready = False
         self.original = ex.train_steps[self.slot]
         ex.train_steps[self.slot] = (self._compute_and_store, ())
 
     # --- epoch 1: store what the prefix computes ------------------------------------
+    def took(self, rows: np.ndarray) -> None:
+        """The batch of these records was just read: keep its labels."""
+        self.rows = rows
+        self.labels[rows] = self.label
+
     def _compute_and_store(self) -> None:
         fn, args = self.original
         fn(*args)
         self.features[self.rows] = self.boundary
-        self.labels[self.rows] = self.ex.label_views[0]
         self.filled[self.rows] = True
 
     def complete(self, ds: Dataset) -> None:
         """After epoch 1: compute the records no full batch held, then switch to the
         cache for every later epoch."""
-        missing = np.flatnonzero(~self.filled)
+        ex, missing = self.ex, np.flatnonzero(~self.filled)
         batch = len(self.boundary)
-        views = self.ex.input_views + self.ex.label_views
+        views = ex.input_views + ex.label_views
+        steps = list(ex.train_steps)
+        for slot in range(self.slot):   # slots up to the boundary: only the prefix computes
+            if slot not in self.prefix_slots:
+                ex.train_steps[slot] = (_noop, ())
         for start in range(0, len(missing), batch):
-            self.rows = np.resize(missing[start:start + batch], batch)  # tail repeats
-            ds.read_records(self.rows, views)
-            for slot in self.prefix_slots:
-                fn, args = self.ex.train_steps[slot]
-                fn(*args)
+            rows = np.resize(missing[start:start + batch], batch)  # tail repeats
+            ds.read_records(rows, views)
+            self.took(rows)
+            ex.run_first(self.slot + 1)
+        ex.train_steps[:] = steps
         for slot in self.prefix_slots:
-            self.ex.train_steps[slot] = (_noop, ())
-        self.ex.train_steps[self.slot] = (self._load, ())
+            ex.train_steps[slot] = (_noop, ())
+        ex.train_steps[self.slot] = (self._load, ())
         self.ready = True
 
     # --- epochs 2..N: read the cache instead of the data -----------------------------
     def read(self, rows: np.ndarray) -> None:
         """The batch's labels into the label view; its features wait for their slot."""
         self.rows = rows
-        np.take(self.labels, rows, axis=0, out=self.ex.label_views[0])
+        np.take(self.labels, rows, axis=0, out=self.label)
 
     def _load(self) -> None:
         np.take(self.features, self.rows, axis=0, out=self.boundary)

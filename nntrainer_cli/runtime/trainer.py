@@ -140,7 +140,7 @@ class Trainer:
                     with self.traced.apart("loader"):
                         ds.read(start, batch, views)
                     if cache is not None:
-                        cache.rows = ds.indices(start, batch)
+                        cache.took(ds.indices(start, batch))
                 s0 = time.perf_counter()
                 loss, c = ex.train_step(iteration, rows)
                 self.step_seconds[self.steps_done] = time.perf_counter() - s0
@@ -226,14 +226,10 @@ class Trainer:
 
     def _feature_cache(self, ex: Executor) -> FeatureCache | None:
         """A cache of the frozen prefix's output, when there is one worth it (a second
-        epoch to use it, and no swap: the swap schedule runs every slot as planned)."""
+        epoch to use it)."""
         if not self.opts.cache_features or self.opts.epochs < 2:
             return None
         prefix = frozen_prefix(self.graph)
-        if prefix and self.plan.swap:
-            self._log("note: the frozen layers' output is not cached under a memory budget "
-                      "(the swap schedule runs every slot as planned)")
-            return None
         return FeatureCache(ex, prefix, self.plan, self.data["train"].count) if prefix else None
 
     def _train(self, ex: Executor, report: TrainReport, rng, init_rng) -> None:
