@@ -10,8 +10,8 @@ from nntrainer_cli.config import ModelConfig, load_config
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import LayerGraph, build_graph
 from nntrainer_cli.optim.optimizers import make_optimizer
-from nntrainer_cli.plan import MemoryPlan, SwapOptions, make_plan
-from nntrainer_cli.plan.swap import DEFAULT_LOOKAHEAD
+from nntrainer_cli.plan import MemoryPlan, SwapOptions, SwapRefusal, make_plan, with_swap
+from nntrainer_cli.plan.swap_plan import DEFAULT_LOOKAHEAD
 
 FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
 
@@ -19,22 +19,31 @@ UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib":
          "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
 
 
-def parse_size(text: str) -> int | str:
+@dataclass(frozen=True)
+class Budget:
+    """--memory-budget, parsed once: bytes for the resident arena (0: as little as can
+    be), a share in percent of the plan made without swap, or `auto` (machine_budget)."""
+    bytes: int | None = None
+    share: float | None = None
+    auto: bool = False
+
+
+def parse_size(text: str) -> Budget:
     """`64MiB`, `1.5GB`, `500000` (bytes), `50%` (of the plan without swap) or `auto`
     (what this machine leaves this process: machine_budget)."""
     t = text.strip().lower()
     if t == "auto":
-        return t
+        return Budget(auto=True)
     if re.fullmatch(r"\d+(\.\d+)?%", t):
         if 0 < float(t[:-1]) <= 100:
-            return t
+            return Budget(share=float(t[:-1]))
         raise ConfigError(f"a share of the plan must be over 0% and at most 100%, got "
                           f"{text!r}", key="--memory-budget")
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
     if not m or m.group(2) not in UNITS or float(m.group(1)) * UNITS[m.group(2)] < 1:
         raise ConfigError(f"expected a size of at least one byte like 64MiB, 1.5GB, 500000, "
                           f"50% or auto, got {text!r}", key="--memory-budget")
-    return int(float(m.group(1)) * UNITS[m.group(2)])
+    return Budget(bytes=int(float(m.group(1)) * UNITS[m.group(2)]))
 
 
 @dataclass
@@ -48,14 +57,13 @@ class Prepared:
     auto: str | None = None           # --memory-budget auto: the budget, and how it was found
 
 
-def _swap_settings(cfg: ModelConfig, budget, lookahead, swap_dir, direct):
-    """The budget as given (bytes, a share like '50%', 'min', or None) and the rest of
-    the options, from the flags, else from NNTrainer's keys (memory_swap* or fsu*):
-    swap turned on there without a budget means 'as little memory as possible', which
-    is what NNTrainer's swap aims at."""
+def _swap_settings(cfg: ModelConfig, budget: Budget | None, lookahead, swap_dir, direct):
+    """The budget (None without one) and the rest of the swap options, from the flags,
+    else from NNTrainer's keys (memory_swap* or fsu*): swap turned on there without a
+    budget means 'as little memory as possible', which is what NNTrainer's swap aims at."""
     m = cfg.model
     if budget is None and (m["memory_swap"] or m["fsu"]):
-        budget = "min"
+        budget = Budget(bytes=0)
     if lookahead is None:
         lookahead = m["memory_swap_lookahead"] if m["memory_swap_lookahead"] is not None \
             else m["fsu_lookahead"] if m["fsu_lookahead"] is not None else DEFAULT_LOOKAHEAD
@@ -83,75 +91,92 @@ def machine_budget() -> tuple[int, str]:
                                         f"{mib(held)} and a {mib(AUTO_MARGIN)} margin")
 
 
-def prepare(path: str, *, overrides=(), batch_size: int | None = None,
-            planner: str = "best", in_place: bool = True, require_loss: bool = True,
-            budget: int | str | None = None, lookahead: int | None = None,
-            swap_dir: str | None = None, direct: bool = False,
-            inference: bool = False) -> Prepared:
-    """Config → graph → optimizer → plan, from a model file and the command's flags;
-    `inference` plans the forward pass only (eval, predict)."""
-    cfg = load_config(path, overrides)
-    if any(s.get("backbone") for s in cfg.layers):   # ONNX backbones, with their weights
-        from nntrainer_cli.exchange.onnx_backbone import splice_backbones
-        splice_backbones(cfg)
-    graph = build_graph(cfg, batch_size, require_loss, inference=inference)
-    optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
-        if cfg.optimizer and not inference else None
-    state = optimizer.state if optimizer else ()
-    budget, swap = _swap_settings(cfg, budget, lookahead, swap_dir, direct)
-    where = lambda msg: ConfigError(msg, key="--memory-budget")  # noqa: E731
+class Planning:
+    """One model file read and built once, then planned: without swap, or within the
+    budget (`prepared`), searching the frugal levels' graphs, each built at most once."""
 
-    def plain() -> Prepared:
-        return Prepared(cfg, graph, optimizer, make_plan(graph, state, planner, in_place))
+    def __init__(self, path: str, *, overrides=(), batch_size: int | None = None,
+                 planner: str = "best", in_place: bool = True, require_loss: bool = True,
+                 budget: str | None = None, lookahead: int | None = None,
+                 swap_dir: str | None = None, direct: bool = False, inference: bool = False):
+        self.cfg = cfg = load_config(path, overrides)
+        if any(s.get("backbone") for s in cfg.layers):   # ONNX backbones, with their weights
+            from nntrainer_cli.exchange.onnx_backbone import splice_backbones
+            splice_backbones(cfg)
+        self.build = lambda level: build_graph(cfg, batch_size, require_loss, frugal=level,
+                                               inference=inference)
+        self.graph = self.build(0)   # a model that does not build fails here, first
+        self.optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
+            if cfg.optimizer and not inference else None
+        self.state = self.optimizer.state if self.optimizer else ()
+        self.planner, self.in_place = planner, in_place
+        self.budget, self.swap = _swap_settings(
+            cfg, parse_size(budget) if budget is not None else None, lookahead, swap_dir,
+            direct)
+        self._plans: dict[int, Prepared] = {}
 
-    def plan_at(level: int, within: int) -> Prepared:
-        g = build_graph(cfg, batch_size, require_loss, frugal=level, inference=inference)
-        budgeted = replace(swap, budget=within)
-        return Prepared(cfg, g, optimizer,
-                        make_plan(g, state, planner, in_place, budgeted, where), budgeted)
+    def plain(self, level: int = 0) -> Prepared:
+        """The plan without swap of the graph at one frugal level (0: as written)."""
+        if level not in self._plans:
+            g = self.graph if level == 0 else self.build(level)
+            self._plans[level] = Prepared(self.cfg, g, self.optimizer,
+                                          make_plan(g, self.state, self.planner, self.in_place))
+        return self._plans[level]
 
-    if budget is None:
-        return plain()
-    if budget == "auto":
-        budget, how = machine_budget()
-        whole = plain()
-        if budget >= whole.plan.peak_bytes:
-            return replace(whole, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB "
-                                       f"({how}); the plan's {whole.plan.peak_bytes / 2**20:.1f}"
-                                       " MiB fits it: no swap")
-        if budget <= 0:
-            raise where(f"auto: no memory is left for training ({how})")
-        return replace(_within(plan_at, budget),
-                       auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB ({how})")
-    if budget == "min":
-        budget = 0
-    elif isinstance(budget, str):  # a share of the plan without swap
-        budget = max(1, int(plain().plan.peak_bytes
-                            * float(budget[:-1]) / 100))   # 0 would mean "as little as can be"
-    return _within(plan_at, budget)
+    def prepared(self) -> Prepared:
+        """The plan the budget asks for: without swap when there is none (or `auto`
+        finds the plan fits), else the best within it; one line and exit 2 when the
+        budget is under what any schedule can reach."""
+        b, note = self.budget, None
+        if b is None:
+            return self.plain()
+        if b.auto:
+            budget, how = machine_budget()
+            whole = self.plain()
+            note = f"--memory-budget auto: {budget / 2**20:.1f} MiB ({how})"
+            if budget >= whole.plan.peak_bytes:
+                return replace(whole, auto=f"{note}; the plan's "
+                                           f"{whole.plan.peak_bytes / 2**20:.1f} MiB fits it: "
+                                           "no swap")
+            if budget <= 0:
+                raise ConfigError(f"auto: no memory is left for training ({how})",
+                                  key="--memory-budget")
+        elif b.share is not None:   # 0 would mean "as little as can be"
+            budget = max(1, int(self.plain().plan.peak_bytes * b.share / 100))
+        else:
+            budget = b.bytes
+        found = self._within(budget)
+        if isinstance(found, SwapRefusal):
+            raise ConfigError(found.message, key="--memory-budget")
+        return replace(found, auto=note)
+
+    def _at(self, level: int, budget: int) -> Prepared | SwapRefusal:
+        p = self.plain(level)
+        swap = replace(self.swap, budget=budget)
+        plan = with_swap(p.plan, swap)
+        return plan if isinstance(plan, SwapRefusal) else replace(p, plan=plan, swap=swap)
+
+    def _within(self, budget: int) -> Prepared | SwapRefusal:
+        """The plan that keeps the resident arena within `budget` bytes (0: as little as
+        can be), on the graph that moves the fewest bytes."""
+        if budget == 0:   # as little memory as possible
+            return self._at(FRUGAL_LEVELS[-1], 0)
+        # Relu masks and split applies (level 1) let more stay resident, but they change
+        # what the schedule evicts and now and then it moves more bytes than without them:
+        # the plan moving fewer bytes wins (the plain one on a tie, it has fewer slots).
+        # Smaller conv buffers cost speed, so they come only when neither fits.
+        fits = [p for p in (self._at(0, budget), self._at(1, budget))
+                if isinstance(p, Prepared)]
+        if fits:
+            return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out)
+        for level in FRUGAL_LEVELS[1:]:
+            found = self._at(level, budget)
+            if isinstance(found, Prepared):
+                break
+        return found
 
 
-def _within(plan_at, budget: int) -> Prepared:
-    """The plan that keeps the resident arena within `budget` bytes (0: as little as
-    can be), on the graph that moves the fewest bytes; `plan_at(level, budget)` plans
-    the graph of one frugal level."""
-    if budget == 0:  # as little memory as possible
-        return plan_at(FRUGAL_LEVELS[-1], 0)
-    # Relu masks and split applies (level 1) let more stay resident, but they change what
-    # the schedule evicts and now and then it moves more bytes than without them: the
-    # plan moving fewer bytes wins (the plain one on a tie, it has fewer slots). Smaller
-    # conv buffers cost speed, so they come only when neither fits.
-    fits = []
-    for level in (0, 1):
-        try:
-            fits.append(plan_at(level, budget))
-        except ConfigError:
-            pass
-    if fits:
-        return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out)
-    for level in FRUGAL_LEVELS[1:]:
-        try:
-            return plan_at(level, budget)
-        except ConfigError:
-            if level == FRUGAL_LEVELS[-1]:
-                raise
+def prepare(path: str, **options) -> Prepared:
+    """Config → graph → optimizer → plan, from a model file and the command's flags
+    (Planning's options; `inference` plans the forward pass only: eval, predict)."""
+    return Planning(path, **options).prepared()

@@ -30,10 +30,6 @@ def machine(monkeypatch):
     return set_to
 
 
-def test_auto_is_a_size():
-    assert pipeline.parse_size(" Auto ") == "auto"
-
-
 def test_a_plan_that_fits_runs_without_swap(machine):
     machine(200 * MIB, 40 * MIB)
     p = pipeline.prepare(MLP, budget="auto")

@@ -4,9 +4,10 @@ where each tensor's value is, and training gives bit-identical weights."""
 import json
 import os
 
+import numpy as np
 import pytest
 
-from nntrainer_cli.pipeline import parse_size, prepare
+from nntrainer_cli.pipeline import Budget, parse_size, prepare
 from nntrainer_cli.plan.planners import Item, check_valid
 from nntrainer_cli.errors import ConfigError
 
@@ -56,6 +57,76 @@ def replay(plan):
     assert sw.peak <= sw.budget
 
 
+def replay_steps(plan, eager: bool, iterations: int = 2):
+    """Run the plan's swap steps (the transfers each slot issues and the one it waits
+    for) on a model of the arena and the file that tags every byte with the tensor it
+    holds. The I/O thread may do a transfer any time between its issue and the wait that
+    covers it: `eager` does each at once, otherwise as late as allowed. Every use must
+    find its tensor's bytes, every load a value the file holds, every store the bytes of
+    the tensor whose file place it writes."""
+    sw, ts = plan.swap, plan.tensors
+    unit = 64
+    ids = {name: k + 1 for k, name in enumerate(ts.specs)}
+    uses = {s.name: set(s.uses) for s in ts.roots()}
+    for s in ts.specs.values():
+        if s.alias_of:
+            uses[s.alias_of] |= s.uses
+    at_file = {at: name for name, at in sw.file_offsets.items()}
+    in_file = {name for name in sw.file_offsets if ts.specs[name].persistent}
+    arena = np.zeros(-(-sw.peak // unit), np.int64)
+    for r in sw.residencies:   # between iterations: resident weights are where they stay
+        if ts.specs[r.tensor].persistent and not r.loaded and r.first == 0:
+            arena[r.offset // unit:(r.offset + r.bytes) // unit] = ids[r.tensor]
+    slots = range(len(plan.slots))
+    expected = {(op, t): sorted((r.offset, r.bytes) for r in sw.residencies
+                                if (r.loaded and r.first == t if op == "in" else
+                                    r.stored and r.last == t))
+                for op in ("in", "out") for t in slots}
+
+    def do(transfer):
+        pos = transfer.file_offset
+        for off, n in transfer.stays:
+            name = at_file[pos]   # the stays lie back to back in the file
+            region = slice(off // unit, (off + n) // unit)
+            if transfer.op == "in":
+                assert name in in_file, f"{name} read from the file before it was written"
+                arena[region] = ids[name]
+            else:
+                assert (arena[region] == ids[name]).all(), \
+                    f"store of {name} (transfer {transfer.number}) finds other bytes"
+                in_file.add(name)
+            pos += n
+
+    for _ in range(iterations):
+        pending, issued = [], 0
+        for t in slots:
+            step = sw.steps[t]
+            for op, transfers in (("in", step.loads), ("out", step.stores)):
+                got = sorted(stay for x in transfers for stay in x.stays)
+                assert got == expected[(op, t)], f"slot {t}: the {op} transfers"
+            for x in step.loads:
+                issued += 1
+                assert x.number == issued
+                do(x) if eager else pending.append(x)
+            assert step.wait <= issued
+            while pending and pending[0].number <= step.wait:
+                do(pending.pop(0))
+            for r in sw.residencies:   # the slot computes what it writes first
+                if not r.loaded and r.first == t and not ts.specs[r.tensor].persistent:
+                    arena[r.offset // unit:(r.offset + r.bytes) // unit] = ids[r.tensor]
+            for name, used in uses.items():
+                if t in used and ts.specs[name].bytes:
+                    r = next(r for r in sw.of(name) if r.first <= t <= r.last)
+                    held = arena[r.offset // unit:(r.offset + r.bytes) // unit]
+                    assert (held == ids[name]).all(), f"slot {t} finds other bytes for {name}"
+            for x in step.stores:
+                issued += 1
+                assert x.number == issued
+                do(x) if eager else pending.append(x)
+        while pending:   # drained between iterations
+            do(pending.pop(0))
+
+
 @pytest.mark.parametrize("config", ["digits_mlp", "digits_cnn", "digits_residual",
                                     "lenet_mnist", "lenet_transfer"])
 @pytest.mark.parametrize("share", ["90%", "70%", "min"])
@@ -69,6 +140,8 @@ def test_schedules_replay_cleanly(config, share):
         return
     assert p.plan.swap is not None
     replay(p.plan)
+    replay_steps(p.plan, eager=True)
+    replay_steps(p.plan, eager=False)
     plain = prepare(path).plan.peak_bytes   # the share is of the plan without a budget
     if share == "90%":
         assert p.plan.swap.budget == int(0.9 * plain)
@@ -148,7 +221,7 @@ def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
     import nntrainer_cli.plan.swap as swap
     model = os.path.join(CONFIGS, "digits_mlp.ini")
     with pytest.raises(ConfigError) as e:
-        prepare(model, budget=100)
+        prepare(model, budget="100")
     smallest = int(str(e.value).split("works is ")[1].split(" ")[0].replace(",", ""))
     calls, relieve = [0], swap._relieve
 
@@ -161,12 +234,13 @@ def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
     for budget in (smallest - 1, smallest - 82):
         calls[0] = 0
         with pytest.raises(ConfigError, match=f"works is {smallest:,} bytes"):
-            prepare(model, budget=budget)
+            prepare(model, budget=str(budget))
         assert calls[0] <= 5   # one floor per plan tried: plain, frugal, 3 conv levels
     for budget in (smallest, smallest + 1, smallest + 500, smallest * 2):
         calls[0] = 0
-        p = prepare(model, budget=budget)
+        p = prepare(model, budget=str(budget))
         replay(p.plan)
+        replay_steps(p.plan, eager=False)
         assert p.plan.swap.peak <= budget and calls[0] < 100
 
 
@@ -229,8 +303,10 @@ def test_plan_shows_the_schedule():
     assert "(these figures are without swap, for the frugal graph: relu masks" in text
 
 
-@pytest.mark.parametrize("text,expected", [("64MiB", 64 * 2**20), ("1.5GB", 1_500_000_000),
-                                           ("500000", 500000), ("50%", "50%"), ("2k", 2048)])
+@pytest.mark.parametrize("text,expected", [
+    ("64MiB", Budget(bytes=64 * 2**20)), ("1.5GB", Budget(bytes=1_500_000_000)),
+    ("500000", Budget(bytes=500000)), ("50%", Budget(share=50.0)), ("2k", Budget(bytes=2048)),
+    (" Auto ", Budget(auto=True))])
 def test_sizes(text, expected):
     assert parse_size(text) == expected
 

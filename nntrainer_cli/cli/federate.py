@@ -83,7 +83,7 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
     global weights become the clients' mean, weighted by their record counts. Only
     weights leave a client. Reports each round's validation accuracy and memory."""
     from nntrainer_cli.optim.schedulers import make_schedule
-    from nntrainer_cli.pipeline import parse_size, prepare
+    from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.runtime import partition as parts
     from nntrainer_cli.runtime.federation import (FederatedTrainer, FedOptions,
                                                   open_federated)
@@ -114,7 +114,7 @@ def federate(model, clients, rounds, local_epochs, partition, fraction, engine, 
         raise ConfigError(f"client {client_id} of {clients}: ids go from 0 to {clients - 1}",
                           key="--client-id")
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                budget=parse_size(budget) if budget is not None else None)
+                budget=budget)
     cfg = p.cfg
     warn(cfg.warnings, quiet)
     require_training(p, model)

@@ -37,10 +37,8 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
 
     if output:
         check_writable(output)
-    from nntrainer_cli.pipeline import parse_size
-
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                require_loss=False, budget=parse_size(budget) if budget is not None else None,
+                require_loss=False, budget=budget,
                 lookahead=lookahead)
     warn(p.cfg.warnings)
     if fmt == "text" and not output:   # whether it fits this machine as it is

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -85,20 +84,18 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     """Train MODEL and report accuracy and peak memory (planned and measured)."""
     from nntrainer_cli.graph.frozen import frozen_prefix
     from nntrainer_cli.optim.schedulers import make_schedule
-    from nntrainer_cli.pipeline import parse_size, prepare
+    from nntrainer_cli.pipeline import Planning
     from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tensor_files import read_weights_map
     from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
 
-    size = parse_size(budget) if budget is not None else None
-    plan_for = functools.partial(prepare, model, overrides=overrides, batch_size=batch_size,
-                                 planner=planner, lookahead=lookahead, swap_dir=swap_dir,
-                                 direct=swap_direct)
+    planning = Planning(model, overrides=overrides, batch_size=batch_size, planner=planner,
+                        budget=budget, lookahead=lookahead, swap_dir=swap_dir,
+                        direct=swap_direct)
     data = None
-    if size == "auto":   # measured with the data open: what the loader holds counts
-        first = plan_for()
-        data = open_datasets(first.cfg, first.graph)
-    p = plan_for(budget=size)
+    if planning.budget and planning.budget.auto:   # measured with the data open: what
+        data = open_datasets(planning.cfg, planning.graph)   # the loader holds counts
+    p = planning.prepared()
     cfg = p.cfg
     if p.auto and not quiet:
         click.echo(p.auto, err=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nntrainer_cli.graph import LayerGraph
 
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
-from .swap import SwapOptions, SwapPlan, make_swap_plan
+from .swap import make_swap_plan
+from .swap_plan import SwapOptions, SwapPlan, SwapRefusal
 
 
 @dataclass
@@ -38,10 +39,8 @@ class MemoryPlan:
 
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
-              in_place: bool = True, swap: SwapOptions | None = None,
-              where=None) -> MemoryPlan:
-    """The plan; with `swap`, also the schedule that keeps the resident arena within its
-    budget (`where` builds the error when it cannot)."""
+              in_place: bool = True) -> MemoryPlan:
+    """The plan without swap: every tensor at its offset in one arena."""
     ts = build_specs(graph, optimizer_state, in_place)
     roots = ts.roots()
     items = [Item(s.bytes, s.first, s.last) for s in roots]
@@ -55,8 +54,12 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
     for s in ts.specs.values():
         if s.alias_of:
             s.offset = ts.specs[s.alias_of].offset
-    plan = MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
+    return MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
                       sum(it.size for it in items), frugal=graph.frugal)
-    if swap is not None:
-        plan.swap = make_swap_plan(ts, swap, planner, where)
-    return plan
+
+
+def with_swap(plan: MemoryPlan, swap: SwapOptions) -> MemoryPlan | SwapRefusal:
+    """The same plan with the schedule that keeps its resident arena within the budget,
+    or the refusal saying the smallest budget that works."""
+    schedule = make_swap_plan(plan.tensors, swap, plan.requested)
+    return schedule if isinstance(schedule, SwapRefusal) else replace(plan, swap=schedule)

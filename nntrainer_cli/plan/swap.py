@@ -9,93 +9,19 @@ Starting from "everything stays", the fullest slot is relieved by sending out th
 tensor idle there whose next use is furthest away, weighted by its size (Belady's
 rule), until every slot fits; when nothing idle is left there, loads whose lookahead
 window covers that slot are issued later. The residencies are then placed by the usual
-planners, each at its own offset. Values nobody reads again are dropped, never written."""
+planners, each at its own offset. Values nobody reads again are dropped, never written.
+
+The placed stays then give the swap file's layout and the runtime's steps
+(`plan/swap_plan.py`, which holds what the plan hands on).
+
+A budget below what the schedule can reach is not an error here: `make_swap_plan`
+returns a `SwapRefusal` saying the smallest budget that works, and the caller decides."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
-
-from nntrainer_cli.errors import ConfigError
-
 from .planners import Item, check_valid, lower_bound, plan_offsets
-from .specs import ALIGN, TensorSet, TensorSpec
-
-DIRECT_IO_BLOCK = 4096  # O_DIRECT moves whole blocks between block-aligned memory and disk
-DEFAULT_LOOKAHEAD = 2
-
-
-@dataclass(frozen=True)
-class SwapOptions:
-    """Swapping under a memory budget, as asked for by the flags or NNTrainer's
-    memory_swap keys: what the planner needs (budget, lookahead, block size) and where
-    the runtime puts the swap file."""
-    budget: int                 # bytes the resident arena may hold; 0: as few as can be
-    lookahead: int = DEFAULT_LOOKAHEAD  # slots between a load's start and the use
-    direct: bool = False        # an O_DIRECT swap file: every stay in whole blocks
-    directory: str = ""
-
-    @property
-    def unit(self) -> int:
-        """What every stay is rounded up to."""
-        return DIRECT_IO_BLOCK if self.direct else ALIGN
-
-
-@dataclass
-class Residency:
-    tensor: str
-    kind: str
-    bytes: int
-    first: int          # first slot it occupies (a load is issued as this slot starts)
-    last: int           # its last use; a store, if any, is issued right after it
-    use_first: int      # its first use: a load must have arrived by then
-    loaded: bool        # starts by reading the swap file
-    stored: bool        # ends by writing the swap file
-    offset: int = 0
-
-
-@dataclass
-class SwapPlan:
-    budget: int
-    lookahead: int
-    residencies: list[Residency]
-    peak: int                            # the resident arena
-    lower_bound: int                     # of the residencies: no placement does better
-    file_offsets: dict[str, int] = field(default_factory=dict)
-    file_bytes: int = 0
-
-    @cached_property
-    def _by_tensor(self) -> dict[str, list[Residency]]:
-        by: dict[str, list[Residency]] = {}
-        for r in self.residencies:
-            by.setdefault(r.tensor, []).append(r)
-        return by
-
-    def of(self, tensor: str) -> list[Residency]:
-        """A tensor's stays in order (looked up for every tensor when the run starts)."""
-        return self._by_tensor.get(tensor, [])
-
-    @property
-    def swapped(self) -> set[str]:
-        return set(self.file_offsets)
-
-    def events(self) -> list[dict]:
-        out = []
-        for r in self.residencies:
-            if r.loaded:
-                out.append({"slot": r.first, "op": "in", "tensor": r.tensor, "bytes": r.bytes})
-            if r.stored:
-                out.append({"slot": r.last, "op": "out", "tensor": r.tensor, "bytes": r.bytes})
-        return sorted(out, key=lambda e: (e["slot"], e["op"] == "in", e["tensor"]))
-
-    @property
-    def bytes_in(self) -> int:
-        return sum(r.bytes for r in self.residencies if r.loaded)
-
-    @property
-    def bytes_out(self) -> int:
-        return sum(r.bytes for r in self.residencies if r.stored)
-
+from .specs import TensorSet, TensorSpec
+from .swap_plan import Residency, SwapOptions, SwapPlan, SwapRefusal, file_layout, steps
 
 class _Tensor:
     """One alias group: its uses, and which idle stretches between them are swapped."""
@@ -246,24 +172,8 @@ def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) ->
     for r, off in zip(res, offsets):
         r.offset = off
     plan = SwapPlan(budget, lookahead, res, peak, lower_bound(items))
-    plan.file_offsets, plan.file_bytes = _file_layout(res)
+    plan.file_offsets, plan.file_bytes = file_layout(res)
     return plan
-
-
-def _file_layout(res: list[Residency]) -> tuple[dict[str, int], int]:
-    """Each swapped tensor's place in the swap file, in the order tensors are first
-    moved, so that those moved at the same slot (a part of a weight's optimizer state,
-    say) lie back to back and the runtime moves each such run with one system call."""
-    def first_move(r: Residency) -> tuple[int, int]:
-        return (r.last, 0) if r.stored else (r.first, 1)
-
-    moved = sorted((r for r in res if r.loaded or r.stored), key=first_move)
-    offsets, at = {}, 0
-    for r in moved:
-        if r.tensor not in offsets:
-            offsets[r.tensor] = at
-            at += r.bytes   # stays are already whole units (4 KiB blocks for direct I/O)
-    return offsets, at
 
 
 def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner: str,
@@ -289,10 +199,17 @@ def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner
     return best
 
 
-def make_swap_plan(ts: TensorSet, opts: SwapOptions, planner: str, where=None) -> SwapPlan:
-    """The schedule with the fewest swaps found that fits the budget; a ConfigError
+def make_swap_plan(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRefusal:
+    """The schedule with the fewest swaps found that fits the budget, or a refusal
     naming the smallest budget that works when none does. A budget of 0 asks for the
     schedule that swaps everything idle, whatever it needs."""
+    plan = _search(ts, opts, planner)
+    if isinstance(plan, SwapPlan):
+        plan.steps = steps(plan.residencies, plan.file_offsets, ts.end)
+    return plan
+
+
+def _search(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRefusal:
     end, budget, lookahead, unit = ts.end, opts.budget, opts.lookahead, opts.unit
     uses = _group_uses(ts)
 
@@ -307,10 +224,7 @@ def make_swap_plan(ts: TensorSet, opts: SwapOptions, planner: str, where=None) -
         floor.budget = floor.peak
         return floor
     if budget < floor.peak:  # refused at once: no search can go below the floor
-        message = (f"a memory budget of {budget:,} bytes cannot be met: with every idle "
-                   f"tensor swapped out (lookahead {lookahead}) the smallest budget that works "
-                   f"is {floor.peak:,} bytes; {_busiest(floor, ts)}")
-        raise where(message) if where else ConfigError(message)
+        return SwapRefusal(budget, floor.peak, lookahead, _busiest(floor, ts))
     tensors, target, log, step = fresh(), budget, [], 1
     while True:
         fits = _relieve(tensors, target, lookahead, end, log)

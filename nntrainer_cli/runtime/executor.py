@@ -19,7 +19,7 @@ from nntrainer_cli.layers import RunContext
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.optim.initializers import initialize
 from nntrainer_cli.plan import MemoryPlan
-from nntrainer_cli.plan.swap import DIRECT_IO_BLOCK
+from nntrainer_cli.plan.swap_plan import DIRECT_IO_BLOCK
 
 from .swap_io import Job
 
@@ -41,9 +41,6 @@ def kernel_settings():
             yield
     finally:
         np.setbufsize(old)
-
-
-MAX_VIEWS_PER_JOB = 64  # well under the system's limit of buffers per preadv (IOV_MAX)
 
 
 def allocate_arena(plan: MemoryPlan) -> np.ndarray:
@@ -181,43 +178,12 @@ class Executor:
         self._apply([u for _, u in updates])
 
     def _swap_steps(self):
-        """Per slot: I/O jobs to start as it begins, the job to wait for before it runs,
-        jobs to start after it. Stays that lie back to back in the swap file and move at
-        the same time form one job (one system call). Job numbers count per iteration
-        (the queue is drained between iterations)."""
-        sw, slots = self.plan.swap, range(len(self.plan.slots))
-        file_at, number, count, steps = sw.file_offsets, {}, 0, []
-
-        def jobs(op: str, stays: list) -> list:
-            nonlocal count
-            out = []  # [op, file offset, views, bytes]
-            for r in sorted(stays, key=lambda r: file_at[r.tensor]):
-                view = self.arena[r.offset:r.offset + r.bytes]
-                last = out[-1] if out else None
-                if last and last[1] + last[3] == file_at[r.tensor] \
-                        and len(last[2]) < MAX_VIEWS_PER_JOB:
-                    last[2].append(view)
-                    last[3] += r.bytes
-                else:
-                    out.append([op, file_at[r.tensor], [view], r.bytes])
-                    count += 1
-                number[(op, id(r))] = count
-            return [Job.of(op, at, views) for op, at, views, _ in out]
-
-        for t in slots:
-            loads = jobs("in", [r for r in sw.residencies if r.loaded and r.first == t])
-            stores = jobs("out", [r for r in sw.residencies if r.stored and r.last == t])
-            steps.append([loads, 0, stores])
-        for t in slots:
-            need = [number[("in", id(r))] for r in sw.residencies
-                    if r.loaded and r.use_first == t]
-            for r in sw.residencies:  # bytes the compute writes first must be stored away
-                if not r.loaded and r.first == t:
-                    need += [number[("out", id(p))] for p in sw.residencies
-                             if p.stored and p.last < t and p.offset < r.offset + r.bytes
-                             and r.offset < p.offset + p.bytes]
-            steps[t][1] = max(need, default=0)
-        return steps
+        """The plan's swap steps (per slot: loads to issue, the transfer to wait for,
+        stores to issue after it) with each transfer's stays as arena views."""
+        def jobs(transfers) -> list[Job]:
+            return [Job.of(t.op, t.file_offset, [self.arena[o:o + n] for o, n in t.stays])
+                    for t in transfers]
+        return [(jobs(s.loads), s.wait, jobs(s.stores)) for s in self.plan.swap.steps]
 
     def _run(self, count: int, training: bool, rows: int, on_output=None) -> tuple[float, int]:
         for ctx in self.loss_ctx:
