@@ -56,13 +56,13 @@ def run_limited(cmd: list[str], mib: int) -> tuple[bool, str]:
     return False, last[:160]
 
 
-def smallest(cmd: list[str]) -> tuple[int | None, str]:
-    """The smallest limit (MiB, 2 MiB steps) at which `cmd` trains, and why the next
-    lower one failed."""
-    ok, why = run_limited(cmd, HIGH)
+def smallest(cmd: list[str], low: int = LOW, high: int = HIGH) -> tuple[int | None, str]:
+    """The smallest limit (MiB, 2 MiB steps, between `low` and `high`) at which `cmd`
+    trains, and why the next lower one failed."""
+    ok, why = run_limited(cmd, high)
     if not ok:
         return None, why
-    lo, hi, reason = LOW, HIGH, ""
+    lo, hi, reason = low, high, ""
     ok, why = run_limited(cmd, lo)
     if ok:
         return lo, "trains at the lowest limit tried"

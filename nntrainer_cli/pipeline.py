@@ -127,28 +127,43 @@ class Planning:
         """The plan the budget asks for: without swap when there is none (or `auto`
         finds the plan fits), else the best within it; one line and exit 2 when the
         budget is under what any schedule can reach."""
-        b, note = self.budget, None
+        try:
+            return self._prepared()
+        finally:
+            self._plans = {}   # the candidates not chosen are not held while training
+
+    def _prepared(self) -> Prepared:
+        b = self.budget
         if b is None:
             return self.plain()
         if b.auto:
-            budget, how = machine_budget()
-            whole = self.plain()
-            note = f"--memory-budget auto: {budget / 2**20:.1f} MiB ({how})"
-            if budget >= whole.plan.peak_bytes:
-                return replace(whole, auto=f"{note}; the plan's "
-                                           f"{whole.plan.peak_bytes / 2**20:.1f} MiB fits it: "
-                                           "no swap")
-            if budget <= 0:
-                raise ConfigError(f"auto: no memory is left for training ({how})",
-                                  key="--memory-budget")
-        elif b.share is not None:   # 0 would mean "as little as can be"
+            return self._auto()
+        if b.share is not None:   # 0 would mean "as little as can be"
             budget = max(1, int(self.plain().plan.peak_bytes * b.share / 100))
         else:
             budget = b.bytes
-        found = self._within(budget)
-        if isinstance(found, SwapRefusal):
-            raise ConfigError(found.message, key="--memory-budget")
-        return replace(found, auto=note)
+        return _chosen(self._within(budget))
+
+    def _auto(self) -> Prepared:
+        """Within what the machine leaves, measured once the plan exists: planning a
+        large model holds MiBs of objects (a 50-layer MLP's: about 6 MiB), so a plan
+        found before they counted is made again within what is left after them."""
+        whole = self.plain()
+        budget, how = machine_budget()
+        if budget >= whole.plan.peak_bytes:
+            return replace(whole, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB "
+                                       f"({how}); the plan's "
+                                       f"{whole.plan.peak_bytes / 2**20:.1f} MiB fits it: no swap")
+        for _ in range(2):
+            if budget <= 0:
+                raise ConfigError(f"auto: no memory is left for training ({how})",
+                                  key="--memory-budget")
+            found = _chosen(self._within(budget))
+            left, how = machine_budget()
+            if found.plan.arena_bytes <= left:
+                break
+            budget = left
+        return replace(found, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB ({how})")
 
     def _at(self, level: int, budget: int) -> Prepared | SwapRefusal:
         p = self.plain(level)
@@ -174,6 +189,12 @@ class Planning:
             if isinstance(found, Prepared):
                 break
         return found
+
+
+def _chosen(found: Prepared | SwapRefusal) -> Prepared:
+    if isinstance(found, SwapRefusal):
+        raise ConfigError(found.message, key="--memory-budget")
+    return found
 
 
 def prepare(path: str, **options) -> Prepared:

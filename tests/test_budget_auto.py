@@ -53,6 +53,21 @@ def test_a_plan_that_does_not_fit_is_planned_within_what_is_left(machine):
     assert res.exit_code == 0 and "--memory-budget auto:" in res.output, res.output
 
 
+def test_what_planning_holds_is_left_out_of_the_budget(monkeypatch):
+    """A large model's plan holds MiBs of objects: auto measures again once the plan
+    exists, and plans again within what is left when the first plan does not fit."""
+    peak = pipeline.prepare(MLP).plan.peak_bytes
+    room = peak * 3 // 4
+    held = iter([40 * MIB, 40 * MIB + room // 8, 40 * MIB + room // 8])
+    monkeypatch.setattr(measure, "memory_limit",
+                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
+    monkeypatch.setattr(measure, "held_bytes", lambda: next(held))
+    p = pipeline.prepare(MLP, budget="auto")
+    left = room - room // 8
+    assert p.plan.swap.budget == left and p.plan.swap.peak <= left
+    assert p.auto.startswith(f"--memory-budget auto: {left / MIB:.1f} MiB (cgroup v1")
+
+
 def test_nothing_left_is_one_line(machine):
     machine(30 * MIB, 40 * MIB)
     with pytest.raises(ConfigError, match="auto: no memory is left for training"):
@@ -87,3 +102,15 @@ def test_the_limit_comes_from_the_memory_cgroup():
         os.rmdir(group)
     assert out.returncode == 0, out.stderr
     assert "(cgroup v1 memory limit 300.0 MiB, less this process's" in out.stderr
+
+
+def test_the_peak_rss_is_this_programs_not_its_parents():
+    """A run started by a large process (a benchmark holding weights) reports its own
+    peak: getrusage's maxrss would carry the parent's image across exec."""
+    held = bytearray(256 * MIB)   # touched: resident in this process
+    held[::4096] = b"x" * len(held[::4096])
+    code = "from nntrainer_cli.runtime.measure import rss_peak_bytes; print(rss_peak_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out) < 128 * MIB, f"{int(out) / MIB:.0f} MiB"
+    del held
