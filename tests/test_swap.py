@@ -11,7 +11,7 @@ from nntrainer_cli.pipeline import Budget, parse_size, prepare
 from nntrainer_cli.plan.planners import Item, check_valid
 from nntrainer_cli.errors import ConfigError
 
-from helpers import REPO, run, write_records
+from helpers import REPO, frozen_conv, run, write_records
 
 CONFIGS = os.path.join(REPO, "configs")
 
@@ -154,6 +154,22 @@ def train_weights(model, tmp_path, name, *args):
               "--report", str(report), *args)
     assert res.exit_code == 0, res.output
     return save.read_bytes(), json.loads(report.read_text())
+
+
+def test_frozen_weights_are_read_back_but_never_written(tmp_path):
+    """A frozen weight's copy in the swap file stays good: it is loaded before its uses
+    but never stored (a frozen convolution near the smallest budget), while the
+    trainable weights and their optimizer state are."""
+    model = tmp_path / "m.ini"
+    model.write_text(frozen_conv(os.path.join(REPO, "datasets", "digits", "train.dat")))
+    p = prepare(str(model), budget="51%")
+    specs, stays = p.plan.specs, p.plan.swap.residencies
+    frozen = {r.tensor for r in stays if r.loaded and specs[r.tensor].constant}
+    assert frozen == {"conv:filter"} and not any(r.stored for r in stays if r.tensor in frozen)
+    assert any(r.stored for r in stays if not specs[r.tensor].constant
+               and specs[r.tensor].persistent)
+    replay(p.plan)
+    replay_steps(p.plan, eager=False)
 
 
 @pytest.mark.parametrize("config,budget", [("digits_mlp", "70%"), ("digits_mlp", "45%"),

@@ -88,6 +88,7 @@ class WeightRequest:
     shape: Shape
     initializer: str
     trainable: bool = True
+    state: bool = False    # the layer changes it itself (moving statistics, centroids)
     regularizer: str = "none"
     regularizer_constant: float = 0.0
     decay: float = 0.0
@@ -114,9 +115,11 @@ class FinalizeContext:
     temps: list[TempRequest] = field(default_factory=list)
 
     def weight(self, name, shape, initializer, trainable=True, **kw) -> None:
-        """Request a weight; `trainable=False` for state such as moving statistics."""
+        """Request a weight; `trainable=False` for state the layer changes itself, such
+        as moving statistics."""
         self.weights.append(WeightRequest(name, tuple(shape), initializer,
-                                          trainable=self.trainable and trainable, **kw))
+                                          trainable=self.trainable and trainable,
+                                          state=not trainable, **kw))
 
     def temp(self, name, shape, phases, dtype=np.float32) -> None:
         """A temporary used in `phases` (one Phase, or a set such as BACKWARD)."""

@@ -28,6 +28,7 @@ class TensorSpec:
     dtype: str
     uses: set[int]
     persistent: bool = False       # value must survive between iterations (weights, state)
+    constant: bool = False         # a weight nothing changes (frozen, or not training)
     alias_of: str | None = None    # shares the bytes of this (root) tensor
     first: int = 0
     last: int = 0
@@ -93,9 +94,9 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
     ts = TensorSet(slots, node_slots)
     specs = ts.specs
 
-    def add(name, kind, shape, uses, dtype="float32", persistent=False):
+    def add(name, kind, shape, uses, dtype="float32", persistent=False, constant=False):
         specs[name] = TensorSpec(name, kind, tuple(shape), np.dtype(dtype).name, set(uses),
-                                 persistent)
+                                 persistent, constant=constant)
         return name
 
     for n in graph.nodes:
@@ -125,7 +126,8 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
         for w in ctx.weights:
             name = f"{n.name}:{w.name}"
             io.weights[w.name] = add(name, "weight", w.shape, {ns.forward, *ns.backward()},
-                                     persistent=True)
+                                     persistent=True, constant=not w.state and not (
+                                         w.trainable and graph.training))
             if w.trainable and graph.training:
                 io.grads[w.name] = add(f"{name}:grad", "gradient", w.shape,
                                        {ns.calc_gradient, *ns.apply_parts})

@@ -102,9 +102,12 @@ class _Tensor:
 
 
 def _writes(spec: TensorSpec, uses: list[int], ts: TensorSet) -> set[int]:
-    """Slots that may change a persistent tensor: a trainable weight only where it is
-    applied (its gradient's uses after calc_gradient); other weights (moving
-    statistics) and optimizer state are treated as written at every use."""
+    """Slots that may change a persistent tensor: none for a constant weight (frozen: its
+    copy in the swap file stays good, so it is never written back); a trainable weight
+    only where it is applied (its gradient's uses after calc_gradient); other weights
+    (moving statistics) and optimizer state are treated as written at every use."""
+    if spec.constant:
+        return set()
     grad = ts.specs.get(f"{spec.name}:grad")
     if spec.kind == "weight" and grad is not None:
         return set(grad.uses) - {min(grad.uses)}
