@@ -142,7 +142,7 @@ class Planning:
             budget = max(1, int(self.plain().plan.peak_bytes * b.share / 100))
         else:
             budget = b.bytes
-        return _chosen(self._within(budget))
+        return self._chosen(self._within(budget))
 
     def _auto(self) -> Prepared:
         """Within what the machine leaves, measured once the plan exists: planning a
@@ -158,12 +158,23 @@ class Planning:
             if budget <= 0:
                 raise ConfigError(f"auto: no memory is left for training ({how})",
                                   key="--memory-budget")
-            found = _chosen(self._within(budget))
+            found = self._chosen(self._within(budget))
             left, how = machine_budget()
             if found.plan.arena_bytes <= left:
                 break
             budget = left
         return replace(found, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB ({how})")
+
+    def _chosen(self, found: Prepared | SwapRefusal) -> Prepared:
+        """The plan found, or the user's one line: the smallest budget, also as a share
+        of the plan without swap (what `--memory-budget 60%` is a share of)."""
+        if isinstance(found, Prepared):
+            return found
+        hint = ""
+        if self.budget.bytes is not None and self.budget.bytes <= 100:
+            hint = f" (a bare number is bytes: for a share of the plan write {self.budget.bytes}%)"
+        raise ConfigError(found.message(self.plain().plan.peak_bytes) + hint,
+                          key="--memory-budget")
 
     def _at(self, level: int, budget: int) -> Prepared | SwapRefusal:
         p = self.plain(level)
@@ -189,12 +200,6 @@ class Planning:
             if isinstance(found, Prepared):
                 break
         return found
-
-
-def _chosen(found: Prepared | SwapRefusal) -> Prepared:
-    if isinstance(found, SwapRefusal):
-        raise ConfigError(found.message, key="--memory-budget")
-    return found
 
 
 def prepare(path: str, **options) -> Prepared:

@@ -77,6 +77,12 @@ def test_an_image_folder_trains_as_the_same_records_in_npz_do(tmp_path):
     assert report["memory"]["data_read_peak_bytes"] > 0
     res = run("eval", str(tmp_path / "dir.ini"), "-w", str(tmp_path / "dir.bin"), "--data", folder)
     assert res.exit_code == 0 and "0=cat, 1=dog, 2=owl" in res.output, res.output
+    # an image beside the class folders belongs to none: left out, and said so
+    Image.fromarray(x[0].reshape(8, 8)).save(tmp_path / "pets" / "stray.png")
+    res = run("eval", str(tmp_path / "dir.ini"), "-w", str(tmp_path / "dir.bin"), "--data", folder)
+    assert res.exit_code == 0 and "left out 1 file beside the class folders" in res.output \
+        and "stray.png" in res.output, res.output
+    (tmp_path / "pets" / "stray.png").unlink()
     # RGB from the channel count, resized to the input's H×W
     (tmp_path / "rgb.ini").write_text(MODEL.format(
         data=f"type = dir\npath = {folder}", shape="3:4:4", classes=3))

@@ -226,7 +226,7 @@ def test_budget_too_small_names_the_smallest_that_works(tmp_path, tiny_model):
     assert res.exit_code == 2
     line = [l for l in res.output.splitlines() if l.startswith("error:")]
     assert len(line) == 1 and "smallest budget that works is" in line[0]
-    smallest = line[0].rsplit("is ", 1)[1].split(" ")[0].replace(",", "")
+    smallest = line[0].split("works is ", 1)[1].split(" ")[0].replace(",", "")
     assert run("train", model, "-q", "--memory-budget", smallest).exit_code == 0
     assert run("plan", model, "--memory-budget", str(int(smallest) - 64)).exit_code == 2
 
@@ -325,6 +325,18 @@ def test_plan_shows_the_schedule():
     (" Auto ", Budget(auto=True))])
 def test_sizes(text, expected):
     assert parse_size(text) == expected
+
+
+def test_a_budget_too_small_says_the_smallest_also_as_a_share_of_the_plan():
+    model = os.path.join(CONFIGS, "digits_mlp.ini")
+    plain = prepare(model).plan.peak_bytes
+    res = run("train", model, "--memory-budget", "60")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    floor = int(res.output.split("works is ")[1].split(" ")[0].replace(",", ""))
+    assert f"({-(-floor * 100 // plain)}% of the plan without swap, {plain:,} bytes)" \
+        in res.output
+    assert "a bare number is bytes: for a share of the plan write 60%" in res.output
+    assert "bare number" not in run("train", model, "--memory-budget", "10%").output
 
 
 @pytest.mark.parametrize("text", ["", "abc", "-5MiB", "0", "150%", "5 parsecs"])

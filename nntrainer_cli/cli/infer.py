@@ -49,8 +49,9 @@ def _open(model, data, batch_size, overrides, need_labels=True):
                              and path.lower().endswith(".csv")
                              and has_column(path, s.label_column)), None)   # the model's
         where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
-    return p, open_dataset(path, *shapes, where, need_labels, kind, label_column,
-                           classes), path
+    ds = open_dataset(path, *shapes, where, need_labels, kind, label_column, classes)
+    warn(ds.notes)
+    return p, ds, path
 
 
 @click.command("eval")
@@ -107,4 +108,5 @@ def predict(model, weights, data, output, batch_size, weights_map, overrides):
                            _names(weights_map))
     finally:
         ds.close()
-    click.echo(f"wrote {report.records} predictions to {output}", err=True)
+    click.echo(f"wrote {report.records} prediction{'s' if report.records != 1 else ''} to "
+               f"{output}", err=True)

@@ -71,11 +71,13 @@ class SwapRefusal:
     lookahead: int
     busiest: str
 
-    @property
-    def message(self) -> str:
+    def message(self, plan_bytes: int) -> str:
+        """One line for the user; the floor also as a share of `plan_bytes`, the plan
+        without swap that a budget like 60% is a share of."""
         return (f"a memory budget of {self.budget:,} bytes cannot be met: with every idle "
                 f"tensor swapped out (lookahead {self.lookahead}) the smallest budget that "
-                f"works is {self.floor:,} bytes; {self.busiest}")
+                f"works is {self.floor:,} bytes ({-(-self.floor * 100 // plan_bytes)}% of "
+                f"the plan without swap, {plan_bytes:,} bytes); {self.busiest}")
 
 
 @dataclass

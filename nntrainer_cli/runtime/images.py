@@ -116,6 +116,11 @@ class ImageFolderDataset(Dataset):
                               f"{'s' if len(others) > 1 else ''} that "
                               f"{'are' if len(others) > 1 else 'is'} not PNG, JPEG or BMP: "
                               f"{_shown(others, 3)}")
+        beside = sum(_images(path), [])
+        if beside:
+            self.notes.append(f"{path}: left out {len(beside)} file"
+                              f"{'s' if len(beside) > 1 else ''} beside the class folders "
+                              f"(each class's images go in its folder): {_shown(beside, 3)}")
         self.labels = np.array(labels, dtype=np.int32)
 
     def _open(self, f, file: str):
@@ -154,6 +159,9 @@ class ImageFolderDataset(Dataset):
                 mode, raw = img.mode, img.tobytes()   # decodes
         except Image.DecompressionBombError as e:
             raise self.where(f"{file}: {e}") from None
+        except Image.UnidentifiedImageError:
+            raise self.where(f"{file}: not a readable image (Pillow does not recognize "
+                             "it as PNG, JPEG or BMP)") from None
         except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad files
             raise self.where(f"{file}: not a readable image ({e or type(e).__name__})") from None
         if mode == "F":
