@@ -24,6 +24,19 @@ def test_train_digits_learns_and_keeps_to_the_plan(tmp_path):
         assert 0 <= e["train_accuracy"] <= 1 and 0 <= e["val_accuracy"] <= 1
 
 
+def test_the_measured_peak_does_not_drift_over_epochs(tmp_path):
+    """Each epoch keeps only its row of results (about 0.5 KiB): 20 epochs measure at
+    most 16 KiB over 2 (the loader's bookkeeping once drifted 1.9 KiB an epoch)."""
+    peaks = []
+    for epochs in (2, 20):
+        report = tmp_path / f"r{epochs}.json"
+        res = run("train", DIGITS, "--epochs", str(epochs), "--report", str(report), "-q",
+                  "--no-run-dir")
+        assert res.exit_code == 0, res.output
+        peaks.append(json.loads(report.read_text())["memory"]["measured_peak_bytes"])
+    assert peaks[1] - peaks[0] <= 16 * 1024, peaks
+
+
 def test_cnn_keeps_to_the_plan(tmp_path):
     report = tmp_path / "r.json"
     cnn = os.path.join(REPO, "configs", "digits_cnn.ini")
