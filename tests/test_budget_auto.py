@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nntrainer_cli import pipeline
@@ -83,7 +84,8 @@ def test_plan_says_whether_the_model_fits_this_machine(machine):
     assert "does not fit: train with --memory-budget auto" in res.output, res.output
 
 
-def test_the_limit_comes_from_the_memory_cgroup():
+def in_cgroup(mib: int, cmd: list[str]) -> subprocess.CompletedProcess:
+    """`cmd` in a new memory cgroup (v1) limiting the whole process to `mib` MiB."""
     group = f"/sys/fs/cgroup/memory/nntrainer-test-{os.getpid()}"
     try:
         os.mkdir(group)
@@ -92,16 +94,46 @@ def test_the_limit_comes_from_the_memory_cgroup():
                     "cgroup v1")
     try:
         with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
-            f.write(str(300 * MIB))
+            f.write(str(mib * MIB))
         join = lambda: open(os.path.join(group, "cgroup.procs"), "w").write(str(os.getpid()))  # noqa: E731
-        out = subprocess.run(
-            [sys.executable, "-m", "nntrainer_cli", "train", MLP, "--epochs", "1",
-             "--memory-budget", "auto", "--no-run-dir"],
-            capture_output=True, text=True, preexec_fn=join)
+        return subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join)
     finally:
         os.rmdir(group)
+
+
+def test_the_limit_comes_from_the_memory_cgroup():
+    out = in_cgroup(300, [sys.executable, "-m", "nntrainer_cli", "train", MLP, "--epochs", "1",
+                          "--memory-budget", "auto", "--no-run-dir"])
     assert out.returncode == 0, out.stderr
     assert "(cgroup v1 memory limit 300.0 MiB, less this process's" in out.stderr
+
+
+def test_a_model_larger_than_its_memory_limit_trains_to_the_same_weights(tmp_path):
+    """An MLP whose plan (weights, gradients, Adam state) is larger than the limit of
+    its whole process, interpreter included, trains inside that limit with `auto` and
+    O_DIRECT swap to the weights of a run without any limit."""
+    records = np.fromfile(os.path.join(REPO, "datasets", "digits", "train.dat"), "<f4")
+    records[:320 * 74].tofile(tmp_path / "train.dat")
+    layers = "".join(f"[fc{k}]\ntype = fully_connected\nunit = 1024\nactivation = relu\n"
+                     for k in range(8))
+    model = tmp_path / "deep.ini"
+    model.write_text(f"[Model]\nloss = cross\nbatch_size = 32\nepochs = 1\n"
+                     f"[Optimizer]\ntype = adam\nlearning_rate = 0.0001\n"
+                     f"[train_set]\npath = {tmp_path / 'train.dat'}\n"
+                     f"[in]\ntype = input\ninput_shape = 1:1:64\n{layers}"
+                     f"[out]\ntype = fully_connected\nunit = 10\nactivation = softmax\n")
+    limit = 80
+    assert pipeline.prepare(str(model)).plan.peak_bytes > limit * MIB
+    base = [sys.executable, "-m", "nntrainer_cli", "train", str(model), "-q", "--no-shuffle",
+            "--no-run-dir"]
+    free = subprocess.run(base + ["--save", str(tmp_path / "free.bin")], capture_output=True,
+                          text=True)
+    assert free.returncode == 0, free.stderr
+    held = in_cgroup(limit, base + ["--save", str(tmp_path / "held.bin"), "--memory-budget",
+                                    "auto", "--swap-direct", "--swap-dir", str(tmp_path)])
+    assert held.returncode == 0, held.stderr or "killed by the kernel"
+    assert (tmp_path / "held.bin").read_bytes() == (tmp_path / "free.bin").read_bytes()
+    assert in_cgroup(limit, base).returncode == -9   # without a budget the kernel kills it
 
 
 def test_the_peak_rss_is_this_programs_not_its_parents():
