@@ -43,7 +43,12 @@ def test_predict_writes_every_record_in_order(tmp_path):
         res = run("predict", DIGITS, "-w", weights, "--data", test, "-o", str(tmp_path / out))
         assert res.exit_code == 0, res.output
     probs = np.load(tmp_path / "p.npy")
-    np.testing.assert_allclose(np.loadtxt(tmp_path / "p.csv", delimiter=","), probs, rtol=1e-6)
+    table = (tmp_path / "p.csv").read_text().splitlines()
+    assert table[0] == "record," + ",".join(map(str, range(10))) + ",predicted"
+    rows = [line.split(",") for line in table[1:]]
+    assert [r[0] for r in rows] == [str(k) for k in range(len(probs))]
+    np.testing.assert_allclose(np.array([r[1:-1] for r in rows], float), probs, rtol=1e-6)
+    assert [int(r[-1]) for r in rows] == list(probs.argmax(1))
     labels = np.fromfile(test, dtype="<f4").reshape(-1, 74)[:, 64:].argmax(1)
     assert probs.shape == (len(labels), 10)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)

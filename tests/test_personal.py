@@ -121,6 +121,19 @@ def test_other_data_is_numbered_by_the_training_sets_class_names(tmp_path):
               str(flat / "1.png"), "-o", str(tmp_path / "one.npy"))
     assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(np.load(tmp_path / "one.npy")[0], np.load(tmp_path / "p.npy")[1])
+    # a table names each image by its file and each column by the training set's class
+    (tmp_path / "test" / "emu").rename(tmp_path / "test" / "owl")
+    res = run("predict", str(tmp_path / "m.ini"), "-w", str(tmp_path / "w.bin"), "--data",
+              str(tmp_path / "test"), "-o", str(tmp_path / "p.csv"))
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "p.csv").read_text().splitlines()
+    assert table[0] == "record,cat,dog,owl,predicted"
+    files = sorted(os.path.join(c, f) for c in ("dog", "owl")
+                   for f in os.listdir(tmp_path / "test" / c))
+    assert [line.split(",")[0] for line in table[1:]] == files
+    for line in table[1:]:
+        values = [float(v) for v in line.split(",")[1:4]]
+        assert line.split(",")[4] == names[int(np.argmax(values))]
     from nntrainer_cli.runtime.images import ImageFolderDataset
     Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(flat / "deep.png")
     ds = ImageFolderDataset(str(flat / "deep.png"), [(1, 8, 8)], [3], ValueError, False)

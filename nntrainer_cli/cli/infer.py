@@ -24,7 +24,8 @@ def _names(weights_map):
 
 
 def _open(model, data, batch_size, overrides, need_labels=True):
-    """The forward-only plan and the data: --data, else the model's test set."""
+    """The forward-only plan, the data (--data, else the model's test set), its path,
+    and the training set's class names where it names them."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.runtime.data import class_names, open_dataset
     from nntrainer_cli.runtime.tables import has_column
@@ -51,7 +52,7 @@ def _open(model, data, batch_size, overrides, need_labels=True):
         where = lambda msg: ConfigError(msg, key="--data")  # noqa: E731
     ds = open_dataset(path, *shapes, where, need_labels, kind, label_column, classes)
     warn(ds.notes)
-    return p, ds, path
+    return p, ds, path, classes
 
 
 @click.command("eval")
@@ -71,7 +72,7 @@ def eval_(model, weights, data, batch_size, report_path, weights_map, overrides)
 
     if report_path:
         check_writable(report_path, "report")
-    p, ds, path = _open(model, data, batch_size, overrides)
+    p, ds, path, _ = _open(model, data, batch_size, overrides)
     try:
         report = infer(model, p.graph, p.plan, weights, ds, path, names=_names(weights_map))
     finally:
@@ -89,8 +90,11 @@ def eval_(model, weights, data, batch_size, report_path, weights_map, overrides)
                    "(labels 'y' may be left out), a .csv table (the label column may be "
                    "left out), or a folder of images per class.")
 @click.option("--output", "-o", type=FILE, required=True,
-              help="Where the outputs go: .npy (float32, records × values) or .csv, one row "
-                   "per record in input order (after the final activation).")
+              help="Where the outputs go, one row per record in input order (after the "
+                   "final activation): .npy (float32, records × values) or .csv with a "
+                   "header: the record (its file for images, else its number), one column "
+                   "per value (named by class where the training set names them) and the "
+                   "predicted class.")
 @batch_opt
 @weights_map_opt
 @set_opt
@@ -100,10 +104,11 @@ def predict(model, weights, data, output, batch_size, weights_map, overrides):
     from nntrainer_cli.runtime.inference import OutputFile, infer
 
     check_writable(output, "predictions")
-    p, ds, path = _open(model, data, batch_size, overrides, need_labels=False)
+    p, ds, path, classes = _open(model, data, batch_size, overrides, need_labels=False)
     out = p.graph.losses[0] if p.graph.losses else p.graph.nodes[-1]
     try:
-        with OutputFile(output, ds.count, math.prod(out.ctx.output_shapes[0][1:])) as f:
+        with OutputFile(output, ds.count, math.prod(out.ctx.output_shapes[0][1:]),
+                        ds.record_names(), classes) as f:
             report = infer(model, p.graph, p.plan, weights, ds, path, f.write,
                            _names(weights_map))
     finally:

@@ -23,6 +23,11 @@ class Dataset:
         """Each record's class number, where labels are classes (to split by class)."""
         return None
 
+    def record_names(self) -> list[str] | None:
+        """What each record is called in predictions, where the data names it (image
+        files); None: by its number."""
+        return None
+
     def shuffle(self, rng: np.random.Generator) -> None:
         rng.shuffle(self.order)
 

@@ -69,6 +69,7 @@ class ImageFolderDataset(Dataset):
             raise where(f"{path}: images need an input of 1 (grayscale) or 3 (RGB) channels, "
                         f"the model's input is {':'.join(map(str, self.shape))}")
         self.notes, self.where = [], where
+        self.root = path if os.path.isdir(path) else os.path.dirname(path)
         if os.path.isfile(path) and path.lower().endswith(EXTENSIONS) and not need_labels:
             self._unlabeled([path])   # one image to predict
         elif not os.path.isdir(path):
@@ -176,6 +177,9 @@ class ImageFolderDataset(Dataset):
 
     def class_of(self) -> np.ndarray | None:
         return self.labels if self.classes is not None else None
+
+    def record_names(self) -> list[str]:
+        return [os.path.relpath(f, self.root) for f in self.files]
 
     def read(self, start: int, batch: int, views: list[np.ndarray]) -> None:
         features, labels = views

@@ -4,6 +4,7 @@ prediction the model's output for every record, in input order."""
 
 from __future__ import annotations
 
+import csv
 import time
 from dataclasses import asdict, dataclass
 
@@ -67,25 +68,38 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
 
 class OutputFile:
     """Predictions written as they come, one row per record: .npy (float32, rows ×
-    values) or .csv; atomically, like every output file."""
+    values) or .csv with a header: the record (its file for images, else its number),
+    one column per value (named by class where the values are classes) and the
+    predicted class; atomically, like every output file."""
 
-    def __init__(self, path: str, records: int, values: int):
+    def __init__(self, path: str, records: int, values: int, names: list[str] | None = None,
+                 classes: list[str] | None = None):
         if not path.lower().endswith((".npy", ".csv")):
             raise DataError(f"cannot write predictions to {path}: use .npy or .csv")
         self.path, self.records, self.values = path, records, values
         self.csv = path.lower().endswith(".csv")
+        self.names = names or [str(k) for k in range(records)]
+        self.columns = classes if classes and len(classes) == values else \
+            [str(k) for k in range(values)]
+        self.done = 0
 
     def __enter__(self):
         self._ctx = atomic_open(self.path, "w" if self.csv else "wb")
         self.f = self._ctx.__enter__()
-        if not self.csv:
+        if self.csv:
+            self.rows = csv.writer(self.f, lineterminator="\n")
+            self.rows.writerow(["record", *self.columns, "predicted"])
+        else:
             np.lib.format.write_array_header_1_0(self.f, {
                 "descr": "<f4", "fortran_order": False, "shape": (self.records, self.values)})
         return self
 
     def write(self, rows: np.ndarray) -> None:
         if self.csv:
-            np.savetxt(self.f, rows, fmt="%.7g", delimiter=",")
+            for row in rows:
+                self.rows.writerow([self.names[self.done], *(f"{v:.7g}" for v in row),
+                                    self.columns[int(row.argmax())]])
+                self.done += 1
         else:
             self.f.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
 
