@@ -185,12 +185,14 @@ class Executor:
                     for t in transfers]
         return [(jobs(s.loads), s.wait, jobs(s.stores)) for s in self.plan.swap.steps]
 
-    def _run(self, count: int, training: bool, rows: int, on_output=None) -> tuple[float, int]:
+    def _run(self, count: int, training: bool, rows: int, on_output=None,
+             timed: np.ndarray | None = None) -> tuple[float, int]:
+        """The first `count` slots with their swap jobs; `timed` (per slot) adds each
+        step's seconds."""
         for ctx in self.loss_ctx:
             ctx.rows = rows
         correct, reg = 0, 0.0
         io, swap, base = self.io, self.swap_steps, 0
-        timed = self.slot_seconds if training else None
         if io is not None:
             base = io.submitted
         for i in range(count):
@@ -239,14 +241,13 @@ class Executor:
         """One iteration over the batch already in the input/label views; `rows` fewer
         than the batch only where nothing learns by gradient (an enrollment)."""
         self.iteration, self.lr = iteration, self.schedule(iteration)
-        return self._run(len(self.plan.slots), True, rows or self.graph.batch_size)
+        return self._run(len(self.plan.slots), True, rows or self.graph.batch_size,
+                         timed=self.slot_seconds)
 
     def run_first(self, count: int) -> None:
         """The first `count` training slots, with their swap loads and stores (a feature
         cache computing the records no full batch held), untimed."""
-        timed, self.slot_seconds = self.slot_seconds, None
         self._run(count, True, self.graph.batch_size)
-        self.slot_seconds = timed
 
     def eval_step(self, rows: int, on_output=None) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows,
