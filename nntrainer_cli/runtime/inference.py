@@ -78,7 +78,7 @@ class OutputFile:
             raise DataError(f"cannot write predictions to {path}: use .npy or .csv")
         self.path, self.records, self.values = path, records, values
         self.csv = path.lower().endswith(".csv")
-        self.names = names or [str(k) for k in range(records)]
+        self.names = names   # None: records go by their number
         self.columns = classes if classes and len(classes) == values else \
             [str(k) for k in range(values)]
         self.done = 0
@@ -97,7 +97,8 @@ class OutputFile:
     def write(self, rows: np.ndarray) -> None:
         if self.csv:
             for row in rows:
-                self.rows.writerow([self.names[self.done], *(f"{v:.7g}" for v in row),
+                name = self.names[self.done] if self.names else self.done
+                self.rows.writerow([name, *(f"{v:.7g}" for v in row),
                                     self.columns[int(row.argmax())]])
                 self.done += 1
         else:
