@@ -58,6 +58,12 @@ def _shown(names: list[str], most: int = 5) -> str:
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
+def _left_out(path: str, files: list[str], what: str) -> str:
+    """The note for files of a folder that are not read."""
+    return f"{path}: left out {len(files)} file{'s' if len(files) > 1 else ''} {what}: " \
+           f"{_shown(files, 3)}"
+
+
 class ImageFolderDataset(Dataset):
     def __init__(self, path: str, input_shapes: list[tuple], label_sizes: list[int], where,
                  need_labels: bool = True, classes: list[str] | None = None):
@@ -113,15 +119,12 @@ class ImageFolderDataset(Dataset):
             labels += [index[name]] * len(images)
             others += [os.path.join(name, f) for f in rest]
         if others:
-            self.notes.append(f"{path}: left out {len(others)} file"
-                              f"{'s' if len(others) > 1 else ''} that "
-                              f"{'are' if len(others) > 1 else 'is'} not PNG, JPEG or BMP: "
-                              f"{_shown(others, 3)}")
+            self.notes.append(_left_out(path, others, f"that {'are' if len(others) > 1 else 'is'}"
+                                                      " not PNG, JPEG or BMP"))
         beside = sum(_images(path), [])
         if beside:
-            self.notes.append(f"{path}: left out {len(beside)} file"
-                              f"{'s' if len(beside) > 1 else ''} beside the class folders "
-                              f"(each class's images go in its folder): {_shown(beside, 3)}")
+            self.notes.append(_left_out(path, beside, "beside the class folders (each class's "
+                                                      "images go in its folder)"))
         self.labels = np.array(labels, dtype=np.int32)
 
     def _open(self, f, file: str):
