@@ -23,6 +23,7 @@ from .planners import Item, check_valid, lower_bound, plan_offsets
 from .specs import TensorSet, TensorSpec
 from .swap_plan import Residency, SwapOptions, SwapPlan, SwapRefusal, file_layout, steps
 
+
 class _Tensor:
     """One alias group: its uses, and which idle stretches between them are swapped."""
 
