@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from dataclasses import dataclass, replace
@@ -103,8 +104,8 @@ class Planning:
         if any(s.get("backbone") for s in cfg.layers):   # ONNX backbones, with their weights
             from nntrainer_cli.exchange.onnx_backbone import splice_backbones
             splice_backbones(cfg)
-        self.build = lambda level: build_graph(cfg, batch_size, require_loss, frugal=level,
-                                               inference=inference)
+        self.build = lambda level, tiles=None: build_graph(
+            cfg, batch_size, require_loss, frugal=level, inference=inference, tiles=tiles)
         self.graph = self.build(0)   # a model that does not build fails here, first
         self.optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
             if cfg.optimizer and not inference else None
@@ -115,12 +116,16 @@ class Planning:
             direct)
         self._plans: dict[int, Prepared] = {}
 
-    def plain(self, level: int = 0) -> Prepared:
-        """The plan without swap of the graph at one frugal level (0: as written)."""
-        if level not in self._plans:
-            g = self.graph if level == 0 else self.build(level)
-            self._plans[level] = Prepared(self.cfg, g, self.optimizer,
-                                          make_plan(g, self.state, self.planner, self.in_place))
+    def plain(self, level: int = 0, tiles: dict[str, int] | None = None) -> Prepared:
+        """The plan without swap of the graph at one frugal level (0: as written), its
+        tileable layers cut into `tiles` row tiles; untiled plans are kept."""
+        if tiles or level not in self._plans:
+            g = self.graph if level == 0 and not tiles else self.build(level, tiles)
+            p = Prepared(self.cfg, g, self.optimizer,
+                         make_plan(g, self.state, self.planner, self.in_place))
+            if tiles:
+                return p
+            self._plans[level] = p
         return self._plans[level]
 
     def prepared(self) -> Prepared:
@@ -176,8 +181,9 @@ class Planning:
         raise ConfigError(found.message(self.plain().plan.peak_bytes) + hint,
                           key="--memory-budget")
 
-    def _at(self, level: int, budget: int) -> Prepared | SwapRefusal:
-        p = self.plain(level)
+    def _at(self, level: int, budget: int,
+            tiles: dict[str, int] | None = None) -> Prepared | SwapRefusal:
+        p = self.plain(level, tiles)
         swap = replace(self.swap, budget=budget)
         plan = with_swap(p.plan, swap)
         return plan if isinstance(plan, SwapRefusal) else replace(p, plan=plan, swap=swap)
@@ -190,16 +196,56 @@ class Planning:
         # Relu masks and split applies (level 1) let more stay resident, but they change
         # what the schedule evicts and now and then it moves more bytes than without them:
         # the plan moving fewer bytes wins (the plain one on a tie, it has fewer slots).
-        # Smaller conv buffers cost speed, so they come only when neither fits.
-        fits = [p for p in (self._at(0, budget), self._at(1, budget))
-                if isinstance(p, Prepared)]
+        # Tiles and smaller conv buffers cost speed, so they come only when neither fits.
+        tried = [self._at(0, budget), self._at(1, budget)]
+        fits = [p for p in tried if isinstance(p, Prepared)]
         if fits:
             return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out)
+        found, tiles = self._tiled(1, budget, {}, tried[1])
         for level in FRUGAL_LEVELS[1:]:
-            found = self._at(level, budget)
             if isinstance(found, Prepared):
                 break
+            trial, more = self._tiled(level, budget, tiles, self._at(level, budget, tiles))
+            if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
+                break   # conv's buffers are not what sets the floor
+            found, tiles = trial, more
         return found
+
+    def _tiled(self, level: int, budget: int, tiles: dict[str, int],
+               found: Prepared | SwapRefusal) -> tuple[Prepared | SwapRefusal, dict[str, int]]:
+        """`found` (the plan at `level` with `tiles`), else with more tiles where the
+        budget needs them: while the busiest slot holds a tileable layer's weight (or
+        its gradient or state), that layer's tiles double, and so do those of every
+        layer whose tiles are as large, until the plan fits or tiling no longer lowers
+        the floor. Also returns the tiles it ends with."""
+        while isinstance(found, SwapRefusal):
+            more = self._more_tiles(found, tiles)
+            if more is None:
+                break
+            trial = self._at(level, budget, more)
+            if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
+                break
+            tiles, found = more, trial
+        return found, tiles
+
+    def _more_tiles(self, refusal: SwapRefusal, tiles: dict[str, int]) -> dict[str, int] | None:
+        """Twice the tiles for the tileable layer whose weight's tensors weigh most at
+        the refusal's busiest slot, and for the layers with tiles as large as its; None
+        when no such layer has rows left to cut."""
+        weights = {f"{n.name}:{w.name}": (n.name, w.shape[0], math.prod(w.shape))
+                   for n in self.graph.nodes if n.layer.tileable
+                   for w in n.ctx.weights if w.tiled}
+        for tensor in refusal.held:
+            prefix = next((p for p in weights if tensor == p or tensor.startswith(p + ":")), None)
+            if prefix is None:
+                continue
+            node, rows, size = weights[prefix]
+            if 2 * tiles.get(node, 1) > rows:
+                continue
+            tile = size // tiles.get(node, 1)
+            return {**tiles, **{n: 2 * tiles.get(n, 1) for n, r, s in weights.values()
+                                if s // tiles.get(n, 1) >= tile and 2 * tiles.get(n, 1) <= r}}
+        return None
 
 
 def prepare(path: str, **options) -> Prepared:

@@ -5,6 +5,7 @@ import pytest
 from nntrainer_cli.config import load_config
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import build_graph
+from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import make_plan
 from nntrainer_cli.plan.planners import Item, check_valid
 
@@ -116,7 +117,7 @@ def test_a_reader_after_a_backward_overwrite_is_caught(tmp_path):
     ts = build_specs(graph, ("adam_m", "adam_v"))
     _check_backward_writes(graph, ts)   # as planned: fine
     act = "fc1/activation_realized"
-    cd = ts.node_slots[act].calc_derivative
+    cd = ts.node_slots[act].last(Phase.CALC_DERIVATIVE)
     ts.specs[ts.io[act].outputs[0]].uses.add(cd + 1)
     _lifespans(ts)
     with pytest.raises(AssertionError, match=f"{act} overwrites"):

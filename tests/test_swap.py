@@ -234,6 +234,7 @@ def test_budget_too_small_names_the_smallest_that_works(tmp_path, tiny_model):
 def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
     """Just under the smallest budget is refused at once (it used to search byte by byte
     for minutes); just over it plans in a few rounds of relief per frugal level."""
+    import nntrainer_cli.pipeline as pipeline
     import nntrainer_cli.plan.swap as swap
     model = os.path.join(CONFIGS, "digits_mlp.ini")
     with pytest.raises(ConfigError) as e:
@@ -246,12 +247,21 @@ def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
         assert calls[0] < 200, "the budget search does not converge"
         return relieve(*args, **kw)
 
+    plans, with_swap = [0], pipeline.with_swap
+
+    def counted_plans(*args, **kw):
+        plans[0] += 1
+        return with_swap(*args, **kw)
+
     monkeypatch.setattr(swap, "_relieve", counted)
+    monkeypatch.setattr(pipeline, "with_swap", counted_plans)
     for budget in (smallest - 1, smallest - 82):
-        calls[0] = 0
+        calls[0] = plans[0] = 0
         with pytest.raises(ConfigError, match=f"works is {smallest:,} bytes"):
             prepare(model, budget=str(budget))
-        assert calls[0] <= 5   # one floor per plan tried: plain, frugal, 3 conv levels
+        # one floor per plan tried (plain, frugal, tiled until tiles stop helping, a
+        # conv level), no search beyond it
+        assert calls[0] == plans[0] <= 12
     for budget in (smallest, smallest + 1, smallest + 500, smallest * 2):
         calls[0] = 0
         p = prepare(model, budget=str(budget))

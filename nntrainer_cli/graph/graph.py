@@ -55,6 +55,7 @@ class LayerGraph:
     training: bool = True        # False: no loss anywhere, so a forward-only graph
     frugal: int = 0              # memory over speed (0: off; else divides conv's work buffers)
     apply_parts: int = 1         # apply_gradient slots per layer (more when frugal)
+    tiles: dict[str, int] = field(default_factory=dict)   # tileable layers' row tiles
 
     def __post_init__(self):
         self.by_name = {n.name: n for n in self.nodes}
@@ -243,7 +244,7 @@ def _finalize(graph: LayerGraph) -> None:
             shapes = [(batch,) + node.input_shape]
         ctx = FinalizeContext(shapes, trainable=node.trainable,
                               requested_outputs=requested.get(node.name, 1),
-                              frugal=graph.frugal)
+                              frugal=graph.frugal, tiles=graph.tiles.get(node.name, 1))
         try:
             node.layer.finalize(ctx)
         except LayerError as e:
@@ -277,14 +278,16 @@ def _check_gradient_flow(graph: LayerGraph) -> None:
 
 def build_graph(cfg: ModelConfig, batch_size: int | None = None,
                 require_loss: bool = True, frugal: int = 0,
-                inference: bool = False) -> LayerGraph:
+                inference: bool = False, tiles: dict[str, int] | None = None) -> LayerGraph:
     """The finalized graph. Without `require_loss`, a model with no loss at all gives
     a forward-only graph (for planning inference) instead of an error. `frugal` trades
     speed for memory, for tight budgets: relu keeps a one-byte mask, each layer's
     gradient is applied in parts (so less optimizer state is needed at once), and conv
     builds its columns for `frugal` times fewer samples at a time. Results are bit-for-bit
     the same. `inference` plans forward only (the loss layer kept for its metrics): no
-    gradients, derivatives or optimizer state."""
+    gradients, derivatives or optimizer state. `tiles` cuts tileable layers' weights
+    into that many row tiles, each with slots of its own (a budget below a whole
+    layer's needs)."""
     nodes = [_make_node(s) for s in cfg.layers]
     seen: dict[str, Node] = {}
     for n in nodes:
@@ -312,7 +315,10 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
     for n in nodes:  # NNTrainer pushes the model's value to every layer
         n.clip = cfg.model["clip_grad_by_norm"] or n.layer.p.get("clip_grad_by_norm")
     graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training, frugal,
-                       FRUGAL_APPLY_PARTS if frugal else 1)
+                       FRUGAL_APPLY_PARTS if frugal else 1, dict(tiles or {}))
+    for name in graph.tiles:
+        if name not in graph.by_name or not graph.by_name[name].layer.tileable:
+            raise AssertionError(f"{name} is not a tileable layer")   # the planner's bug
     _finalize(graph)
     if training:
         _check_gradient_flow(graph)

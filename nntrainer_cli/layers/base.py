@@ -92,6 +92,7 @@ class WeightRequest:
     regularizer: str = "none"
     regularizer_constant: float = 0.0
     decay: float = 0.0
+    tiled: bool = False    # cut into row tiles when the graph tiles its layer
 
 
 @dataclass
@@ -109,6 +110,7 @@ class FinalizeContext:
     trainable: bool = True
     requested_outputs: int = 1   # how many outputs the graph reads: name(0), name(1), …
     frugal: int = 0              # memory over speed: 0 off, else shrink work buffers by it
+    tiles: int = 1               # row tiles of the tiled weights (a tileable layer, a budget)
     access: Access | None = None  # a variant of the layer's Access, when it picks one
     output_shapes: list[Shape] = field(default_factory=list)
     weights: list[WeightRequest] = field(default_factory=list)
@@ -144,6 +146,9 @@ class RunContext:
     loss: float = 0.0   # set by loss layers in forward
     rng: np.random.Generator | None = None  # for dropout and other random layers
     node: str = ""      # the layer's name, for the runtime's bookkeeping
+    # a tiled layer's slot works on these rows of its tiled weights, whose views hold
+    # only them (the first tile's slot also on the untiled ones, such as a bias)
+    tile: tuple[int, int] | None = None
 
 
 class LayerError(ValueError):
@@ -162,6 +167,7 @@ class Layer:
     access = Access()         # finalize may pick a variant: ctx.access = ...
     is_loss = False
     differentiable = True     # False: passes no gradient back (nothing before it may train)
+    tileable = False          # its steps follow ctx.tile, so a budget may tile its weight
 
     def __init__(self, name: str, props: dict[str, Any]):
         self.name = name
@@ -170,11 +176,14 @@ class Layer:
     def finalize(self, ctx: FinalizeContext) -> None:
         raise NotImplementedError
 
-    def request_weight(self, ctx: FinalizeContext, name: str, shape: Shape) -> None:
-        """A main weight, with the WEIGHT_SCHEMA initializer, regularizer and decay."""
+    def request_weight(self, ctx: FinalizeContext, name: str, shape: Shape,
+                       tiled: bool = False) -> None:
+        """A main weight, with the WEIGHT_SCHEMA initializer, regularizer and decay;
+        `tiled`: cut into ctx.tiles row tiles (a tileable layer's weight)."""
         p = self.p
         ctx.weight(name, shape, p["weight_initializer"], regularizer=p["weight_regularizer"],
-                   regularizer_constant=p["weight_regularizer_constant"], decay=p["weight_decay"])
+                   regularizer_constant=p["weight_regularizer_constant"], decay=p["weight_decay"],
+                   tiled=tiled)
 
     def request_bias(self, ctx: FinalizeContext, name: str, shape: Shape) -> None:
         if not self.p["disable_bias"]:

@@ -6,7 +6,12 @@ import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import Access, FinalizeContext, InPlace, Layer, LayerError, RunContext, register
+from .base import Access, FinalizeContext, InPlace, Layer, LayerError, Phase, RunContext, register
+
+
+def tile_columns(a: np.ndarray, tile: tuple[int, int] | None) -> np.ndarray:
+    """The columns of a 2-D view that meet a weight tile's rows (all without tiles)."""
+    return a if tile is None else a[:, tile[0]:tile[1]]
 
 
 def rows2d(a: np.ndarray) -> np.ndarray:
@@ -48,31 +53,44 @@ class Input(Layer):
 
 @register
 class FullyConnected(Layer):
+    """y = x·W + b. Tileable: under a tight budget W is cut into row tiles, each slot
+    working on one (the input's matching columns), so only one tile, its gradient and
+    its optimizer state need be resident; forward then sums the tiles' products."""
     type = "fully_connected"
     schema = {"unit": P.Prop(P.positive_int, required=True)}
     weighted = True
+    tileable = True
     access = Access(gradient_reads=frozenset({"input"}))
 
     def finalize(self, ctx: FinalizeContext) -> None:
         shape = ctx.input_shapes[0]
         ctx.output_shapes = [shape[:-1] + (self.p["unit"],)]
-        self.request_weight(ctx, "weight", (shape[-1], self.p["unit"]))
+        self.request_weight(ctx, "weight", (shape[-1], self.p["unit"]), tiled=True)
         self.request_bias(ctx, "bias", (self.p["unit"],))
+        if ctx.tiles > 1:   # each later tile's product, before it is added to y
+            ctx.temp("part", ctx.output_shapes[0], Phase.FORWARD)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
-        y = rows2d(ctx.outputs[0])
-        np.matmul(rows2d(ctx.inputs[0]), ctx.weights["weight"], out=y)
-        if "bias" in ctx.weights:
-            y += ctx.weights["bias"]
+        x, y = rows2d(ctx.inputs[0]), rows2d(ctx.outputs[0])
+        if ctx.tile is None or ctx.tile[0] == 0:
+            np.matmul(tile_columns(x, ctx.tile), ctx.weights["weight"], out=y)
+            if "bias" in ctx.weights:
+                y += ctx.weights["bias"]
+        else:
+            part = rows2d(ctx.temps["part"])
+            np.matmul(tile_columns(x, ctx.tile), ctx.weights["weight"], out=part)
+            y += part
 
     def calc_gradient(self, ctx: RunContext) -> None:
         dy = rows2d(ctx.out_grads[0])
-        np.matmul(rows2d(ctx.inputs[0]).T, dy, out=ctx.grads["weight"])
-        if "bias" in ctx.grads:
+        np.matmul(tile_columns(rows2d(ctx.inputs[0]), ctx.tile).T, dy,
+                  out=ctx.grads["weight"])
+        if "bias" in ctx.grads and (ctx.tile is None or ctx.tile[0] == 0):
             np.sum(dy, axis=0, out=ctx.grads["bias"])
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        np.matmul(rows2d(ctx.out_grads[0]), ctx.weights["weight"].T, out=rows2d(ctx.in_grads[0]))
+        np.matmul(rows2d(ctx.out_grads[0]), ctx.weights["weight"].T,
+                  out=tile_columns(rows2d(ctx.in_grads[0]), ctx.tile))
 
 
 class ViewLayer(Layer):

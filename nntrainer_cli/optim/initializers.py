@@ -17,9 +17,12 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[1] * field, shape[0] * field
 
 
-def initialize(out: np.ndarray, name: str, rng: np.random.Generator) -> None:
-    """Fill `out` in place, without a temporary of its size."""
-    fan_in, fan_out = fans(out.shape)
+def initialize(out: np.ndarray, name: str, rng: np.random.Generator,
+               shape: tuple[int, ...] | None = None) -> None:
+    """Fill `out` in place, without a temporary of its size. `out` may be a row tile of
+    a weight of `shape`: the generator draws one value per element in order, so filling
+    the tiles one after another gives the values of the whole weight."""
+    fan_in, fan_out = fans(shape or out.shape)
     if name in ("zeros", "none"):
         out.fill(0)
     elif name == "ones":

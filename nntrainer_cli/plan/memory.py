@@ -30,6 +30,11 @@ class MemoryPlan:
         return self.swap.peak if self.swap else self.peak_bytes
 
     @property
+    def tiles(self) -> dict[str, int]:
+        """The tiled layers and their number of row tiles (a budget below whole layers)."""
+        return {n: len(ns.tiles) for n, ns in self.tensors.node_slots.items() if ns.tiles}
+
+    @property
     def specs(self) -> dict[str, TensorSpec]:
         return self.tensors.specs
 

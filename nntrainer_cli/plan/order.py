@@ -22,32 +22,54 @@ class Slot:
     index: int
     node: str
     phase: Phase
-    part: int = 0   # which rows of the weights an apply_gradient slot updates
+    part: int = 0   # a tiled layer's tile, or which rows an apply_gradient slot updates
 
 
 @dataclass
 class NodeSlots:
-    forward: int
-    calc_gradient: int | None = None
-    calc_derivative: int | None = None
-    apply_gradient: int | None = None                       # the first apply slot
-    apply_parts: list[int] = field(default_factory=list)    # every apply slot
+    """A node's slots per phase that runs, in order: one, or one per weight tile (a
+    tiled layer: `tiles` holds the tiles' row ranges), or for apply_gradient one per
+    row part (frugal plans)."""
+    parts: dict[Phase, list[int]] = field(default_factory=dict)
+    tiles: list[tuple[int, int]] = field(default_factory=list)
 
-    def slot_of(self, phase: Phase) -> int | None:
-        """The node's (first) slot of `phase`, None if that phase does not run."""
-        return getattr(self, phase.value)
+    def all(self, phase: Phase) -> list[int]:
+        return self.parts.get(phase, [])
+
+    def last(self, phase: Phase) -> int | None:
+        """The slot after which the phase is done; None if it does not run."""
+        return self.parts[phase][-1] if phase in self.parts else None
+
+    @property
+    def forward(self) -> int:
+        """The node's last forward slot: its output is complete after it."""
+        return self.parts[Phase.FORWARD][-1]
+
+    @property
+    def apply_parts(self) -> list[int]:
+        return self.all(Phase.APPLY_GRADIENT)
 
     def backward(self) -> list[int]:
-        return [s for s in (self.calc_gradient, self.calc_derivative) if s is not None] + \
-            self.apply_parts
+        return [s for p in (Phase.CALC_GRADIENT, Phase.CALC_DERIVATIVE, Phase.APPLY_GRADIENT)
+                for s in self.all(p)]
 
 
 def row_parts(rows: int, parts: int) -> list[tuple[int, int]]:
     """Row ranges of a weight for an apply_gradient split into `parts` slots (fewer
-    when it has fewer rows): the optimizer is element-wise, so any split gives the same
-    result, and under a tight budget only one part's optimizer state need be resident."""
+    when it has fewer rows), or for its tiles: the optimizer is element-wise, so any
+    split gives the same result, and under a tight budget only one part's optimizer
+    state need be resident."""
     bounds = [rows * k // parts for k in range(parts + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def tile_rows(graph: LayerGraph, node: Node) -> list[tuple[int, int]]:
+    """The row ranges of a tiled node's tiles (of its tiled weights' first axis);
+    empty when the node is not tiled."""
+    tiled = [w for w in node.ctx.weights if w.tiled]
+    tiles = graph.tiles.get(node.name, 1)
+    rows = row_parts(tiled[0].shape[0], tiles) if tiled and tiles > 1 else []
+    return rows if len(rows) > 1 else []
 
 
 def trainable_weights(node: Node) -> bool:
@@ -59,34 +81,45 @@ def gets_gradients(graph: LayerGraph, node: Node) -> bool:
 
 
 def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
-    """Slots in order, each node's slots, and which nodes need dL/d(output)."""
+    """Slots in order, each node's slots, and which nodes need dL/d(output). A tiled
+    node runs its forward tile by tile, and its backward tile by tile in reverse, each
+    tile's calc_gradient, calc_derivative and apply_gradient together: a tile's weight
+    is read for the derivative before it changes, and its gradient is applied at once."""
     wants: dict[str, bool] = {}
     runs_cd: dict[str, bool] = {}
     for n in graph.nodes:
         runs_cd[n.name] = any(wants[c] for c, _ in n.inputs)
         wants[n.name] = (gets_gradients(graph, n) or runs_cd[n.name]) and not n.layer.is_loss
-    slots = [Slot(i, n.name, Phase.FORWARD) for i, n in enumerate(graph.nodes)]
-    per_node = {n.name: NodeSlots(i) for i, n in enumerate(graph.nodes)}
+    slots: list[Slot] = []
+    per_node = {n.name: NodeSlots(tiles=tile_rows(graph, n)) for n in graph.nodes}
+
+    def add(n: Node, phase: Phase, part: int = 0) -> None:
+        per_node[n.name].parts.setdefault(phase, []).append(len(slots))
+        slots.append(Slot(len(slots), n.name, phase, part))
+
+    for n in graph.nodes:
+        for t in range(max(1, len(per_node[n.name].tiles))):
+            add(n, Phase.FORWARD, t)
     for n in reversed(graph.nodes):
-        ns = per_node[n.name]
+        tiles = per_node[n.name].tiles
         phases = []
         if gets_gradients(graph, n):
             phases.append(Phase.CALC_GRADIENT)
         if runs_cd[n.name]:
             phases.append(Phase.CALC_DERIVATIVE)
-        if gets_gradients(graph, n) and not n.clip:
-            phases.append(Phase.APPLY_GRADIENT)
+        applies = gets_gradients(graph, n) and not n.clip
+        if tiles:
+            for t in reversed(range(len(tiles))):
+                for phase in phases + [Phase.APPLY_GRADIENT] * applies:
+                    add(n, phase, t)
+            continue
         for phase in phases:
-            setattr(ns, phase.value, len(slots))
-            parts = graph.apply_parts if phase == Phase.APPLY_GRADIENT else 1
-            for part in range(parts):
-                if phase == Phase.APPLY_GRADIENT:
-                    ns.apply_parts.append(len(slots))
-                slots.append(Slot(len(slots), n.name, phase, part))
+            add(n, phase)
+        for part in range(graph.apply_parts if applies else 0):
+            add(n, Phase.APPLY_GRADIENT, part)
     clipped = [n for n in graph.nodes if n.clip and gets_gradients(graph, n)]
     if clipped:
         for n in clipped:
-            per_node[n.name].apply_gradient = len(slots)
-            per_node[n.name].apply_parts = [len(slots)]
+            per_node[n.name].parts[Phase.APPLY_GRADIENT] = [len(slots)]
         slots.append(Slot(len(slots), CLIP_SLOT_NODE, Phase.CLIP_AND_APPLY))
     return slots, per_node, wants

@@ -7,6 +7,7 @@ only if no one reads it later (checked for every plan)."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,10 +53,11 @@ class NodeIO:
     outputs: list[str] = field(default_factory=list)
     in_grads: list[str | None] = field(default_factory=list)   # None: nobody wants it
     out_grads: list[str | None] = field(default_factory=list)
-    weights: dict[str, str] = field(default_factory=dict)
-    grads: dict[str, str] = field(default_factory=dict)
-    # per trainable weight: its row ranges (one per apply slot) and, per range, one
-    # tensor per optimizer state (adam: m, v)
+    # per weight its tensors: one, or one per tile (a tiled weight's rows io.rows[name])
+    weights: dict[str, list[str]] = field(default_factory=dict)
+    grads: dict[str, list[str]] = field(default_factory=dict)
+    # per trainable weight: its row ranges (one per apply slot, or its tiles) and, per
+    # range, one tensor per optimizer state (adam: m, v)
     rows: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     state: dict[str, list[list[str]]] = field(default_factory=dict)
     temps: dict[str, str] = field(default_factory=dict)
@@ -78,7 +80,7 @@ class TensorSet:
 
 
 def _phase_slots(ns: NodeSlots, phases) -> set[int]:
-    return {s for p in phases if (s := ns.slot_of(p)) is not None}
+    return {s for p in phases for s in ns.all(p)}
 
 
 def _reads(ns: NodeSlots, which: str, access: Access) -> set[int]:
@@ -101,6 +103,7 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
 
     for n in graph.nodes:
         ns, ctx = node_slots[n.name], n.ctx
+        forward = set(ns.all(Phase.FORWARD))
         io = ts.io[n.name] = NodeIO()
         if not n.inputs:
             io.inputs.append(add(f"{n.name}:input", "input", ctx.input_shapes[0], {0}))
@@ -109,12 +112,12 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
             io.inputs.append(f"{c}:out{i}")
             io.in_grads.append(f"{c}:out{i}:grad" if wants[c] else None)
         for k, name in enumerate(io.inputs):
-            specs[name].uses |= {ns.forward} | _reads(ns, "input", ctx.access)
+            specs[name].uses |= forward | _reads(ns, "input", ctx.access)
             if io.in_grads[k]:
-                specs[io.in_grads[k]].uses.add(ns.calc_derivative)
+                specs[io.in_grads[k]].uses |= set(ns.all(Phase.CALC_DERIVATIVE))
         for i, shape in enumerate(ctx.output_shapes):
             io.outputs.append(add(f"{n.name}:out{i}", "activation", shape,
-                                  {ns.forward} | _reads(ns, "output", ctx.access)))
+                                  forward | _reads(ns, "output", ctx.access)))
             grad = None
             if wants[n.name]:
                 grad = add(f"{n.name}:out{i}:grad", "derivative", shape,
@@ -122,23 +125,9 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
             io.out_grads.append(grad)
         if n.layer.is_loss:
             io.label = add(f"{n.name}:label", "label", n.layer.label_shape(ctx),
-                           {0, ns.forward} | _phase_slots(ns, [Phase.CALC_DERIVATIVE]))
+                           {0} | forward | _phase_slots(ns, [Phase.CALC_DERIVATIVE]))
         for w in ctx.weights:
-            name = f"{n.name}:{w.name}"
-            io.weights[w.name] = add(name, "weight", w.shape, {ns.forward, *ns.backward()},
-                                     persistent=True, constant=not w.state and not (
-                                         w.trainable and graph.training))
-            if w.trainable and graph.training:
-                io.grads[w.name] = add(f"{name}:grad", "gradient", w.shape,
-                                       {ns.calc_gradient, *ns.apply_parts})
-                parts = len(ns.apply_parts) if np.prod(w.shape) * 4 >= SPLIT_MIN_BYTES else 1
-                rows = io.rows[w.name] = row_parts(w.shape[0], parts)
-                split = len(rows) > 1
-                io.state[w.name] = [
-                    [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",
-                         (hi - lo,) + w.shape[1:], {ns.apply_parts[k]}, persistent=True)
-                     for s in optimizer_state]
-                    for k, (lo, hi) in enumerate(rows)]
+            _weight_specs(ts, n.name, w, graph.training, optimizer_state, add)
         for t in ctx.temps:
             uses = _phase_slots(ns, t.phases)
             if uses:  # else those phases never run (e.g. no derivative for the first layer)
@@ -149,6 +138,51 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
     _lifespans(ts)
     _check_backward_writes(graph, ts)
     return ts
+
+
+def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, add) -> None:
+    """A weight's tensors, its gradient's and its optimizer state's. A tiled weight has
+    one of each per tile, used only in its tile's slots; an untiled one is used in all
+    the node's slots, its state split into the row parts of the apply slots. Part k is
+    applied in the apply slot of part k (the clip slot for a clipped layer)."""
+    ns, io, name = ts.node_slots[node], ts.io[node], f"{node}:{w.name}"
+    trained = w.trainable and training
+    constant = not w.state and not trained
+    # the apply slot of each part (a clipped layer's one slot applies every part)
+    applies = {ts.slots[s].part: s for s in ns.apply_parts}
+    applies = defaultdict(lambda: ns.apply_parts[0], applies)
+    if w.tiled and ns.tiles:
+        rows = ns.tiles
+        uses = [{s for p in (Phase.FORWARD, *BACKWARD) for s in ns.all(p)
+                 if ts.slots[s].part == k} for k in range(len(rows))]
+        io.weights[w.name] = [add(f"{name}:t{k}", "weight", (hi - lo,) + w.shape[1:],
+                                  uses[k] | ({applies[k]} if trained else set()),
+                                  persistent=True, constant=constant)
+                              for k, (lo, hi) in enumerate(rows)]
+        if trained:
+            io.grads[w.name] = [add(f"{name}:t{k}:grad", "gradient", (hi - lo,) + w.shape[1:],
+                                    {s for s in uses[k] if ts.slots[s].phase == Phase.CALC_GRADIENT}
+                                    | {applies[k]})
+                                for k, (lo, hi) in enumerate(rows)]
+    else:
+        io.weights[w.name] = [add(name, "weight", w.shape,
+                                  {*ns.all(Phase.FORWARD), *ns.backward()},
+                                  persistent=True, constant=constant)]
+        if not trained:
+            return
+        io.grads[w.name] = [add(f"{name}:grad", "gradient", w.shape,
+                                {*ns.all(Phase.CALC_GRADIENT), *ns.apply_parts})]
+        parts = len(ns.apply_parts) if math.prod(w.shape) * 4 >= SPLIT_MIN_BYTES else 1
+        rows = row_parts(w.shape[0], parts)
+    if not trained:
+        return
+    io.rows[w.name] = rows
+    split = len(rows) > 1
+    io.state[w.name] = [
+        [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",
+             (hi - lo,) + w.shape[1:], {applies[k]}, persistent=True)
+         for s in optimizer_state]
+        for k, (lo, hi) in enumerate(rows)]
 
 
 def _alias(graph: LayerGraph, ts: TensorSet) -> None:
@@ -175,7 +209,7 @@ def _alias(graph: LayerGraph, ts: TensorSet) -> None:
                 try_alias(access.in_place, io.inputs[0], out, ts.node_slots[n.name].forward)
     for n in reversed(graph.nodes):
         io, access = ts.io[n.name], n.ctx.access
-        cd = ts.node_slots[n.name].calc_derivative
+        cd = ts.node_slots[n.name].last(Phase.CALC_DERIVATIVE)
         if (access.derivative_in_place and len(io.inputs) == 1 and io.in_grads[0]
                 and len(io.out_grads) == 1 and io.out_grads[0] and cd is not None):
             try_alias(access.derivative_in_place, io.out_grads[0], io.in_grads[0], cd)
@@ -195,7 +229,7 @@ def _check_backward_writes(graph: LayerGraph, ts: TensorSet) -> None:
     to touch those bytes: a later reader would get garbage. A layer bug if not, never
     the user's, so it fails loudly."""
     for n in graph.nodes:
-        cd = ts.node_slots[n.name].calc_derivative
+        cd = ts.node_slots[n.name].last(Phase.CALC_DERIVATIVE)
         if cd is None or "output" not in n.ctx.access.derivative_writes:
             continue
         for out in ts.io[n.name].outputs:

@@ -228,7 +228,7 @@ def _search(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRe
         floor.budget = floor.peak
         return floor
     if budget < floor.peak:  # refused at once: no search can go below the floor
-        return SwapRefusal(budget, floor.peak, lookahead, _busiest(floor, ts))
+        return _refusal(budget, floor, ts, lookahead)
     tensors, target, log, step = fresh(), budget, [], 1
     while True:
         fits = _relieve(tensors, target, lookahead, end, log)
@@ -243,14 +243,18 @@ def _search(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRe
         target -= step
 
 
-def _busiest(plan: SwapPlan, ts: TensorSet) -> str:
-    """Where a smallest budget comes from: the slot whose resident tensors weigh most."""
+def _refusal(budget: int, floor: SwapPlan, ts: TensorSet, lookahead: int) -> SwapRefusal:
+    """Where a smallest budget comes from: the slot whose resident tensors weigh most,
+    and what it holds, largest first."""
     live = [0] * len(ts.slots)
-    for r in plan.residencies:
+    for r in floor.residencies:
         for t in range(r.first, r.last + 1):
             live[t] += r.bytes
     t = max(range(len(live)), key=live.__getitem__)
-    big = sorted((r for r in plan.residencies if r.first <= t <= r.last),
-                 key=lambda r: -r.bytes)[:3]
-    return (f"the busiest slot, {t} ({ts.slots[t].node} {ts.slots[t].phase}), holds "
-            + ", ".join(f"{r.tensor} ({r.bytes / 1024:.0f} KiB)" for r in big))
+    held = sorted((r for r in floor.residencies if r.first <= t <= r.last),
+                  key=lambda r: -r.bytes)
+    return SwapRefusal(
+        budget, floor.peak, lookahead,
+        f"the busiest slot, {t} ({ts.slots[t].node} {ts.slots[t].phase}), holds "
+        + ", ".join(f"{r.tensor} ({r.bytes / 1024:.0f} KiB)" for r in held[:3]),
+        tuple(r.tensor for r in held))

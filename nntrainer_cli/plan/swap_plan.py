@@ -70,6 +70,7 @@ class SwapRefusal:
     floor: int
     lookahead: int
     busiest: str
+    held: tuple[str, ...] = ()   # the tensors resident at the busiest slot, largest first
 
     def message(self, plan_bytes: int) -> str:
         """One line for the user; the floor also as a share of `plan_bytes`, the plan

@@ -57,7 +57,9 @@ def plan_svg(plan: MemoryPlan, model: str) -> str:
            f'{escape(model)}: {human(plan.arena_bytes)} arena, planner {plan.planner}, '
            f'batch {plan.batch_size}'
            + (f', budget {human(plan.swap.budget)} (without swap {human(plan.peak_bytes)})'
-              if plan.swap else "") + '</text>',
+              if plan.swap else "")
+           + "".join(f", {escape(n)} in {k} row tiles" for n, k in plan.tiles.items())
+           + '</text>',
            f'<text x="{LEFT}" y="42" fill="#555">time slot across (forward, then backward); '
            f'arena offset down. Hover a block for its tensor.'
            + (' Black edges: read from / written to the swap file.' if plan.swap else '')

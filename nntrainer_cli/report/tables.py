@@ -54,8 +54,9 @@ def plan_summary(plan: MemoryPlan) -> str:
     note = ""
     if plan.swap:
         conv = "" if plan.frugal <= 1 else ", conv columns for fewer samples at a time"
+        tiles = "".join(f", {n} in {k} row tiles" for n, k in plan.tiles.items())
         note = "\n(these figures are without swap" + (
-            f", for the frugal graph: relu masks, gradients applied in parts{conv}"
+            f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
             if plan.frugal else "") + ")"
     return (f"planner {chosen}, batch {plan.batch_size}{mode}\n"
             f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
@@ -64,8 +65,11 @@ def plan_summary(plan: MemoryPlan) -> str:
 
 
 def _phase(plan: MemoryPlan, slot) -> str:
-    parts = len(plan.tensors.node_slots[slot.node].apply_parts) \
-        if slot.node in plan.tensors.node_slots else 1
+    """The slot's phase, with its tile (`forward tile 2/4`) or apply part (`2/4`)."""
+    ns = plan.tensors.node_slots.get(slot.node)
+    if ns is not None and ns.tiles and slot.phase != Phase.CLIP_AND_APPLY:
+        return f"{slot.phase} tile {slot.part + 1}/{len(ns.tiles)}"
+    parts = len(ns.apply_parts) if ns is not None else 1
     return f"{slot.phase} {slot.part + 1}/{parts}" if parts > 1 and \
         slot.phase == Phase.APPLY_GRADIENT else str(slot.phase)
 
@@ -115,6 +119,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "lower_bound_bytes": plan.lower_bound_bytes,
         "naive_bytes": plan.naive_bytes,
         "resident_peak_bytes": plan.arena_bytes,
+        "tiles": plan.tiles,
         "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part}
                             for s in plan.slots],
         "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,

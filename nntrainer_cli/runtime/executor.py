@@ -82,11 +82,18 @@ class Executor:
         # last layer's; read right after its forward slot
         self.metric_node = graph.losses[0].name if graph.losses else graph.nodes[-1].name
         self.metric_slot = ns[self.metric_node].forward
+        self.forward_slots = sum(1 for s in plan.slots if s.phase == Phase.FORWARD)
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
-        self.l2 = {ns[n.name].forward: [(w, self.fwd_ctx[n.name].weights[w.name])
-                                        for w in n.ctx.weights
-                                        if w.regularizer == "l2norm" and w.trainable]
-                   for n in graph.nodes}
+        # l2norm's loss term: per forward slot, (which l2norm weight, its view there: a
+        # tile's when tiled), and each weight's constant
+        self.l2: dict[int, list] = {}
+        self.l2_constants: list[float] = []
+        for n, w in self.weights:
+            if w.regularizer == "l2norm" and w.trainable:
+                for s in ns[n.name].all(Phase.FORWARD):
+                    self.l2.setdefault(s, []).append((len(self.l2_constants),
+                                                      self.slot_ctx[s].weights[w.name]))
+                self.l2_constants.append(w.regularizer_constant)
         self.train_steps = self._train_steps()
         self.swap_steps = self._swap_steps() if plan.swap else None
 
@@ -115,15 +122,19 @@ class Executor:
         return None
 
     def _context(self, node: str, slot: int) -> RunContext:
-        io = self.plan.tensors.io[node]
+        io, part = self.plan.tensors.io[node], self.plan.slots[slot].part
+        tiles = self.plan.tensors.node_slots[node].tiles
         at = lambda n: self.view(n, slot) if n else None  # noqa: E731
         resident = lambda names: {k: v for k, n in names.items()  # noqa: E731
                                   if (v := at(n)) is not None}
+        tile = lambda parts: parts[part] if len(parts) > 1 else parts[0]  # noqa: E731
         return RunContext(
             inputs=[at(n) for n in io.inputs], outputs=[at(n) for n in io.outputs],
-            weights=resident(io.weights), grads=resident(io.grads),
+            weights=resident({k: tile(v) for k, v in io.weights.items()}),
+            grads=resident({k: tile(v) for k, v in io.grads.items()}),
             in_grads=[at(n) for n in io.in_grads], out_grads=[at(n) for n in io.out_grads],
-            temps=resident(io.temps), label=at(io.label), rng=self.rng, node=node)
+            temps=resident(io.temps), label=at(io.label), rng=self.rng, node=node,
+            tile=tiles[part] if tiles else None)
 
     # --- the steps of one iteration ----------------------------------------------------
     def _train_steps(self):
@@ -139,23 +150,30 @@ class Executor:
             elif slot.phase == Phase.APPLY_GRADIENT:
                 steps.append((self._apply, (self._updates(node, slot.index, slot.part),)))
             else:
-                clipped = [n for n in self.graph.nodes
-                           if ns[n.name].apply_gradient == slot.index]
+                clipped = [n for n in self.graph.nodes if slot.index in ns[n.name].apply_parts]
                 steps.append((self._clip_and_apply,
                               ([(n.clip, u) for n in clipped
-                                for u in self._updates(n, slot.index, 0)],)))
+                                for u in self._updates(n, slot.index, None)],)))
         return steps
 
-    def _updates(self, node, slot: int, part: int) -> list:
+    def _updates(self, node, slot: int, part: int | None) -> list:
         """(weight request, weight rows, gradient rows, optimizer state) for one part of
-        a node's apply_gradient (the whole of it unless the budget split it)."""
+        a node's apply_gradient (one tile of a tiled weight, the whole of an untiled one
+        unless the budget split it), or for every part (None: the clip slot)."""
         io, out = self.plan.tensors.io[node.name], []
         for w in node.ctx.weights:
-            if w.trainable and part < len(io.rows[w.name]):
-                lo, hi = io.rows[w.name][part]
-                out.append((w, self.view(io.weights[w.name], slot)[lo:hi],
-                            self.view(io.grads[w.name], slot)[lo:hi],
-                            [self.view(s, slot) for s in io.state[w.name][part]]))
+            if not w.trainable:
+                continue
+            tensors, grads = io.weights[w.name], io.grads[w.name]
+            for k, (lo, hi) in enumerate(io.rows[w.name]):
+                if part is not None and k != part:
+                    continue
+                if len(tensors) > 1:   # a tile: its own tensors
+                    weight, grad = self.view(tensors[k], slot), self.view(grads[k], slot)
+                else:
+                    weight = self.view(tensors[0], slot)[lo:hi]
+                    grad = self.view(grads[0], slot)[lo:hi]
+                out.append((w, weight, grad, [self.view(s, slot) for s in io.state[w.name][k]]))
         return out
 
     def _apply(self, updates) -> None:
@@ -191,7 +209,7 @@ class Executor:
         step's seconds."""
         for ctx in self.loss_ctx:
             ctx.rows = rows
-        correct, reg = 0, 0.0
+        correct, squares = 0, np.zeros(len(self.l2_constants), np.float32)
         io, swap, base = self.io, self.swap_steps, 0
         if io is not None:
             base = io.submitted
@@ -213,9 +231,9 @@ class Executor:
             else:
                 node = self.graph.by_name[self.plan.slots[i].node]
                 node.layer.forward(self.slot_ctx[i], False)
-            for w, x in self.l2.get(i, ()):
+            for k, x in self.l2.get(i, ()):   # summed over a tiled weight's tiles
                 flat = x.reshape(-1)
-                reg += w.regularizer_constant * 0.5 * float(np.sqrt(np.dot(flat, flat)))
+                squares[k] += np.dot(flat, flat)
             if i == self.metric_slot:
                 if self.graph.losses:
                     correct = self._correct(rows)
@@ -227,6 +245,7 @@ class Executor:
                     io.submit(job)
         if io is not None:
             io.drain()
+        reg = sum(c * 0.5 * float(np.sqrt(q)) for c, q in zip(self.l2_constants, squares))
         return sum(self.fwd_ctx[n.name].loss for n in self.graph.losses) + reg, correct
 
     def _correct(self, rows: int) -> int:
@@ -252,7 +271,7 @@ class Executor:
     def eval_step(self, rows: int, on_output=None) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows,
         whose outputs (rows × values) go to `on_output` when given."""
-        return self._run(len(self.graph.nodes), False, rows, on_output)
+        return self._run(self.forward_slots, False, rows, on_output)
 
     # --- weights and optimizer state between iterations --------------------------------
     @contextlib.contextmanager
@@ -271,8 +290,17 @@ class Executor:
         if swapped and write:
             self.io.file.move(Job.of("out", at, [block]))
 
+    def weight_tensors(self) -> list[tuple[str, tuple[int, ...], list[str]]]:
+        """Per weight in NNTrainer's order: its name (`fc1:weight`), its shape, and its
+        tensors in the plan: itself, or its row tiles in order."""
+        io = self.plan.tensors.io
+        return [(f"{n.name}:{w.name}", w.shape, io[n.name].weights[w.name])
+                for n, w in self.weights]
+
     def weight_names(self) -> list[str]:
-        return [self.plan.tensors.io[n.name].weights[w.name] for n, w in self.weights]
+        """Every weight's tensors; written back to back (a tiled weight's tiles in row
+        order), they are NNTrainer's weight file."""
+        return [t for _, _, tensors in self.weight_tensors() for t in tensors]
 
     def state_names(self) -> list[str]:
         io = self.plan.tensors.io
@@ -289,6 +317,7 @@ class Executor:
         self.state_from = iteration
 
     def initialize(self, rng: np.random.Generator) -> None:
-        for (node, w), name in zip(self.weights, self.weight_names()):
-            with self.persistent(name, write=True) as v:
-                initialize(v, w.initializer, rng)
+        for (_, w), (_, shape, tensors) in zip(self.weights, self.weight_tensors()):
+            for name in tensors:   # a tiled weight's tiles in order
+                with self.persistent(name, write=True) as v:
+                    initialize(v, w.initializer, rng, shape)

@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 
 from nntrainer_cli.graph.frozen import FrozenPrefix
+from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 
 from .dataset import Dataset
@@ -36,7 +37,7 @@ class FeatureCache:
         self.ex, self.prefix = ex, prefix
         self.slot = ns[node].forward
         self.boundary = ex.fwd_ctx[node].outputs[index]
-        self.prefix_slots = sorted(ns[n].forward for n in prefix.nodes)
+        self.prefix_slots = sorted(s for n in prefix.nodes for s in ns[n].all(Phase.FORWARD))
         self.layers = sorted(prefix.nodes, key=lambda n: ns[n].forward)
         feature_shape = (count,) + self.boundary.shape[1:]
         label_shape = (count,) + ex.label_views[0].shape[1:]

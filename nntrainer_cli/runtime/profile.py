@@ -52,6 +52,10 @@ def profile(graph, plan, slot_seconds: np.ndarray, steps: int, step_total: float
     for slot, seconds in zip(plan.slots, slot_seconds):
         node = graph.by_name.get(slot.node)
         flops = slot_flops(node, slot.phase) if node is not None else None
+        tiles = plan.tensors.node_slots[slot.node].tiles if node is not None else []
+        if flops and tiles:   # one tile's share of the product
+            lo, hi = tiles[slot.part]
+            flops = flops * (hi - lo) // tiles[-1][1]
         per_step = seconds / steps
         gflops = flops / per_step / 1e9 if flops and per_step > 0 else None
         rows.append({"slot": slot.index, "layer": slot.node, "phase": str(slot.phase),

@@ -7,6 +7,7 @@ plan (`fc1:weight`, `bn:moving_mean`); a weights map renames another framework's
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -60,26 +61,25 @@ def read_weights_map(path: str) -> dict[str, tuple[str, bool] | None]:
 def save_safetensors(ex, path: str, epoch: int, iteration: int) -> None:
     """The safetensors layout written straight from the arena, with no copy: an 8-byte
     header length, a JSON header (dtype, shape, byte range per tensor), the raw data."""
-    names, header, at = ex.weight_names(), {}, 0
-    for name in names:
-        spec = ex.plan.specs[name]
-        header[name] = {"dtype": "F32", "shape": list(spec.shape),
-                        "data_offsets": [at, at + spec.nbytes]}
-        at += spec.nbytes
+    header, at = {}, 0
+    for name, shape, _ in ex.weight_tensors():
+        nbytes = 4 * math.prod(shape)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [at, at + nbytes]}
+        at += nbytes
     header["__metadata__"] = {"epoch": str(epoch), "iteration": str(iteration)}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)   # the format aligns the data to 8 bytes
     try:
         with atomic_open(path, "wb") as f:
             f.write(struct.pack("<Q", len(text)) + text)
-            for name in names:
+            for name in ex.weight_names():   # a tiled weight's row tiles in order
                 with ex.persistent(name, write=False) as arr:
                     f.write(arr.data)
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
 
-def load_safetensors(ex, path: str, weights: list[str], names: dict) -> None:
+def load_safetensors(ex, path: str, names: dict) -> None:
     """Every weight by its plan name (after `names`), read straight into the arena; a
     missing, extra, mis-shaped or non-float32 tensor is an error naming it."""
     try:
@@ -103,6 +103,7 @@ def load_safetensors(ex, path: str, weights: list[str], names: dict) -> None:
             target = names.get(theirs, (theirs, False))
             if target is not None:
                 ours[target[0]] = (theirs, entry, target[1])
+        weights = {name: (shape, parts) for name, shape, parts in ex.weight_tensors()}
         missing = [n for n in weights if n not in ours]
         extra = sorted(ours[n][0] for n in set(ours) - set(weights))
         if missing or extra:
@@ -111,23 +112,27 @@ def load_safetensors(ex, path: str, weights: list[str], names: dict) -> None:
                                 f"missing {', '.join(missing[:4])}" if missing else "",
                                 f"unknown {', '.join(extra[:4])}" if extra else "") if part))
         base = 8 + length
-        for name in weights:
+        for name, (ours_shape, parts) in weights.items():
             theirs, entry, transpose = ours[name]
-            spec = ex.plan.specs[name]
             shape = tuple(entry.get("shape", ()))
-            want = spec.shape[::-1] if transpose else spec.shape
+            want = ours_shape[::-1] if transpose else ours_shape
             lo, hi = entry.get("data_offsets", [0, -1])
-            if entry.get("dtype") != "F32" or shape != want or hi - lo != spec.nbytes \
-                    or base + hi > size:
+            if entry.get("dtype") != "F32" or shape != want or \
+                    hi - lo != 4 * math.prod(want) or base + hi > size:
                 raise DataError(f"{path}: {theirs} is {entry.get('dtype')} of shape {shape}; "
                                 f"{name} needs F32 of shape {want}"
                                 + (" (before the transpose)" if transpose else ""))
-            with ex.persistent(name, write=True) as arr:
-                f.seek(base + lo)
-                if transpose:   # one weight-sized buffer, only for a transposing map
-                    buf = np.empty(shape, dtype="<f4")
-                    f.readinto(buf.data.cast("B"))
-                    np.copyto(arr, buf.T)
-                else:
-                    f.readinto(arr.data.cast("B"))
-                check_finite(arr, name, path)
+            f.seek(base + lo)
+            buf = None
+            if transpose:   # one weight-sized buffer, only for a transposing map
+                buf = np.empty(shape, dtype="<f4")
+                f.readinto(buf.data.cast("B"))
+            row = 0
+            for part in parts:   # a tiled weight's row tiles follow one another
+                with ex.persistent(part, write=True) as arr:
+                    if buf is None:
+                        f.readinto(arr.data.cast("B"))
+                    else:
+                        np.copyto(arr, buf.T[row:row + len(arr)])
+                    row += len(arr)
+                    check_finite(arr, name, path)

@@ -77,9 +77,13 @@ def save_arrays(path: str, graph, arrays: dict) -> None:
 
 def load_arrays(ex: Executor, arrays: dict) -> None:
     """Weights given by plan name (those an ONNX backbone brought) into the arena."""
+    tensors = {name: parts for name, _, parts in ex.weight_tensors()}
     for name, array in arrays.items():
-        with ex.persistent(name, write=True) as view:
-            np.copyto(view, array, casting="same_kind")
+        lo = 0
+        for part in tensors[name]:   # a tiled weight's row tiles in order
+            with ex.persistent(part, write=True) as view:
+                np.copyto(view, array[lo:lo + len(view)], casting="same_kind")
+                lo += len(view)
 
 
 def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
@@ -87,10 +91,10 @@ def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
     note when the file's Adam state was left out: a file saved from the same layers
     with other layers frozen (transfer learning) has state for other weights. `names`
     (a --weights-map) renames a safetensors file's tensors to ours."""
-    weights = ex.weight_names()
     if is_safetensors(path):
-        load_safetensors(ex, path, weights, names or {})
+        load_safetensors(ex, path, names or {})
         return None
+    weights = ex.weight_names()
     need = sum(ex.plan.specs[n].nbytes for n in weights)
     try:
         if not os.path.isfile(path) and os.path.exists(path):

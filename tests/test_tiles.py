@@ -1,0 +1,184 @@
+"""Tiled layers: a fully connected weight cut into row tiles, each with slots of its
+own, trains as the whole layer does (within float summation order), bit-identically
+with and without swap, and the planner tiles only what a budget needs."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from nntrainer_cli.layers import FinalizeContext, RunContext
+from nntrainer_cli.pipeline import Planning, prepare
+from nntrainer_cli.plan.order import row_parts
+
+from helpers import REPO, make_layer, run
+from test_swap import replay, replay_steps
+
+DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
+# uneven tiles: fc1's 64 rows in 3, fc2's 256 in 5, the output layer's 128 in 2
+TILES = {"fc1": 3, "fc2": 5, "output": 2}
+VARIANTS = {   # --set overrides: what each step of a tiled layer must get right
+    "adam": [],
+    "l2norm and decay": ["--set", "fc2.weight_regularizer=l2norm",
+                         "--set", "fc2.weight_regularizer_constant=0.01",
+                         "--set", "fc1.weight_decay=0.001"],
+    "clipped": ["--set", "fc2.clip_grad_by_norm=0.5", "--set", "output.clip_grad_by_norm=0.5"],
+    "frozen first layer": ["--set", "fc1.trainable=false"],
+}
+
+
+def test_a_tiled_fully_connected_layer_matches_finite_differences():
+    """The layer run tile by tile as the plan runs it (forward over the tiles in order,
+    backward in reverse), on float64 arrays: its weight, bias and input gradients are
+    the central differences of its objective."""
+    rng = np.random.default_rng(0)
+    layer = make_layer("fully_connected", unit=5)
+    fc = FinalizeContext([(4, 7)], tiles=3)
+    layer.finalize(fc)
+    w, b, x = rng.standard_normal((7, 5)), rng.standard_normal(5), rng.standard_normal((4, 7))
+    probe, y, part = rng.standard_normal((4, 5)), np.zeros((4, 5)), np.zeros((4, 5))
+    dw, db, dx = np.zeros_like(w), np.zeros_like(b), np.zeros_like(x)
+    ctxs = [RunContext([x], [y], {"weight": w[lo:hi], "bias": b},
+                       {"weight": dw[lo:hi], "bias": db}, [dx], [probe], {"part": part},
+                       tile=(lo, hi))
+            for lo, hi in row_parts(7, 3)]
+    assert [t.name for t in fc.temps] == ["part"] and fc.weights[0].tiled
+
+    def objective():
+        for c in ctxs:
+            layer.forward(c, True)
+        return float(np.vdot(y, probe))
+
+    objective()
+    for c in reversed(ctxs):
+        layer.calc_gradient(c)
+        layer.calc_derivative(c)
+    for array, grad in ((w, dw), (b, db), (x, dx)):
+        numeric = np.zeros_like(array)
+        for i in np.ndindex(array.shape):
+            keep = array[i]
+            array[i] = keep + 1e-6
+            up = objective()
+            array[i] = keep - 1e-6
+            numeric[i] = (up - objective()) / 2e-6
+            array[i] = keep
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def train(tmp_path, monkeypatch, name, choose, *args):
+    """One epoch of the digits MLP on the plan `choose(planning)` gives; its weights
+    file and report."""
+    monkeypatch.setattr(Planning, "_prepared", choose)
+    save, report = tmp_path / f"{name}.bin", tmp_path / f"{name}.json"
+    res = run("train", DIGITS, "-q", "--no-shuffle", "--epochs", "1", "--no-run-dir",
+              "--save", str(save), "--report", str(report), "--swap-dir", str(tmp_path), *args)
+    assert res.exit_code == 0, res.output
+    return save.read_bytes(), json.loads(report.read_text())
+
+
+def whole(p):
+    return p.plain(1)
+
+
+def tiled(p):
+    return p.plain(1, TILES)
+
+
+def tiled_within(share):
+    def choose(p):
+        budget = int(p.plain(1, TILES).plan.peak_bytes * share)
+        return p._chosen(p._at(1, budget, TILES))
+    return choose
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiled_layers_train_as_whole_ones_within_summation_order(tmp_path, monkeypatch,
+                                                                  variant):
+    """Forward sums the tiles' products in another order than one product does; the
+    rest (each tile's gradient, derivative columns and update) is the same arithmetic.
+    The weights after an epoch differ by float rounding only."""
+    a, ra = train(tmp_path, monkeypatch, "whole", whole, *VARIANTS[variant])
+    b, rb = train(tmp_path, monkeypatch, "tiled", tiled, *VARIANTS[variant])
+    assert len(a) == len(b)
+    wa, wb = np.frombuffer(a[:-8], "<f4"), np.frombuffer(b[:-8], "<f4")
+    assert np.abs(wa - wb).max() <= 1e-5 * np.abs(wa).max()
+    assert rb["epochs"][0]["train_loss"] == pytest.approx(ra["epochs"][0]["train_loss"], rel=1e-5)
+    if variant == "frozen first layer":   # a frozen tile is never written
+        assert wa[:64 * 256 + 256].tobytes() == wb[:64 * 256 + 256].tobytes()
+
+
+@pytest.mark.parametrize("share", [0.5, 0.0])
+def test_a_tiled_run_is_bit_identical_with_and_without_swap(tmp_path, monkeypatch, share):
+    """Under a budget (0: everything idle swapped out) the tiles' slots run the same
+    arithmetic in the same order."""
+    plain, _ = train(tmp_path, monkeypatch, "plain", tiled, *VARIANTS["l2norm and decay"])
+    swapped, report = train(tmp_path, monkeypatch, "swapped", tiled_within(share),
+                            *VARIANTS["l2norm and decay"])
+    assert swapped == plain
+    m = report["memory"]
+    assert m["swap"]["bytes_in"] > 0
+    if share:   # at the floor (a 117 KiB arena) the trainer's own ~20 KiB (the epoch's
+        # record order, its results) weigh more than 15%
+        assert m["measured_peak_bytes"] <= 1.15 * m["swap"]["budget_bytes"]
+
+
+def test_the_planner_tiles_only_what_the_budget_needs():
+    """70% fits without tiles; 25% tiles the layers whose weights crowd the busiest
+    slot, as coarsely as fits; every tiled schedule replays cleanly."""
+    assert prepare(DIGITS, budget="70%").plan.tiles == {}
+    p = prepare(DIGITS, budget="25%")
+    tiles = p.plan.tiles
+    assert tiles and set(tiles) <= {"fc1", "fc2"} and "output" not in tiles
+    assert p.plan.swap.peak <= p.plan.swap.budget
+    coarser = {n: k // 2 for n, k in tiles.items()}
+    fewer = Planning(DIGITS, budget="25%")
+    budget = p.plan.swap.budget
+    assert not hasattr(fewer._at(1, budget, {n: k for n, k in coarser.items() if k > 1}),
+                       "plan"), "a coarser tiling would have fit"
+    replay(p.plan)
+    for eager in (True, False):
+        replay_steps(p.plan, eager=eager)
+
+
+def test_plan_shows_the_tiles():
+    res = run("plan", DIGITS, "--memory-budget", "25%")
+    assert res.exit_code == 0, res.output
+    assert "row tiles" in res.output and "forward tile 1/" in res.output
+    res = run("plan", DIGITS, "--memory-budget", "25%", "--format", "json")
+    tiles = json.loads(res.output)["tiles"]
+    assert tiles and all(k > 1 for k in tiles.values())
+    res = run("plan", DIGITS, "--memory-budget", "25%", "--format", "svg")
+    assert "row tiles" in res.output
+
+
+def evaluate(tmp_path, weights):
+    report = tmp_path / "eval.json"
+    res = run("eval", DIGITS, "--weights", str(tmp_path / weights),
+              "--report", str(report))
+    assert res.exit_code == 0, res.output
+    r = json.loads(report.read_text())
+    return r["loss"], r["accuracy"]
+
+
+def test_tiled_weights_are_saved_and_read_whole(tmp_path, monkeypatch):
+    """A tiled run's weights files hold each weight whole, as an untiled run's do: the
+    .bin's tiles back to back, the safetensors file under the weight's own name and
+    shape; both load into a tiled plan (an evaluation) and into an untiled one alike."""
+    binary, _ = train(tmp_path, monkeypatch, "t", tiled_within(0.5))
+    res = run("train", DIGITS, "-q", "--no-shuffle", "--epochs", "1", "--no-run-dir",
+              "--save", str(tmp_path / "t.safetensors"), "--swap-dir", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    data = (tmp_path / "t.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    assert header["fc2:weight"]["shape"] == [256, 128]
+    assert binary.startswith(data[8 + length:])   # then Adam's state, in the .bin
+    monkeypatch.setattr(Planning, "_prepared", tiled)   # eval takes no budget
+    tiled_eval = [evaluate(tmp_path, w) for w in ("t.bin", "t.safetensors")]
+    monkeypatch.undo()
+    whole_eval = evaluate(tmp_path, "t.bin")
+    assert tiled_eval[0] == tiled_eval[1]
+    assert tiled_eval[0][1] == whole_eval[1]
+    assert tiled_eval[0][0] == pytest.approx(whole_eval[0], rel=1e-5)
