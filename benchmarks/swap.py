@@ -1,22 +1,23 @@
-"""Training time, bytes moved and I/O wait under memory budgets (100/75/50/25% of the
-plan without swap, and the smallest budget that works), each in its own process, with
-the weights compared to the run without swap. Every run is made once with tracemalloc for
-the measured peak, and three times without it for the time (tracing slows small
-kernels; the fastest counts, and the three rounds go over all budgets in turn).
+"""Training time, bytes moved and I/O wait under memory budgets (100/75/50/25/10% of
+the plan without swap, and the smallest budget that works), each in its own process,
+with the weights compared to the run without swap: byte for byte, or where layers were
+tiled, the largest difference relative to the largest weight. Every run is made once
+with tracemalloc for the measured peak, and three times without it for the time
+(tracing slows small kernels; the fastest counts, and the three rounds go over all
+budgets in turn).
 
     python benchmarks/swap.py [--direct] [--json benchmarks/results/swap.json] [MODEL ...]
 
-Default models: configs/*.ini and benchmarks/models/wide_mlp.ini, each for as many
-epochs as make its run without swap last 2 s (one epoch of the digits MLP takes 0.07 s,
-where start-up noise would decide the ratio).
-Time and I/O figures come from the fastest run without tracemalloc, the measured peak
-from the traced one; "frugal" marks budgets met only with smaller conv work buffers. "I/O copy + wait"
-is the compute thread's time on swap I/O: copying loads the page cache holds (and
-stores) itself, then waiting for the background thread; "loads cache/thread" counts the
-tensors loaded each way (a load the thread made had to wait for the disk, or came while
-the thread was busy).
---direct opens the swap file with O_DIRECT, so reads come from the disk, not the page
-cache. Prints the Markdown table used in the README."""
+Default models: configs/*.ini, benchmarks/models/wide_mlp.ini and mlp_784.ini, each for
+as many epochs as make its run without swap last 2 s (one epoch of the digits MLP takes
+0.07 s, where start-up noise would decide the ratio). Time and I/O figures come from the
+fastest run without tracemalloc, the measured peak from the traced one; "frugal" marks
+budgets met only with smaller conv work buffers. "I/O copy + wait" is the compute
+thread's time on swap I/O: copying loads the page cache holds (and stores) itself, then
+waiting for the background thread; "loads cache/thread" counts the tensors loaded each
+way (a load the thread made had to wait for the disk, or came while the thread was
+busy). --direct opens the swap file with O_DIRECT, so reads come from the disk, not the
+page cache. Prints the Markdown table used in the README."""
 
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SHARES = ("100%", "75%", "50%", "25%", "min")
+SHARES = ("100%", "75%", "50%", "25%", "10%", "min")
 MIN_SECONDS = 2.0  # epochs enough for the run without swap to take this long
 ROUNDS = 3
 
@@ -52,6 +55,21 @@ def train(model: str, work: str, name: str, extra: list[str]) -> dict:
     with open(save, "rb") as f:
         out["weights"] = f.read()
     return out
+
+
+def difference(a: bytes, b: bytes) -> float:
+    """Largest weight difference relative to the largest weight (.bin floats)."""
+    x, y = (np.frombuffer(w[:len(w) - len(w) % 4 - 8], "<f4") for w in (a, b))
+    return float(np.abs(x - y).max() / np.abs(y).max()) if len(x) == len(y) else math.inf
+
+
+def same(row: dict) -> str:
+    if row["identical"]:
+        return "yes"
+    if row["tiles"]:   # tiled: equal within float summation order
+        tiles = ", ".join(f"{n}×{k}" for n, k in row["tiles"].items())
+        return f"tiled ({tiles}): {row['difference']:.0e}"
+    return "NO"
 
 
 def bench(model: str, work: str, direct: bool) -> list[dict]:
@@ -95,7 +113,8 @@ def bench(model: str, work: str, direct: bool) -> list[dict]:
                    frugal=s["frugal"], bytes_out=s["bytes_out"], bytes_in=s["bytes_in"],
                    io_wait=io["io_wait_seconds"], io_inline=io["inline_io_seconds"],
                    loads_inline=io["loads_inline"], loads_background=io["loads_background"],
-                   identical=r["weights"] == base["weights"])
+                   identical=r["weights"] == base["weights"], tiles=s["tiles"],
+                   difference=difference(r["weights"], base["weights"]))
         name = f"{share} = " if share != "min" else "smallest = "
         name = ("frugal " if s["frugal"] > 1 else "") + name
         print(f"| {label} | {name}{s['budget_bytes'] / 2**20:.2f} MiB "
@@ -105,7 +124,7 @@ def bench(model: str, work: str, direct: bool) -> list[dict]:
               f"| {s['bytes_out'] / 2**20:.0f} / {s['bytes_in'] / 2**20:.0f} MiB "
               f"| {row['io_inline']:.2f} + {row['io_wait']:.2f} s "
               f"| {row['loads_inline']} / {row['loads_background']} "
-              f"| {'yes' if row['identical'] else 'NO'} |")
+              f"| {same(row)} |")
         sys.stdout.flush()
     return rows
 
@@ -117,7 +136,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args()
     models = args.models or sorted(glob.glob(os.path.join(REPO, "configs", "*.ini"))) + \
-        [os.path.join(HERE, "models", "wide_mlp.ini")]
+        [os.path.join(HERE, "models", m) for m in ("wide_mlp.ini", "mlp_784.ini")]
     rows = []
     print("| model | budget | resident | measured/budget | time | vs no swap | out/in per run "
           "| I/O copy + wait | loads cache/thread | same weights |")

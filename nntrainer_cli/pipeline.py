@@ -15,6 +15,9 @@ from nntrainer_cli.plan import MemoryPlan, SwapOptions, SwapRefusal, make_plan, 
 from nntrainer_cli.plan.swap_plan import DEFAULT_LOOKAHEAD
 
 FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
+# more tiles are tried only while each doubling lowers the floor by 5% or more: past
+# that, activations set it and tiles would only multiply the slots
+MIN_TILE_GAIN = 0.95
 
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
          "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
@@ -191,8 +194,10 @@ class Planning:
     def _within(self, budget: int) -> Prepared | SwapRefusal:
         """The plan that keeps the resident arena within `budget` bytes (0: as little as
         can be), on the graph that moves the fewest bytes."""
-        if budget == 0:   # as little memory as possible
-            return self._at(FRUGAL_LEVELS[-1], 0)
+        if budget == 0:   # as little memory as possible: tiled while that lowers the floor
+            level = FRUGAL_LEVELS[-1]
+            _, tiles = self._tiled(level, 1, {}, self._at(level, 1))
+            return self._at(level, 0, tiles)
         # Relu masks and split applies (level 1) let more stay resident, but they change
         # what the schedule evicts and now and then it moves more bytes than without them:
         # the plan moving fewer bytes wins (the plain one on a tie, it has fewer slots).
@@ -217,13 +222,13 @@ class Planning:
         budget needs them: while the busiest slot holds a tileable layer's weight (or
         its gradient or state), that layer's tiles double, and so do those of every
         layer whose tiles are as large, until the plan fits or tiling no longer lowers
-        the floor. Also returns the tiles it ends with."""
+        the floor by much (MIN_TILE_GAIN). Also returns the tiles it ends with."""
         while isinstance(found, SwapRefusal):
             more = self._more_tiles(found, tiles)
             if more is None:
                 break
             trial = self._at(level, budget, more)
-            if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
+            if isinstance(trial, SwapRefusal) and trial.floor > found.floor * MIN_TILE_GAIN:
                 break
             tiles, found = more, trial
         return found, tiles

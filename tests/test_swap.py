@@ -463,6 +463,22 @@ type = fully_connected
 unit = 3
 activation = softmax
 """),
+    "one_dominant_layer": (512, False, """
+[Optimizer]
+type = adam
+learning_rate = 0.001
+[in]
+type = input
+input_shape = 1:1:512
+[wide]
+type = fully_connected
+unit = 2048
+activation = relu
+[out]
+type = fully_connected
+unit = 3
+activation = softmax
+"""),
     "conv_momentum_clip": (64, False, """
 [Optimizer]
 type = sgd
@@ -505,12 +521,24 @@ clip_grad_by_norm = 1.0
 }
 
 
-@pytest.mark.parametrize("name", sorted(HELD_OUT))
-def test_held_out_models_train_bit_identically_in_half_their_memory(tmp_path, name):
+def same_tiles_without_swap(tmp_path, monkeypatch, model, tiles, *args):
+    """The weights of a run on the plan with these tiles but no budget."""
+    from nntrainer_cli.pipeline import Planning
+
+    with monkeypatch.context() as m:
+        m.setattr(Planning, "_prepared", lambda p: p.plain(1, tiles))
+        return train_weights(model, tmp_path, "same_tiles", *args)[0]
+
+
+@pytest.mark.parametrize("name,budget", [(name, "least") for name in sorted(HELD_OUT)]
+                         + [("one_dominant_layer", "25%"), ("one_dominant_layer", "10%")])
+def test_held_out_models_train_bit_identically_in_little_memory(tmp_path, monkeypatch,
+                                                                name, budget):
     """Models unlike the shipped configs (LSTM, embedding with branches and batch norm,
-    conv with dropout, momentum, L2 and gradient clipping) in the least memory they can
-    train in: the same weights, the measured peak within 1.15x the budget, no swap file
-    left."""
+    conv with dropout, momentum, L2 and gradient clipping, one dominant layer) in the
+    least memory they can train in, and the dominant layer's in a quarter and a tenth of
+    its plan, large layers tiled where that lowers the floor: the weights of the same
+    tiles without swap, the measured peak within 1.15x the budget, no swap file left."""
     import numpy as np
 
     features, ids, text = HELD_OUT[name]
@@ -522,13 +550,23 @@ def test_held_out_models_train_bit_identically_in_half_their_memory(tmp_path, na
                      "[train_set]\ntype = file\npath = train.dat\n" + text)
     swap_dir = tmp_path / "swap"
     swap_dir.mkdir()
-    plain, _ = train_weights(str(model), tmp_path, "plain", "--epochs", "2")
-    swapped, report = train_weights(str(model), tmp_path, "swapped", "--epochs", "2",
-                                    "--set", "model.memory_swap=true",
-                                    "--swap-dir", str(swap_dir))
-    assert swapped == plain
+    plain, whole = train_weights(str(model), tmp_path, "plain", "--epochs", "2")
+    swapped, report = train_weights(
+        str(model), tmp_path, "swapped", "--epochs", "2", "--swap-dir", str(swap_dir),
+        *(["--set", "model.memory_swap=true"] if budget == "least"
+          else ["--memory-budget", budget]))
     m, sw = report["memory"], report["memory"]["swap"]
-    assert sw["resident_peak_bytes"] <= sw["budget_bytes"] < 0.8 * m["planned_peak_bytes"]
+    if sw["tiles"]:
+        assert swapped == same_tiles_without_swap(tmp_path, monkeypatch, str(model),
+                                                  sw["tiles"], "--epochs", "2")
+        a, b = (np.frombuffer(w[:-8], "<f4") for w in (plain, swapped))
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    else:
+        assert swapped == plain
+    share = 0.8 if budget == "least" else int(budget[:-1]) / 100
+    assert sw["resident_peak_bytes"] <= sw["budget_bytes"] <= \
+        share * whole["memory"]["planned_peak_bytes"]
+    assert name != "one_dominant_layer" or sw["tiles"]
     assert sw["bytes_in"] > 0
     assert m["measured_peak_bytes"] <= 1.15 * sw["budget_bytes"]
     assert list(swap_dir.iterdir()) == []

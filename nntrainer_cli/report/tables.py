@@ -187,6 +187,8 @@ def train_summary(report: TrainReport) -> str:
         sw = m.swap
         rows += [["memory budget", human(sw.budget_bytes)],
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
+                 *([["tiled layers", ", ".join(f"{n} in {k}" for n, k in sw.tiles.items())]]
+                   if sw.tiles else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",
                   f"{sw.loads_inline} / {sw.loads_background}"],

@@ -65,6 +65,7 @@ class SwapFigures:
     loads_background: int
     bytes_in_per_iteration: int    # as planned
     bytes_out_per_iteration: int
+    tiles: dict[str, int] = field(default_factory=dict)   # layers cut into row tiles
 
 
 @dataclass(frozen=True)

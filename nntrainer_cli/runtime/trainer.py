@@ -201,7 +201,7 @@ class Trainer:
         swap = SwapFigures(
             plan.swap.budget, plan.swap.peak, plan.swap.lookahead, plan.frugal, io.moved_in,
             io.moved_out, io.waited, io.inline_seconds, io.loads_inline, io.loads_background,
-            plan.swap.bytes_in, plan.swap.bytes_out) if plan.swap else None
+            plan.swap.bytes_in, plan.swap.bytes_out, plan.tiles) if plan.swap else None
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
                                       rss.delta, rss.reset, swap,
