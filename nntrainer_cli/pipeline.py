@@ -221,16 +221,38 @@ class Planning:
         """`found` (the plan at `level` with `tiles`), else with more tiles where the
         budget needs them: while the busiest slot holds a tileable layer's weight (or
         its gradient or state), that layer's tiles double, and so do those of every
-        layer whose tiles are as large, until the plan fits or tiling no longer lowers
-        the floor by much (MIN_TILE_GAIN). Also returns the tiles it ends with."""
-        while isinstance(found, SwapRefusal):
+        layer whose tiles are as large, until the plan fits or two doublings in a row
+        lower the floor by less than MIN_TILE_GAIN (the first one may not lower it at
+        all: it adds the layer's `part` temporary). A plan that fits is then made as
+        coarse as still fits. Returns the plan, or the refusal with the lowest floor,
+        and its tiles."""
+        best, best_tiles, stalls = found, tiles, 0
+        while isinstance(found, SwapRefusal) and stalls < 2:
             more = self._more_tiles(found, tiles)
             if more is None:
                 break
-            trial = self._at(level, budget, more)
-            if isinstance(trial, SwapRefusal) and trial.floor > found.floor * MIN_TILE_GAIN:
-                break
-            tiles, found = more, trial
+            tiles, found = more, self._at(level, budget, more)
+            if isinstance(found, Prepared):
+                return self._coarsest(level, budget, found, tiles)
+            stalls = stalls + 1 if found.floor > best.floor * MIN_TILE_GAIN else 0
+            if found.floor < best.floor:
+                best, best_tiles = found, tiles
+        return best, best_tiles
+
+    def _coarsest(self, level: int, budget: int, found: Prepared,
+                  tiles: dict[str, int]) -> tuple[Prepared, dict[str, int]]:
+        """The doubling also cut layers cut as finely as the busiest one, which the
+        budget may not need: each group of layers with the same tiles gets half as many
+        while the plan still fits."""
+        coarser = True
+        while coarser:
+            coarser = False
+            for k in sorted(set(tiles.values()), reverse=True):
+                fewer = {n: c // 2 if c == k else c for n, c in tiles.items()}
+                trial = self._at(level, budget, {n: c for n, c in fewer.items() if c > 1})
+                if isinstance(trial, Prepared):
+                    found, tiles, coarser = trial, {n: c for n, c in fewer.items() if c > 1}, True
+                    break
         return found, tiles
 
     def _more_tiles(self, refusal: SwapRefusal, tiles: dict[str, int]) -> dict[str, int] | None:

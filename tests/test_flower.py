@@ -162,3 +162,32 @@ def test_no_server_is_one_line():
 def test_bad_client_flags(args, message):
     r = run("federate", DIGITS, "--clients", "2", "--rounds", "1", *args)
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_clients_tiled_by_their_own_budget_exchange_whole_weights(tmp_path):
+    """Weights travel whole: a client whose budget tiles its layers (15% of the digits
+    MLP's plan) trains with a server and a client that tile nothing, and the rounds end
+    where the local engine's end, within float rounding."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    common = ["--clients", "2", "--rounds", "2", "-q"]
+    server = subprocess.Popen([*COMMAND, *common, "--engine", "flower", "--listen", address,
+                               "--save", str(tmp_path / "flower.bin")],
+                              stderr=subprocess.PIPE, text=True)
+    plain = subprocess.Popen([*COMMAND, *common, "--connect", address, "--client-id", "0"],
+                             stderr=subprocess.PIPE, text=True)
+    tiled = subprocess.run([*COMMAND, *common, "--connect", address, "--client-id", "1",
+                            "--memory-budget", "15%"],
+                           capture_output=True, text=True, timeout=120)
+    try:
+        assert tiled.returncode == 0, tiled.stderr
+        assert server.wait(120) == 0 and plain.wait(60) == 0
+    finally:
+        server.kill()
+        plain.kill()
+    r = run("federate", DIGITS, *common, "--save", str(tmp_path / "local.bin"))
+    assert r.exit_code == 0, r.output
+    a, b = (np.fromfile(tmp_path / f, "<f4") for f in ("flower.bin", "local.bin"))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5 * np.abs(b).max()

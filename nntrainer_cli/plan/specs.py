@@ -172,7 +172,10 @@ def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, 
             return
         io.grads[w.name] = [add(f"{name}:grad", "gradient", w.shape,
                                 {*ns.all(Phase.CALC_GRADIENT), *ns.apply_parts})]
-        parts = len(ns.apply_parts) if math.prod(w.shape) * 4 >= SPLIT_MIN_BYTES else 1
+        # a tiled layer's other weights (its bias) are applied whole in the first tile's
+        # apply slot, the last to run, after the one calc_gradient that computes them
+        parts = len(ns.apply_parts) if math.prod(w.shape) * 4 >= SPLIT_MIN_BYTES \
+            and not ns.tiles else 1
         rows = row_parts(w.shape[0], parts)
     if not trained:
         return

@@ -9,7 +9,7 @@ from html import escape
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 
-from .tables import human
+from .tables import human, tile_groups
 
 COLOURS = {
     "input": "#8c564b", "label": "#c49c94", "weight": "#1f77b4", "optimizer_state": "#aec7e8",
@@ -58,7 +58,7 @@ def plan_svg(plan: MemoryPlan, model: str) -> str:
            f'batch {plan.batch_size}'
            + (f', budget {human(plan.swap.budget)} (without swap {human(plan.peak_bytes)})'
               if plan.swap else "")
-           + "".join(f", {escape(n)} in {k} row tiles" for n, k in plan.tiles.items())
+           + "".join(f", {escape(t)} row tiles" for t in tile_groups(plan.tiles))
            + '</text>',
            f'<text x="{LEFT}" y="42" fill="#555">time slot across (forward, then backward); '
            f'arena offset down. Hover a block for its tensor.'

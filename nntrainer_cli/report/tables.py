@@ -54,7 +54,7 @@ def plan_summary(plan: MemoryPlan) -> str:
     note = ""
     if plan.swap:
         conv = "" if plan.frugal <= 1 else ", conv columns for fewer samples at a time"
-        tiles = "".join(f", {n} in {k} row tiles" for n, k in plan.tiles.items())
+        tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles))
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
             if plan.frugal else "") + ")"
@@ -62,6 +62,16 @@ def plan_summary(plan: MemoryPlan) -> str:
             f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
             f"lower bound {human(plan.lower_bound_bytes)}   "
             f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}{note}")
+
+
+def tile_groups(tiles: dict[str, int]) -> list[str]:
+    """`fc1 in 4`, or for many layers cut alike `47 layers (fc1 … fc47) in 4`."""
+    by_count: dict[int, list[str]] = {}
+    for name, k in tiles.items():
+        by_count.setdefault(k, []).append(name)
+    return [f"{', '.join(names)} in {k}" if len(names) <= 3 else
+            f"{len(names)} layers ({names[0]} … {names[-1]}) in {k}"
+            for k, names in by_count.items()]
 
 
 def _phase(plan: MemoryPlan, slot) -> str:
@@ -187,7 +197,7 @@ def train_summary(report: TrainReport) -> str:
         sw = m.swap
         rows += [["memory budget", human(sw.budget_bytes)],
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
-                 *([["tiled layers", ", ".join(f"{n} in {k}" for n, k in sw.tiles.items())]]
+                 *([["tiled layers", ", ".join(tile_groups(sw.tiles))]]
                    if sw.tiles else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",

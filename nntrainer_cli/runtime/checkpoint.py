@@ -3,7 +3,8 @@ written atomically (a temp file renamed over the target), so a run killed at any
 leaves the last good one intact. It is a zip archive (stored, not compressed):
 
     weights.bin      the weights in NNTrainer's .bin layout (an init file NNTrainer reads)
-    state/NAME       each optimizer-state tensor (momentum, Adam's m and v), raw float32
+    state/NAME       each weight's optimizer state, whole (momentum, Adam's m and v),
+                     raw float32
     order.npy        the current epoch's record order
     meta.json        where the run stands: epoch, next batch, iteration, the epochs done,
                      the running sums of this epoch, both random generators' states
@@ -29,10 +30,11 @@ FORMAT = 1
 
 
 def model_digest(ex: Executor) -> str:
-    """What a checkpoint must match: every persistent tensor's name and shape, and the
-    batch size (the order and the iteration count depend on it)."""
-    names = ex.weight_names() + (ex.state_names() if ex.optimizer else [])
-    text = ";".join(f"{n}{ex.plan.specs[n].shape}" for n in names)
+    """What a checkpoint must match: every weight's and optimizer state's name and shape,
+    whole (however a budget tiles or splits them), and the batch size (the order and the
+    iteration count depend on it)."""
+    whole = ex.weight_tensors() + (ex.state_tensors() if ex.optimizer else [])
+    text = ";".join(f"{name}{shape}" for name, shape, _ in whole)
     return hashlib.sha256(f"{ex.graph.batch_size};{text}".encode()).hexdigest()[:16]
 
 
@@ -43,10 +45,11 @@ def save(path: str, ex: Executor, meta: dict, order: np.ndarray) -> None:
                 zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             with z.open("weights.bin", "w", force_zip64=True) as out:
                 weights_io.write_bin(ex, out, meta["epoch"], meta["iteration"], with_adam=False)
-            for name in ex.state_names() if ex.optimizer else []:
-                with z.open(f"state/{name}", "w", force_zip64=True) as out, \
-                        ex.persistent(name, write=False) as arr:
-                    out.write(arr.data)
+            for name, _, parts in ex.state_tensors() if ex.optimizer else []:
+                with z.open(f"state/{name}", "w", force_zip64=True) as out:
+                    for part in parts:   # row parts back to back: the state whole
+                        with ex.persistent(part, write=False) as arr:
+                            out.write(arr.data)
             with z.open("order.npy", "w", force_zip64=True) as out:
                 np.save(out, order)
             z.writestr("meta.json", json.dumps(meta))
@@ -74,9 +77,10 @@ def load(path: str, ex: Executor) -> tuple[dict, np.ndarray]:
             with z.open("weights.bin") as f:
                 for name in ex.weight_names():
                     _read_into(f, ex, name, path)
-            for name in ex.state_names() if ex.optimizer else []:
+            for name, _, parts in ex.state_tensors() if ex.optimizer else []:
                 with z.open(f"state/{name}") as f:
-                    _read_into(f, ex, name, path)
+                    for part in parts:
+                        _read_into(f, ex, part, path)
             with z.open("order.npy") as f:
                 order = np.load(f)
         except (KeyError, *ZIP_READ_ERRORS) as e:

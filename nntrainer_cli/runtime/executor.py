@@ -302,11 +302,26 @@ class Executor:
         order), they are NNTrainer's weight file."""
         return [t for _, _, tensors in self.weight_tensors() for t in tensors]
 
-    def state_names(self) -> list[str]:
+    def weight_parts(self):
+        """(which weight, its first row, tensor) for every weight tensor in order: a
+        tiled weight's tiles with the rows they hold, for reading weights whole."""
+        for i, (_, _, tensors) in enumerate(self.weight_tensors()):
+            row = 0
+            for name in tensors:
+                yield i, row, name
+                row += self.plan.specs[name].shape[0]
+
+    def state_tensors(self) -> list[tuple[str, tuple[int, ...], list[str]]]:
+        """Per trainable weight and optimizer state (`fc1:weight:adam_m`): its shape and
+        its tensors in row order (several for a tiled weight or split apply slots)."""
         io = self.plan.tensors.io
-        return [part[kind] for n, w in self.weights if w.trainable
-                for kind in range(len(self.optimizer.state))
-                for part in io[n.name].state[w.name]]
+        return [(f"{n.name}:{w.name}:{kind}", w.shape,
+                 [part[k] for part in io[n.name].state[w.name]])
+                for n, w in self.weights if w.trainable
+                for k, kind in enumerate(self.optimizer.state)]
+
+    def state_names(self) -> list[str]:
+        return [t for _, _, tensors in self.state_tensors() for t in tensors]
 
     def reset_state(self, iteration: int) -> None:
         """The optimizer's state back to zero and its step count starting over at

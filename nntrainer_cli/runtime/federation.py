@@ -167,9 +167,7 @@ class FederatedTrainer(Trainer):
         `local_epochs` epochs over the client's records. The trained weights stay in the
         arena for the caller to take."""
         t0 = time.perf_counter()
-        for name, w in zip(ex.weight_names(), weights):
-            with ex.persistent(name, write=True) as v:
-                np.copyto(v, w)
+        weights_io.write_whole(ex, weights)
         ex.reset_state(client.iteration)
         ex.rng.bit_generator.state = client.layer_state
         for _ in range(self.fed.local_epochs):
@@ -188,11 +186,7 @@ class FederatedTrainer(Trainer):
             note = weights_io.load(ex, self.opts.init_weights, self.opts.weights_map)
             if note:
                 self._log(note)
-        names = ex.weight_names()
-        glob = []
-        for name in names:
-            with ex.persistent(name, write=False) as v:
-                glob.append(v.copy())
+        glob = weights_io.read_whole(ex)   # whole, as Flower sends them, however tiled
         report.federation = FederationFigures(
             self.fed.engine, self.fed.partition, self.fed.local_epochs,
             [c.ds.count for c in self.clients], sum(w.nbytes for w in glob))
@@ -202,7 +196,6 @@ class FederatedTrainer(Trainer):
         """The local engine: every client in turn, in this process's arena."""
         glob = self._start(ex, report, init_rng)
         total = [np.empty_like(w) for w in glob]
-        names = ex.weight_names()
         for r in range(1, self.fed.rounds + 1):
             t0 = time.perf_counter()
             results = []
@@ -210,9 +203,10 @@ class FederatedTrainer(Trainer):
             count = sum(c.ds.count for c in chosen)
             for k, client in enumerate(chosen):
                 results.append(self.fit(ex, client, glob, r))
-                for name, t in zip(names, total):   # the arena's copy is used up here
+                for i, row, name in ex.weight_parts():   # the arena's copy is used up here
                     with ex.persistent(name, write=False) as v:
-                        accumulate([t], [v], client.ds.count / count, k == 0)
+                        accumulate([total[i][row:row + len(v)]], [v], client.ds.count / count,
+                                   k == 0)
             glob, total = total, glob
             self.finish_round(ex, r, results, glob, t0, max(c.iteration for c in self.clients))
         self.finish(ex)
@@ -222,9 +216,7 @@ class FederatedTrainer(Trainer):
         """The new global weights into the arena, judged on the validation set, saved
         (with the clients' largest iteration count), logged and reported; a requested
         stop ends the run here."""
-        for name, w in zip(ex.weight_names(), glob):
-            with ex.persistent(name, write=True) as v:
-                np.copyto(v, w)
+        weights_io.write_whole(ex, glob)
         count = sum(c.samples for c in results)
         row = EpochResult(r, sum(c.loss * c.samples for c in results) / count,
                           sum(c.accuracy * c.samples for c in results) / count)

@@ -27,6 +27,7 @@ import numpy as np
 
 from nntrainer_cli.errors import ConfigError, TrainingError
 
+from . import weights as weights_io
 from .executor import Executor
 from .federation import FederatedTrainer, fedavg, sampled
 from .measure import rss_peak_bytes
@@ -245,7 +246,7 @@ class FlowerClient(FederatedTrainer):
     def _train(self, ex: Executor, report, rng, init_rng) -> None:
         fl = flower()
         self.report, client, trainer = report, self.clients[0], self
-        shapes = [ex.plan.specs[name].shape for name in ex.weight_names()]
+        shapes = [shape for _, shape, _ in ex.weight_tensors()]   # whole, however tiled
         ours = _agreed(self)
         self._connect()
 
@@ -263,10 +264,7 @@ class FlowerClient(FederatedTrainer):
                     raise ConfigError("the server's model has other weights than this one",
                                       key="--connect")
                 result = trainer.fit(ex, client, parameters, int(config["round"]))
-                weights = []
-                for name in ex.weight_names():
-                    with ex.persistent(name, write=False) as v:
-                        weights.append(v.copy())
+                weights = weights_io.read_whole(ex)
                 trainer.rounds_done += 1
                 return weights, client.ds.count, {
                     "client": client.index, "loss": result.loss, "accuracy": result.accuracy,

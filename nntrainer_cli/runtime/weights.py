@@ -75,6 +75,22 @@ def save_arrays(path: str, graph, arrays: dict) -> None:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
 
+def read_whole(ex: Executor) -> list[np.ndarray]:
+    """A copy of every weight, whole (a tiled one's tiles put together)."""
+    out = [np.empty(shape, np.float32) for _, shape, _ in ex.weight_tensors()]
+    for i, row, name in ex.weight_parts():
+        with ex.persistent(name, write=False) as v:
+            out[i][row:row + len(v)] = v
+    return out
+
+
+def write_whole(ex: Executor, arrays: list[np.ndarray]) -> None:
+    """Every weight from a whole array each, into its tensors (tiles) in the arena."""
+    for i, row, name in ex.weight_parts():
+        with ex.persistent(name, write=True) as v:
+            np.copyto(v, arrays[i][row:row + len(v)])
+
+
 def load_arrays(ex: Executor, arrays: dict) -> None:
     """Weights given by plan name (those an ONNX backbone brought) into the arena."""
     tensors = {name: parts for name, _, parts in ex.weight_tensors()}
