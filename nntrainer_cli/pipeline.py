@@ -249,9 +249,10 @@ class Planning:
             coarser = False
             for k in sorted(set(tiles.values()), reverse=True):
                 fewer = {n: c // 2 if c == k else c for n, c in tiles.items()}
-                trial = self._at(level, budget, {n: c for n, c in fewer.items() if c > 1})
+                fewer = {n: c for n, c in fewer.items() if c > 1}
+                trial = self._at(level, budget, fewer)
                 if isinstance(trial, Prepared):
-                    found, tiles, coarser = trial, {n: c for n, c in fewer.items() if c > 1}, True
+                    found, tiles, coarser = trial, fewer, True
                     break
         return found, tiles
 

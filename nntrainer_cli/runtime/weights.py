@@ -93,13 +93,11 @@ def write_whole(ex: Executor, arrays: list[np.ndarray]) -> None:
 
 def load_arrays(ex: Executor, arrays: dict) -> None:
     """Weights given by plan name (those an ONNX backbone brought) into the arena."""
-    tensors = {name: parts for name, _, parts in ex.weight_tensors()}
-    for name, array in arrays.items():
-        lo = 0
-        for part in tensors[name]:   # a tiled weight's row tiles in order
+    names = [name for name, _, _ in ex.weight_tensors()]
+    for i, row, part in ex.weight_parts():   # a tiled weight's row tiles in order
+        if names[i] in arrays:
             with ex.persistent(part, write=True) as view:
-                np.copyto(view, array[lo:lo + len(view)], casting="same_kind")
-                lo += len(view)
+                np.copyto(view, arrays[names[i]][row:row + len(view)], casting="same_kind")
 
 
 def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
