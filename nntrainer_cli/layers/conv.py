@@ -221,11 +221,12 @@ class Pooling2D(Layer):
         out = (n, c, oh, ow)
         ctx.output_shapes = [out]
         if self.kind in ("max", "global_max"):
-            # which window tap won: one byte for windows of up to 127 taps (-1: none yet)
+            # which window tap won, counted from 1 (0: none yet): one byte for windows
+            # of up to 126 taps
             taps = pool[0] * pool[1]
-            ctx.temp("argmax", out, ITERATION,
-                     np.int8 if taps < 2**7 else np.int16 if taps < 2**15 else np.int32)
-            ctx.temp("mask", out, Phase.FORWARD, np.bool_)
+            tap = np.int8 if taps < 2**7 - 1 else np.int16 if taps < 2**15 - 1 else np.int32
+            ctx.temp("argmax", out, ITERATION, tap)
+            ctx.temp("improved", out, Phase.FORWARD, tap)
             ctx.temp("mask_back", out, Phase.CALC_DERIVATIVE, np.bool_)
         else:
             ctx.temp("count", (oh, ow), ITERATION)
@@ -234,14 +235,20 @@ class Pooling2D(Layer):
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y = ctx.inputs[0], ctx.outputs[0]
         if self.kind in ("max", "global_max"):
-            idx, mask = ctx.temps["argmax"], ctx.temps["mask"]
+            # Branch-free (a masked copy branches per value and ran 8x slower): each tap
+            # that beats the maximum so far marks its number, and taps come in rising
+            # order, so the largest mark is the last strict improvement: the first
+            # maximum wins ties.
+            idx, improved = ctx.temps["argmax"], ctx.temps["improved"]
             y.fill(-np.inf)
-            idx.fill(-1)
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid()):
-                src, dst, m = x[:, :, irow, icol], y[:, :, orow, ocol], mask[:, :, orow, ocol]
-                np.greater(src, dst, out=m)          # the first maximum wins ties
+            idx.fill(0)
+            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid(), 1):
+                src, dst = x[:, :, irow, icol], y[:, :, orow, ocol]
+                won, m = idx[:, :, orow, ocol], improved[:, :, orow, ocol]
+                np.greater(src, dst, out=m)
+                np.multiply(m, k, out=m)
+                np.maximum(won, m, out=won)
                 np.maximum(dst, src, out=dst)
-                np.copyto(idx[:, :, orow, ocol], k, where=m)
         else:
             count = ctx.temps["count"]
             y.fill(0)
@@ -261,7 +268,7 @@ class Pooling2D(Layer):
         disjoint = all(s >= k for s, k in zip(self.win.stride, self.win.kernel))
         if self.kind in ("max", "global_max"):
             idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid()):
+            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid(), 1):
                 m, target = mask[:, :, orow, ocol], dx[:, :, irow, icol]
                 np.equal(idx[:, :, orow, ocol], k, out=m)
                 if disjoint:
