@@ -22,12 +22,16 @@ CASES = [
     ("activation", {"activation": "leaky_relu"}, [(3, 1, 1, 6)]),
     ("activation", {"activation": "swish"}, [(3, 1, 1, 6)]),
     ("activation", {"activation": "gelu"}, [(3, 1, 1, 6)]),
+    # lowered by rows; the input derivative a stride-1 convolution of dy
     ("conv2d", {"filters": 3, "kernel_size": (3, 3)}, [(2, 2, 5, 5)]),
+    ("conv2d", {"filters": 2, "kernel_size": (3, 3), "padding": "same"}, [(2, 2, 3, 17)]),
+    # by rows, the derivative through col2im (stride 2; padding wider than the kernel)
     ("conv2d", {"filters": 2, "kernel_size": (3, 2), "stride": (2, 1), "padding": "same",
                 "dilation": (1, 2)}, [(2, 3, 6, 5)]),
     ("conv2d", {"filters": 2, "kernel_size": (2, 2), "padding": (1, 0, 2, 1)}, [(1, 1, 4, 4)]),
-    # 16+ output columns: the strided-copy im2col rather than the gather table
-    ("conv2d", {"filters": 2, "kernel_size": (3, 3), "padding": "same"}, [(2, 2, 3, 17)]),
+    # dilated rows: im2col
+    ("conv2d", {"filters": 2, "kernel_size": (2, 2), "dilation": (2, 1), "padding": "same"},
+     [(2, 2, 5, 4)]),
     ("pooling2d", {"pooling": "max", "pool_size": (2, 2), "stride": (2, 2)}, [(2, 2, 4, 4)]),
     ("pooling2d", {"pooling": "max", "pool_size": (3, 3), "stride": (1, 1), "padding": "same"},
      [(1, 2, 4, 5)]),

@@ -32,7 +32,7 @@ def direct_conv(x, w, b, stride, pad, dil):
     ({"filters": 3, "kernel_size": (2, 3), "stride": (2, 1), "dilation": (2, 2),
       "padding": (1, 1, 2, 2)}, (2, 2, 7, 7), (1, 1, 2, 2)),
     ({"filters": 2, "kernel_size": (3, 3), "stride": (1, 2), "dilation": (1, 2),
-      "padding": (1, 0, 0, 3)}, (2, 2, 5, 36), (1, 0, 0, 3)),   # wide: strided im2col
+      "padding": (1, 0, 0, 3)}, (2, 2, 5, 36), (1, 0, 0, 3)),
 ])
 def test_conv2d_matches_direct_definition(props, shape, pad):
     h = Harness(make_layer("conv2d", **props), [shape], np.random.default_rng(0))
@@ -153,6 +153,10 @@ def test_embedding_looks_up_rows():
 @pytest.mark.parametrize("kind,props,shape", [
     ("activation", {"activation": "relu"}, (3, 2, 4, 5)),
     ("conv2d", {"filters": 8, "kernel_size": (3, 3), "padding": "same"}, (5, 2, 6, 6)),
+    ("conv2d", {"filters": 16, "kernel_size": (5, 5)}, (9, 6, 12, 12)),       # several chunks
+    ("conv2d", {"filters": 3, "kernel_size": (3, 3), "stride": (2, 2), "padding": "same"},
+     (7, 2, 9, 9)),                                                           # col2im
+    ("conv2d", {"filters": 3, "kernel_size": (2, 3), "dilation": (2, 1)}, (6, 2, 7, 7)),
 ])
 def test_frugal_layers_give_identical_results(kind, props, shape):
     """Frugal mode (tight budgets) changes buffers, never values."""
@@ -174,3 +178,54 @@ def test_frugal_layers_give_identical_results(kind, props, shape):
         out.append([y, h.ctx.in_grads[0].copy()] + [g.copy() for g in h.ctx.grads.values()])
     for a, b in zip(*out):
         assert np.array_equal(a, b)
+
+
+def test_convolution_paths_agree(monkeypatch):
+    """Lowering by rows and im2col (which large filters on small images keep) compute
+    the same convolution, gradients and input derivative."""
+    from nntrainer_cli.layers import conv
+
+    out = []
+    for cache in (conv.FILTER_IN_CACHE, 0):
+        monkeypatch.setattr(conv, "FILTER_IN_CACHE", cache)
+        h = Harness(make_layer("conv2d", filters=4, kernel_size=(3, 3), padding="same"),
+                    [(2, 3, 6, 6)], np.random.default_rng(3))
+        assert (h.layer.lowered is None) == (h.layer.lowered_deriv is None) == (cache == 0)
+        h.objective()
+        y = h.ctx.outputs[0].copy()
+        h.backward()
+        out.append([y, h.ctx.in_grads[0].copy()] + [g.copy() for g in h.ctx.grads.values()])
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("props,shape", [
+    ({"filters": 16, "kernel_size": (3, 3), "padding": "same"}, (32, 16, 8, 8)),
+    ({"filters": 6, "kernel_size": (5, 5), "padding": "same"}, (64, 1, 28, 28)),
+    ({"filters": 4, "kernel_size": (3, 3), "stride": (2, 2), "padding": "same"}, (16, 3, 9, 9)),
+])
+def test_frugal_convolutions_are_bit_identical_in_float32(props, shape):
+    """float32 matrix products round differently as their shapes change, so frugal
+    plans split a convolution's work where every product keeps its shape: the arena's
+    float32, not only the float64 of the harness, gives the same bits at every level."""
+    from nntrainer_cli.layers import FinalizeContext, RunContext
+
+    def run(frugal):
+        layer = make_layer("conv2d", **props)
+        fc = FinalizeContext([shape], frugal=frugal)
+        layer.finalize(fc)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = {r.name: rng.standard_normal(r.shape).astype(np.float32) for r in fc.weights}
+        y = np.zeros(fc.output_shapes[0], np.float32)
+        ctx = RunContext([x], [y], w, {k: np.zeros_like(v) for k, v in w.items()},
+                         [np.zeros_like(x)], [rng.standard_normal(y.shape).astype(np.float32)],
+                         {t.name: np.zeros(t.shape, t.dtype) for t in fc.temps})
+        layer.forward(ctx, True)
+        layer.calc_gradient(ctx)
+        layer.calc_derivative(ctx)
+        return [y, ctx.in_grads[0], *ctx.grads.values()]
+
+    plain = run(0)
+    for frugal in (2, 8, 64):
+        assert all(np.array_equal(a, b) for a, b in zip(plain, run(frugal)))

@@ -1,108 +1,52 @@
-"""Convolution and pooling over (N, C, H, W). Windows are gathered with strided views
-into planned temporaries (im2col), so each kernel is one batched matmul and nothing
-is allocated outside the plan."""
+"""2-D convolution over (N, C, H, W) as stacked matrix products on planned work buffers.
+
+The input is lowered by rows (`windows.RowLowering`): one strided copy per chunk of
+samples, then one stacked matmul for every output row. The input derivative of a
+stride-1 convolution is itself a convolution (of the output derivative, padded, with
+the flipped filter) and runs the same way; other strides scatter columns back
+(col2im). A vertically dilated kernel's rows are not one range, so it keeps im2col.
+Work buffers hold a few samples at a time, about the output's size in all (NNTrainer
+goes one sample at a time; frugal plans divide the chunk)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from nntrainer_cli.config import props as P
 
-from .base import (ITERATION, Access, FinalizeContext, Layer, LayerError, Phase, RunContext,
-                   register)
+from .base import Access, FinalizeContext, Layer, Phase, RunContext, register
+from .windows import RowLowering, Window, col2im, im2col, prefix, resolve_padding
 
 
-def resolve_padding(pad, size, kernel, stride, dilation):
-    """(top, bottom, left, right) as NNTrainer computes it; `same` is TF-style."""
-    if pad == "valid":
-        return (0, 0, 0, 0)
-    if pad != "same":
-        return pad
-    out = []
-    for n, k, s, d in zip(size, kernel, stride, dilation):
-        eff = (k - 1) * d + 1
-        total = max((math.ceil(n / s) - 1) * s + eff - n, 0)
-        out += [total // 2, total - total // 2]
-    return tuple(out)
+def chunks(n: int, m: int):
+    for start in range(0, n, m):
+        yield start, min(m, n - start)
 
 
-class Window:
-    """The geometry of a sliding window, and the valid ranges per kernel offset."""
-
-    def __init__(self, hw, kernel, stride, padding, dilation=(1, 1)):
-        self.hw, self.kernel, self.stride, self.dilation = hw, kernel, stride, dilation
-        self.pad = padding
-        t, b, l, r = padding
-        eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
-        self.out = ((hw[0] + t + b - eff[0]) // stride[0] + 1,
-                    (hw[1] + l + r - eff[1]) // stride[1] + 1)
-        if min(self.out) < 1:
-            raise LayerError(f"the window {kernel[0]}x{kernel[1]} does not fit the "
-                             f"{hw[0]}x{hw[1]} input with this padding", "kernel_size")
-        self.offsets = []  # per (ki, kj): (output slices, input slices)
-        for ki in range(kernel[0]):
-            rows = self._range(ki, 0, t)
-            for kj in range(kernel[1]):
-                cols = self._range(kj, 1, l)
-                self.offsets.append((ki, kj, rows, cols))
-
-    def _range(self, k, axis, before):
-        """Output positions o with 0 <= o·s + k·d - before < size: (output, input) slices."""
-        s, d, n, count = self.stride[axis], self.dilation[axis], self.hw[axis], self.out[axis]
-        start = k * d - before
-        lo = max(0, -(start // s) if start < 0 else 0)  # ceil(-start / s) for start < 0
-        hi = min(count, (n - 1 - start) // s + 1) if n - 1 - start >= 0 else 0
-        if hi <= lo:
-            return None
-        first = lo * s + start
-        return slice(lo, hi), slice(first, first + (hi - lo - 1) * s + 1, s)
-
-    def valid(self):
-        for ki, kj, rows, cols in self.offsets:
-            if rows and cols:
-                yield ki, kj, (rows[0], cols[0]), (rows[1], cols[1])
+def bands(rows: int, band: int):
+    for first in range(0, rows, band):
+        yield first, min(rows, first + band)
 
 
-def im2col(x, win: Window, col):
-    """col[n, c, ki, kj, oh, ow] = x[n, c, input row, input col] (0 in the padding)."""
-    col.fill(0)
-    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
-        np.copyto(col[:, :, ki, kj, orow, ocol], x[:, :, irow, icol])
+FILTER_IN_CACHE = 1 << 20   # bytes: measured on ResNet-18, 0.6 MB filters gain, 2.4 MB lose
 
 
-def gather_table(win: Window) -> np.ndarray:
-    """For each kernel tap and output pixel, the flat input pixel it reads, or h·w (a
-    zero kept after the image) in the padding. Made once when the layer is planned:
-    taps × output pixels indices (16 KiB for a 3×3 conv with a 15×15 output)."""
-    (h, w), (kh, kw), (sh, sw), (dh, dw) = win.hw, win.kernel, win.stride, win.dilation
-    top, _, left, _ = win.pad
-    ki, kj, i, j = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(win.out[0]),
-                               np.arange(win.out[1]), indexing="ij")
-    r, q = i * sh - top + ki * dh, j * sw - left + kj * dw
-    inside = (r >= 0) & (r < h) & (q >= 0) & (q < w)
-    return np.where(inside, r * w + q, h * w).reshape(kh * kw, -1).astype(np.intp)
+def by_rows(n: int, m: int, rows: int, filters: int) -> bool:
+    """Whether to lower by rows rather than im2col. Row lowering moves less data per
+    sample, but a step reads the filter once per output row and chunk of m samples
+    (im2col: once per sample). That only costs while the filter is out of cache: large
+    filters on small images (ResNet's last blocks) stay with im2col."""
+    return filters * 4 <= FILTER_IN_CACHE or -(-n // m) * rows <= n
 
 
-def gather_columns(x, table, padded, col):
-    """im2col in one np.take: x copied beside a zero, then every tap gathered."""
-    m, c = x.shape[:2]
-    np.copyto(padded[:, :, :-1].reshape(x.shape), x)
-    padded[:, :, -1] = 0
-    # mode="clip": the indices are valid, and the default mode would buffer the output
-    np.take(padded, table, axis=2, out=col.reshape(m, c, *table.shape), mode="clip")
-
-
-def col2im(col, win: Window, dx):
-    dx.fill(0)
-    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
-        target = dx[:, :, irow, icol]
-        np.add(target, col[:, :, ki, kj, orow, ocol], out=target)
-
-
-GATHER_BELOW_WIDTH = 16
-GATHER_TABLE_MAX_BYTES = 64 * 1024
+def from_rows(out, y, bias) -> None:
+    """Output rows (oh, f, m·ow) back to (m, f, oh, ow), adding the bias on the way."""
+    oh, f, _ = out.shape
+    rows = out.reshape(oh, f, len(y), -1).transpose(2, 1, 0, 3)
+    if bias is None:
+        np.copyto(y, rows)
+    else:
+        np.add(rows, bias[:, None, None], out=y)
 
 
 @register
@@ -120,167 +64,135 @@ class Conv2D(Layer):
         n, c, h, w = ctx.input_shapes[0]
         p = self.p
         pad = resolve_padding(p["padding"], (h, w), p["kernel_size"], p["stride"], p["dilation"])
-        self.win = Window((h, w), p["kernel_size"], p["stride"], pad, p["dilation"])
-        oh, ow = self.win.out
-        kh, kw = p["kernel_size"]
-        f = p["filters"]
+        self.win = win = Window((h, w), p["kernel_size"], p["stride"], pad, p["dilation"])
+        (oh, ow), (kh, kw), f = win.out, p["kernel_size"], p["filters"]
         ctx.output_shapes = [(n, f, oh, ow)]
         self.request_weight(ctx, "filter", (f, c, kh, kw))
         self.request_bias(ctx, "bias", (f,))
-        # im2col a few samples at a time: its buffer stays about the size of the output
-        # instead of kh·kw times the input (NNTrainer goes one at a time; frugal plans
-        # divide the chunk)
-        self.dims = (n, f, c * kh * kw, oh * ow)   # batch, filters, column length, pixels
-        per_sample = c * kh * kw * oh * ow
-        self.chunk = max(1, min(n, -(-f * oh * ow * n // per_sample)) // max(ctx.frugal, 1))
-        # narrow outputs: one np.take beats kh·kw strided copies of short rows (measured:
-        # 3x faster at 10 wide, 1.4x slower at 32 wide). The table is the one array a
-        # layer keeps outside the arena: a constant of kh·kw·oh·ow 8-byte indices, made
-        # only while it stays under GATHER_TABLE_MAX_BYTES.
-        narrow = ow < GATHER_BELOW_WIDTH and kh * kw * oh * ow * 8 <= GATHER_TABLE_MAX_BYTES
-        self.table = gather_table(self.win) if narrow else None
-        if self.table is not None:
-            ctx.temp("padded", (self.chunk, c, h * w + 1), Phase.FORWARD)
-            ctx.temp("padded_grad", (self.chunk, c, h * w + 1), Phase.CALC_GRADIENT)
-        col = (self.chunk, c, kh, kw, oh, ow)
-        ctx.temp("col", col, Phase.FORWARD)
-        ctx.temp("col_grad", col, Phase.CALC_GRADIENT)
-        ctx.temp("filter_part", (f, c, kh, kw), Phase.CALC_GRADIENT)
-        ctx.temp("col_deriv", col, Phase.CALC_DERIVATIVE)
+        self.shape = (n, f, c, kh, kw)
+        output = n * f * oh * ow
 
-    def _columns(self, x, temps, padded, col):
-        if self.table is None:
-            im2col(x, self.win, col)
+        def samples(per_sample: int, frugal: int = 1) -> int:
+            """Samples per chunk: a phase's buffers hold about an output's worth."""
+            return max(1, min(n, -(-output // per_sample)) // frugal)
+
+        # Lowered by rows, a phase takes m samples at a time, and frugal plans lower
+        # fewer output rows at a time instead of fewer samples: every matrix product
+        # keeps its shape, and float32 products are not bit-identical across shapes.
+        # (im2col runs one product per sample, so there frugal plans take fewer samples.)
+        # At most oh samples: one output row of them lowers into no more than one
+        # sample's im2col columns, the least memory frugal plans had before.
+        k, frugal = c * kh * kw, max(ctx.frugal, 1)
+        hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
+        m = min(oh, samples(hp * kw * c * ow + f * oh * ow + (c * hp * wp if any(pad) else 0)))
+        band = max(1, oh // frugal)
+        self.lowered = None
+        if win.dilation[0] == 1 and by_rows(n, m, oh, f * k):
+            self.lowered = RowLowering("", c, (h, w), win, m, band)
+            self.lowered.temps(ctx, Phase.FORWARD)
+            ctx.temp("filter_rows", (f, k), Phase.FORWARD)
+            ctx.temp("out_rows", (band, f, m * ow), Phase.FORWARD)
+            self.lowered_grad = RowLowering("grad_", c, (h, w), win, m, band)
+            self.lowered_grad.temps(ctx, Phase.CALC_GRADIENT)
+            ctx.temp("out_grad_rows", (band, f, m * ow), Phase.CALC_GRADIENT)
+            # products of `group` output rows at a time: a quarter of the rows buffer, or
+            # one filter's worth
+            rows_buffer = self.lowered_grad.band_rows * kw * c * m * ow
+            self.group = max(1, min(band, rows_buffer // (4 * f * k)))
+            ctx.temp("filter_parts", (self.group, f, k), Phase.CALC_GRADIENT)
         else:
-            gather_columns(x, self.table, temps[padded][:len(x)], col)
+            self.m_col = samples(k * oh * ow, frugal)
+            ctx.temp("col", (self.m_col, c, kh, kw, oh, ow), Phase.FORWARD)
+            ctx.temp("col_grad", (self.m_col, c, kh, kw, oh, ow), Phase.CALC_GRADIENT)
+            ctx.temp("filter_part", (f, k), Phase.CALC_GRADIENT)
+        # the input derivative: a stride-1 convolution of dy, or columns scattered back
+        back = [size - 1 - q for size, q in zip((kh, kh, kw, kw), pad)]
+        self.lowered_deriv = None
+        hq, wq = oh + back[0] + back[1], ow + back[2] + back[3]
+        m = min(h, samples(hq * kw * f * w + c * h * w + (f * hq * wq if any(back) else 0)))
+        band = max(1, h // frugal)
+        if win.stride == (1, 1) and win.dilation == (1, 1) and min(back) >= 0 and \
+                by_rows(n, m, h, f * k):
+            full = Window((oh, ow), (kh, kw), (1, 1), tuple(back))
+            self.lowered_deriv = RowLowering("deriv_", f, (oh, ow), full, m, band)
+            self.lowered_deriv.temps(ctx, Phase.CALC_DERIVATIVE)
+            ctx.temp("filter_flipped", (c, kh * kw * f), Phase.CALC_DERIVATIVE)
+            ctx.temp("in_rows", (band, c, m * w), Phase.CALC_DERIVATIVE)
+        else:
+            self.m_deriv = samples(k * oh * ow, frugal)
+            ctx.temp("col_deriv", (self.m_deriv, c, kh, kw, oh, ow), Phase.CALC_DERIVATIVE)
 
-    def _chunks(self, n):
-        for start in range(0, n, self.chunk):
-            yield start, min(self.chunk, n - start)
+    @staticmethod
+    def _convolve(lowering: RowLowering, weights, x, y, bias, temps, out_name) -> None:
+        """y = the convolution of x with weights (filters, kh·kw·c), by chunks of
+        samples and bands of output rows."""
+        (oh, ow), f = lowering.win.out, len(weights)
+        for s, m in chunks(len(x), lowering.m):
+            for first, stop in bands(oh, lowering.band):
+                out = prefix(temps[out_name], (stop - first, f, m * ow))
+                np.matmul(weights, lowering.lower(x[s:s + m], temps, first, stop), out=out)
+                from_rows(out, y[s:s + m, :, first:stop], bias)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
-        n, f, k, pix = self.dims
-        x, col, w = ctx.inputs[0], ctx.temps["col"], ctx.weights["filter"].reshape(f, k)
-        y = ctx.outputs[0].reshape(n, f, pix)
-        for s, m in self._chunks(n):
-            self._columns(x[s:s + m], ctx.temps, "padded", col[:m])
-            np.matmul(w, col[:m].reshape(m, k, pix), out=y[s:s + m])
+        n, f, c, kh, kw = self.shape
+        x, y, filt = ctx.inputs[0], ctx.outputs[0], ctx.weights["filter"]
+        if self.lowered:
+            rows = ctx.temps["filter_rows"]
+            np.copyto(rows.reshape(f, kh, kw, c), filt.transpose(0, 2, 3, 1))
+            self._convolve(self.lowered, rows, x, y, ctx.weights.get("bias"), ctx.temps,
+                           "out_rows")
+            return
+        col, y3 = ctx.temps["col"], y.reshape(n, f, -1)
+        for s, m in chunks(n, self.m_col):
+            im2col(x[s:s + m], self.win, col[:m])
+            np.matmul(filt.reshape(f, -1), col[:m].reshape(m, c * kh * kw, -1), out=y3[s:s + m])
         if "bias" in ctx.weights:
-            y += ctx.weights["bias"][:, None]
+            y3 += ctx.weights["bias"][:, None]
 
     def calc_gradient(self, ctx: RunContext) -> None:
-        n, f, k, pix = self.dims
-        x, col = ctx.inputs[0], ctx.temps["col_grad"]
-        dy = ctx.out_grads[0].reshape(n, f, pix)
-        dw, part = ctx.grads["filter"].reshape(f, k), ctx.temps["filter_part"].reshape(f, k)
-        dw.fill(0)
-        for s, m in self._chunks(n):
-            self._columns(x[s:s + m], ctx.temps, "padded_grad", col[:m])
-            col3 = col[:m].reshape(m, k, pix)
-            for i in range(m):
-                np.matmul(dy[s + i], col3[i].T, out=part)
-                dw += part
+        n, f, c, kh, kw = self.shape
+        x, dy, dw = ctx.inputs[0], ctx.out_grads[0], ctx.grads["filter"]
+        if self.lowered:
+            (oh, ow), low, temps = self.win.out, self.lowered_grad, ctx.temps
+            total = dw.reshape(f, -1)      # the sum so far, k in the rows' order till the end
+            total.fill(0)
+            for s, m in chunks(n, low.m):
+                for first, stop in bands(oh, low.band):
+                    v = low.lower(x[s:s + m], temps, first, stop)
+                    dyr = prefix(temps["out_grad_rows"], (stop - first, f, m * ow))
+                    np.copyto(dyr.reshape(stop - first, f, m, ow),
+                              dy[s:s + m, :, first:stop].transpose(2, 1, 0, 3))
+                    for a in range(0, stop - first, self.group):
+                        b = min(stop - first, a + self.group)
+                        parts = temps["filter_parts"][:b - a]
+                        np.matmul(dyr[a:b], v[a:b].transpose(0, 2, 1), out=parts)
+                        for part in parts:      # row by row: one order at every chunking
+                            np.add(total, part, out=total)
+            part = temps["filter_parts"][0]
+            np.copyto(part, total)
+            np.copyto(dw, part.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+        else:
+            part, dw2 = ctx.temps["filter_part"], dw.reshape(f, -1)
+            col, dy3 = ctx.temps["col_grad"], dy.reshape(n, f, -1)
+            dw.fill(0)
+            for s, m in chunks(n, self.m_col):
+                im2col(x[s:s + m], self.win, col[:m])
+                col3 = col[:m].reshape(m, c * kh * kw, -1)
+                for i in range(m):
+                    np.matmul(dy3[s + i], col3[i].T, out=part)
+                    dw2 += part
         if "bias" in ctx.grads:
-            np.sum(dy, axis=(0, 2), out=ctx.grads["bias"])
+            np.sum(dy, axis=(0, 2, 3), out=ctx.grads["bias"])
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        n, f, k, pix = self.dims
-        col, wt = ctx.temps["col_deriv"], ctx.weights["filter"].reshape(f, k).T
-        dy = ctx.out_grads[0].reshape(n, f, pix)
-        for s, m in self._chunks(n):
-            np.matmul(wt, dy[s:s + m], out=col[:m].reshape(m, k, pix))
-            col2im(col[:m], self.win, ctx.in_grads[0][s:s + m])
-
-
-@register
-class Pooling2D(Layer):
-    type = "pooling2d"
-    schema = {"pooling": P.Prop(P.enum("max", "average", "global_max", "global_average"),
-                                required=True),
-              "pool_size": P.Prop(P.int_pair),
-              "stride": P.Prop(P.int_pair, (1, 1)),
-              "padding": P.Prop(P.padding, "valid")}
-
-    def finalize(self, ctx: FinalizeContext) -> None:
-        n, c, h, w = ctx.input_shapes[0]
-        p = self.p
-        self.kind = p["pooling"]
-        if self.kind.startswith("global"):
-            pool, stride, pad = (h, w), (1, 1), (0, 0, 0, 0)
-        else:
-            if p["pool_size"] is None:
-                raise LayerError(f"{self.kind} pooling needs pool_size (e.g. 2,2)", "pool_size")
-            pool, stride = p["pool_size"], p["stride"]
-            pad = resolve_padding(p["padding"], (h, w), pool, stride, (1, 1))
-            if max(pad[:2]) >= pool[0] or max(pad[2:]) >= pool[1]:
-                raise LayerError(f"padding {','.join(map(str, pad))} must be smaller than the "
-                                 f"pool size {pool[0]}x{pool[1]}: a window of padding alone "
-                                 "has nothing to pool", "padding")
-        self.win = Window((h, w), pool, stride, pad)
-        oh, ow = self.win.out
-        out = (n, c, oh, ow)
-        ctx.output_shapes = [out]
-        if self.kind in ("max", "global_max"):
-            # which window tap won, counted from 1 (0: none yet): one byte for windows
-            # of up to 126 taps
-            taps = pool[0] * pool[1]
-            tap = np.int8 if taps < 2**7 - 1 else np.int16 if taps < 2**15 - 1 else np.int32
-            ctx.temp("argmax", out, ITERATION, tap)
-            ctx.temp("improved", out, Phase.FORWARD, tap)
-            ctx.temp("mask_back", out, Phase.CALC_DERIVATIVE, np.bool_)
-        else:
-            ctx.temp("count", (oh, ow), ITERATION)
-            ctx.temp("scaled", out, Phase.CALC_DERIVATIVE)
-
-    def forward(self, ctx: RunContext, training: bool) -> None:
-        x, y = ctx.inputs[0], ctx.outputs[0]
-        if self.kind in ("max", "global_max"):
-            # Branch-free (a masked copy branches per value and ran 8x slower): each tap
-            # that beats the maximum so far marks its number, and taps come in rising
-            # order, so the largest mark is the last strict improvement: the first
-            # maximum wins ties.
-            idx, improved = ctx.temps["argmax"], ctx.temps["improved"]
-            y.fill(-np.inf)
-            idx.fill(0)
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid(), 1):
-                src, dst = x[:, :, irow, icol], y[:, :, orow, ocol]
-                won, m = idx[:, :, orow, ocol], improved[:, :, orow, ocol]
-                np.greater(src, dst, out=m)
-                np.multiply(m, k, out=m)
-                np.maximum(won, m, out=won)
-                np.maximum(dst, src, out=dst)
-        else:
-            count = ctx.temps["count"]
-            y.fill(0)
-            count.fill(0)
-            for _, _, (orow, ocol), (irow, icol) in self.win.valid():
-                dst = y[:, :, orow, ocol]
-                np.add(dst, x[:, :, irow, icol], out=dst)
-                count[orow, ocol] += 1
-            y /= count
-
-    def calc_derivative(self, ctx: RunContext) -> None:
-        """Each window sends its derivative back to its inputs. When windows do not
-        overlap (stride ≥ pool size) each input gets at most one share: a plain write,
-        much faster than accumulating."""
-        dx, dy = ctx.in_grads[0], ctx.out_grads[0]
-        dx.fill(0)
-        disjoint = all(s >= k for s, k in zip(self.win.stride, self.win.kernel))
-        if self.kind in ("max", "global_max"):
-            idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid(), 1):
-                m, target = mask[:, :, orow, ocol], dx[:, :, irow, icol]
-                np.equal(idx[:, :, orow, ocol], k, out=m)
-                if disjoint:
-                    np.multiply(dy[:, :, orow, ocol], m, out=target)
-                else:
-                    np.add(target, dy[:, :, orow, ocol], out=target, where=m)
-        else:
-            scaled = ctx.temps["scaled"]
-            np.divide(dy, ctx.temps["count"], out=scaled)
-            for _, _, (orow, ocol), (irow, icol) in self.win.valid():
-                target = dx[:, :, irow, icol]
-                if disjoint:
-                    np.copyto(target, scaled[:, :, orow, ocol])
-                else:
-                    np.add(target, scaled[:, :, orow, ocol], out=target)
+        n, f, c, kh, kw = self.shape
+        dy, dx, filt = ctx.out_grads[0], ctx.in_grads[0], ctx.weights["filter"]
+        if self.lowered_deriv:
+            flipped = ctx.temps["filter_flipped"]
+            np.copyto(flipped.reshape(c, kh, kw, f), filt[:, :, ::-1, ::-1].transpose(1, 2, 3, 0))
+            self._convolve(self.lowered_deriv, flipped, dy, dx, None, ctx.temps, "in_rows")
+            return
+        col, wt, dy3 = ctx.temps["col_deriv"], filt.reshape(f, -1).T, dy.reshape(n, f, -1)
+        for s, m in chunks(n, self.m_deriv):
+            np.matmul(wt, dy3[s:s + m], out=col[:m].reshape(m, c * kh * kw, -1))
+            col2im(col[:m], self.win, dx[s:s + m])

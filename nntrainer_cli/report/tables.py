@@ -53,7 +53,7 @@ def plan_summary(plan: MemoryPlan) -> str:
     # than the one `plan` shows without a budget: say which graph the figures are of.
     note = ""
     if plan.swap:
-        conv = "" if plan.frugal <= 1 else ", conv columns for fewer samples at a time"
+        conv = "" if plan.frugal <= 1 else ", conv lowered for fewer samples at a time"
         tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles))
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"

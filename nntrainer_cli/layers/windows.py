@@ -1,0 +1,129 @@
+"""Sliding windows over (N, C, H, W): their geometry, and the buffers convolution and
+pooling gather them into. Every buffer is a planned work buffer passed in."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .base import LayerError
+
+
+def resolve_padding(pad, size, kernel, stride, dilation):
+    """(top, bottom, left, right) as NNTrainer computes it; `same` is TF-style."""
+    if pad == "valid":
+        return (0, 0, 0, 0)
+    if pad != "same":
+        return pad
+    out = []
+    for n, k, s, d in zip(size, kernel, stride, dilation):
+        eff = (k - 1) * d + 1
+        total = max((math.ceil(n / s) - 1) * s + eff - n, 0)
+        out += [total // 2, total - total // 2]
+    return tuple(out)
+
+
+class Window:
+    """The geometry of a sliding window, and the valid ranges per kernel offset."""
+
+    def __init__(self, hw, kernel, stride, padding, dilation=(1, 1)):
+        self.hw, self.kernel, self.stride, self.dilation = hw, kernel, stride, dilation
+        self.pad = padding
+        t, b, l, r = padding
+        eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+        self.out = ((hw[0] + t + b - eff[0]) // stride[0] + 1,
+                    (hw[1] + l + r - eff[1]) // stride[1] + 1)
+        if min(self.out) < 1:
+            raise LayerError(f"the window {kernel[0]}x{kernel[1]} does not fit the "
+                             f"{hw[0]}x{hw[1]} input with this padding", "kernel_size")
+        self.offsets = []  # per (ki, kj): (output slices, input slices)
+        for ki in range(kernel[0]):
+            rows = self._range(ki, 0, t)
+            for kj in range(kernel[1]):
+                cols = self._range(kj, 1, l)
+                self.offsets.append((ki, kj, rows, cols))
+
+    def _range(self, k, axis, before):
+        """Output positions o with 0 <= o·s + k·d - before < size: (output, input) slices."""
+        s, d, n, count = self.stride[axis], self.dilation[axis], self.hw[axis], self.out[axis]
+        start = k * d - before
+        lo = max(0, -(start // s) if start < 0 else 0)  # ceil(-start / s) for start < 0
+        hi = min(count, (n - 1 - start) // s + 1) if n - 1 - start >= 0 else 0
+        if hi <= lo:
+            return None
+        first = lo * s + start
+        return slice(lo, hi), slice(first, first + (hi - lo - 1) * s + 1, s)
+
+    def valid(self):
+        for ki, kj, rows, cols in self.offsets:
+            if rows and cols:
+                yield ki, kj, (rows[0], cols[0]), (rows[1], cols[1])
+
+
+def im2col(x, win: Window, col):
+    """col[n, c, ki, kj, oh, ow] = x[n, c, input row, input col] (0 in the padding)."""
+    col.fill(0)
+    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+        np.copyto(col[:, :, ki, kj, orow, ocol], x[:, :, irow, icol])
+
+
+def col2im(col, win: Window, dx):
+    dx.fill(0)
+    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+        target = dx[:, :, irow, icol]
+        np.add(target, col[:, :, ki, kj, orow, ocol], out=target)
+
+
+def prefix(buffer: np.ndarray, shape) -> np.ndarray:
+    """The first elements of a work buffer as a contiguous array of `shape` (a chunk
+    with fewer samples than the buffer was planned for)."""
+    return buffer.reshape(-1)[:math.prod(shape)].reshape(shape)
+
+
+class RowLowering:
+    """A convolution lowered by input rows (MEC: Cho & Brand, ICML 2017). The buffer
+    rows[r, kj, c, n, j] holds input row r (padded) read at column j·stride + kj·dilation,
+    so the kh·kw·c values output row i needs are one contiguous range of rows, starting
+    at i·stride·kw·c: one stacked matmul over a strided view runs every output row, with
+    no copy per kernel tap. The buffer is about kw times the input (im2col: kh·kw times).
+    Needs a vertical dilation of 1. It lowers `m` samples and `band` output rows at a
+    time, into the layer's temporaries `{name}rows` and, with padding, `{name}padded`."""
+
+    def __init__(self, name: str, channels: int, hw, win: Window, m: int, band: int):
+        self.name, self.c, self.hw, self.win, self.m, self.band = name, channels, hw, win, m, band
+        kh, kw = win.kernel
+        self.k = kh * kw * channels                      # one output pixel's inputs
+        self.band_rows = (band - 1) * win.stride[0] + kh  # input rows a band reads
+
+    def temps(self, ctx, phase) -> None:
+        _, _, left, right = self.win.pad
+        if any(self.win.pad):
+            ctx.temp(self.name + "padded", (self.m, self.c, self.band_rows,
+                                            self.hw[1] + left + right), phase)
+        ctx.temp(self.name + "rows", (self.band_rows, self.win.kernel[1], self.c, self.m,
+                                      self.win.out[1]), phase)
+
+    def lower(self, x: np.ndarray, temps, first: int = 0, stop: int | None = None):
+        """Output rows first..stop-1 of x (m, c, h, w), lowered: a read-only view
+        (rows, k, m·ow), each output row's columns, k ordered (ki, kj, c)."""
+        (kh, kw), (sh, sw), (_, dw) = self.win.kernel, self.win.stride, self.win.dilation
+        (oh, ow), (top, _, left, right), (h, w) = self.win.out, self.win.pad, self.hw
+        stop = oh if stop is None else stop
+        m, r0, r1 = len(x), first * sh, (stop - 1) * sh + kh   # padded input rows [r0, r1)
+        if any(self.win.pad):
+            src = prefix(temps[self.name + "padded"], (m, self.c, r1 - r0, w + left + right))
+            src.fill(0)
+            a, b = max(r0, top), min(r1, top + h)
+            if a < b:
+                np.copyto(src[:, :, a - r0:b - r0, left:left + w], x[:, :, a - top:b - top])
+        else:
+            src = x[:, :, r0:r1]
+        rows = prefix(temps[self.name + "rows"], (r1 - r0, kw, self.c, m, ow))
+        s = src.strides
+        np.copyto(rows, as_strided(src, rows.shape, (s[2], s[3] * dw, s[1], s[0], s[3] * sw),
+                                   writeable=False))
+        line = m * ow * rows.itemsize            # one row of the buffer, in bytes
+        return as_strided(rows, (stop - first, self.k, m * ow),
+                          (sh * kw * self.c * line, line, rows.itemsize), writeable=False)
