@@ -55,6 +55,33 @@ def test_predict_writes_every_record_in_order(tmp_path):
     assert (probs.argmax(1) == labels).mean() == train["test"]["accuracy"]
 
 
+def test_a_model_that_swaps_evaluates_and_predicts_in_its_swap_memory(tmp_path):
+    """memory_swap = true holds for eval and predict too: the forward pass swaps within
+    as little memory as can be, with the results of a run without swap (to float32
+    rounding where layers are tiled)."""
+    weights, train = trained(tmp_path)
+    (tmp_path / "swap").mkdir()
+    swap = ["--set", "model.memory_swap=true", "--set", f"model.memory_swap_path={tmp_path}/swap"]
+    res = run("eval", DIGITS, "-w", weights, "--report", str(tmp_path / "eval.json"), *swap)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["accuracy"] == train["test"]["accuracy"]
+    assert abs(report["loss"] - train["test"]["loss"]) < 1e-6
+    sw = report["memory"]["swap"]
+    assert sw["bytes_in"] > 0 and sw["resident_peak_bytes"] < report["memory"]["planned_peak_bytes"]
+    assert "resident under swap" in res.output
+    test = f"{REPO}/datasets/digits/test.dat"
+    for name, extra in (("plain.npy", []), ("swapped.npy", swap)):
+        res = run("predict", DIGITS, "-w", weights, "--data", test, "-o", str(tmp_path / name),
+                  *extra)
+        assert res.exit_code == 0, res.output
+    # as little memory as can be tiles the dense layers: sums in another order
+    plain, swapped = np.load(tmp_path / "plain.npy"), np.load(tmp_path / "swapped.npy")
+    np.testing.assert_allclose(swapped, plain, rtol=1e-5, atol=1e-7)
+    assert np.array_equal(swapped.argmax(1), plain.argmax(1))
+    assert list((tmp_path / "swap").iterdir()) == []
+
+
 def test_predict_needs_no_labels(tmp_path):
     weights, _ = trained(tmp_path)
     records = np.fromfile(f"{REPO}/datasets/digits/test.dat", dtype="<f4").reshape(-1, 74)

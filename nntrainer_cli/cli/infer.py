@@ -28,12 +28,15 @@ def _open(model, data, batch_size, overrides, need_labels=True):
     and the training set's class names where it names them."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.runtime.data import class_names, open_dataset
+    from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tables import has_column
     from nntrainer_cli.runtime.trainer import record_shapes
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False,
                 inference=True)
     warn(p.cfg.warnings)
+    if p.swap:   # the model's memory_swap: inference swaps too
+        check_swap_dir(p.swap.directory)
     cfg, shapes = p.cfg, record_shapes(p.graph)
     train, test = cfg.data.get("train"), cfg.data.get("test")
     # the training set's class names number the classes of what is evaluated here
@@ -74,7 +77,8 @@ def eval_(model, weights, data, batch_size, report_path, weights_map, overrides)
         check_writable(report_path, "report")
     p, ds, path, _ = _open(model, data, batch_size, overrides)
     try:
-        report = infer(model, p.graph, p.plan, weights, ds, path, names=_names(weights_map))
+        report = infer(model, p.graph, p.plan, weights, ds, path, names=_names(weights_map),
+                       swap=p.swap)
     finally:
         ds.close()
     if report_path:
@@ -110,7 +114,7 @@ def predict(model, weights, data, output, batch_size, weights_map, overrides):
         with OutputFile(output, ds.count, math.prod(out.ctx.output_shapes[0][1:]),
                         ds.record_names(), classes) as f:
             report = infer(model, p.graph, p.plan, weights, ds, path, f.write,
-                           _names(weights_map))
+                           _names(weights_map), p.swap)
     finally:
         ds.close()
     click.echo(f"wrote {report.records} prediction{'s' if report.records != 1 else ''} to "

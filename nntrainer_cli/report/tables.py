@@ -251,9 +251,13 @@ def inference_summary(report: InferenceReport) -> str:
     rows = [["records", str(report.records)]]
     if report.loss is not None:
         rows += [["accuracy", f"{report.accuracy:.4f}"], ["loss", f"{report.loss:.4f}"]]
+    # under swap (the model's memory_swap) the arena holds the resident share only
+    planned = m.swap.resident_peak_bytes if m.swap else m.planned_peak_bytes
     rows += [["planned peak (forward only)", human(m.planned_peak_bytes)],
+             *([["resident under swap", f"{human(planned)} (swapped {human(m.swap.bytes_in)} "
+                                        "in)"]] if m.swap else []),
              ["measured peak", f"{human(m.measured_peak_bytes)} "
-                               f"({m.measured_peak_bytes / max(m.planned_peak_bytes, 1):.2f}x)"],
+                               f"({m.measured_peak_bytes / max(planned, 1):.2f}x)"],
              *_loader_rows(m, report.classes),
              ["time", f"{report.seconds:.1f} s"]]
     return table(["result", "value"], rows, right={1})

@@ -14,12 +14,14 @@ from nntrainer_cli.errors import DataError
 from nntrainer_cli.files import atomic_open
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.plan import MemoryPlan
+from nntrainer_cli.plan.swap_plan import SwapOptions
 
 from . import weights as weights_io
 from .dataset import Dataset
 from .executor import Executor, allocate_arena, kernel_settings
 from .measure import RssDelta, TracedPeak, rss_peak_bytes
-from .results import MemoryFigures
+from .results import MemoryFigures, swap_figures
+from .swap_io import open_swap
 
 
 @dataclass
@@ -39,25 +41,33 @@ class InferenceReport:
 
 
 def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dataset,
-          data: str, on_output=None, names: dict | None = None) -> InferenceReport:
+          data: str, on_output=None, names: dict | None = None,
+          swap: SwapOptions | None = None) -> InferenceReport:
     """Run the data once through the model; `on_output(rows × values)` gets each batch's
-    outputs (the last, partial batch only its real rows)."""
+    outputs (the last, partial batch only its real rows). A plan that swaps (the model's
+    memory_swap) needs `swap`, where its file goes."""
     t0 = time.perf_counter()
     batch, loss, correct = graph.batch_size, 0.0, 0
     with kernel_settings(), RssDelta() as rss, TracedPeak() as traced:
         arena = allocate_arena(plan)
         traced.exclude_since_here()
-        ex = Executor(graph, plan, None, lambda iteration: 0.0, arena)
-        traced.resume()
-        weights_io.load(ex, weights, names)   # a training file's optimizer state is unused
-        views = ex.input_views + ex.label_views
-        for start, rows in ds.batches(batch, drop_last=False):
-            with traced.apart("loader"):
-                ds.read(start, batch, views)
-            step_loss, step_correct = ex.eval_step(rows, on_output)
-            loss, correct = loss + step_loss * rows, correct + step_correct
+        io = open_swap(plan, swap)
+        try:
+            ex = Executor(graph, plan, None, lambda iteration: 0.0, arena, swap_io=io)
+            traced.resume()
+            weights_io.load(ex, weights, names)   # a training file's optimizer state: unused
+            views = ex.input_views + ex.label_views
+            for start, rows in ds.batches(batch, drop_last=False):
+                with traced.apart("loader"):
+                    ds.read(start, batch, views)
+                step_loss, step_correct = ex.eval_step(rows, on_output)
+                loss, correct = loss + step_loss * rows, correct + step_correct
+        finally:
+            if io is not None:
+                io.close()
     memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes, plan.naive_bytes,
-                           traced.peak, rss_peak_bytes(), rss.delta, rss.reset, None,
+                           traced.peak, rss_peak_bytes(), rss.delta, rss.reset,
+                           swap_figures(plan, io),
                            ds.held_bytes, traced.peaks_apart["loader"])
     has_loss = bool(graph.losses)
     return InferenceReport(model, weights, data, ds.count,

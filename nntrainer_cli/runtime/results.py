@@ -68,6 +68,16 @@ class SwapFigures:
     tiles: dict[str, int] = field(default_factory=dict)   # layers cut into row tiles
 
 
+def swap_figures(plan, io) -> SwapFigures | None:
+    """What a run's swap planned and did (None without swap)."""
+    if plan.swap is None:
+        return None
+    return SwapFigures(plan.swap.budget, plan.swap.peak, plan.swap.lookahead, plan.frugal,
+                       io.moved_in, io.moved_out, io.waited, io.inline_seconds,
+                       io.loads_inline, io.loads_background, plan.swap.bytes_in,
+                       plan.swap.bytes_out, plan.tiles)
+
+
 @dataclass(frozen=True)
 class MemoryFigures:
     planned_peak_bytes: int

@@ -186,3 +186,12 @@ class SwapIO:
         self.jobs.put(None)
         self.thread.join()
         self.file.close()
+
+
+def open_swap(plan, options) -> SwapIO | None:
+    """The run's swap file and I/O thread when its plan swaps (else None); the caller
+    closes it."""
+    if plan.swap is None:
+        return None
+    return SwapIO(SwapFile(options.directory, plan.swap.file_bytes, options.direct),
+                  inline=not options.direct)

@@ -17,8 +17,8 @@ from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.graph.frozen import frozen_prefix
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_now_bytes, rss_peak_bytes
-from .results import (BestEpoch, EpochResult, EpochState, MemoryFigures, SwapFigures,
-                      TestResult, TrainReport, best_epoch)
+from .results import (BestEpoch, EpochResult, EpochState, MemoryFigures, TestResult,
+                      TrainReport, best_epoch, swap_figures)
 
 from . import checkpoint
 from . import weights as weights_io
@@ -28,7 +28,7 @@ from .feature_cache import FeatureCache
 from .executor import Executor, allocate_arena, kernel_settings
 from .profile import profile
 from .stopping import StopRequests
-from .swap_io import SwapFile, SwapIO
+from .swap_io import open_swap
 
 
 WARMUP_STEPS = 3  # left out of the median step time
@@ -182,8 +182,7 @@ class Trainer:
             self.traced = traced
             arena = allocate_arena(plan)
             traced.exclude_since_here()
-            io = SwapIO(SwapFile(opts.swap.directory, plan.swap.file_bytes, opts.swap.direct),
-                        inline=not opts.swap.direct) if plan.swap else None
+            io = open_swap(plan, opts.swap)
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
@@ -198,10 +197,7 @@ class Trainer:
             finally:
                 if io is not None:
                     io.close()
-        swap = SwapFigures(
-            plan.swap.budget, plan.swap.peak, plan.swap.lookahead, plan.frugal, io.moved_in,
-            io.moved_out, io.waited, io.inline_seconds, io.loads_inline, io.loads_background,
-            plan.swap.bytes_in, plan.swap.bytes_out, plan.tiles) if plan.swap else None
+        swap = swap_figures(plan, io)
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
                                       rss.delta, rss.reset, swap,
