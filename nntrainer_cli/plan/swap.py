@@ -19,6 +19,9 @@ returns a `SwapRefusal` saying the smallest budget that works, and the caller de
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from dataclasses import replace
+
 from .planners import Item, check_valid, lower_bound, plan_offsets
 from .specs import TensorSet, TensorSpec
 from .swap_plan import Residency, SwapOptions, SwapPlan, SwapRefusal, file_layout, steps
@@ -34,8 +37,16 @@ class _Tensor:
         self.split: set[int] = set()     # gap i lies between uses[i] and uses[i + 1]
         self.wrap = False                # persistent: out between iterations
         self.ahead: dict[int, int] = {}  # use → a shorter lookahead for the load before it
+        self._stays: tuple[int, list[Residency]] | None = None   # (lookahead, residencies)
 
     def residencies(self, lookahead: int) -> list[Residency]:
+        """The stays as swapped so far; kept until the next `apply` (the search asks for
+        them once per tensor and round)."""
+        if self._stays is None or self._stays[0] != lookahead:
+            self._stays = (lookahead, self._residencies(lookahead))
+        return self._stays[1]
+
+    def _residencies(self, lookahead: int) -> list[Residency]:
         s = self.spec
         if s.persistent and not self.wrap:
             return [Residency(s.name, s.kind, self.size, 0, self.end, self.uses[0], False, False)]
@@ -62,8 +73,10 @@ class _Tensor:
         (size × distance to the next use), or None. With `full`, only swaps whose load
         can still start `lookahead` slots early; else the load may start later."""
         u = self.uses
-        if t in u:
+        i = bisect_left(u, t)
+        if i < len(u) and u[i] == t:
             return None
+        i -= 1                                   # u[i] < t < u[i + 1], where both exist
 
         def ahead(nxt):  # the lookahead left for the load before use nxt
             return min(lookahead, nxt - t - 1) if not full else \
@@ -76,13 +89,11 @@ class _Tensor:
                     return None
                 return ("wrap", None, u[0], ahead(nxt) if t < u[0] else lookahead), \
                     self.size * (nxt - t)
-            i = next(i for i in range(len(u) - 1) if u[i] < t < u[i + 1])
             if ahead(u[i + 1]) is None:
                 return None
             return ("wrap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
-        for i in range(len(u) - 1):
-            if u[i] < t < u[i + 1] and i not in self.split and ahead(u[i + 1]) is not None:
-                return ("gap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
+        if 0 <= i < len(u) - 1 and i not in self.split and ahead(u[i + 1]) is not None:
+            return ("gap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
         return None
 
     def later_at(self, t: int, lookahead: int):
@@ -93,6 +104,7 @@ class _Tensor:
         return None
 
     def apply(self, option) -> None:
+        self._stays = None
         what, i, use, ahead = option
         if ahead is not None and ahead < self.ahead.get(use, ahead + 1):
             self.ahead[use] = ahead
@@ -166,7 +178,8 @@ def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int,
 
 
 def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) -> SwapPlan:
-    res = [r for t in tensors for r in t.residencies(lookahead) if r.bytes]
+    # copies: the tensors keep theirs for the search, and each plan sets its own offsets
+    res = [replace(r) for t in tensors for r in t.residencies(lookahead) if r.bytes]
     items = [Item(r.bytes, r.first, r.last) for r in res]
     _, offsets = plan_offsets(items, planner)
     peak = max((o + it.size for o, it in zip(offsets, items)), default=0)

@@ -53,7 +53,9 @@ def plan_summary(plan: MemoryPlan) -> str:
     # than the one `plan` shows without a budget: say which graph the figures are of.
     note = ""
     if plan.swap:
-        conv = "" if plan.frugal <= 1 else ", conv lowered for fewer samples at a time"
+        convs = any(s.kind == "temporary" and s.name.split(":")[-1] in ("rows", "col")
+                    for s in plan.specs.values())
+        conv = ", conv in smaller pieces at a time" if plan.frugal > 1 and convs else ""
         tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles))
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
