@@ -4,9 +4,10 @@ The input is lowered by rows (`windows.RowLowering`): one strided copy per chunk
 samples, then one stacked matmul for every output row. The input derivative of a
 stride-1 convolution is itself a convolution (of the output derivative, padded, with
 the flipped filter) and runs the same way; other strides scatter columns back
-(col2im). A vertically dilated kernel's rows are not one range, so it keeps im2col.
-Work buffers hold a few samples at a time, about the output's size in all (NNTrainer
-goes one sample at a time; frugal plans divide the chunk)."""
+(col2im). A vertically dilated kernel's rows are not one range, so it keeps im2col,
+as do large filters on small images. Work buffers hold a few samples at a time, about
+the output's size in all (NNTrainer goes one sample at a time); frugal plans lower
+fewer output rows at a time (im2col: fewer samples)."""
 
 from __future__ import annotations
 
@@ -88,16 +89,15 @@ class Conv2D(Layer):
         band = max(1, oh // frugal)
         self.lowered = None
         if win.dilation[0] == 1 and by_rows(n, m, oh, f * k):
-            self.lowered = RowLowering("", c, (h, w), win, m, band)
-            self.lowered.temps(ctx, Phase.FORWARD)
+            self.lowered = RowLowering(c, (h, w), win, m, band)   # forward and gradient
+            self.lowered.temps(ctx, Phase.FORWARD, "")
             ctx.temp("filter_rows", (f, k), Phase.FORWARD)
             ctx.temp("out_rows", (band, f, m * ow), Phase.FORWARD)
-            self.lowered_grad = RowLowering("grad_", c, (h, w), win, m, band)
-            self.lowered_grad.temps(ctx, Phase.CALC_GRADIENT)
+            self.lowered.temps(ctx, Phase.CALC_GRADIENT, "grad_")
             ctx.temp("out_grad_rows", (band, f, m * ow), Phase.CALC_GRADIENT)
             # products of `group` output rows at a time: a quarter of the rows buffer, or
             # one filter's worth
-            rows_buffer = self.lowered_grad.band_rows * kw * c * m * ow
+            rows_buffer = self.lowered.band_rows * kw * c * m * ow
             self.group = max(1, min(band, rows_buffer // (4 * f * k)))
             ctx.temp("filter_parts", (self.group, f, k), Phase.CALC_GRADIENT)
         else:
@@ -114,8 +114,8 @@ class Conv2D(Layer):
         if win.stride == (1, 1) and win.dilation == (1, 1) and min(back) >= 0 and \
                 by_rows(n, m, h, f * k):
             full = Window((oh, ow), (kh, kw), (1, 1), tuple(back))
-            self.lowered_deriv = RowLowering("deriv_", f, (oh, ow), full, m, band)
-            self.lowered_deriv.temps(ctx, Phase.CALC_DERIVATIVE)
+            self.lowered_deriv = RowLowering(f, (oh, ow), full, m, band)
+            self.lowered_deriv.temps(ctx, Phase.CALC_DERIVATIVE, "deriv_")
             ctx.temp("filter_flipped", (c, kh * kw * f), Phase.CALC_DERIVATIVE)
             ctx.temp("in_rows", (band, c, m * w), Phase.CALC_DERIVATIVE)
         else:
@@ -123,14 +123,15 @@ class Conv2D(Layer):
             ctx.temp("col_deriv", (self.m_deriv, c, kh, kw, oh, ow), Phase.CALC_DERIVATIVE)
 
     @staticmethod
-    def _convolve(lowering: RowLowering, weights, x, y, bias, temps, out_name) -> None:
+    def _convolve(lowering: RowLowering, weights, x, y, bias, temps, name, out_name) -> None:
         """y = the convolution of x with weights (filters, kh·kw·c), by chunks of
-        samples and bands of output rows."""
+        samples and bands of output rows, in the buffers `name` names."""
         (oh, ow), f = lowering.win.out, len(weights)
         for s, m in chunks(len(x), lowering.m):
             for first, stop in bands(oh, lowering.band):
                 out = prefix(temps[out_name], (stop - first, f, m * ow))
-                np.matmul(weights, lowering.lower(x[s:s + m], temps, first, stop), out=out)
+                np.matmul(weights, lowering.lower(x[s:s + m], temps, name, first, stop),
+                          out=out)
                 from_rows(out, y[s:s + m, :, first:stop], bias)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
@@ -140,7 +141,7 @@ class Conv2D(Layer):
             rows = ctx.temps["filter_rows"]
             np.copyto(rows.reshape(f, kh, kw, c), filt.transpose(0, 2, 3, 1))
             self._convolve(self.lowered, rows, x, y, ctx.weights.get("bias"), ctx.temps,
-                           "out_rows")
+                           "", "out_rows")
             return
         col, y3 = ctx.temps["col"], y.reshape(n, f, -1)
         for s, m in chunks(n, self.m_col):
@@ -153,12 +154,12 @@ class Conv2D(Layer):
         n, f, c, kh, kw = self.shape
         x, dy, dw = ctx.inputs[0], ctx.out_grads[0], ctx.grads["filter"]
         if self.lowered:
-            (oh, ow), low, temps = self.win.out, self.lowered_grad, ctx.temps
+            (oh, ow), low, temps = self.win.out, self.lowered, ctx.temps
             total = dw.reshape(f, -1)      # the sum so far, k in the rows' order till the end
             total.fill(0)
             for s, m in chunks(n, low.m):
                 for first, stop in bands(oh, low.band):
-                    v = low.lower(x[s:s + m], temps, first, stop)
+                    v = low.lower(x[s:s + m], temps, "grad_", first, stop)
                     dyr = prefix(temps["out_grad_rows"], (stop - first, f, m * ow))
                     np.copyto(dyr.reshape(stop - first, f, m, ow),
                               dy[s:s + m, :, first:stop].transpose(2, 1, 0, 3))
@@ -190,7 +191,8 @@ class Conv2D(Layer):
         if self.lowered_deriv:
             flipped = ctx.temps["filter_flipped"]
             np.copyto(flipped.reshape(c, kh, kw, f), filt[:, :, ::-1, ::-1].transpose(1, 2, 3, 0))
-            self._convolve(self.lowered_deriv, flipped, dy, dx, None, ctx.temps, "in_rows")
+            self._convolve(self.lowered_deriv, flipped, dy, dx, None, ctx.temps, "deriv_",
+                           "in_rows")
             return
         col, wt, dy3 = ctx.temps["col_deriv"], filt.reshape(f, -1).T, dy.reshape(n, f, -1)
         for s, m in chunks(n, self.m_deriv):

@@ -88,31 +88,32 @@ class RowLowering:
     at i·stride·kw·c: one stacked matmul over a strided view runs every output row, with
     no copy per kernel tap. The buffer is about kw times the input (im2col: kh·kw times).
     Needs a vertical dilation of 1. It lowers `m` samples and `band` output rows at a
-    time, into the layer's temporaries `{name}rows` and, with padding, `{name}padded`."""
+    time, into the layer's temporaries `{name}rows` and, with padding, `{name}padded`
+    (one set per phase that lowers, named by the caller)."""
 
-    def __init__(self, name: str, channels: int, hw, win: Window, m: int, band: int):
-        self.name, self.c, self.hw, self.win, self.m, self.band = name, channels, hw, win, m, band
+    def __init__(self, channels: int, hw, win: Window, m: int, band: int):
+        self.c, self.hw, self.win, self.m, self.band = channels, hw, win, m, band
         kh, kw = win.kernel
         self.k = kh * kw * channels                      # one output pixel's inputs
         self.band_rows = (band - 1) * win.stride[0] + kh  # input rows a band reads
 
-    def temps(self, ctx, phase) -> None:
+    def temps(self, ctx, phase, name: str) -> None:
         _, _, left, right = self.win.pad
         if any(self.win.pad):
-            ctx.temp(self.name + "padded", (self.m, self.c, self.band_rows,
+            ctx.temp(name + "padded", (self.m, self.c, self.band_rows,
                                             self.hw[1] + left + right), phase)
-        ctx.temp(self.name + "rows", (self.band_rows, self.win.kernel[1], self.c, self.m,
+        ctx.temp(name + "rows", (self.band_rows, self.win.kernel[1], self.c, self.m,
                                       self.win.out[1]), phase)
 
-    def lower(self, x: np.ndarray, temps, first: int = 0, stop: int | None = None):
-        """Output rows first..stop-1 of x (m, c, h, w), lowered: a read-only view
-        (rows, k, m·ow), each output row's columns, k ordered (ki, kj, c)."""
+    def lower(self, x: np.ndarray, temps, name: str, first: int, stop: int):
+        """Output rows first..stop-1 of x (m, c, h, w), lowered into the buffers `name`
+        names: a read-only view (rows, k, m·ow), each output row's columns, k ordered
+        (ki, kj, c)."""
         (kh, kw), (sh, sw), (_, dw) = self.win.kernel, self.win.stride, self.win.dilation
-        (oh, ow), (top, _, left, right), (h, w) = self.win.out, self.win.pad, self.hw
-        stop = oh if stop is None else stop
+        ow, (top, _, left, right), (h, w) = self.win.out[1], self.win.pad, self.hw
         m, r0, r1 = len(x), first * sh, (stop - 1) * sh + kh   # padded input rows [r0, r1)
         if any(self.win.pad):
-            src = prefix(temps[self.name + "padded"], (m, self.c, r1 - r0, w + left + right))
+            src = prefix(temps[name + "padded"], (m, self.c, r1 - r0, w + left + right))
             src.fill(0)
             a, b = max(r0, top), min(r1, top + h)
             if a < b:
@@ -120,7 +121,7 @@ class RowLowering:
             start = 0
         else:
             src, start = x, r0 * x.strides[2]
-        rows = prefix(temps[self.name + "rows"], (r1 - r0, kw, self.c, m, ow))
+        rows = prefix(temps[name + "rows"], (r1 - r0, kw, self.c, m, ow))
         s = src.strides
         np.copyto(rows, strided(src, start, rows.shape,
                                 (s[2], s[3] * dw, s[1], s[0], s[3] * sw)))
