@@ -23,9 +23,10 @@ CASES = [
     ("activation", {"activation": "swish"}, [(3, 1, 1, 6)]),
     ("activation", {"activation": "gelu"}, [(3, 1, 1, 6)]),
     # lowered by rows; the input derivative a stride-1 convolution of dy
-    ("conv2d", {"filters": 3, "kernel_size": (3, 3)}, [(2, 2, 5, 5)]),
     ("conv2d", {"filters": 2, "kernel_size": (3, 3), "padding": "same"}, [(2, 2, 3, 17)]),
-    # by rows, the derivative through col2im (stride 2; padding wider than the kernel)
+    # by rows, the derivative's columns scattered back (an output much smaller than the
+    # input; stride 2; padding wider than the kernel)
+    ("conv2d", {"filters": 3, "kernel_size": (3, 3)}, [(2, 2, 5, 5)]),
     ("conv2d", {"filters": 2, "kernel_size": (3, 2), "stride": (2, 1), "padding": "same",
                 "dilation": (1, 2)}, [(2, 3, 6, 5)]),
     ("conv2d", {"filters": 2, "kernel_size": (2, 2), "padding": (1, 0, 2, 1)}, [(1, 1, 4, 4)]),

@@ -155,7 +155,7 @@ def test_embedding_looks_up_rows():
     ("conv2d", {"filters": 8, "kernel_size": (3, 3), "padding": "same"}, (5, 2, 6, 6)),
     ("conv2d", {"filters": 16, "kernel_size": (5, 5)}, (9, 6, 12, 12)),       # several chunks
     ("conv2d", {"filters": 3, "kernel_size": (3, 3), "stride": (2, 2), "padding": "same"},
-     (7, 2, 9, 9)),                                                           # col2im
+     (7, 2, 9, 9)),                                              # scattered derivative
     ("conv2d", {"filters": 3, "kernel_size": (2, 3), "dilation": (2, 1)}, (6, 2, 7, 7)),
 ])
 def test_frugal_layers_give_identical_results(kind, props, shape):
@@ -203,6 +203,7 @@ def test_convolution_paths_agree(monkeypatch):
     ({"filters": 16, "kernel_size": (3, 3), "padding": "same"}, (32, 16, 8, 8)),
     ({"filters": 6, "kernel_size": (5, 5), "padding": "same"}, (64, 1, 28, 28)),
     ({"filters": 4, "kernel_size": (3, 3), "stride": (2, 2), "padding": "same"}, (16, 3, 9, 9)),
+    ({"filters": 16, "kernel_size": (5, 5)}, (64, 6, 14, 14)),   # derivative scattered
 ])
 def test_frugal_convolutions_are_bit_identical_in_float32(props, shape):
     """float32 matrix products round differently as their shapes change, so frugal

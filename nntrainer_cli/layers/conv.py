@@ -3,11 +3,12 @@
 The input is lowered by rows (`windows.RowLowering`): one strided copy per chunk of
 samples, then one stacked matmul for every output row. The input derivative of a
 stride-1 convolution is itself a convolution (of the output derivative, padded, with
-the flipped filter) and runs the same way; other strides scatter columns back
-(col2im). A vertically dilated kernel's rows are not one range, so it keeps im2col,
-as do large filters on small images. Work buffers hold a few samples at a time, about
-the output's size in all (NNTrainer goes one sample at a time); frugal plans lower
-fewer output rows at a time (im2col: fewer samples)."""
+the flipped filter) and runs the same way; other strides, and outputs much smaller
+than their input (where that convolution would mostly read padding), scatter columns
+back, samples innermost. A vertically dilated kernel's rows are not one range, so it
+keeps im2col, as do large filters on small images. Work buffers hold a few samples at
+a time, about the output's size in all (NNTrainer goes one sample at a time); frugal
+plans lower fewer output rows at a time (im2col: fewer samples)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from nntrainer_cli.config import props as P
 
 from .base import Access, FinalizeContext, Layer, Phase, RunContext, register
-from .windows import RowLowering, Window, col2im, im2col, prefix, resolve_padding
+from .windows import RowLowering, Window, im2col, prefix, resolve_padding
 
 
 def chunks(n: int, m: int):
@@ -84,8 +85,8 @@ class Conv2D(Layer):
         # At most oh samples: one output row of them lowers into no more than one
         # sample's im2col columns, the least memory frugal plans had before.
         k, frugal = c * kh * kw, max(ctx.frugal, 1)
-        hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
-        m = min(oh, samples(hp * kw * c * ow + f * oh * ow + (c * hp * wp if any(pad) else 0)))
+        hp = h + pad[0] + pad[1]
+        m = min(oh, samples(hp * kw * c * ow + f * oh * ow))
         band = max(1, oh // frugal)
         self.lowered = None
         if win.dilation[0] == 1 and by_rows(n, m, oh, f * k):
@@ -108,19 +109,23 @@ class Conv2D(Layer):
         # the input derivative: a stride-1 convolution of dy, or columns scattered back
         back = [size - 1 - q for size, q in zip((kh, kh, kw, kw), pad)]
         self.lowered_deriv = None
-        hq, wq = oh + back[0] + back[1], ow + back[2] + back[3]
-        m = min(h, samples(hq * kw * f * w + c * h * w + (f * hq * wq if any(back) else 0)))
+        hq = oh + back[0] + back[1]
+        m = min(h, samples(hq * kw * f * w + c * h * w))
         band = max(1, h // frugal)
         if win.stride == (1, 1) and win.dilation == (1, 1) and min(back) >= 0 and \
-                by_rows(n, m, h, f * k):
+                4 * oh * ow >= 3 * h * w and by_rows(n, m, h, f * k):
             full = Window((oh, ow), (kh, kw), (1, 1), tuple(back))
             self.lowered_deriv = RowLowering(f, (oh, ow), full, m, band)
             self.lowered_deriv.temps(ctx, Phase.CALC_DERIVATIVE, "deriv_")
             ctx.temp("filter_flipped", (c, kh * kw * f), Phase.CALC_DERIVATIVE)
             ctx.temp("in_rows", (band, c, m * w), Phase.CALC_DERIVATIVE)
         else:
-            self.m_deriv = samples(k * oh * ow, frugal)
-            ctx.temp("col_deriv", (self.m_deriv, c, kh, kw, oh, ow), Phase.CALC_DERIVATIVE)
+            # m at every frugal level: a product's shape sets its bits
+            self.m_deriv = m = samples(f * oh * ow + c * kw * oh * ow + c * h * w)
+            ctx.temp("filter_taps", (kh, c * kw, f), Phase.CALC_DERIVATIVE)
+            ctx.temp("dy_last", (f, oh * ow * m), Phase.CALC_DERIVATIVE)
+            ctx.temp("tap_cols", (c, kw, oh, ow, m), Phase.CALC_DERIVATIVE)
+            ctx.temp("dx_last", (c, h, w, m), Phase.CALC_DERIVATIVE)
 
     @staticmethod
     def _convolve(lowering: RowLowering, weights, x, y, bias, temps, name, out_name) -> None:
@@ -194,7 +199,22 @@ class Conv2D(Layer):
             self._convolve(self.lowered_deriv, flipped, dy, dx, None, ctx.temps, "deriv_",
                            "in_rows")
             return
-        col, wt, dy3 = ctx.temps["col_deriv"], filt.reshape(f, -1).T, dy.reshape(n, f, -1)
+        # Columns scattered back, samples innermost so each tap adds long runs: per
+        # kernel row ki, one product makes the kw taps' columns of m samples at once.
+        taps, win, temps = ctx.temps["filter_taps"], self.win, ctx.temps
+        (oh, ow), (_, _, h, w) = win.out, dx.shape
+        np.copyto(taps.reshape(kh, c, kw, f), filt.transpose(2, 1, 3, 0))
         for s, m in chunks(n, self.m_deriv):
-            np.matmul(wt, dy3[s:s + m], out=col[:m].reshape(m, c * kh * kw, -1))
-            col2im(col[:m], self.win, dx[s:s + m])
+            dyl = prefix(temps["dy_last"], (f, oh, ow, m))
+            cols = prefix(temps["tap_cols"], (c, kw, oh, ow, m))
+            dxl = prefix(temps["dx_last"], (c, h, w, m))
+            np.copyto(dyl, dy[s:s + m].transpose(1, 2, 3, 0))
+            dxl.fill(0)
+            row = None
+            for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+                if ki != row:
+                    row = ki
+                    np.matmul(taps[ki], dyl.reshape(f, -1), out=cols.reshape(c * kw, -1))
+                target = dxl[:, irow, icol]
+                np.add(target, cols[:, kj, orow, ocol], out=target)
+            np.copyto(dx[s:s + m], dxl.transpose(3, 0, 1, 2))

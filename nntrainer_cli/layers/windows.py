@@ -39,14 +39,16 @@ class Window:
                              f"{hw[0]}x{hw[1]} input with this padding", "kernel_size")
         self.offsets = []  # per (ki, kj): (output slices, input slices)
         for ki in range(kernel[0]):
-            rows = self._range(ki, 0, t)
+            rows = self.span(ki, 0)
             for kj in range(kernel[1]):
-                cols = self._range(kj, 1, l)
+                cols = self.span(kj, 1)
                 self.offsets.append((ki, kj, rows, cols))
 
-    def _range(self, k, axis, before):
-        """Output positions o with 0 <= o·s + k·d - before < size: (output, input) slices."""
+    def span(self, k, axis):
+        """Output positions o with 0 <= o·s + k·d - before < size along an axis (before:
+        its leading padding): (output, input) slices, or None."""
         s, d, n, count = self.stride[axis], self.dilation[axis], self.hw[axis], self.out[axis]
+        before = self.pad[2 * axis]
         start = k * d - before
         lo = max(0, -(start // s) if start < 0 else 0)  # ceil(-start / s) for start < 0
         hi = min(count, (n - 1 - start) // s + 1) if n - 1 - start >= 0 else 0
@@ -68,13 +70,6 @@ def im2col(x, win: Window, col):
         np.copyto(col[:, :, ki, kj, orow, ocol], x[:, :, irow, icol])
 
 
-def col2im(col, win: Window, dx):
-    dx.fill(0)
-    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
-        target = dx[:, :, irow, icol]
-        np.add(target, col[:, :, ki, kj, orow, ocol], out=target)
-
-
 def prefix(buffer: np.ndarray, shape) -> np.ndarray:
     """The first elements of a work buffer as a contiguous array of `shape` (a chunk
     with fewer samples than the buffer was planned for)."""
@@ -88,43 +83,47 @@ class RowLowering:
     at i·stride·kw·c: one stacked matmul over a strided view runs every output row, with
     no copy per kernel tap. The buffer is about kw times the input (im2col: kh·kw times).
     Needs a vertical dilation of 1. It lowers `m` samples and `band` output rows at a
-    time, into the layer's temporaries `{name}rows` and, with padding, `{name}padded`
-    (one set per phase that lowers, named by the caller)."""
+    time, into the layer's temporary `{name}rows` (one per phase that lowers, named by
+    the caller). Padding is written as zeros straight into that buffer."""
 
     def __init__(self, channels: int, hw, win: Window, m: int, band: int):
         self.c, self.hw, self.win, self.m, self.band = channels, hw, win, m, band
         kh, kw = win.kernel
         self.k = kh * kw * channels                      # one output pixel's inputs
         self.band_rows = (band - 1) * win.stride[0] + kh  # input rows a band reads
+        # per kj: the output columns that read the input, and the input columns they read
+        self.columns = [win.span(kj, 1) for kj in range(kw)]
 
     def temps(self, ctx, phase, name: str) -> None:
-        _, _, left, right = self.win.pad
-        if any(self.win.pad):
-            ctx.temp(name + "padded", (self.m, self.c, self.band_rows,
-                                            self.hw[1] + left + right), phase)
         ctx.temp(name + "rows", (self.band_rows, self.win.kernel[1], self.c, self.m,
-                                      self.win.out[1]), phase)
+                                 self.win.out[1]), phase)
 
     def lower(self, x: np.ndarray, temps, name: str, first: int, stop: int):
-        """Output rows first..stop-1 of x (m, c, h, w), lowered into the buffers `name`
+        """Output rows first..stop-1 of x (m, c, h, w), lowered into the buffer `name`
         names: a read-only view (rows, k, m·ow), each output row's columns, k ordered
         (ki, kj, c)."""
-        (kh, kw), (sh, sw), (_, dw) = self.win.kernel, self.win.stride, self.win.dilation
-        ow, (top, _, left, right), (h, w) = self.win.out[1], self.win.pad, self.hw
+        (kh, kw), (sh, sw) = self.win.kernel, self.win.stride
+        ow, top, h = self.win.out[1], self.win.pad[0], self.hw[0]
         m, r0, r1 = len(x), first * sh, (stop - 1) * sh + kh   # padded input rows [r0, r1)
-        if any(self.win.pad):
-            src = prefix(temps[name + "padded"], (m, self.c, r1 - r0, w + left + right))
-            src.fill(0)
-            a, b = max(r0, top), min(r1, top + h)
-            if a < b:
-                np.copyto(src[:, :, a - r0:b - r0, left:left + w], x[:, :, a - top:b - top])
-            start = 0
-        else:
-            src, start = x, r0 * x.strides[2]
         rows = prefix(temps[name + "rows"], (r1 - r0, kw, self.c, m, ow))
-        s = src.strides
-        np.copyto(rows, strided(src, start, rows.shape,
-                                (s[2], s[3] * dw, s[1], s[0], s[3] * sw)))
+        a, b = max(r0, top) - r0, min(r1, top + h) - r0       # rows of x itself: [a, b)
+        if a >= b:
+            rows.fill(0)
+        else:
+            rows[:a].fill(0)
+            rows[b:].fill(0)
+            s = x.strides
+            for kj, span in enumerate(self.columns):
+                inside = rows[a:b, kj]
+                if span is None:
+                    inside.fill(0)
+                    continue
+                out, cols = span
+                inside[..., :out.start].fill(0)
+                inside[..., out.stop:].fill(0)
+                np.copyto(inside[..., out], strided(
+                    x, (a + r0 - top) * s[2] + cols.start * s[3],
+                    (b - a, self.c, m, out.stop - out.start), (s[2], s[1], s[0], s[3] * sw)))
         line = m * ow * rows.itemsize            # one row of the buffer, in bytes
         return strided(rows, 0, (stop - first, self.k, m * ow),
                        (sh * kw * self.c * line, line, rows.itemsize))
