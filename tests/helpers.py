@@ -119,15 +119,17 @@ class Harness:
                              requested_outputs=requested_outputs)
         layer.finalize(fc)
         self.fc = fc
-        f = lambda s: np.zeros(s, dtype=np.float64)  # noqa: E731
+        # what a layer writes starts as NaN, as an arena's bytes start as whatever the
+        # last tensor there left: a kernel that reads before it writes shows
+        f = lambda s: np.full(s, np.nan)  # noqa: E731
         self.ctx = RunContext(
             inputs=[rng.standard_normal(s) for s in fc.input_shapes],
             outputs=[f(s) for s in fc.output_shapes],
             weights={w.name: rng.standard_normal(w.shape) * 0.5 for w in fc.weights},
-            grads={w.name: f(w.shape) for w in fc.weights},
+            grads={w.name: np.zeros(w.shape) for w in fc.weights},
             in_grads=[f(s) for s in fc.input_shapes],
             out_grads=[f(s) for s in fc.output_shapes],
-            temps={t.name: np.zeros(t.shape, dtype=np.float64 if t.dtype == np.float32 else t.dtype)
+            temps={t.name: f(t.shape) if t.dtype == np.float32 else np.zeros(t.shape, t.dtype)
                    for t in fc.temps},
             rows=fc.input_shapes[0][0])
         if layer.is_loss:

@@ -37,6 +37,11 @@ class Pooling2D(Layer):
                                  "has nothing to pool", "padding")
         self.win = Window((h, w), pool, stride, pad)
         oh, ow = self.win.out
+        _, _, (orow, ocol), _ = next(self.win.valid())
+        self.first_covers = (orow.stop - orow.start, ocol.stop - ocol.start) == (oh, ow)
+        # windows side by side over the whole input: backward writes every input once
+        self.tiles_input = tuple(stride) == tuple(pool) and not any(pad) and \
+            (oh * stride[0], ow * stride[1]) == (h, w)
         out = (n, c, oh, ow)
         ctx.output_shapes = [out]
         if self.kind in ("max", "global_max"):
@@ -58,10 +63,17 @@ class Pooling2D(Layer):
             # that beats the maximum so far marks its number, and taps come in rising
             # order, so the largest mark is the last strict improvement: the first
             # maximum wins ties.
+            # A first tap that reaches every output starts the maximum as a copy.
             idx, improved = ctx.temps["argmax"], ctx.temps["improved"]
-            y.fill(-np.inf)
-            idx.fill(0)
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid(), 1):
+            taps = list(enumerate(self.win.valid(), 1))
+            if self.first_covers:
+                (_, (_, _, _, (irow, icol))), taps = taps[0], taps[1:]
+                np.copyto(y, x[:, :, irow, icol])
+                idx.fill(1)
+            else:
+                y.fill(-np.inf)
+                idx.fill(0)
+            for k, (_, _, (orow, ocol), (irow, icol)) in taps:
                 src, dst = x[:, :, irow, icol], y[:, :, orow, ocol]
                 won, m = idx[:, :, orow, ocol], improved[:, :, orow, ocol]
                 np.greater(src, dst, out=m)
@@ -83,7 +95,8 @@ class Pooling2D(Layer):
         overlap (stride ≥ pool size) each input gets at most one share: a plain write,
         much faster than accumulating."""
         dx, dy = ctx.in_grads[0], ctx.out_grads[0]
-        dx.fill(0)
+        if not self.tiles_input:
+            dx.fill(0)
         disjoint = all(s >= k for s, k in zip(self.win.stride, self.win.kernel))
         if self.kind in ("max", "global_max"):
             idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
