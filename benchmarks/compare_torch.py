@@ -185,7 +185,7 @@ def floor_worker(model, batch, data, steps, optimizer) -> None:
                 np.sum(ds[i + 1], axis=0, out=gbs[i])
                 if i > 0:
                     np.matmul(ds[i + 1], ws[i].T, out=ds[i])
-                    np.sign(hs[i], out=hs[i])           # relu's derivative, as ours
+                    np.greater(hs[i], 0, out=hs[i])     # relu's derivative, as ours
                     ds[i] *= hs[i]
             for w, g, st in zip(ws + bs, gws + gbs, state):
                 opt.apply(w, g, st, 0.01, it)
@@ -196,16 +196,12 @@ def floor_worker(model, batch, data, steps, optimizer) -> None:
 
 
 # --- the PyTorch side, run in its own process ----------------------------------------
-def torch_worker(model, batch, data, steps, optimizer) -> None:
+def torch_net(graph):
+    """Our parsed graph as a torch module, node by node (conv, linear, batch norm,
+    pooling, the activations, addition, concat)."""
     import torch
     from torch import nn
     from torch.nn import functional as F
-
-    from nntrainer_cli.runtime.measure import RssDelta, rss_peak_bytes
-
-    torch.set_num_threads(THREADS)
-    graph, classes, arrays = load_batches(model, batch, data, steps)
-    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in arrays]
 
     class Net(nn.Module):
         """Our graph, node by node, with torch modules."""
@@ -264,8 +260,21 @@ def torch_worker(model, batch, data, steps, optimizer) -> None:
                 for i, o in enumerate(out):
                     values[(n.name, i)] = o
 
+    return Net()
+
+
+def torch_worker(model, batch, data, steps, optimizer) -> None:
+    import torch
+    from torch.nn import functional as F
+
+    from nntrainer_cli.runtime.measure import RssDelta, rss_peak_bytes
+
+    torch.set_num_threads(THREADS)
+    graph, classes, arrays = load_batches(model, batch, data, steps)
+    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in arrays]
+
     with RssDelta() as rss:
-        net = Net()
+        net = torch_net(graph)
         opt = (torch.optim.SGD(net.parameters(), lr=0.01) if optimizer == "sgd"
                else torch.optim.Adam(net.parameters(), lr=0.01))
         times = []
@@ -300,9 +309,9 @@ def environment() -> dict:
                             or "CPU capability" in line]}
 
 
-def spread(values: list[float]) -> str:
-    """Median and (lowest-highest) of one side's step times."""
-    return f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+def spread(values: list[float], digits: int = 1) -> str:
+    """Median and (lowest-highest) of one side's times."""
+    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main() -> None:
