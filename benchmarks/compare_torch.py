@@ -17,6 +17,10 @@ The bare numpy loop ("numpy floor") is the MLP's own step written out by hand: t
 same matrix products, relu, softmax cross entropy and optimizer update as ours, on
 preallocated arrays, with no graph, plan or dispatch. It is the floor for our MLP step.
 
+Each round also measures a 512x512x512 float32 product on 2 threads (the last column):
+the shared VM has states far apart, and the slower one moves our conv steps much more
+than PyTorch's.
+
 Prints the Markdown table used in the README, headed by the machine, the BLAS each
 side uses (threadpoolctl) and the exact PyTorch build."""
 
@@ -111,6 +115,27 @@ def ours(model, batch, data, steps, optimizer, work) -> dict:
     return {"rss_delta": m["rss_delta_bytes"], "rss_peak": m["rss_peak_bytes"],
             "step_ms": 1000 * r["step_seconds_median"], "planned": m["planned_peak_bytes"],
             "reset": m["rss_peak_reset"]}
+
+
+PROBE = """
+import time, numpy as np
+a = np.random.default_rng(0).random((512, 512), np.float32)
+rates = []
+for _ in range(5):   # the best of 5 batches of 20, after the first (threads starting)
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    rates.append(2 * 512**3 * 20 / (time.perf_counter() - t) / 1e9)
+print(max(rates[1:]))
+"""
+
+
+def blas_rate() -> float:
+    """The 512x512x512 float32 product's GFLOP/s at this moment, on the threads both
+    sides get. The shared VM runs in states far apart (about 190 and 165 GFLOP/s here)
+    that move our conv steps much more than PyTorch's, so every round records it."""
+    return float(subprocess.run([sys.executable, "-c", PROBE], check=True, env=ENV,
+                                capture_output=True, text=True).stdout)
 
 
 def worker(kind, model, batch, data, steps, optimizer) -> dict:
@@ -341,30 +366,32 @@ def main() -> None:
           f"after {WARMUP} warm-up steps; memory: peak RSS during training minus RSS "
           "before the model is built, median over rounds\n")
     print("| model | optimizer | batch | params | torch MiB | ours MiB | ratio | torch ms/step "
-          "| ours ms/step | ratio | numpy floor ms/step | ours / floor |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ours ms/step | ratio | numpy floor ms/step | ours / floor | BLAS GFLOP/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as work:
         for name, model, batch, kind, steps in selected(args.only, args.steps):
             data = data_file(work, model, batch, steps, kind)
             for optimizer in ("sgd", "adam"):
                 variant = with_optimizer(model, optimizer, work)
-                runs = {"torch": [], "ours": [], "floor": []}
+                runs = {"torch": [], "ours": [], "floor": [], "blas": []}
                 for _ in range(args.rounds):
+                    runs["blas"].append(blas_rate())
                     runs["torch"].append(worker("torch", variant, batch, data, steps,
                                                 optimizer))
                     runs["ours"].append(ours(variant, batch, data, steps, optimizer, work))
                     if name in FLOOR_MODELS:
                         runs["floor"].append(worker("floor", variant, batch, data, steps,
                                                     optimizer))
-                ms = {side: [r["step_ms"] for r in rs] for side, rs in runs.items()}
-                mib = {side: float(np.median([r["rss_delta"] for r in rs])) / 2**20
-                       for side, rs in runs.items() if rs}
+                ms = {side: [r["step_ms"] for r in runs[side]] for side in ("torch", "ours", "floor")}
+                mib = {side: float(np.median([r["rss_delta"] for r in runs[side]])) / 2**20
+                       for side in ("torch", "ours")}
                 t, o = np.median(ms["torch"]), np.median(ms["ours"])
                 floor = (f"{spread(ms['floor'])} | {o / np.median(ms['floor']):.2f}"
                          if ms["floor"] else "- | -")
                 print(f"| {name} | {optimizer} | {batch} | {runs['torch'][0]['params']:,} "
                       f"| {mib['torch']:.1f} | {mib['ours']:.1f} | {mib['ours'] / mib['torch']:.2f} "
-                      f"| {spread(ms['torch'])} | {spread(ms['ours'])} | {o / t:.2f} | {floor} |")
+                      f"| {spread(ms['torch'])} | {spread(ms['ours'])} | {o / t:.2f} | {floor} "
+                      f"| {spread(runs['blas'], 0)} |")
                 sys.stdout.flush()
                 rows.append({"model": name, "optimizer": optimizer, "batch": batch,
                              "steps": steps, **runs})
