@@ -18,6 +18,10 @@ FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sampl
 # more tiles are tried only while each doubling lowers the floor by 5% or more: past
 # that, activations set it and tiles would only multiply the slots
 MIN_TILE_GAIN = 0.95
+# what each tile costs the process beside the arena (its slots' contexts and views, its
+# tensors' names), counted with the floor when tiles are compared: measured about 140 B
+# (a conv cut into 64 to 256 tiles, with Adam)
+TILE_BYTES = 160
 
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
          "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
@@ -196,48 +200,69 @@ class Planning:
         can be), on the graph that moves the fewest bytes."""
         if budget == 0:   # as little memory as possible: tiled while that lowers the floor
             level = FRUGAL_LEVELS[-1]
-            _, tiles = self._tiled(level, 1, {}, self._at(level, 1))
+            _, _, tiles = self._tiled(level, 1, {}, self._at(level, 1))
             return self._at(level, 0, tiles)
         # Relu masks and split applies (level 1) let more stay resident, but they change
         # what the schedule evicts and now and then it moves more bytes than without them:
         # the plan moving fewer bytes wins (the plain one on a tie, it has fewer slots).
-        # Tiles and smaller conv buffers cost speed, so they come only when neither fits.
+        # Smaller conv buffers and tiles cost speed, so they come only when neither fits;
+        # smaller buffers first, while they lower the floor, as they keep every sum as it
+        # is (tiles change the order of some), then tiles, with smaller buffers again.
         tried = [self._at(0, budget), self._at(1, budget)]
         fits = [p for p in tried if isinstance(p, Prepared)]
         if fits:
             return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out)
-        found, tiles = self._tiled(1, budget, {}, tried[1])
-        for level in FRUGAL_LEVELS[1:]:
+        found, at = tried[1], 0   # the deepest level (index) that lowered the floor
+        for i in range(1, len(FRUGAL_LEVELS)):
+            trial = self._at(FRUGAL_LEVELS[i], budget)
+            if isinstance(trial, Prepared):
+                return trial
+            if trial.floor >= found.floor:
+                break   # conv's buffers are not what sets the floor
+            found, at = trial, i
+        found, tiles, _ = self._tiled(FRUGAL_LEVELS[at], budget, {}, found)
+        for level in FRUGAL_LEVELS[at + 1:]:
             if isinstance(found, Prepared):
                 break
-            trial, more = self._tiled(level, budget, tiles, self._at(level, budget, tiles))
+            trial, more, _ = self._tiled(level, budget, tiles, self._at(level, budget, tiles))
             if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
-                break   # conv's buffers are not what sets the floor
+                break
             found, tiles = trial, more
         return found
 
     def _tiled(self, level: int, budget: int, tiles: dict[str, int],
-               found: Prepared | SwapRefusal) -> tuple[Prepared | SwapRefusal, dict[str, int]]:
+               found: Prepared | SwapRefusal) -> tuple[Prepared | SwapRefusal, dict[str, int],
+                                                       dict[str, int]]:
         """`found` (the plan at `level` with `tiles`), else with more tiles where the
         budget needs them: while the busiest slot holds a tileable layer's weight (or
         its gradient or state), that layer's tiles double, and so do those of every
         layer whose tiles are as large, until the plan fits or two doublings in a row
         lower the floor by less than MIN_TILE_GAIN (the first one may not lower it at
-        all: it adds the layer's `part` temporary). A plan that fits is then made as
-        coarse as still fits. Returns the plan, or the refusal with the lowest floor,
-        and its tiles."""
+        all: it adds the layer's `part` temporary), each tile's TILE_BYTES counted with
+        it. A plan that fits is then made as coarse as still fits. Returns the plan, or
+        the refusal with the lowest floor (the smallest budget it names is true), and its
+        tiles; and the tiles whose floor and bookkeeping weigh least (what `least`
+        memory takes)."""
+        def cost(refusal: SwapRefusal, tiles: dict[str, int]) -> int:
+            return refusal.floor + TILE_BYTES * sum(tiles.values())
+
         best, best_tiles, stalls = found, tiles, 0
+        cheapest, cheapest_tiles = found, tiles
         while isinstance(found, SwapRefusal) and stalls < 2:
             more = self._more_tiles(found, tiles)
             if more is None:
                 break
             tiles, found = more, self._at(level, budget, more)
             if isinstance(found, Prepared):
-                return self._coarsest(level, budget, found, tiles)
-            stalls = stalls + 1 if found.floor > best.floor * MIN_TILE_GAIN else 0
+                found, tiles = self._coarsest(level, budget, found, tiles)
+                return found, tiles, tiles
+            least = cost(cheapest, cheapest_tiles)
+            stalls = stalls + 1 if cost(found, tiles) > least * MIN_TILE_GAIN else 0
+            if cost(found, tiles) < least:
+                cheapest, cheapest_tiles = found, tiles
             if found.floor < best.floor:
                 best, best_tiles = found, tiles
-        return best, best_tiles
+        return best, best_tiles, cheapest_tiles
 
     def _coarsest(self, level: int, budget: int, found: Prepared,
                   tiles: dict[str, int]) -> tuple[Prepared, dict[str, int]]:

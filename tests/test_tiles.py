@@ -32,6 +32,31 @@ VARIANTS = {   # --set overrides: what each step of a tiled layer must get right
 }
 
 
+def assert_tiles_match_differences(layer, ctxs, y, probe, pairs):
+    """Runs a tiled layer as the plan does (forward tile by tile, then each tile's
+    gradient and derivative, last tile first); each (array, its gradient) in `pairs`
+    is the central differences of <y, probe> over the array's elements."""
+    def objective():
+        for c in ctxs:
+            layer.forward(c, True)
+        return float(np.vdot(y, probe))
+
+    objective()
+    for c in reversed(ctxs):
+        layer.calc_gradient(c)
+        layer.calc_derivative(c)
+    for array, grad in pairs:
+        numeric = np.zeros_like(array)
+        for i in np.ndindex(array.shape):
+            keep = array[i]
+            array[i] = keep + 1e-6
+            up = objective()
+            array[i] = keep - 1e-6
+            numeric[i] = (up - objective()) / 2e-6
+            array[i] = keep
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
 def test_a_tiled_fully_connected_layer_matches_finite_differences():
     """The layer run tile by tile as the plan runs it (forward over the tiles in order,
     backward in reverse), on float64 arrays: its weight, bias and input gradients are
@@ -48,26 +73,39 @@ def test_a_tiled_fully_connected_layer_matches_finite_differences():
                        tile=(lo, hi))
             for lo, hi in row_parts(7, 3)]
     assert [t.name for t in fc.temps] == ["part"] and fc.weights[0].tiled
+    assert_tiles_match_differences(layer, ctxs, y, probe, ((w, dw), (b, db), (x, dx)))
 
-    def objective():
-        for c in ctxs:
-            layer.forward(c, True)
-        return float(np.vdot(y, probe))
 
-    objective()
-    for c in reversed(ctxs):
-        layer.calc_gradient(c)
-        layer.calc_derivative(c)
-    for array, grad in ((w, dw), (b, db), (x, dx)):
-        numeric = np.zeros_like(array)
-        for i in np.ndindex(array.shape):
-            keep = array[i]
-            array[i] = keep + 1e-6
-            up = objective()
-            array[i] = keep - 1e-6
-            numeric[i] = (up - objective()) / 2e-6
-            array[i] = keep
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+@pytest.mark.parametrize("props,shape", [
+    ({"filters": 5, "kernel_size": (3, 3), "padding": "same"}, (2, 3, 5, 6)),  # derivative by rows
+    ({"filters": 5, "kernel_size": (3, 3)}, (2, 2, 5, 5)),                   # scattered
+    ({"filters": 4, "kernel_size": (3, 2), "stride": (2, 1), "disable_bias": True},
+     (2, 3, 6, 5)),
+])
+def test_a_tiled_convolution_matches_finite_differences(props, shape):
+    """A conv2d cut into tiles of filters (5 in 3: uneven), run as the plan runs it:
+    forward tile by tile, backward last tile first; the bias is resident in the first
+    tile's slots only, and every buffer a slot writes starts as NaN."""
+    rng = np.random.default_rng(0)
+    layer = make_layer("conv2d", **props)
+    fc = FinalizeContext([shape], tiles=3)
+    layer.finalize(fc)
+    f = props["filters"]
+    w = {wt.name: rng.standard_normal(wt.shape) * 0.5 for wt in fc.weights}
+    g = {k: np.zeros_like(v) for k, v in w.items()}
+    x, probe = rng.standard_normal(shape), rng.standard_normal(fc.output_shapes[0])
+    y, dx = np.full(fc.output_shapes[0], np.nan), np.full(shape, np.nan)
+    temps = {t.name: np.full(t.shape, np.nan) if t.dtype == np.float32 else
+             np.zeros(t.shape, t.dtype) for t in fc.temps}
+    ctxs = [RunContext([x], [y], {"filter": w["filter"][lo:hi],
+                                  **({"bias": w["bias"]} if "bias" in w and lo == 0 else {})},
+                       {"filter": g["filter"][lo:hi],
+                        **({"bias": g["bias"]} if "bias" in g and lo == 0 else {})},
+                       [dx], [probe], temps, tile=(lo, hi))
+            for lo, hi in row_parts(f, 3)]
+    assert fc.weights[0].tiled and len(ctxs) == 3
+    assert_tiles_match_differences(layer, ctxs, y, probe,
+                                   [(w[k], g[k]) for k in w] + [(x, dx)])
 
 
 def train(tmp_path, monkeypatch, name, choose, *args):

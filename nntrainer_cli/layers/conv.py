@@ -30,6 +30,7 @@ def bands(rows: int, band: int):
         yield first, min(rows, first + band)
 
 
+BIAS_ROWS = 16              # samples per matrix-vector product of the bias gradient
 FILTER_IN_CACHE = 1 << 20   # bytes: measured on ResNet-18, 0.6 MB filters gain, 2.4 MB lose
 
 
@@ -41,11 +42,14 @@ def by_rows(n: int, m: int, rows: int, filters: int) -> bool:
     return filters * 4 <= FILTER_IN_CACHE or -(-n // m) * rows <= n
 
 
-def from_rows(out, y, bias) -> None:
-    """Output rows (oh, f, m·ow) back to (m, f, oh, ow), adding the bias on the way."""
+def from_rows(out, y, bias, add: bool = False) -> None:
+    """Output rows (oh, f, m·ow) back to (m, f, oh, ow), adding the bias on the way
+    (or added to what y holds)."""
     oh, f, _ = out.shape
     rows = out.reshape(oh, f, len(y), -1).transpose(2, 1, 0, 3)
-    if bias is None:
+    if add:
+        np.add(y, rows, out=y)
+    elif bias is None:
         np.copyto(y, rows)
     else:
         np.add(rows, bias[:, None, None], out=y)
@@ -53,8 +57,13 @@ def from_rows(out, y, bias) -> None:
 
 @register
 class Conv2D(Layer):
+    """Tileable: under a tight budget the filter is cut into tiles of filters (output
+    channels), each slot running the row lowering for its own: forward writes its
+    channels (the first tile also every channel's bias, which the later ones add to),
+    backward adds each tile's share of the input derivative."""
     type = "conv2d"
     weighted = True
+    tileable = True
     access = Access(gradient_reads=frozenset({"input"}))
     schema = {"filters": P.Prop(P.positive_int, required=True),
               "kernel_size": P.Prop(P.int_pair, required=True),
@@ -69,11 +78,16 @@ class Conv2D(Layer):
         self.win = win = Window((h, w), p["kernel_size"], p["stride"], pad, p["dilation"])
         (oh, ow), (kh, kw), f = win.out, p["kernel_size"], p["filters"]
         ctx.output_shapes = [(n, f, oh, ow)]
-        self.request_weight(ctx, "filter", (f, c, kh, kw))
+        self.request_weight(ctx, "filter", (f, c, kh, kw), tiled=True)
         self.request_bias(ctx, "bias", (f,))
+        # tiles lower by rows, which a vertically dilated kernel cannot
+        self.tileable = win.dilation[0] == 1
+        if ctx.tiles > 1 and not self.tileable:
+            raise AssertionError("a vertically dilated conv2d is not tileable")   # planner bug
+        ft = -(-f // ctx.tiles)   # the most filters a tile holds
         if not p["disable_bias"]:   # its gradient: per sample a matrix-vector product
             ctx.temp("ones", (oh * ow,), Phase.CALC_GRADIENT)
-            ctx.temp("bias_parts", (n, f), Phase.CALC_GRADIENT)
+            ctx.temp("bias_parts", (min(n, BIAS_ROWS) + 1, f), Phase.CALC_GRADIENT)  # + a sum
         self.shape = (n, f, c, kh, kw)
         output = n * f * oh * ow
 
@@ -92,18 +106,18 @@ class Conv2D(Layer):
         m = min(oh, samples(hp * kw * c * ow + f * oh * ow))
         band = max(1, oh // frugal)
         self.lowered = None
-        if win.dilation[0] == 1 and by_rows(n, m, oh, f * k):
+        if win.dilation[0] == 1 and (ctx.tiles > 1 or by_rows(n, m, oh, ft * k)):
             self.lowered = RowLowering(c, (h, w), win, m, band)   # forward and gradient
             self.lowered.temps(ctx, Phase.FORWARD, "")
-            ctx.temp("filter_rows", (f, k), Phase.FORWARD)
-            ctx.temp("out_rows", (band, f, m * ow), Phase.FORWARD)
+            ctx.temp("filter_rows", (ft, k), Phase.FORWARD)
+            ctx.temp("out_rows", (band, ft, m * ow), Phase.FORWARD)
             self.lowered.temps(ctx, Phase.CALC_GRADIENT, "grad_")
-            ctx.temp("out_grad_rows", (band, f, m * ow), Phase.CALC_GRADIENT)
+            ctx.temp("out_grad_rows", (band, ft, m * ow), Phase.CALC_GRADIENT)
             # products of `group` output rows at a time: a quarter of the rows buffer, or
             # one filter's worth
             rows_buffer = self.lowered.band_rows * kw * c * m * ow
-            self.group = max(1, min(band, rows_buffer // (4 * f * k)))
-            ctx.temp("filter_parts", (self.group, f, k), Phase.CALC_GRADIENT)
+            self.group = max(1, min(band, rows_buffer // (4 * ft * k)))
+            ctx.temp("filter_parts", (self.group, ft, k), Phase.CALC_GRADIENT)
         else:
             self.m_col = samples(k * oh * ow, frugal)
             ctx.temp("col", (self.m_col, c, kh, kw, oh, ow), Phase.FORWARD)
@@ -113,43 +127,50 @@ class Conv2D(Layer):
         back = [size - 1 - q for size, q in zip((kh, kh, kw, kw), pad)]
         self.lowered_deriv = None
         hq = oh + back[0] + back[1]
-        m = min(h, samples(hq * kw * f * w + c * h * w))
+        m = min(h, samples(hq * kw * ft * w + c * h * w))
         band = max(1, h // frugal)
         if win.stride == (1, 1) and win.dilation == (1, 1) and min(back) >= 0 and \
-                4 * oh * ow >= 3 * h * w and by_rows(n, m, h, f * k):
+                4 * oh * ow >= 3 * h * w and by_rows(n, m, h, ft * k):
             full = Window((oh, ow), (kh, kw), (1, 1), tuple(back))
-            self.lowered_deriv = RowLowering(f, (oh, ow), full, m, band)
+            self.lowered_deriv = RowLowering(ft, (oh, ow), full, m, band)
             self.lowered_deriv.temps(ctx, Phase.CALC_DERIVATIVE, "deriv_")
-            ctx.temp("filter_flipped", (c, kh * kw * f), Phase.CALC_DERIVATIVE)
+            ctx.temp("filter_flipped", (c, kh * kw * ft), Phase.CALC_DERIVATIVE)
             ctx.temp("in_rows", (band, c, m * w), Phase.CALC_DERIVATIVE)
         else:
             # m at every frugal level: a product's shape sets its bits
-            self.m_deriv = m = samples(f * oh * ow + c * kw * oh * ow + c * h * w)
-            ctx.temp("filter_taps", (kh, c * kw, f), Phase.CALC_DERIVATIVE)
-            ctx.temp("dy_last", (f, oh * ow * m), Phase.CALC_DERIVATIVE)
+            self.m_deriv = m = samples(ft * oh * ow + c * kw * oh * ow + c * h * w)
+            ctx.temp("filter_taps", (kh, c * kw, ft), Phase.CALC_DERIVATIVE)
+            ctx.temp("dy_last", (ft, oh * ow * m), Phase.CALC_DERIVATIVE)
             ctx.temp("tap_cols", (c, kw, oh, ow, m), Phase.CALC_DERIVATIVE)
             ctx.temp("dx_last", (c, h, w, m), Phase.CALC_DERIVATIVE)
 
     @staticmethod
-    def _convolve(lowering: RowLowering, weights, x, y, bias, temps, name, out_name) -> None:
-        """y = the convolution of x with weights (filters, kh·kw·c), by chunks of
-        samples and bands of output rows, in the buffers `name` names."""
+    def _convolve(lowering: RowLowering, weights, x, y, bias, temps, name, out_name,
+                  channels=None, add: bool = False) -> None:
+        """y = (or, with `add`, y +=) the convolution of x's `channels` (all without)
+        with weights (filters, kh·kw·c), by chunks of samples and bands of output rows,
+        in the buffers `name` names."""
         (oh, ow), f = lowering.win.out, len(weights)
         for s, m in chunks(len(x), lowering.m):
             for first, stop in bands(oh, lowering.band):
                 out = prefix(temps[out_name], (stop - first, f, m * ow))
-                np.matmul(weights, lowering.lower(x[s:s + m], temps, name, first, stop),
-                          out=out)
-                from_rows(out, y[s:s + m, :, first:stop], bias)
+                np.matmul(weights, lowering.lower(x[s:s + m], temps, name, first, stop,
+                                                  channels), out=out)
+                from_rows(out, y[s:s + m, :, first:stop], bias, add)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         n, f, c, kh, kw = self.shape
         x, y, filt = ctx.inputs[0], ctx.outputs[0], ctx.weights["filter"]
         if self.lowered:
-            rows = ctx.temps["filter_rows"]
-            np.copyto(rows.reshape(f, kh, kw, c), filt.transpose(0, 2, 3, 1))
-            self._convolve(self.lowered, rows, x, y, ctx.weights.get("bias"), ctx.temps,
-                           "", "out_rows")
+            lo, hi = ctx.tile or (0, f)
+            rows = prefix(ctx.temps["filter_rows"], (hi - lo, c * kh * kw))
+            np.copyto(rows.reshape(hi - lo, kh, kw, c), filt.transpose(0, 2, 3, 1))
+            bias, add = None, lo > 0 and not self.p["disable_bias"]
+            if lo == 0 and not self.p["disable_bias"]:   # later tiles add to their bias
+                bias = ctx.weights["bias"]
+                np.copyto(y[:, hi:], bias[hi:, None, None])
+            self._convolve(self.lowered, rows, x, y[:, lo:hi], None if bias is None else
+                           bias[lo:hi], ctx.temps, "", "out_rows", add=add)
             return
         col, y3 = ctx.temps["col"], y.reshape(n, f, -1)
         for s, m in chunks(n, self.m_col):
@@ -163,23 +184,25 @@ class Conv2D(Layer):
         x, dy, dw = ctx.inputs[0], ctx.out_grads[0], ctx.grads["filter"]
         if self.lowered:
             (oh, ow), low, temps = self.win.out, self.lowered, ctx.temps
-            total = dw.reshape(f, -1)      # the sum so far, k in the rows' order till the end
+            lo, hi = ctx.tile or (0, f)
+            ft = hi - lo
+            total = dw.reshape(ft, -1)     # the sum so far, k in the rows' order till the end
             total.fill(0)
             for s, m in chunks(n, low.m):
                 for first, stop in bands(oh, low.band):
                     v = low.lower(x[s:s + m], temps, "grad_", first, stop)
-                    dyr = prefix(temps["out_grad_rows"], (stop - first, f, m * ow))
-                    np.copyto(dyr.reshape(stop - first, f, m, ow),
-                              dy[s:s + m, :, first:stop].transpose(2, 1, 0, 3))
+                    dyr = prefix(temps["out_grad_rows"], (stop - first, ft, m * ow))
+                    np.copyto(dyr.reshape(stop - first, ft, m, ow),
+                              dy[s:s + m, lo:hi, first:stop].transpose(2, 1, 0, 3))
                     for a in range(0, stop - first, self.group):
                         b = min(stop - first, a + self.group)
-                        parts = temps["filter_parts"][:b - a]
+                        parts = prefix(temps["filter_parts"], (b - a, ft, low.k))
                         np.matmul(dyr[a:b], v[a:b].transpose(0, 2, 1), out=parts)
                         for part in parts:      # row by row: one order at every chunking
                             np.add(total, part, out=total)
-            part = temps["filter_parts"][0]
+            part = prefix(temps["filter_parts"], (ft, low.k))
             np.copyto(part, total)
-            np.copyto(dw, part.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+            np.copyto(dw, part.reshape(ft, kh, kw, c).transpose(0, 3, 1, 2))
         else:
             part, dw2 = ctx.temps["filter_part"], dw.reshape(f, -1)
             col, dy3 = ctx.temps["col_grad"], dy.reshape(n, f, -1)
@@ -190,37 +213,46 @@ class Conv2D(Layer):
                 for i in range(m):
                     np.matmul(dy3[s + i], col3[i].T, out=part)
                     dw2 += part
-        if "bias" in ctx.grads:   # a third of np.sum's time over axes (0, 2, 3)
-            ones, parts = ctx.temps["ones"], ctx.temps["bias_parts"]
+        if "bias" in ctx.grads and (ctx.tile is None or ctx.tile[0] == 0):
+            # a third of np.sum's time over axes (0, 2, 3)
+            ones, parts, db = ctx.temps["ones"], ctx.temps["bias_parts"], ctx.grads["bias"]
             ones.fill(1)
-            np.matmul(dy.reshape(n, f, -1), ones, out=parts)
-            np.sum(parts, axis=0, out=ctx.grads["bias"])
+            db.fill(0)
+            for s, m in chunks(n, len(parts) - 1):
+                np.matmul(dy[s:s + m].reshape(m, f, -1), ones, out=parts[:m])
+                db += np.sum(parts[:m], axis=0, out=parts[-1])
 
     def calc_derivative(self, ctx: RunContext) -> None:
         n, f, c, kh, kw = self.shape
         dy, dx, filt = ctx.out_grads[0], ctx.in_grads[0], ctx.weights["filter"]
+        lo, hi = ctx.tile or (0, f)      # tiles run backward last first: the others add
+        ft, add = hi - lo, hi < f
         if self.lowered_deriv:
-            flipped = ctx.temps["filter_flipped"]
-            np.copyto(flipped.reshape(c, kh, kw, f), filt[:, :, ::-1, ::-1].transpose(1, 2, 3, 0))
+            flipped = prefix(ctx.temps["filter_flipped"], (c, kh * kw * ft))
+            np.copyto(flipped.reshape(c, kh, kw, ft), filt[:, :, ::-1, ::-1].transpose(1, 2, 3, 0))
             self._convolve(self.lowered_deriv, flipped, dy, dx, None, ctx.temps, "deriv_",
-                           "in_rows")
+                           "in_rows", (lo, hi), add)
             return
         # Columns scattered back, samples innermost so each tap adds long runs: per
         # kernel row ki, one product makes the kw taps' columns of m samples at once.
-        taps, win, temps = ctx.temps["filter_taps"], self.win, ctx.temps
+        win, temps = self.win, ctx.temps
         (oh, ow), (_, _, h, w) = win.out, dx.shape
-        np.copyto(taps.reshape(kh, c, kw, f), filt.transpose(2, 1, 3, 0))
+        taps = prefix(temps["filter_taps"], (kh, c * kw, ft))
+        np.copyto(taps.reshape(kh, c, kw, ft), filt.transpose(2, 1, 3, 0))
         for s, m in chunks(n, self.m_deriv):
-            dyl = prefix(temps["dy_last"], (f, oh, ow, m))
+            dyl = prefix(temps["dy_last"], (ft, oh, ow, m))
             cols = prefix(temps["tap_cols"], (c, kw, oh, ow, m))
             dxl = prefix(temps["dx_last"], (c, h, w, m))
-            np.copyto(dyl, dy[s:s + m].transpose(1, 2, 3, 0))
+            np.copyto(dyl, dy[s:s + m, lo:hi].transpose(1, 2, 3, 0))
             dxl.fill(0)
             row = None
             for ki, kj, (orow, ocol), (irow, icol) in win.valid():
                 if ki != row:
                     row = ki
-                    np.matmul(taps[ki], dyl.reshape(f, -1), out=cols.reshape(c * kw, -1))
+                    np.matmul(taps[ki], dyl.reshape(ft, -1), out=cols.reshape(c * kw, -1))
                 target = dxl[:, irow, icol]
                 np.add(target, cols[:, kj, orow, ocol], out=target)
-            np.copyto(dx[s:s + m], dxl.transpose(3, 0, 1, 2))
+            if add:
+                np.add(dx[s:s + m], dxl.transpose(3, 0, 1, 2), out=dx[s:s + m])
+            else:
+                np.copyto(dx[s:s + m], dxl.transpose(3, 0, 1, 2))

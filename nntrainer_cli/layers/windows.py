@@ -98,14 +98,15 @@ class RowLowering:
         ctx.temp(name + "rows", (self.band_rows, self.win.kernel[1], self.c, self.m,
                                  self.win.out[1]), phase)
 
-    def lower(self, x: np.ndarray, temps, name: str, first: int, stop: int):
-        """Output rows first..stop-1 of x (m, c, h, w), lowered into the buffer `name`
-        names: a read-only view (rows, k, m·ow), each output row's columns, k ordered
-        (ki, kj, c)."""
+    def lower(self, x: np.ndarray, temps, name: str, first: int, stop: int, channels=None):
+        """Output rows first..stop-1 of x (m, c, h, w), or of its `channels` (lo, hi),
+        lowered into the buffer `name` names: a read-only view (rows, k, m·ow), each
+        output row's columns, k ordered (ki, kj, c)."""
         (kh, kw), (sh, sw) = self.win.kernel, self.win.stride
         ow, top, h = self.win.out[1], self.win.pad[0], self.hw[0]
-        m, r0, r1 = len(x), first * sh, (stop - 1) * sh + kh   # padded input rows [r0, r1)
-        rows = prefix(temps[name + "rows"], (r1 - r0, kw, self.c, m, ow))
+        lo, hi = channels or (0, x.shape[1])
+        c, m, r0, r1 = hi - lo, len(x), first * sh, (stop - 1) * sh + kh   # rows [r0, r1)
+        rows = prefix(temps[name + "rows"], (r1 - r0, kw, c, m, ow))
         a, b = max(r0, top) - r0, min(r1, top + h) - r0       # rows of x itself: [a, b)
         if a >= b:
             rows.fill(0)
@@ -122,11 +123,11 @@ class RowLowering:
                 inside[..., :out.start].fill(0)
                 inside[..., out.stop:].fill(0)
                 np.copyto(inside[..., out], strided(
-                    x, (a + r0 - top) * s[2] + cols.start * s[3],
-                    (b - a, self.c, m, out.stop - out.start), (s[2], s[1], s[0], s[3] * sw)))
+                    x, lo * s[1] + (a + r0 - top) * s[2] + cols.start * s[3],
+                    (b - a, c, m, out.stop - out.start), (s[2], s[1], s[0], s[3] * sw)))
         line = m * ow * rows.itemsize            # one row of the buffer, in bytes
-        return strided(rows, 0, (stop - first, self.k, m * ow),
-                       (sh * kw * self.c * line, line, rows.itemsize))
+        return strided(rows, 0, (stop - first, kh * kw * c, m * ow),
+                       (sh * kw * c * line, line, rows.itemsize))
 
 
 def strided(base: np.ndarray, offset: int, shape, strides) -> np.ndarray:

@@ -49,7 +49,7 @@ def save(path: str, ex: Executor, meta: dict, order: np.ndarray) -> None:
                 with z.open(f"state/{name}", "w", force_zip64=True) as out:
                     for part in parts:   # row parts back to back: the state whole
                         with ex.persistent(part, write=False) as arr:
-                            out.write(arr.data)
+                            out.write(arr.view(np.uint8))   # a fresh view: see write_bin
             with z.open("order.npy", "w", force_zip64=True) as out:
                 np.save(out, order)
             z.writestr("meta.json", json.dumps(meta))

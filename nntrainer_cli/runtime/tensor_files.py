@@ -74,7 +74,7 @@ def save_safetensors(ex, path: str, epoch: int, iteration: int) -> None:
             f.write(struct.pack("<Q", len(text)) + text)
             for name in ex.weight_names():   # a tiled weight's row tiles in order
                 with ex.persistent(name, write=False) as arr:
-                    f.write(arr.data)
+                    f.write(arr.view(np.uint8))   # a fresh view: see write_bin
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 

@@ -29,16 +29,19 @@ def _adam_names(ex: Executor) -> list[str]:
 
 def write_bin(ex: Executor, f, epoch: int, iteration: int, with_adam: bool = True) -> None:
     """NNTrainer's layout into an open binary file, tensor by tensor from the arena; with
-    Adam's state when the optimizer is Adam and `with_adam`."""
+    Adam's state when the optimizer is Adam and `with_adam`. Each tensor goes out through
+    a fresh view: exporting an arena view's own buffer (`arr.data`) leaves numpy's
+    buffer description on it for the run (measured: about 60 B per tensor, 120 KiB with
+    a conv cut into 256 tiles)."""
     for name in ex.weight_names():
         with ex.persistent(name, write=False) as arr:
-            f.write(arr.data)
+            f.write(arr.view(np.uint8))
     adam = _adam_names(ex) if with_adam else []
     if adam:
         f.write(b"adam")
         for name in adam:
             with ex.persistent(name, write=False) as arr:
-                f.write(arr.data)
+                f.write(arr.view(np.uint8))
     f.write(struct.pack("<II", epoch, iteration))
 
 
