@@ -47,9 +47,7 @@ def save(path: str, ex: Executor, meta: dict, order: np.ndarray) -> None:
                 weights_io.write_bin(ex, out, meta["epoch"], meta["iteration"], with_adam=False)
             for name, _, parts in ex.state_tensors() if ex.optimizer else []:
                 with z.open(f"state/{name}", "w", force_zip64=True) as out:
-                    for part in parts:   # row parts back to back: the state whole
-                        with ex.persistent(part, write=False) as arr:
-                            out.write(arr.view(np.uint8))   # a fresh view: see write_bin
+                    ex.write_tensors(out, parts)   # row parts back to back: the state whole
             with z.open("order.npy", "w", force_zip64=True) as out:
                 np.save(out, order)
             z.writestr("meta.json", json.dumps(meta))

@@ -290,6 +290,14 @@ class Executor:
         if swapped and write:
             self.io.file.move(Job.of("out", at, [block]))
 
+    def write_tensors(self, f, names) -> None:
+        """Weights or optimizer state, back to back into an open binary file, each
+        through a fresh view: exporting an arena view's own buffer (`arr.data`) leaves
+        numpy's buffer description on it for the run (measured: about 60 B a tensor)."""
+        for name in names:
+            with self.persistent(name, write=False) as arr:
+                f.write(arr.view(np.uint8))
+
     def weight_tensors(self) -> list[tuple[str, tuple[int, ...], list[str]]]:
         """Per weight in NNTrainer's order: its name (`fc1:weight`), its shape, and its
         tensors in the plan: itself, or its row tiles in order."""

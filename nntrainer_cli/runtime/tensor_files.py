@@ -72,9 +72,7 @@ def save_safetensors(ex, path: str, epoch: int, iteration: int) -> None:
     try:
         with atomic_open(path, "wb") as f:
             f.write(struct.pack("<Q", len(text)) + text)
-            for name in ex.weight_names():   # a tiled weight's row tiles in order
-                with ex.persistent(name, write=False) as arr:
-                    f.write(arr.view(np.uint8))   # a fresh view: see write_bin
+            ex.write_tensors(f, ex.weight_names())   # a tiled weight's tiles in order
     except OSError as e:
         raise DataError(f"cannot save weights to {path}: {e.strerror}") from None
 
