@@ -165,12 +165,13 @@ class Conv2D(Layer):
             lo, hi = ctx.tile or (0, f)
             rows = prefix(ctx.temps["filter_rows"], (hi - lo, c * kh * kw))
             np.copyto(rows.reshape(hi - lo, kh, kw, c), filt.transpose(0, 2, 3, 1))
-            bias, add = None, lo > 0 and not self.p["disable_bias"]
-            if lo == 0 and not self.p["disable_bias"]:   # later tiles add to their bias
-                bias = ctx.weights["bias"]
+            has_bias = not self.p["disable_bias"]
+            bias = ctx.weights["bias"] if lo == 0 and has_bias else None
+            if bias is not None:   # the first tile writes every channel's bias: later add
                 np.copyto(y[:, hi:], bias[hi:, None, None])
-            self._convolve(self.lowered, rows, x, y[:, lo:hi], None if bias is None else
-                           bias[lo:hi], ctx.temps, "", "out_rows", add=add)
+                bias = bias[lo:hi]
+            self._convolve(self.lowered, rows, x, y[:, lo:hi], bias, ctx.temps, "",
+                           "out_rows", add=lo > 0 and has_bias)
             return
         col, y3 = ctx.temps["col"], y.reshape(n, f, -1)
         for s, m in chunks(n, self.m_col):
