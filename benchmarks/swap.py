@@ -1,7 +1,8 @@
 """Training time, bytes moved and I/O wait under memory budgets (100/75/50/25/10% of
 the plan without swap, and the smallest budget that works), each in its own process,
 with the weights compared to the run without swap: byte for byte, or where layers were
-tiled, the largest difference relative to the largest weight. Every run is made once
+tiled or the batch split into micro-batches, the largest difference relative to the
+largest weight. Every run is made once
 with tracemalloc for the measured peak, and three times without it for the time
 (tracing slows small kernels; the fastest counts, and the three rounds go over all
 budgets in turn).
@@ -66,9 +67,11 @@ def difference(a: bytes, b: bytes) -> float:
 def same(row: dict) -> str:
     if row["identical"]:
         return "yes"
-    if row["tiles"]:   # tiled: equal within float summation order
-        tiles = ", ".join(f"{n}×{k}" for n, k in row["tiles"].items())
-        return f"tiled ({tiles}): {row['difference']:.0e}"
+    cut = [f"{n}×{k}" for n, k in row["tiles"].items()]
+    if row["micro_batches"] > 1:
+        cut.append(f"{row['micro_batches']} micro-batches")
+    if cut:   # tiled or split: equal within float summation order
+        return f"{', '.join(cut)}: {row['difference']:.0e}"
     return "NO"
 
 
@@ -114,6 +117,7 @@ def bench(model: str, work: str, direct: bool) -> list[dict]:
                    io_wait=io["io_wait_seconds"], io_inline=io["inline_io_seconds"],
                    loads_inline=io["loads_inline"], loads_background=io["loads_background"],
                    identical=r["weights"] == base["weights"], tiles=s["tiles"],
+                   micro_batches=s["micro_batches"],
                    difference=difference(r["weights"], base["weights"]))
         name = f"{share} = " if share != "min" else "smallest = "
         name = ("frugal " if s["frugal"] > 1 else "") + name

@@ -111,8 +111,9 @@ class Planning:
         if any(s.get("backbone") for s in cfg.layers):   # ONNX backbones, with their weights
             from nntrainer_cli.exchange.onnx_backbone import splice_backbones
             splice_backbones(cfg)
-        self.build = lambda level, tiles=None: build_graph(
-            cfg, batch_size, require_loss, frugal=level, inference=inference, tiles=tiles)
+        self.build = lambda level, tiles=None, parts=1: build_graph(
+            cfg, batch_size, require_loss, frugal=level, inference=inference, tiles=tiles,
+            micro_batches=parts)
         self.graph = self.build(0)   # a model that does not build fails here, first
         self.optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
             if cfg.optimizer and not inference else None
@@ -121,19 +122,22 @@ class Planning:
         self.budget, self.swap = _swap_settings(
             cfg, parse_size(budget) if budget is not None else None, lookahead, swap_dir,
             direct)
-        self._plans: dict[int, Prepared] = {}
+        self._plans: dict[tuple[int, int], Prepared] = {}
 
-    def plain(self, level: int = 0, tiles: dict[str, int] | None = None) -> Prepared:
+    def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
+              parts: int = 1) -> Prepared:
         """The plan without swap of the graph at one frugal level (0: as written), its
-        tileable layers cut into `tiles` row tiles; untiled plans are kept."""
-        if tiles or level not in self._plans:
-            g = self.graph if level == 0 and not tiles else self.build(level, tiles)
+        tileable layers cut into `tiles` row tiles, its batch into `parts` micro-batches;
+        untiled plans are kept."""
+        if tiles or (level, parts) not in self._plans:
+            g = self.graph if (level, parts) == (0, 1) and not tiles else \
+                self.build(level, tiles, parts)
             p = Prepared(self.cfg, g, self.optimizer,
                          make_plan(g, self.state, self.planner, self.in_place))
             if tiles:
                 return p
-            self._plans[level] = p
-        return self._plans[level]
+            self._plans[level, parts] = p
+        return self._plans[level, parts]
 
     def prepared(self) -> Prepared:
         """The plan the budget asks for: without swap when there is none (or `auto`
@@ -188,50 +192,82 @@ class Planning:
         raise ConfigError(found.message(self.plain().plan.peak_bytes) + hint,
                           key="--memory-budget")
 
-    def _at(self, level: int, budget: int,
-            tiles: dict[str, int] | None = None) -> Prepared | SwapRefusal:
-        p = self.plain(level, tiles)
+    def _at(self, level: int, budget: int, tiles: dict[str, int] | None = None,
+            parts: int = 1) -> Prepared | SwapRefusal:
+        p = self.plain(level, tiles, parts)
         swap = replace(self.swap, budget=budget)
         plan = with_swap(p.plan, swap)
         return plan if isinstance(plan, SwapRefusal) else replace(p, plan=plan, swap=swap)
 
     def _within(self, budget: int) -> Prepared | SwapRefusal:
         """The plan that keeps the resident arena within `budget` bytes (0: as little as
-        can be), on the graph that moves the fewest bytes."""
+        can be), on the graph that moves the fewest bytes. Splitting the batch into
+        micro-batches comes last (it changes every gradient's summation order), for a
+        model that allows it and a budget in bytes (0 keeps the batch whole, as
+        NNTrainer's memory_swap does): the batch is halved while that lowers the floor
+        by MIN_TILE_GAIN, each split on the most frugal graph with the tiles so far
+        (doubled further where that helps), until a plan fits; the split that fits is
+        then searched in full for a faster plan."""
+        (found, tiles), parts = self._search(budget, 1), 1
+        if not budget or isinstance(found, Prepared) or not self.graph.splittable:
+            return found
+        level = FRUGAL_LEVELS[-1]
+        while self.graph.batch_size % (2 * parts) == 0:
+            parts *= 2
+            trial, more, _ = self._tiled(level, budget, tiles,
+                                         self._at(level, budget, tiles, parts), parts)
+            if isinstance(trial, Prepared):
+                full, _ = self._search(budget, parts)
+                return full if isinstance(full, Prepared) else trial
+            if self._cost(trial, more) > self._cost(found, tiles) * MIN_TILE_GAIN:
+                break
+            found, tiles = trial, more
+        return found
+
+    @staticmethod
+    def _cost(found: Prepared | SwapRefusal, tiles: dict[str, int]) -> int:
+        """What a plan's floor (or resident arena) and its tiles' bookkeeping weigh."""
+        floor = found.floor if isinstance(found, SwapRefusal) else found.plan.arena_bytes
+        return floor + TILE_BYTES * sum(tiles.values())
+
+    def _search(self, budget: int,
+                parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int]]:
+        """`_within` for a batch in `parts` micro-batches; with the tiles it took."""
         if budget == 0:   # as little memory as possible: tiled while that lowers the floor
             level = FRUGAL_LEVELS[-1]
-            _, _, tiles = self._tiled(level, 1, {}, self._at(level, 1))
-            return self._at(level, 0, tiles)
+            _, _, tiles = self._tiled(level, 1, {}, self._at(level, 1, parts=parts), parts)
+            return self._at(level, 0, tiles, parts), tiles
         # Relu masks and split applies (level 1) let more stay resident, but they change
         # what the schedule evicts and now and then it moves more bytes than without them:
         # the plan moving fewer bytes wins (the plain one on a tie, it has fewer slots).
         # Smaller conv buffers and tiles cost speed, so they come only when neither fits;
         # smaller buffers first, while they lower the floor, as they keep every sum as it
         # is (tiles change the order of some), then tiles, with smaller buffers again.
-        tried = [self._at(0, budget), self._at(1, budget)]
+        tried = [self._at(0, budget, parts=parts), self._at(1, budget, parts=parts)]
         fits = [p for p in tried if isinstance(p, Prepared)]
         if fits:
-            return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out)
+            return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out), {}
         found, at = tried[1], 0   # the deepest level (index) that lowered the floor
         for i in range(1, len(FRUGAL_LEVELS)):
-            trial = self._at(FRUGAL_LEVELS[i], budget)
+            trial = self._at(FRUGAL_LEVELS[i], budget, parts=parts)
             if isinstance(trial, Prepared):
-                return trial
+                return trial, {}
             if trial.floor >= found.floor:
                 break   # conv's buffers are not what sets the floor
             found, at = trial, i
-        found, tiles, _ = self._tiled(FRUGAL_LEVELS[at], budget, {}, found)
+        found, tiles, _ = self._tiled(FRUGAL_LEVELS[at], budget, {}, found, parts)
         for level in FRUGAL_LEVELS[at + 1:]:
             if isinstance(found, Prepared):
                 break
-            trial, more, _ = self._tiled(level, budget, tiles, self._at(level, budget, tiles))
+            trial, more, _ = self._tiled(level, budget, tiles,
+                                         self._at(level, budget, tiles, parts), parts)
             if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
                 break
             found, tiles = trial, more
-        return found
+        return found, tiles
 
     def _tiled(self, level: int, budget: int, tiles: dict[str, int],
-               found: Prepared | SwapRefusal) -> tuple[Prepared | SwapRefusal, dict[str, int],
+               found: Prepared | SwapRefusal, parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int],
                                                        dict[str, int]]:
         """`found` (the plan at `level` with `tiles`), else with more tiles where the
         budget needs them: while the busiest slot holds a tileable layer's weight (or
@@ -243,29 +279,26 @@ class Planning:
         the refusal with the lowest floor (the smallest budget it names is true), and its
         tiles; and the tiles whose floor and bookkeeping weigh least (what `least`
         memory takes)."""
-        def cost(refusal: SwapRefusal, tiles: dict[str, int]) -> int:
-            return refusal.floor + TILE_BYTES * sum(tiles.values())
-
         best, best_tiles, stalls = found, tiles, 0
         cheapest, cheapest_tiles = found, tiles
         while isinstance(found, SwapRefusal) and stalls < 2:
             more = self._more_tiles(found, tiles)
             if more is None:
                 break
-            tiles, found = more, self._at(level, budget, more)
+            tiles, found = more, self._at(level, budget, more, parts)
             if isinstance(found, Prepared):
-                found, tiles = self._coarsest(level, budget, found, tiles)
+                found, tiles = self._coarsest(level, budget, found, tiles, parts)
                 return found, tiles, tiles
-            least = cost(cheapest, cheapest_tiles)
-            stalls = stalls + 1 if cost(found, tiles) > least * MIN_TILE_GAIN else 0
-            if cost(found, tiles) < least:
+            least = self._cost(cheapest, cheapest_tiles)
+            stalls = stalls + 1 if self._cost(found, tiles) > least * MIN_TILE_GAIN else 0
+            if self._cost(found, tiles) < least:
                 cheapest, cheapest_tiles = found, tiles
             if found.floor < best.floor:
                 best, best_tiles = found, tiles
         return best, best_tiles, cheapest_tiles
 
     def _coarsest(self, level: int, budget: int, found: Prepared,
-                  tiles: dict[str, int]) -> tuple[Prepared, dict[str, int]]:
+                  tiles: dict[str, int], parts: int) -> tuple[Prepared, dict[str, int]]:
         """The doubling also cut layers cut as finely as the busiest one, which the
         budget may not need: each group of layers with the same tiles gets half as many
         while the plan still fits."""
@@ -275,7 +308,7 @@ class Planning:
             for k in sorted(set(tiles.values()), reverse=True):
                 fewer = {n: c // 2 if c == k else c for n, c in tiles.items()}
                 fewer = {n: c for n, c in fewer.items() if c > 1}
-                trial = self._at(level, budget, fewer)
+                trial = self._at(level, budget, fewer, parts)
                 if isinstance(trial, Prepared):
                     found, tiles, coarser = trial, fewer, True
                     break

@@ -260,8 +260,8 @@ def test_budgets_near_the_smallest_are_decided_in_a_few_rounds(monkeypatch):
         with pytest.raises(ConfigError, match=f"works is {smallest:,} bytes"):
             prepare(model, budget=str(budget))
         # one floor per plan tried (plain, frugal, tiled until tiles stop helping, a
-        # conv level), no search beyond it
-        assert calls[0] == plans[0] <= 12
+        # conv level; then each halving of the batch with tiles), no search beyond it
+        assert calls[0] == plans[0] <= 40
     for budget in (smallest, smallest + 1, smallest + 500, smallest * 2):
         calls[0] = 0
         p = prepare(model, budget=str(budget))
@@ -544,12 +544,12 @@ clip_grad_by_norm = 1.0
 }
 
 
-def same_tiles_without_swap(tmp_path, monkeypatch, model, tiles, *args):
-    """The weights of a run on the plan with these tiles but no budget."""
+def same_tiles_without_swap(tmp_path, monkeypatch, model, tiles, parts, *args):
+    """The weights of a run on the plan with these tiles and micro-batches but no budget."""
     from nntrainer_cli.pipeline import Planning
 
     with monkeypatch.context() as m:
-        m.setattr(Planning, "_prepared", lambda p: p.plain(1, tiles))
+        m.setattr(Planning, "_prepared", lambda p: p.plain(1, tiles, parts))
         return train_weights(model, tmp_path, "same_tiles", *args)[0]
 
 
@@ -562,8 +562,9 @@ def test_held_out_models_train_bit_identically_in_little_memory(tmp_path, monkey
     conv with dropout, momentum, L2 and gradient clipping, one dominant fully connected
     or conv layer) in the
     least memory they can train in, and the dominant layer's in a quarter and a tenth of
-    its plan, large layers tiled where that lowers the floor: the weights of the same
-    tiles without swap, the measured peak within 1.15x the budget, no swap file left."""
+    its plan, large layers tiled (and under a budget in bytes the batch split into
+    micro-batches) where that lowers the floor: the weights of the same tiles and parts
+    without swap, the measured peak within 1.15x the budget, no swap file left."""
     import numpy as np
 
     features, ids, text = HELD_OUT[name]
@@ -581,9 +582,10 @@ def test_held_out_models_train_bit_identically_in_little_memory(tmp_path, monkey
         *(["--set", "model.memory_swap=true"] if budget == "least"
           else ["--memory-budget", budget]))
     m, sw = report["memory"], report["memory"]["swap"]
-    if sw["tiles"]:
+    if sw["tiles"] or sw["micro_batches"] > 1:
         assert swapped == same_tiles_without_swap(tmp_path, monkeypatch, str(model),
-                                                  sw["tiles"], "--epochs", "2")
+                                                  sw["tiles"], sw["micro_batches"],
+                                                  "--epochs", "2")
         a, b = (np.frombuffer(w[:-8], "<f4") for w in (plain, swapped))
         assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
     else:

@@ -56,6 +56,7 @@ class LayerGraph:
     frugal: int = 0              # memory over speed (0: off; else divides conv's work buffers)
     apply_parts: int = 1         # apply_gradient slots per layer (more when frugal)
     tiles: dict[str, int] = field(default_factory=dict)   # tileable layers' row tiles
+    micro_batches: int = 1       # a step's batch runs in this many parts of batch_size
 
     def __post_init__(self):
         self.by_name = {n.name: n for n in self.nodes}
@@ -69,6 +70,18 @@ class LayerGraph:
         """Whether any weight is trained by an optimizer (not so for a model whose only
         learning is centroid_knn's enrollment)."""
         return self.training and any(w.trainable for n in self.nodes for w in n.ctx.weights)
+
+    @property
+    def step_batch(self) -> int:
+        """The records of one optimizer step: the model's batch, which the arena holds
+        in `micro_batches` parts of `batch_size` when a budget splits it."""
+        return self.batch_size * self.micro_batches
+
+    @property
+    def splittable(self) -> bool:
+        """Whether a step may run in micro-batches with their gradients summed: only a
+        model learning by gradient, with no layer mixing a batch's records."""
+        return self.learns_by_gradient and not any(n.layer.batch_coupled for n in self.nodes)
 
     @property
     def losses(self) -> list[Node]:
@@ -278,7 +291,8 @@ def _check_gradient_flow(graph: LayerGraph) -> None:
 
 def build_graph(cfg: ModelConfig, batch_size: int | None = None,
                 require_loss: bool = True, frugal: int = 0,
-                inference: bool = False, tiles: dict[str, int] | None = None) -> LayerGraph:
+                inference: bool = False, tiles: dict[str, int] | None = None,
+                micro_batches: int = 1) -> LayerGraph:
     """The finalized graph. Without `require_loss`, a model with no loss at all gives
     a forward-only graph (for planning inference) instead of an error. `frugal` trades
     speed for memory, for tight budgets: relu keeps a one-byte mask, each layer's
@@ -287,7 +301,8 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
     the same. `inference` plans forward only (the loss layer kept for its metrics): no
     gradients, derivatives or optimizer state. `tiles` cuts tileable layers' weights
     into that many row tiles, each with slots of its own (a budget below a whole
-    layer's needs)."""
+    layer's needs). `micro_batches` runs each step's batch in that many equal parts,
+    their gradients summed before the update (a budget below one batch's activations)."""
     nodes = [_make_node(s) for s in cfg.layers]
     seen: dict[str, Node] = {}
     for n in nodes:
@@ -314,12 +329,17 @@ def build_graph(cfg: ModelConfig, batch_size: int | None = None,
     _multiout(nodes)
     for n in nodes:  # NNTrainer pushes the model's value to every layer
         n.clip = cfg.model["clip_grad_by_norm"] or n.layer.p.get("clip_grad_by_norm")
-    graph = LayerGraph(_sort(nodes), batch_size or cfg.model["batch_size"], training, frugal,
-                       FRUGAL_APPLY_PARTS if frugal else 1, dict(tiles or {}))
+    batch = batch_size or cfg.model["batch_size"]
+    if batch % micro_batches:
+        raise AssertionError(f"batch {batch} in {micro_batches} parts")   # the planner's bug
+    graph = LayerGraph(_sort(nodes), batch // micro_batches, training, frugal,
+                       FRUGAL_APPLY_PARTS if frugal else 1, dict(tiles or {}), micro_batches)
     for name in graph.tiles:
         if name not in graph.by_name or not graph.by_name[name].layer.tileable:
             raise AssertionError(f"{name} is not a tileable layer")   # the planner's bug
     _finalize(graph)
     if training:
         _check_gradient_flow(graph)
+    if micro_batches > 1 and not graph.splittable:
+        raise AssertionError("micro-batches of a model that cannot be split")   # likewise
     return graph

@@ -168,6 +168,8 @@ class Layer:
     is_loss = False
     differentiable = True     # False: passes no gradient back (nothing before it may train)
     tileable = False          # its steps follow ctx.tile, so a budget may tile its weight
+    batch_coupled = False     # True: a record's training output depends on its batch's
+                              # other records, so the batch cannot be split (micro-batches)
 
     def __init__(self, name: str, props: dict[str, Any]):
         self.name = name

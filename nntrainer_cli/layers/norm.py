@@ -23,6 +23,7 @@ class BatchNormalization(Layer):
     NNTrainer). The normalized input is kept for backward in a planned tensor, so
     the output may overwrite the input."""
     type = "batch_normalization"
+    batch_coupled = True      # its statistics are the whole batch's
     access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE)
     schema = {"epsilon": P.Prop(P.positive_float, 0.001),
               "momentum": P.Prop(_open01, 0.99),

@@ -17,12 +17,13 @@ class MemoryPlan:
     tensors: TensorSet
     planner: str           # the planner that produced the offsets
     requested: str         # the planner asked for (e.g. best)
-    batch_size: int
+    batch_size: int        # the records of a step
     peak_bytes: int
     lower_bound_bytes: int
     naive_bytes: int
     swap: SwapPlan | None = None   # under a memory budget
     frugal: bool = False           # planned on the graph that trades speed for memory
+    micro_batches: int = 1         # the step's batch runs in this many parts
 
     @property
     def arena_bytes(self) -> int:
@@ -59,8 +60,9 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
     for s in ts.specs.values():
         if s.alias_of:
             s.offset = ts.specs[s.alias_of].offset
-    return MemoryPlan(ts, chosen, planner, graph.batch_size, peak, lower_bound(items),
-                      sum(it.size for it in items), frugal=graph.frugal)
+    return MemoryPlan(ts, chosen, planner, graph.step_batch, peak, lower_bound(items),
+                      sum(it.size for it in items), frugal=graph.frugal,
+                      micro_batches=graph.micro_batches)
 
 
 def with_swap(plan: MemoryPlan, swap: SwapOptions) -> MemoryPlan | SwapRefusal:

@@ -56,6 +56,8 @@ class NodeIO:
     # per weight its tensors: one, or one per tile (a tiled weight's rows io.rows[name])
     weights: dict[str, list[str]] = field(default_factory=dict)
     grads: dict[str, list[str]] = field(default_factory=dict)
+    # in micro-batches, per gradient tensor the sum of the earlier micro-batches' ones
+    sums: dict[str, list[str]] = field(default_factory=dict)
     # per trainable weight: its row ranges (one per apply slot, or its tiles) and, per
     # range, one tensor per optimizer state (adam: m, v)
     rows: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
@@ -128,6 +130,8 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
                            {0} | forward | _phase_slots(ns, [Phase.CALC_DERIVATIVE]))
         for w in ctx.weights:
             _weight_specs(ts, n.name, w, graph.training, optimizer_state, add)
+            if graph.micro_batches > 1 and w.name in io.grads:
+                _sum_specs(ts, n.name, w.name, add)
         for t in ctx.temps:
             uses = _phase_slots(ns, t.phases)
             if uses:  # else those phases never run (e.g. no derivative for the first layer)
@@ -186,6 +190,20 @@ def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, 
              (hi - lo,) + w.shape[1:], {applies[k]}, persistent=True)
          for s in optimizer_state]
         for k, (lo, hi) in enumerate(rows)]
+
+
+def _sum_specs(ts: TensorSet, node: str, weight: str, add) -> None:
+    """Micro-batches: beside each gradient tensor, the sum of the step's earlier
+    micro-batches' gradients (kept between them: persistent). It is added where the
+    gradient is complete: a tile's in its tile's calc_gradient slot, a whole weight's in
+    the node's last calc_gradient slot (before any apply slot)."""
+    ns, io = ts.node_slots[node], ts.io[node]
+    grads = io.grads[weight]
+    tiled = len(grads) > 1
+    io.sums[weight] = [
+        add(f"{g}:sum", "gradient", ts.specs[g].shape,
+            {min(ts.specs[g].uses) if tiled else ns.last(Phase.CALC_GRADIENT)}, persistent=True)
+        for g in grads]
 
 
 def _alias(graph: LayerGraph, ts: TensorSet) -> None:

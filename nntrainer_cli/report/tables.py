@@ -60,10 +60,17 @@ def plan_summary(plan: MemoryPlan) -> str:
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
             if plan.frugal else "") + ")"
-    return (f"planner {chosen}, batch {plan.batch_size}{mode}\n"
+    return (f"planner {chosen}, batch {batch_text(plan)}{mode}\n"
             f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
             f"lower bound {human(plan.lower_bound_bytes)}   "
             f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}{note}")
+
+
+def batch_text(plan: MemoryPlan) -> str:
+    """`32`, or under a budget that split it `32 in 4 micro-batches of 8`."""
+    k = plan.micro_batches
+    return str(plan.batch_size) if k == 1 else \
+        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}"
 
 
 def tile_groups(tiles: dict[str, int]) -> list[str]:
@@ -132,6 +139,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "naive_bytes": plan.naive_bytes,
         "resident_peak_bytes": plan.arena_bytes,
         "tiles": plan.tiles,
+        "micro_batches": plan.micro_batches,
         "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part}
                             for s in plan.slots],
         "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,
@@ -167,7 +175,7 @@ def model_summary(plan: MemoryPlan, graph) -> str:
     body = table(["layer", "type", "output (C:H:W)", "params", "tensors (unshared)"], rows,
                  right={3, 4})
     return (f"{body}\n\nparameters {total_params:,} ({trainable:,} trainable)   "
-            f"batch {plan.batch_size}\n{plan_summary(plan)}")
+            f"batch {batch_text(plan)}\n{plan_summary(plan)}")
 
 
 def train_summary(report: TrainReport) -> str:
@@ -201,6 +209,8 @@ def train_summary(report: TrainReport) -> str:
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
                  *([["tiled layers", ", ".join(tile_groups(sw.tiles))]]
                    if sw.tiles else []),
+                 *([["micro-batches (gradients summed)", str(sw.micro_batches)]]
+                   if sw.micro_batches > 1 else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",
                   f"{sw.loads_inline} / {sw.loads_background}"],

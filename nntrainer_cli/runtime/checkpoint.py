@@ -35,7 +35,7 @@ def model_digest(ex: Executor) -> str:
     iteration count depend on it)."""
     whole = ex.weight_tensors() + (ex.state_tensors() if ex.optimizer else [])
     text = ";".join(f"{name}{shape}" for name, shape, _ in whole)
-    return hashlib.sha256(f"{ex.graph.batch_size};{text}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{ex.graph.step_batch};{text}".encode()).hexdigest()[:16]
 
 
 def save(path: str, ex: Executor, meta: dict, order: np.ndarray) -> None:

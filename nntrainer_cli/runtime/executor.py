@@ -17,10 +17,11 @@ from nntrainer_cli.errors import DataError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers import RunContext
 from nntrainer_cli.layers.base import Phase
-from nntrainer_cli.optim.initializers import initialize
 from nntrainer_cli.plan import MemoryPlan
-from nntrainer_cli.plan.swap_plan import DIRECT_IO_BLOCK
+from nntrainer_cli.plan.specs import ALIGN
+from nntrainer_cli.plan.swap_plan import SwapOptions
 
+from .persistent import PersistentTensors
 from .swap_io import Job
 
 
@@ -43,18 +44,20 @@ def kernel_settings():
         np.setbufsize(old)
 
 
-def allocate_arena(plan: MemoryPlan) -> np.ndarray:
-    """The one large allocation of a run: every tensor lives in it."""
+def allocate_arena(plan: MemoryPlan, swap: SwapOptions | None = None) -> np.ndarray:
+    """The one large allocation of a run: every tensor lives in it, from a cache line
+    (a disk block for direct swap I/O)."""
+    align = swap.unit if swap is not None else ALIGN
     try:
-        raw = np.zeros(plan.arena_bytes + DIRECT_IO_BLOCK, dtype=np.uint8)
+        raw = np.zeros(plan.arena_bytes + align, dtype=np.uint8)
     except (MemoryError, ValueError):
         raise DataError(f"the plan needs an arena of {plan.arena_bytes:,} bytes, more than "
                         "this machine can allocate; a --memory-budget makes it smaller") from None
-    start = -raw.ctypes.data % DIRECT_IO_BLOCK   # block-aligned, as direct swap I/O needs
+    start = -raw.ctypes.data % align
     return raw[start:start + plan.arena_bytes]
 
 
-class Executor:
+class Executor(PersistentTensors):
     """Views and contexts are made once. Without swap each tensor has one view; under a
     budget it has one per residency (a stay in the arena between swaps), and each slot's
     context holds the views resident at that slot, so a layer never sees stale bytes."""
@@ -65,6 +68,7 @@ class Executor:
         self.graph, self.plan = graph, plan
         self.rng = rng or np.random.default_rng(0)
         self.optimizer, self.schedule = optimizer, schedule
+        self.part = 0         # the micro-batch of the step running (graph.micro_batches)
         self.state_from = 0   # the iteration the optimizer's state (and step count) began
         self.slot_seconds: np.ndarray | None = None   # per slot, summed (train --profile)
         self.arena = allocate_arena(plan) if arena is None else arena
@@ -139,22 +143,59 @@ class Executor:
     # --- the steps of one iteration ----------------------------------------------------
     def _train_steps(self):
         steps, ns = [], self.plan.tensors.node_slots
+        split = self.graph.micro_batches > 1
         for slot in self.plan.slots:
             node, ctx = self.graph.by_name.get(slot.node), self.slot_ctx[slot.index]
             if slot.phase == Phase.FORWARD:
                 steps.append((node.layer.forward, (ctx, True)))
             elif slot.phase == Phase.CALC_GRADIENT:
-                steps.append((node.layer.calc_gradient, (ctx,)))
+                step = (node.layer.calc_gradient, (ctx,))
+                steps.append((self._summed, (step, self._sums(node, slot.index))) if split
+                             else step)
             elif slot.phase == Phase.CALC_DERIVATIVE:
                 steps.append((node.layer.calc_derivative, (ctx,)))
-            elif slot.phase == Phase.APPLY_GRADIENT:
-                steps.append((self._apply, (self._updates(node, slot.index, slot.part),)))
             else:
-                clipped = [n for n in self.graph.nodes if slot.index in ns[n.name].apply_parts]
-                steps.append((self._clip_and_apply,
-                              ([(n.clip, u) for n in clipped
-                                for u in self._updates(n, slot.index, None)],)))
+                if slot.phase == Phase.APPLY_GRADIENT:
+                    step = (self._apply, (self._updates(node, slot.index, slot.part),))
+                else:
+                    clipped = [n for n in self.graph.nodes
+                               if slot.index in ns[n.name].apply_parts]
+                    step = (self._clip_and_apply,
+                            ([(n.clip, u) for n in clipped
+                              for u in self._updates(n, slot.index, None)],))
+                steps.append((self._in_last_part, step) if split else step)
         return steps
+
+    # --- micro-batches: a step's batch in parts, their gradients summed -----------------
+    def _sums(self, node, slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(gradient, its running sum) for each gradient tensor complete at this slot."""
+        io = self.plan.tensors.io[node.name]
+        return [(self.view(g, slot), self.view(total, slot))
+                for w, sums in io.sums.items() for g, total in zip(io.grads[w], sums)
+                if slot in self.plan.specs[total].uses]
+
+    def _summed(self, step, pairs) -> None:
+        """calc_gradient of one micro-batch: the first part's gradient starts the sum,
+        the middle ones add to it, the last adds the sum to its own and divides by the
+        parts (each is a mean over its rows; a power of two divides exactly), so the
+        update sees the mean over the whole batch."""
+        fn, args = step
+        fn(*args)
+        last = self.graph.micro_batches - 1
+        for g, total in pairs:
+            if self.part == 0:
+                np.copyto(total, g)
+            elif self.part < last:
+                total += g
+            else:
+                g += total
+                g *= 1.0 / (last + 1)
+
+    def _in_last_part(self, fn, args) -> None:
+        """Updates wait for the step's last micro-batch: the weights stay as they are
+        for all its parts."""
+        if self.part == self.graph.micro_batches - 1:
+            fn(*args)
 
     def _updates(self, node, slot: int, part: int | None) -> list:
         """(weight request, weight rows, gradient rows, optimizer state) for one part of
@@ -256,10 +297,12 @@ class Executor:
         label = ctx.label[:rows].reshape(rows, -1)
         return int(np.count_nonzero(out.argmax(axis=1) == label.argmax(axis=1)))
 
-    def train_step(self, iteration: int, rows: int | None = None) -> tuple[float, int]:
-        """One iteration over the batch already in the input/label views; `rows` fewer
-        than the batch only where nothing learns by gradient (an enrollment)."""
-        self.iteration, self.lr = iteration, self.schedule(iteration)
+    def train_step(self, iteration: int, rows: int | None = None,
+                   part: int = 0) -> tuple[float, int]:
+        """One iteration over the batch already in the input/label views (in
+        micro-batches: its `part`; the update comes with the last); `rows` fewer than the
+        batch only where nothing learns by gradient (an enrollment)."""
+        self.iteration, self.lr, self.part = iteration, self.schedule(iteration), part
         return self._run(len(self.plan.slots), True, rows or self.graph.batch_size,
                          timed=self.slot_seconds)
 
@@ -272,75 +315,3 @@ class Executor:
         """Forward only (dropout off, moving statistics); metrics over the first rows,
         whose outputs (rows × values) go to `on_output` when given."""
         return self._run(self.forward_slots, False, rows, on_output)
-
-    # --- weights and optimizer state between iterations --------------------------------
-    @contextlib.contextmanager
-    def persistent(self, name: str, write: bool):
-        """A weight or optimizer-state tensor between iterations. A swapped one lives in
-        the swap file then; it is staged through its first stay's bytes (free between
-        iterations) and written back when `write`."""
-        stays = self.places[name]
-        swapped = self.plan.swap is not None and name in self.plan.swap.swapped \
-            and not (len(stays) == 1 and stays[0][:2] == (0, len(self.plan.slots) - 1))
-        if swapped:
-            first, at = self.plan.swap.of(name)[0], self.plan.swap.file_offsets[name]
-            block = self.arena[first.offset:first.offset + first.bytes]
-            self.io.file.move(Job.of("in", at, [block]))
-        yield stays[0][2]
-        if swapped and write:
-            self.io.file.move(Job.of("out", at, [block]))
-
-    def write_tensors(self, f, names) -> None:
-        """Weights or optimizer state, back to back into an open binary file, each
-        through a fresh view: exporting an arena view's own buffer (`arr.data`) leaves
-        numpy's buffer description on it for the run (measured: about 60 B a tensor)."""
-        for name in names:
-            with self.persistent(name, write=False) as arr:
-                f.write(arr.view(np.uint8))
-
-    def weight_tensors(self) -> list[tuple[str, tuple[int, ...], list[str]]]:
-        """Per weight in NNTrainer's order: its name (`fc1:weight`), its shape, and its
-        tensors in the plan: itself, or its row tiles in order."""
-        io = self.plan.tensors.io
-        return [(f"{n.name}:{w.name}", w.shape, io[n.name].weights[w.name])
-                for n, w in self.weights]
-
-    def weight_names(self) -> list[str]:
-        """Every weight's tensors; written back to back (a tiled weight's tiles in row
-        order), they are NNTrainer's weight file."""
-        return [t for _, _, tensors in self.weight_tensors() for t in tensors]
-
-    def weight_parts(self):
-        """(which weight, its first row, tensor) for every weight tensor in order: a
-        tiled weight's tiles with the rows they hold, for reading weights whole."""
-        for i, (_, _, tensors) in enumerate(self.weight_tensors()):
-            row = 0
-            for name in tensors:
-                yield i, row, name
-                row += self.plan.specs[name].shape[0]
-
-    def state_tensors(self) -> list[tuple[str, tuple[int, ...], list[str]]]:
-        """Per trainable weight and optimizer state (`fc1:weight:adam_m`): its shape and
-        its tensors in row order (several for a tiled weight or split apply slots)."""
-        io = self.plan.tensors.io
-        return [(f"{n.name}:{w.name}:{kind}", w.shape,
-                 [part[k] for part in io[n.name].state[w.name]])
-                for n, w in self.weights if w.trainable
-                for k, kind in enumerate(self.optimizer.state)]
-
-    def state_names(self) -> list[str]:
-        return [t for _, _, tensors in self.state_tensors() for t in tensors]
-
-    def reset_state(self, iteration: int) -> None:
-        """The optimizer's state back to zero and its step count starting over at
-        `iteration`: a federated client starts each round afresh from the global weights."""
-        for name in self.state_names() if self.optimizer else ():
-            with self.persistent(name, write=True) as v:
-                v.fill(0)
-        self.state_from = iteration
-
-    def initialize(self, rng: np.random.Generator) -> None:
-        for (_, w), (_, shape, tensors) in zip(self.weights, self.weight_tensors()):
-            for name in tensors:   # a tiled weight's tiles in order
-                with self.persistent(name, write=True) as v:
-                    initialize(v, w.initializer, rng, shape)

@@ -84,7 +84,7 @@ def open_federated(cfg, graph, fed: FedOptions, seed: int,
     """The model's data sets and each client's records: shares of the training set, or
     with `dir` the entries of its folder, one per client; `only` that client's."""
     kind, alpha = partition.parse(fed.partition)
-    least = graph.batch_size if graph.learns_by_gradient else 1
+    least = graph.step_batch if graph.learns_by_gradient else 1
     if kind == "dir":
         clients = _client_folders(cfg, graph, fed, least, only)
         try:

@@ -49,7 +49,7 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
     t0 = time.perf_counter()
     batch, loss, correct = graph.batch_size, 0.0, 0
     with kernel_settings(), RssDelta() as rss, TracedPeak() as traced:
-        arena = allocate_arena(plan)
+        arena = allocate_arena(plan, swap)
         traced.exclude_since_here()
         io = open_swap(plan, swap)
         try:

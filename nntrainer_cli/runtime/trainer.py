@@ -118,32 +118,21 @@ class Trainer:
         """One epoch of `ds` (the training set unless given) from batch `first` (a
         resumed one carries the running `sums` of loss, correct rows and rows seen); a
         requested stop ends it after a step."""
-        ds, batch = ds or self.data["train"], self.graph.batch_size
+        ds, batch = ds or self.data["train"], self.graph.step_batch
         if self.opts.shuffle and first == 0:
             ds.shuffle(rng)
         # gradient steps take whole batches; an enrollment (centroid_knn) takes every record
         whole = self.graph.learns_by_gradient
         steps = ds.count // batch if whole else -(-ds.count // batch)
-        views = ex.input_views + ex.label_views
         bar = tqdm(total=steps, desc=desc or f"epoch {epoch}/{self.opts.epochs}", unit="batch",
                    leave=False, disable=self.opts.quiet or not self.interactive, file=sys.stderr)
         loss_sum, correct, seen = sums
-        cache = self.cache
         bar.update(first)
         with bar:
             for k, (start, rows) in enumerate(ds.batches(batch, drop_last=whole)):
                 if k < first:
                     continue
-                if cache is not None and cache.ready:
-                    cache.read(ds.indices(start, batch))
-                else:
-                    with self.traced.apart("loader"):
-                        ds.read(start, batch, views)
-                    if cache is not None:
-                        cache.took(ds.indices(start, batch))
-                s0 = time.perf_counter()
-                loss, c = ex.train_step(iteration, rows)
-                self.step_seconds[self.steps_done] = time.perf_counter() - s0
+                loss, c = self._step(ex, ds, start, rows, iteration)
                 self.steps_done += 1
                 if not math.isfinite(loss):
                     raise TrainingError(f"the loss became {loss} at epoch {epoch}, iteration "
@@ -158,29 +147,53 @@ class Trainer:
                 if self.stops.signum is not None or every and iteration % every == 0:
                     self._checkpoint(ex, rng, (epoch, k + 1, iteration, (loss_sum, correct, seen)))
                 self.stops.check()
+        cache = self.cache
         if cache is not None and not cache.ready:
             cache.complete(ds)
         return loss_sum / seen, correct / seen, iteration
 
+    def _step(self, ex: Executor, ds: Dataset, start: int, rows: int,
+              iteration: int) -> tuple[float, int]:
+        """One optimizer step from the batch at `start`: read (or from the feature
+        cache) and run in the graph's micro-batches; its mean loss and correct rows.
+        Timed without the reading."""
+        part, cache, seconds = self.graph.batch_size, self.cache, 0.0
+        views, loss, correct = ex.input_views + ex.label_views, 0.0, 0
+        for j in range(self.graph.micro_batches):
+            at = start + j * part
+            if cache is not None and cache.ready:
+                cache.read(ds.indices(at, part))
+            else:
+                with self.traced.apart("loader"):
+                    ds.read(at, part, views)
+                if cache is not None:
+                    cache.took(ds.indices(at, part))
+            s0 = time.perf_counter()
+            l, c = ex.train_step(iteration, min(part, rows - j * part), j)
+            seconds += time.perf_counter() - s0
+            loss, correct = loss + l, correct + c
+        self.step_seconds[self.steps_done] = seconds
+        return loss / self.graph.micro_batches, correct
+
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
         small = min(ds.count for ds in self.train_sets)
-        if small < self.graph.batch_size and self.graph.learns_by_gradient:
+        if small < self.graph.step_batch and self.graph.learns_by_gradient:
             raise DataError(f"the training set has {small} records, fewer "
-                            f"than one batch of {self.graph.batch_size}")
+                            f"than one batch of {self.graph.step_batch}")
         rng = np.random.default_rng(opts.seed)
-        report = TrainReport(self.cfg.path, self.graph.batch_size, plan.planner, opts.save)
+        report = TrainReport(self.cfg.path, self.graph.step_batch, plan.planner, opts.save)
         stopped = None
         init_rng = np.random.default_rng(opts.seed)
         t0 = time.perf_counter()
         # made before measuring starts: bookkeeping, not training memory
-        self.step_seconds = np.zeros(opts.epochs * sum(-(-ds.count // self.graph.batch_size)
+        self.step_seconds = np.zeros(opts.epochs * sum(-(-ds.count // self.graph.step_batch)
                                                        for ds in self.train_sets))
         self.steps_done = 0
         with kernel_settings(), RssDelta() as rss, \
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
             self.traced = traced
-            arena = allocate_arena(plan)
+            arena = allocate_arena(plan, opts.swap)
             traced.exclude_since_here()
             io = open_swap(plan, opts.swap)
             try:

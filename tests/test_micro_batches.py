@@ -1,0 +1,138 @@
+"""Micro-batches: under a budget below one batch's activations, a step's batch runs in
+equal parts whose gradients are summed before the update. It trains as the whole batch
+does (within float summation order), bit-identically with and without swap, and only a
+model whose layers treat records apart (no batch norm) is split."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nntrainer_cli.config import load_config
+from nntrainer_cli.graph import build_graph
+from nntrainer_cli.pipeline import Planning, prepare
+from nntrainer_cli.plan import make_plan
+from nntrainer_cli.plan.order import Phase
+
+from helpers import REPO, run
+from test_swap import replay, replay_steps
+from test_tiles import TILES, VARIANTS
+
+DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
+LENET = os.path.join(REPO, "configs", "lenet_mnist.ini")
+CNN = os.path.join(REPO, "configs", "digits_cnn.ini")   # batch norm
+
+
+def train(tmp_path, monkeypatch, name, choose, *args, model=DIGITS, epochs=1):
+    """`epochs` of a model on the plan `choose(planning)` gives: weights and report."""
+    monkeypatch.setattr(Planning, "_prepared", choose)
+    save, report = tmp_path / f"{name}.bin", tmp_path / f"{name}.json"
+    res = run("train", model, "-q", "--no-shuffle", "--epochs", str(epochs), "--no-run-dir",
+              "--save", str(save), "--report", str(report), "--swap-dir", str(tmp_path), *args)
+    assert res.exit_code == 0, res.output
+    return save.read_bytes(), json.loads(report.read_text())
+
+
+def in_parts(parts, tiles=None, share=None):
+    """The frugal graph in `parts` micro-batches (with `tiles`), without swap or within
+    `share` of its own plan."""
+    def choose(p):
+        plain = p.plain(1, tiles, parts)
+        if share is None:
+            return plain
+        return p._chosen(p._at(1, int(plain.plan.peak_bytes * share), tiles, parts))
+    return choose
+
+
+def close(a: bytes, b: bytes) -> float:
+    """The largest difference of two weight files' values, relative to the largest value."""
+    wa, wb = np.frombuffer(a[:-8], "<f4"), np.frombuffer(b[:-8], "<f4")
+    assert wa.shape == wb.shape
+    return float(np.abs(wa - wb).max() / np.abs(wa).max())
+
+
+@pytest.mark.parametrize("variant", ["adam", "l2norm and decay", "clipped",
+                                     "frozen first layer"])
+def test_micro_batches_train_as_the_whole_batch_within_summation_order(tmp_path, monkeypatch,
+                                                                       variant):
+    """Each part's gradient is the mean over its rows; the parts' sum divided by their
+    count (a power of two: exact) is the whole batch's mean in another summation order.
+    After an epoch (43 steps) the weights differ by float rounding only."""
+    a, ra = train(tmp_path, monkeypatch, "whole", in_parts(1), *VARIANTS[variant])
+    b, rb = train(tmp_path, monkeypatch, "parts", in_parts(4), *VARIANTS[variant])
+    assert close(a, b) <= 1e-5
+    assert a != b   # the summation order did change: the parts really ran apart
+    assert rb["epochs"][0]["train_loss"] == pytest.approx(ra["epochs"][0]["train_loss"], rel=1e-5)
+    assert rb["epochs"][0]["train_accuracy"] == ra["epochs"][0]["train_accuracy"]
+    assert rb["batch_size"] == ra["batch_size"] == 32
+
+
+@pytest.mark.parametrize("share", [0.3, 0.0])
+def test_a_micro_batched_run_is_bit_identical_with_and_without_swap(tmp_path, monkeypatch,
+                                                                    share):
+    """Parts and tiles together, under a budget (0: everything idle swapped out): the
+    gradient sums are swapped like optimizer state and the same arithmetic runs."""
+    args = VARIANTS["l2norm and decay"]
+    plain, _ = train(tmp_path, monkeypatch, "plain", in_parts(2, TILES), *args)
+    swapped, report = train(tmp_path, monkeypatch, "swapped", in_parts(2, TILES, share), *args)
+    assert swapped == plain
+    assert report["memory"]["swap"]["bytes_in"] > 0
+
+
+def test_the_gradient_sums_are_planned_beside_the_gradients():
+    """One sum per gradient tensor (per tile of a tiled weight), kept between
+    iterations, used where its gradient is complete: the tile's calc_gradient slot, or
+    a whole weight's last one."""
+    cfg = load_config(LENET)
+    graph = build_graph(cfg, micro_batches=4, tiles={"f5": 2})
+    assert (graph.batch_size, graph.step_batch) == (8, 32)
+    plan = make_plan(graph, ("m", "v"))
+    assert plan.batch_size == 32 and plan.micro_batches == 4
+    assert plan.specs["input:input"].shape[0] == 8
+    ts = plan.tensors
+    sums = [s for s in plan.specs.values() if s.name.endswith(":sum")]
+    grads = [s for s in plan.specs.values() if s.kind == "gradient" and s not in sums]
+    assert len(sums) == len(grads) > 0
+    for s in sums:
+        grad = plan.specs[s.name.removesuffix(":sum")]
+        assert s.persistent and s.shape == grad.shape
+        (slot,) = s.uses
+        assert plan.slots[slot].phase == Phase.CALC_GRADIENT and slot in grad.uses
+        node = plan.slots[slot].node
+        if ":t" not in s.name:
+            assert slot == ts.node_slots[node].last(Phase.CALC_GRADIENT)
+    assert make_plan(build_graph(cfg), ("m", "v")).micro_batches == 1
+
+
+def test_the_planner_splits_the_batch_only_when_tiles_are_not_enough():
+    """LeNet's floor without micro-batches is its conv activations (36% of its plan):
+    at 50% it is not split, at 25% and 10% it is, in as few parts as fit; each schedule
+    replays cleanly. A model with batch norm is never split, and says its floor."""
+    assert prepare(LENET, budget="50%").plan.micro_batches == 1
+    for share in ("25%", "10%"):
+        p = prepare(LENET, budget=share)
+        parts = p.plan.micro_batches
+        assert parts > 1 and p.plan.swap.peak <= p.plan.swap.budget
+        if parts > 2:   # half as many parts would not have fit
+            planning = Planning(LENET, budget=share)
+            assert not hasattr(planning._search(p.plan.swap.budget, parts // 2), "plan")
+        replay(p.plan)
+        replay_steps(p.plan, eager=False)
+    res = run("plan", CNN, "--memory-budget", "25%")
+    assert res.exit_code == 2 and "% of the plan" in res.output
+    res = run("plan", LENET, "--memory-budget", "25%")
+    assert res.exit_code == 0 and "batch 32 in 2 micro-batches of 16" in res.output
+    res = run("plan", LENET, "--memory-budget", "25%", "--format", "json")
+    assert json.loads(res.output)["micro_batches"] == 2
+
+
+def test_a_feature_cache_feeds_micro_batches(tmp_path, monkeypatch):
+    """A frozen prefix's cached output is read part by part: two epochs with the cache
+    give the weights of two epochs without it, within float summation order."""
+    model = os.path.join(REPO, "configs", "lenet_transfer.ini")
+    a, ra = train(tmp_path, monkeypatch, "cached", in_parts(4), model=model, epochs=2)
+    b, _ = train(tmp_path, monkeypatch, "uncached", in_parts(4), "--no-feature-cache",
+                 model=model, epochs=2)
+    assert ra["feature_cache"] is not None
+    assert close(a, b) <= 1e-5
