@@ -211,7 +211,7 @@ class Planning:
         (found, tiles), parts = self._search(budget, 1), 1
         if not budget or isinstance(found, Prepared) or not self.graph.splittable:
             return found
-        level = FRUGAL_LEVELS[-1]
+        level, lowest = FRUGAL_LEVELS[-1], found
         while self.graph.batch_size % (2 * parts) == 0:
             parts *= 2
             trial, more, _ = self._tiled(level, budget, tiles,
@@ -219,10 +219,13 @@ class Planning:
             if isinstance(trial, Prepared):
                 full, _ = self._search(budget, parts)
                 return full if isinstance(full, Prepared) else trial
+            # the splits tried do not depend on the budget, so the lowest floor among
+            # them is the smallest budget that works: a larger one finds its plan
+            lowest = min(lowest, trial, key=lambda r: r.floor)
             if self._cost(trial, more) > self._cost(found, tiles) * MIN_TILE_GAIN:
                 break
             found, tiles = trial, more
-        return found
+        return lowest
 
     @staticmethod
     def _cost(found: Prepared | SwapRefusal, tiles: dict[str, int]) -> int:
