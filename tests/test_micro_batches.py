@@ -17,21 +17,11 @@ from nntrainer_cli.plan.order import Phase
 
 from helpers import REPO, run
 from test_swap import replay, replay_steps
-from test_tiles import TILES, VARIANTS
+from test_tiles import TILES, VARIANTS, train
 
 DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
 LENET = os.path.join(REPO, "configs", "lenet_mnist.ini")
 CNN = os.path.join(REPO, "configs", "digits_cnn.ini")   # batch norm
-
-
-def train(tmp_path, monkeypatch, name, choose, *args, model=DIGITS, epochs=1):
-    """`epochs` of a model on the plan `choose(planning)` gives: weights and report."""
-    monkeypatch.setattr(Planning, "_prepared", choose)
-    save, report = tmp_path / f"{name}.bin", tmp_path / f"{name}.json"
-    res = run("train", model, "-q", "--no-shuffle", "--epochs", str(epochs), "--no-run-dir",
-              "--save", str(save), "--report", str(report), "--swap-dir", str(tmp_path), *args)
-    assert res.exit_code == 0, res.output
-    return save.read_bytes(), json.loads(report.read_text())
 
 
 def in_parts(parts, tiles=None, share=None):

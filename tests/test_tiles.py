@@ -108,12 +108,12 @@ def test_a_tiled_convolution_matches_finite_differences(props, shape):
                                    [(w[k], g[k]) for k in w] + [(x, dx)])
 
 
-def train(tmp_path, monkeypatch, name, choose, *args):
-    """One epoch of the digits MLP on the plan `choose(planning)` gives; its weights
-    file and report."""
+def train(tmp_path, monkeypatch, name, choose, *args, model=DIGITS, epochs=1):
+    """`epochs` of a model (the digits MLP) on the plan `choose(planning)` gives; its
+    weights file and report."""
     monkeypatch.setattr(Planning, "_prepared", choose)
     save, report = tmp_path / f"{name}.bin", tmp_path / f"{name}.json"
-    res = run("train", DIGITS, "-q", "--no-shuffle", "--epochs", "1", "--no-run-dir",
+    res = run("train", model, "-q", "--no-shuffle", "--epochs", str(epochs), "--no-run-dir",
               "--save", str(save), "--report", str(report), "--swap-dir", str(tmp_path), *args)
     assert res.exit_code == 0, res.output
     return save.read_bytes(), json.loads(report.read_text())
