@@ -1,7 +1,7 @@
 """2-D convolution over (N, C, H, W) as stacked matrix products on planned work buffers.
 
 The input is lowered by rows (`windows.RowLowering`): one strided copy per chunk of
-samples, then one stacked matmul for every output row. The input derivative of a
+samples (per kernel column with horizontal padding), then one stacked matmul for every output row. The input derivative of a
 stride-1 convolution is itself a convolution (of the output derivative, padded, with
 the flipped filter) and runs the same way; other strides, and outputs much smaller
 than their input (where that convolution would mostly read padding), scatter columns
