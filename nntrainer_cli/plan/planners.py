@@ -193,9 +193,11 @@ def check_valid(items: Sequence[Item], offsets: Sequence[int], arena: int) -> li
     last = np.array([it.last for it in items], dtype=np.int64)
     size = np.array([it.size for it in items], dtype=np.int64)
     at = np.array(offsets, dtype=np.int64)
-    problems = [f"item {i} [{at[i]}, {at[i] + size[i]}) outside arena of {arena}"
-                for i in np.flatnonzero((at < 0) | (at + size > arena)).tolist()]
+    outside = ((at < 0) | (at + size > arena)).tolist()
+    problems = []
     for i in range(len(items)):
+        if outside[i]:
+            problems.append(f"item {i} [{at[i]}, {at[i] + size[i]}) outside arena of {arena}")
         j = slice(i + 1, None)
         clash = (first[i] <= last[j]) & (first[j] <= last[i]) & (at[i] < at[j] + size[j]) \
             & (at[j] < at[i] + size[i]) & (size[j] > 0) & (size[i] > 0)
