@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from nntrainer_cli.pipeline import Budget, parse_size, prepare
+from nntrainer_cli.pipeline import Budget, Planning, parse_size, prepare
 from nntrainer_cli.plan.planners import Item, check_valid
 from nntrainer_cli.errors import ConfigError
 
@@ -327,6 +327,19 @@ def test_plan_shows_the_schedule():
     frugal = prepare(model, budget="70%").plan
     assert f"peak {frugal.peak_bytes / 1024:.1f} KiB" in text and frugal.frugal
     assert "(these figures are without swap, for the frugal graph: relu masks" in text
+    assert "conv in smaller pieces" not in text and not frugal.in_pieces   # no conv
+
+
+def test_plan_says_when_convs_run_in_smaller_pieces():
+    """Frugal levels above 1 shrink conv's work buffers (Layer.in_pieces): the plan
+    names the layers, and the summary says so; level 1 does not shrink them."""
+    model = os.path.join(CONFIGS, "lenet_mnist.ini")
+    plan = prepare(model, budget="50%").plan
+    assert plan.frugal > 1 and plan.in_pieces == ("c1", "c3")
+    assert "conv in smaller pieces at a time" in run("plan", model, "--memory-budget",
+                                                     "50%").output
+    planning = Planning(model)
+    assert planning.plain(1).plan.in_pieces == () and planning.plain(0).plan.in_pieces == ()
 
 
 @pytest.mark.parametrize("text,expected", [

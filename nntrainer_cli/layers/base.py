@@ -170,6 +170,7 @@ class Layer:
     tileable = False          # its steps follow ctx.tile, so a budget may tile its weight
     batch_coupled = False     # True: a record's training output depends on its batch's
                               # other records, so the batch cannot be split (micro-batches)
+    in_pieces = False         # True: frugal levels above 1 shrink its work buffers
 
     def __init__(self, name: str, props: dict[str, Any]):
         self.name = name

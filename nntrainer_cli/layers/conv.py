@@ -64,6 +64,7 @@ class Conv2D(Layer):
     type = "conv2d"
     weighted = True
     tileable = True
+    in_pieces = True
     access = Access(gradient_reads=frozenset({"input"}))
     schema = {"filters": P.Prop(P.positive_int, required=True),
               "kernel_size": P.Prop(P.int_pair, required=True),

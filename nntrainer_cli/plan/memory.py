@@ -22,8 +22,9 @@ class MemoryPlan:
     lower_bound_bytes: int
     naive_bytes: int
     swap: SwapPlan | None = None   # under a memory budget
-    frugal: bool = False           # planned on the graph that trades speed for memory
+    frugal: int = 0                # the graph's frugal level (0: as written)
     micro_batches: int = 1         # the step's batch runs in this many parts
+    in_pieces: tuple[str, ...] = ()   # layers whose work buffers that level shrinks
 
     @property
     def arena_bytes(self) -> int:
@@ -62,7 +63,9 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
             s.offset = ts.specs[s.alias_of].offset
     return MemoryPlan(ts, chosen, planner, graph.step_batch, peak, lower_bound(items),
                       sum(it.size for it in items), frugal=graph.frugal,
-                      micro_batches=graph.micro_batches)
+                      micro_batches=graph.micro_batches,
+                      in_pieces=tuple(n.name for n in graph.nodes
+                                      if graph.frugal > 1 and n.layer.in_pieces))
 
 
 def with_swap(plan: MemoryPlan, swap: SwapOptions) -> MemoryPlan | SwapRefusal:

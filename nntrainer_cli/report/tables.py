@@ -53,9 +53,7 @@ def plan_summary(plan: MemoryPlan) -> str:
     # than the one `plan` shows without a budget: say which graph the figures are of.
     note = ""
     if plan.swap:
-        convs = any(s.kind == "temporary" and s.name.split(":")[-1] in ("rows", "col")
-                    for s in plan.specs.values())
-        conv = ", conv in smaller pieces at a time" if plan.frugal > 1 and convs else ""
+        conv = ", conv in smaller pieces at a time" if plan.in_pieces else ""
         tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles))
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
