@@ -33,6 +33,9 @@ def direct_conv(x, w, b, stride, pad, dil):
       "padding": (1, 1, 2, 2)}, (2, 2, 7, 7), (1, 1, 2, 2)),
     ({"filters": 2, "kernel_size": (3, 3), "stride": (1, 2), "dilation": (1, 2),
       "padding": (1, 0, 0, 3)}, (2, 2, 5, 36), (1, 0, 0, 3)),
+    # no horizontal padding: every kernel column lowered in one strided copy
+    ({"filters": 2, "kernel_size": (3, 2), "stride": (1, 2), "dilation": (1, 3),
+      "padding": (2, 1, 0, 0)}, (2, 3, 6, 11), (2, 1, 0, 0)),
 ])
 def test_conv2d_matches_direct_definition(props, shape, pad):
     h = Harness(make_layer("conv2d", **props), [shape], np.random.default_rng(0))
