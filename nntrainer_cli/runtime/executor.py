@@ -80,6 +80,7 @@ class Executor(PersistentTensors):
         self.fwd_ctx = {n.name: self.slot_ctx[ns[n.name].forward] for n in graph.nodes}
         self.input_views = [self.view(f"{n.name}:input", 0) for n in graph.inputs]
         self.label_views = [self.view(f"{n.name}:label", 0) for n in graph.losses]
+        self.data_views = self.input_views + self.label_views   # what a batch is read into
         self.loss_ctx = [c for n in graph.losses for c in self.slot_ctx
                          if c is not None and c.node == n.name]
         # the model's output: the loss layer's (probabilities for cross-entropy), else the

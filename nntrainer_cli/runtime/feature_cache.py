@@ -78,14 +78,13 @@ class FeatureCache:
         cache for every later epoch."""
         ex, missing = self.ex, np.flatnonzero(~self.filled)
         batch = len(self.boundary)
-        views = ex.input_views + ex.label_views
         steps = list(ex.train_steps)
         for slot in range(self.slot):   # slots up to the boundary: only the prefix computes
             if slot not in self.prefix_slots:
                 ex.train_steps[slot] = (_noop, ())
         for start in range(0, len(missing), batch):
             rows = np.resize(missing[start:start + batch], batch)  # tail repeats
-            ds.read_records(rows, views)
+            ds.read_records(rows, ex.data_views)
             self.took(rows)
             ex.run_first(self.slot + 1)
         ex.train_steps[:] = steps

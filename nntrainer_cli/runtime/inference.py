@@ -56,10 +56,9 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
             ex = Executor(graph, plan, None, lambda iteration: 0.0, arena, swap_io=io)
             traced.resume()
             weights_io.load(ex, weights, names)   # a training file's optimizer state: unused
-            views = ex.input_views + ex.label_views
             for start, rows in ds.batches(batch, drop_last=False):
                 with traced.apart("loader"):
-                    ds.read(start, batch, views)
+                    ds.read(start, batch, ex.data_views)
                 step_loss, step_correct = ex.eval_step(rows, on_output)
                 loss, correct = loss + step_loss * rows, correct + step_correct
         finally:

@@ -104,10 +104,9 @@ class Trainer:
 
     def _evaluate(self, ex: Executor, ds: Dataset) -> tuple[float, float]:
         batch, loss, correct, batches = self.graph.batch_size, 0.0, 0, 0
-        views = ex.input_views + ex.label_views
         for start, rows in ds.batches(batch, drop_last=False):
             with self.traced.apart("loader"):
-                ds.read(start, batch, views)
+                ds.read(start, batch, ex.data_views)
             l, c = ex.eval_step(rows)
             loss, correct, batches = loss + l * rows, correct + c, batches + rows
         return loss / batches, correct / batches
@@ -158,14 +157,14 @@ class Trainer:
         cache) and run in the graph's micro-batches; its mean loss and correct rows.
         Timed without the reading."""
         part, cache, seconds = self.graph.batch_size, self.cache, 0.0
-        views, loss, correct = ex.input_views + ex.label_views, 0.0, 0
+        loss, correct = 0.0, 0
         for j in range(self.graph.micro_batches):
             at = start + j * part
             if cache is not None and cache.ready:
                 cache.read(ds.indices(at, part))
             else:
                 with self.traced.apart("loader"):
-                    ds.read(at, part, views)
+                    ds.read(at, part, ex.data_views)
                 if cache is not None:
                     cache.took(ds.indices(at, part))
             s0 = time.perf_counter()
