@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nntrainer_cli.layers import FinalizeContext, RunContext
+from nntrainer_cli.layers.sequence import TOKEN_ROWS
 from nntrainer_cli.pipeline import Planning, prepare
 from nntrainer_cli.plan.order import row_parts
 
@@ -106,6 +107,77 @@ def test_a_tiled_convolution_matches_finite_differences(props, shape):
     assert fc.weights[0].tiled and len(ctxs) == 3
     assert_tiles_match_differences(layer, ctxs, y, probe,
                                    [(w[k], g[k]) for k in w] + [(x, dx)])
+
+
+def test_a_tiled_embedding_matches_finite_differences():
+    """An embedding table cut into row tiles (9 ids in 3, one tile never looked up,
+    and more positions than one pass of TOKEN_ROWS), run as the plan runs it: each
+    tile's slot writes the positions whose ids it holds and adds their derivative into
+    its gradient; every buffer starts as NaN. The table's gradient is the central
+    differences, and the output is the whole table's lookup."""
+    rng = np.random.default_rng(0)
+    layer = make_layer("embedding", in_dim=9, out_dim=3)
+    shape = (3, 1, 1, TOKEN_ROWS // 2)   # 1.5 passes
+    fc = FinalizeContext([shape], tiles=3)
+    layer.finalize(fc)
+    table, x = rng.standard_normal((9, 3)), np.full(shape, 0.0)
+    x[...] = rng.choice([0, 1, 2, 6, 7, 8], shape) + 0.5   # none of ids 3-5
+    probe, y = rng.standard_normal(fc.output_shapes[0]), np.full(fc.output_shapes[0], np.nan)
+    grad = np.full_like(table, np.nan)
+    temps = {t.name: np.full(t.shape, np.nan) if t.dtype == np.float32 else
+             np.zeros(t.shape, t.dtype) for t in fc.temps}
+    ctxs = [RunContext([x], [y], {"embedding": table[lo:hi]}, {"embedding": grad[lo:hi]},
+                       [np.zeros(shape)], [probe], temps, tile=(lo, hi))
+            for lo, hi in row_parts(9, 3)]
+    assert fc.weights[0].tiled and {"local", "inside", "rows"} <= set(temps)
+    assert_tiles_match_differences(layer, ctxs, y, probe, [(table, grad)])
+    for c in ctxs:
+        layer.forward(c, True)
+    np.testing.assert_array_equal(y[:, 0], table[x[:, 0, 0].astype(int)])
+    assert not grad[3:6].any()
+
+
+def test_a_tiled_embedding_trains_to_the_same_bits(tmp_path, monkeypatch):
+    """A vocabulary of 2,000 ids whose table, its gradient and Adam's state are 98% of
+    the plan: untiled, no budget under 62% of the plan fits (the table, its gradient
+    and a part of the state meet in one slot). Tiled, it trains at 25% and
+    10%; each id's gradient adds its positions in the order the whole layer does, so
+    the weights are bit-identical to the untiled run's, with or without swap."""
+    model = embedding_model(tmp_path)
+    whole_run, _ = train(tmp_path, monkeypatch, "whole", whole, model=model)
+    tiled_run, _ = train(tmp_path, monkeypatch, "tiled", lambda p: p.plain(1, {"embed": 3}),
+                         model=model)
+    assert tiled_run == whole_run
+    monkeypatch.undo()
+    budgets = {}
+    for share in ("25%", "10%"):
+        p = prepare(model, budget=share)
+        budgets[share] = p.plan.swap.budget
+        assert p.plan.tiles.get("embed", 1) > 1 and p.plan.swap.peak <= p.plan.swap.budget
+        replay(p.plan)
+        res = run("train", model, "-q", "--no-shuffle", "--epochs", "1", "--no-run-dir",
+                  "--memory-budget", share, "--swap-dir", str(tmp_path),
+                  "--save", str(tmp_path / "budget.bin"))
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "budget.bin").read_bytes() == whole_run
+    refusal = Planning(model, budget="25%")._at(1, budgets["25%"])
+    assert not hasattr(refusal, "plan")   # untiled, the table does not fit
+
+
+def embedding_model(tmp_path) -> str:
+    """Records of 6 token ids of 2,000, classed by their first id (mod 4)."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 2000, (96, 6)).astype(np.float32)
+    labels = np.eye(4, dtype=np.float32)[ids[:, 0].astype(int) % 4]
+    np.concatenate([ids, labels], axis=1).tofile(tmp_path / "tokens.dat")
+    model = tmp_path / "tokens.ini"
+    model.write_text("[Model]\nloss = cross\nbatch_size = 16\n[Optimizer]\ntype = adam\n"
+                     "learning_rate = 0.01\n[train_set]\ntype = file\npath = tokens.dat\n"
+                     "[input]\ntype = input\ninput_shape = 1:1:6\n"
+                     "[embed]\ntype = embedding\nin_dim = 2000\nout_dim = 16\n"
+                     "[flatten]\ntype = flatten\n"
+                     "[output]\ntype = fully_connected\nunit = 4\nactivation = softmax\n")
+    return str(model)
 
 
 def train(tmp_path, monkeypatch, name, choose, *args, model=DIGITS, epochs=1):

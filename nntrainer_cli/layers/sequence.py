@@ -16,11 +16,21 @@ from .base import (BACKWARD, ITERATION, Access, FinalizeContext, Layer, LayerErr
                    RunContext, register)
 
 
+TOKEN_ROWS = 256   # token positions per pass of a tiled embedding's slots
+
+
 @register
 class Embedding(Layer):
-    """Input N:1:1:L of token ids (as floats) → N:1:L:out_dim rows of the table."""
+    """Input N:1:1:L of token ids (as floats) → N:1:L:out_dim rows of the table.
+
+    Tileable: under a tight budget the table is cut into row tiles (ranges of token
+    ids), each slot working on one. Its forward writes the positions whose ids fall in
+    its rows; its gradient adds the output derivative's rows at those positions, in
+    position order as the whole layer does, so a row's sum is the same bits. Slots pass
+    over the positions TOKEN_ROWS at a time through small planned buffers."""
     type = "embedding"
     weighted = True
+    tileable = True
     schema = {"in_dim": P.Prop(P.positive_int, required=True),
               "out_dim": P.Prop(P.positive_int, required=True)}
 
@@ -29,25 +39,64 @@ class Embedding(Layer):
         if c != 1 or h != 1:
             raise LayerError(f"embedding takes ids shaped 1:1:L, got {c}:{h}:{length}",
                              "input_shape")
-        self.request_weight(ctx, "embedding", (self.p["in_dim"], self.p["out_dim"]))
+        d = self.p["out_dim"]
+        self.request_weight(ctx, "embedding", (self.p["in_dim"], d), tiled=True)
         ctx.temp("ids", (n * length,), ITERATION, np.int64)
-        ctx.output_shapes = [(n, 1, length, self.p["out_dim"])]
+        ctx.output_shapes = [(n, 1, length, d)]
+        if ctx.tiles > 1:   # a pass's ids within the tile, which of them are, their rows
+            rows = min(n * length, TOKEN_ROWS)
+            for name, phase in (("", Phase.FORWARD), ("grad_", Phase.CALC_GRADIENT)):
+                ctx.temp(name + "local", (rows,), phase, np.int64)
+                ctx.temp(name + "inside", (rows,), phase, np.bool_)
+                ctx.temp(name + "rows", (rows, d), phase)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         ids, table, x = ctx.temps["ids"], ctx.weights["embedding"], ctx.inputs[0]
-        low, high = x.min(), x.max()   # before the cast, which would hide NaN
-        if x.size and not (0 <= low and high < len(table)):
-            bad = high if not high < len(table) else low
-            raise DataError(f"the data gives embedding [{self.name}] token id {bad}, outside "
-                            f"0..{len(table) - 1} (in_dim = {len(table)})")
-        np.copyto(ids, x.reshape(-1), casting="unsafe")
-        # ids are checked above; mode="clip" keeps numpy from buffering the output
-        np.take(table, ids, axis=0, out=ctx.outputs[0].reshape(len(ids), -1), mode="clip")
+        y = ctx.outputs[0].reshape(len(ids), -1)
+        if ctx.tile is None or ctx.tile[0] == 0:   # the first tile reads the ids
+            low, high = x.min(), x.max()   # before the cast, which would hide NaN
+            size = self.p["in_dim"]
+            if x.size and not (0 <= low and high < size):
+                bad = high if not high < size else low
+                raise DataError(f"the data gives embedding [{self.name}] token id {bad}, "
+                                f"outside 0..{size - 1} (in_dim = {size})")
+            np.copyto(ids, x.reshape(-1), casting="unsafe")
+        if ctx.tile is None:
+            # ids are checked above; mode="clip" keeps numpy from buffering the output
+            np.take(table, ids, axis=0, out=y, mode="clip")
+            return
+        for s, local, inside, rows in self._passes(ctx, ""):
+            np.take(table, local, axis=0, out=rows, mode="clip")
+            np.copyto(y[s:s + len(rows)], rows, where=inside[:, None])
 
     def calc_gradient(self, ctx: RunContext) -> None:
         grad = ctx.grads["embedding"]
         grad.fill(0)
-        np.add.at(grad, ctx.temps["ids"], ctx.out_grads[0].reshape(-1, grad.shape[1]))
+        dy = ctx.out_grads[0].reshape(-1, grad.shape[1])
+        if ctx.tile is None:
+            np.add.at(grad, ctx.temps["ids"], dy)
+            return
+        for s, local, inside, rows in self._passes(ctx, "grad_"):
+            # other tiles' positions add exact zeros to a row of this one (x + 0 = x)
+            rows.fill(0)
+            np.copyto(rows, dy[s:s + len(rows)], where=inside[:, None])
+            np.clip(local, 0, len(grad) - 1, out=local)
+            np.add.at(grad, local, rows)
+
+    @staticmethod
+    def _passes(ctx: RunContext, name: str):
+        """Per TOKEN_ROWS positions, in the buffers `name` names: their first index,
+        their ids less the tile's first row, whether each lies in the tile, and room
+        for their rows."""
+        ids, (lo, hi), temps = ctx.temps["ids"], ctx.tile, ctx.temps
+        step = len(temps[name + "local"])
+        for s in range(0, len(ids), step):
+            k = min(step, len(ids) - s)
+            local, inside = temps[name + "local"][:k], temps[name + "inside"][:k]
+            np.subtract(ids[s:s + k], lo, out=local)
+            # negative ids wrap to huge unsigned ones: one comparison tests both ends
+            np.less(local.view(np.uint64), hi - lo, out=inside)
+            yield s, local, inside, temps[name + "rows"][:k]
 
     def calc_derivative(self, ctx: RunContext) -> None:
         ctx.in_grads[0].fill(0)   # ids are not differentiable
