@@ -22,6 +22,11 @@ MIN_TILE_GAIN = 0.95
 # tensors' names), counted with the floor when tiles are compared: measured about 140 B
 # (a conv cut into 64 to 256 tiles, with Adam)
 TILE_BYTES = 160
+# the most tiles a layer is cut into: planning time grows about fourfold with each
+# doubling (a 20,000-row embedding's refused plans: 64 tiles 0.2 s, 256 1.6 s, 1024
+# 28 s; a plan that fits takes ten times longer), while what finer tiles lower the
+# floor by shrinks
+MAX_TILES = 64
 
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
          "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
@@ -320,16 +325,17 @@ class Planning:
     def _more_tiles(self, refusal: SwapRefusal, tiles: dict[str, int]) -> dict[str, int] | None:
         """Twice the tiles for the tileable layer whose weight's tensors weigh most at
         the refusal's busiest slot, and for the layers with tiles as large as its; None
-        when no such layer has rows left to cut."""
-        weights = {f"{n.name}:{w.name}": (n.name, w.shape[0], math.prod(w.shape))
+        when no such layer has rows left to cut (or MAX_TILES tiles)."""
+        weights = {f"{n.name}:{w.name}": (n.name, min(w.shape[0], MAX_TILES),
+                                          math.prod(w.shape))
                    for n in self.graph.nodes if n.layer.tileable
                    for w in n.ctx.weights if w.tiled}
         for tensor in refusal.held:
             prefix = next((p for p in weights if tensor == p or tensor.startswith(p + ":")), None)
             if prefix is None:
                 continue
-            node, rows, size = weights[prefix]
-            if 2 * tiles.get(node, 1) > rows:
+            node, most, size = weights[prefix]
+            if 2 * tiles.get(node, 1) > most:
                 continue
             tile = size // tiles.get(node, 1)
             return {**tiles, **{n: 2 * tiles.get(n, 1) for n, r, s in weights.values()

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from nntrainer_cli.layers import FinalizeContext, RunContext
-from nntrainer_cli.layers.sequence import TOKEN_ROWS
-from nntrainer_cli.pipeline import Planning, prepare
+from nntrainer_cli.pipeline import MAX_TILES, Planning, prepare
 from nntrainer_cli.plan.order import row_parts
 
 from helpers import REPO, make_layer, run
@@ -111,13 +110,13 @@ def test_a_tiled_convolution_matches_finite_differences(props, shape):
 
 def test_a_tiled_embedding_matches_finite_differences():
     """An embedding table cut into row tiles (9 ids in 3, one tile never looked up,
-    and more positions than one pass of TOKEN_ROWS), run as the plan runs it: each
-    tile's slot writes the positions whose ids it holds and adds their derivative into
-    its gradient; every buffer starts as NaN. The table's gradient is the central
-    differences, and the output is the whole table's lookup."""
+    and a last pass shorter than the others), run as the plan runs it: each tile's slot writes the
+    positions whose ids it holds and adds their derivative into its gradient; every
+    float buffer starts as NaN. The table's gradient is the central differences, and
+    the output is the whole table's lookup."""
     rng = np.random.default_rng(0)
     layer = make_layer("embedding", in_dim=9, out_dim=3)
-    shape = (3, 1, 1, TOKEN_ROWS // 2)   # 1.5 passes
+    shape = (3, 1, 1, 11)   # 33 positions: passes of 5, the last of 3
     fc = FinalizeContext([shape], tiles=3)
     layer.finalize(fc)
     table, x = rng.standard_normal((9, 3)), np.full(shape, 0.0)
@@ -129,7 +128,7 @@ def test_a_tiled_embedding_matches_finite_differences():
     ctxs = [RunContext([x], [y], {"embedding": table[lo:hi]}, {"embedding": grad[lo:hi]},
                        [np.zeros(shape)], [probe], temps, tile=(lo, hi))
             for lo, hi in row_parts(9, 3)]
-    assert fc.weights[0].tiled and {"local", "inside", "rows"} <= set(temps)
+    assert fc.weights[0].tiled and temps["rows"].shape == (5, 3)
     assert_tiles_match_differences(layer, ctxs, y, probe, [(table, grad)])
     for c in ctxs:
         layer.forward(c, True)
@@ -162,6 +161,19 @@ def test_a_tiled_embedding_trains_to_the_same_bits(tmp_path, monkeypatch):
         assert (tmp_path / "budget.bin").read_bytes() == whole_run
     refusal = Planning(model, budget="25%")._at(1, budgets["25%"])
     assert not hasattr(refusal, "plan")   # untiled, the table does not fit
+
+
+def test_tiles_stop_at_max_tiles(tmp_path):
+    """A 2,000-row table could be cut 2,000 ways, each doubling planning about four
+    times slower; the planner stops at MAX_TILES, and a budget that needs more is
+    refused, naming the smallest one that works at that many tiles."""
+    model = embedding_model(tmp_path)
+    planning = Planning(model, budget="1%")
+    refusal = planning._at(1, 1, {"embed": MAX_TILES})
+    more = planning._more_tiles(refusal, {"embed": MAX_TILES})
+    assert more is None or more["embed"] == MAX_TILES
+    res = run("plan", model, "--memory-budget", "1%")
+    assert res.exit_code == 2 and "smallest budget that works" in res.output
 
 
 def embedding_model(tmp_path) -> str:

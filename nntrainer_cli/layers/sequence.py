@@ -16,7 +16,7 @@ from .base import (BACKWARD, ITERATION, Access, FinalizeContext, Layer, LayerErr
                    RunContext, register)
 
 
-TOKEN_ROWS = 256   # token positions per pass of a tiled embedding's slots
+PASSES = 8   # a tiled embedding's slots pass over the positions in this many parts
 
 
 @register
@@ -27,7 +27,7 @@ class Embedding(Layer):
     ids), each slot working on one. Its forward writes the positions whose ids fall in
     its rows; its gradient adds the output derivative's rows at those positions, in
     position order as the whole layer does, so a row's sum is the same bits. Slots pass
-    over the positions TOKEN_ROWS at a time through small planned buffers."""
+    over the positions in planned buffers an eighth of the output's size (PASSES)."""
     type = "embedding"
     weighted = True
     tileable = True
@@ -43,12 +43,14 @@ class Embedding(Layer):
         self.request_weight(ctx, "embedding", (self.p["in_dim"], d), tiled=True)
         ctx.temp("ids", (n * length,), ITERATION, np.int64)
         ctx.output_shapes = [(n, 1, length, d)]
-        if ctx.tiles > 1:   # a pass's ids within the tile, which of them are, their rows
-            rows = min(n * length, TOKEN_ROWS)
+        if ctx.tiles > 1:   # a pass's ids less the tile's first, which lie in the tile,
+            # those ids (gradient), and rows
+            rows = -(-n * length // PASSES)
             for name, phase in (("", Phase.FORWARD), ("grad_", Phase.CALC_GRADIENT)):
                 ctx.temp(name + "local", (rows,), phase, np.int64)
                 ctx.temp(name + "inside", (rows,), phase, np.bool_)
                 ctx.temp(name + "rows", (rows, d), phase)
+            ctx.temp("grad_picked", (rows,), Phase.CALC_GRADIENT, np.int64)
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         ids, table, x = ctx.temps["ids"], ctx.weights["embedding"], ctx.inputs[0]
@@ -77,17 +79,17 @@ class Embedding(Layer):
             np.add.at(grad, ctx.temps["ids"], dy)
             return
         for s, local, inside, rows in self._passes(ctx, "grad_"):
-            # other tiles' positions add exact zeros to a row of this one (x + 0 = x)
-            rows.fill(0)
-            np.copyto(rows, dy[s:s + len(rows)], where=inside[:, None])
-            np.clip(local, 0, len(grad) - 1, out=local)
-            np.add.at(grad, local, rows)
+            k = np.count_nonzero(inside)   # the tile's positions, in order
+            picked = ctx.temps["grad_picked"][:k]
+            np.compress(inside, local, out=picked)
+            np.compress(inside, dy[s:s + len(rows)], axis=0, out=rows[:k])
+            np.add.at(grad, picked, rows[:k])
 
     @staticmethod
     def _passes(ctx: RunContext, name: str):
-        """Per TOKEN_ROWS positions, in the buffers `name` names: their first index,
-        their ids less the tile's first row, whether each lies in the tile, and room
-        for their rows."""
+        """Per pass over the positions, in the buffers `name` names: its first
+        position, its ids less the tile's first row, whether each lies in the tile, and
+        room for its rows."""
         ids, (lo, hi), temps = ctx.temps["ids"], ctx.tile, ctx.temps
         step = len(temps[name + "local"])
         for s in range(0, len(ids), step):
