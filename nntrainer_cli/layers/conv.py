@@ -113,12 +113,12 @@ class Conv2D(Layer):
             ctx.temp("filter_rows", (ft, k), Phase.FORWARD)
             ctx.temp("out_rows", (band, ft, m * ow), Phase.FORWARD)
             self.lowered.temps(ctx, Phase.CALC_GRADIENT, "grad_")
-            ctx.temp("out_grad_rows", (band, ft, m * ow), Phase.CALC_GRADIENT)
+            ctx.temp("out_grad_rows", (band, m * ow, ft), Phase.CALC_GRADIENT)
             # products of `group` output rows at a time: a quarter of the rows buffer, or
             # one filter's worth
             rows_buffer = self.lowered.band_rows * kw * c * m * ow
             self.group = max(1, min(band, rows_buffer // (4 * ft * k)))
-            ctx.temp("filter_parts", (self.group, ft, k), Phase.CALC_GRADIENT)
+            ctx.temp("filter_parts", (self.group, k, ft), Phase.CALC_GRADIENT)
         else:
             self.m_col = samples(k * oh * ow, frugal)
             ctx.temp("col", (self.m_col, c, kh, kw, oh, ow), Phase.FORWARD)
@@ -188,23 +188,26 @@ class Conv2D(Layer):
             (oh, ow), low, temps = self.win.out, self.lowered, ctx.temps
             lo, hi = ctx.tile or (0, f)
             ft = hi - lo
-            total = dw.reshape(ft, -1)     # the sum so far, k in the rows' order till the end
+            # the sum so far, transposed (k in the rows' order, then filters) till the end
+            total = dw.reshape(-1, ft)
             total.fill(0)
             for s, m in chunks(n, low.m):
                 for first, stop in bands(oh, low.band):
                     v = low.lower(x[s:s + m], temps, "grad_", first, stop)
-                    dyr = prefix(temps["out_grad_rows"], (stop - first, ft, m * ow))
-                    np.copyto(dyr.reshape(stop - first, ft, m, ow),
-                              dy[s:s + m, lo:hi, first:stop].transpose(2, 1, 0, 3))
+                    # dy channels last: each row's product is (k, m·ow)·(m·ow, ft), which
+                    # ran 1.5-1.7x faster than (ft, m·ow)·(m·ow, k) on VGG's shapes
+                    dyr = prefix(temps["out_grad_rows"], (stop - first, m * ow, ft))
+                    np.copyto(dyr.reshape(stop - first, m, ow, ft),
+                              dy[s:s + m, lo:hi, first:stop].transpose(2, 0, 3, 1))
                     for a in range(0, stop - first, self.group):
                         b = min(stop - first, a + self.group)
-                        parts = prefix(temps["filter_parts"], (b - a, ft, low.k))
-                        np.matmul(dyr[a:b], v[a:b].transpose(0, 2, 1), out=parts)
+                        parts = prefix(temps["filter_parts"], (b - a, low.k, ft))
+                        np.matmul(v[a:b], dyr[a:b], out=parts)
                         for part in parts:      # row by row: one order at every chunking
                             np.add(total, part, out=total)
-            part = prefix(temps["filter_parts"], (ft, low.k))
+            part = prefix(temps["filter_parts"], (low.k, ft))
             np.copyto(part, total)
-            np.copyto(dw, part.reshape(ft, kh, kw, c).transpose(0, 3, 1, 2))
+            np.copyto(dw, part.reshape(kh, kw, c, ft).transpose(3, 2, 0, 1))
         else:
             part, dw2 = ctx.temps["filter_part"], dw.reshape(f, -1)
             col, dy3 = ctx.temps["col_grad"], dy.reshape(n, f, -1)
