@@ -16,6 +16,10 @@ parsed graph, run with torch.nn modules and autograd).
 The bare numpy loop ("numpy floor") is the MLP's own step written out by hand: the
 same matrix products, relu, softmax cross entropy and optimizer update as ours, on
 preallocated arrays, with no graph, plan or dispatch. It is the floor for our MLP step.
+"Products alone" times, for every model, only the matrix products a step needs (conv
+as im2col: forward, weight gradient, input derivative), each on ready contiguous
+operands in its faster orientation: what an implementation on numpy's BLAS spends at
+the least, before lowering, pooling, activations and the update.
 
 Each round also measures a 512x512x512 float32 product on 2 threads (the last column):
 the shared VM has states far apart, and the slower one moves our conv steps much more
@@ -220,6 +224,61 @@ def floor_worker(model, batch, data, steps, optimizer) -> None:
                       "reset": rss.reset}))
 
 
+# --- every matrix product of a step alone, run in its own process --------------------
+def products(graph) -> list[tuple[int, int, int]]:
+    """(M, K, N) of each product a training step needs at the least, with convolution
+    as im2col: per conv2d and fully_connected layer its forward, weight gradient and
+    (unless its input is the model's) input derivative."""
+    shapes = []
+    for n in graph.nodes:
+        first = n.inputs == [] or all(graph.by_name[c].type == "input" for c, _ in n.inputs)
+        if n.type == "conv2d":
+            batch, c, _, _ = n.ctx.input_shapes[0]
+            _, f, oh, ow = n.ctx.output_shapes[0]
+            kh, kw = n.layer.p["kernel_size"]
+            pixels, k = batch * oh * ow, c * kh * kw
+        elif n.type == "fully_connected":
+            shape = n.ctx.input_shapes[0]
+            pixels, k, f = int(np.prod(shape[:-1])), shape[-1], n.layer.p["unit"]
+        else:
+            continue
+        shapes += [(pixels, k, f), (f, pixels, k)] + ([] if first else [(pixels, f, k)])
+    return shapes
+
+
+def gemm_worker(model, batch, data, steps, optimizer) -> None:
+    """The step's products alone (`products`), on preallocated contiguous float32
+    operands, each in the faster of its two orientations (A·B or Bᵀ·Aᵀ, picked on
+    the warm-up steps): what any im2col implementation on numpy's BLAS spends at the
+    least, before lowering, pooling, activations and the update."""
+    graph, _, _ = load_batches(model, batch, data, steps)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for m, k, n in products(graph):
+        a, b = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (k, n)))
+        pairs.append([(a, b, np.empty((m, n), np.float32)),
+                      (np.ascontiguousarray(b.T), np.ascontiguousarray(a.T),
+                       np.empty((n, m), np.float32))])
+    best = [0] * len(pairs)
+    times = []
+    for step in range(steps):
+        if step < WARMUP:   # time both orientations of every product
+            for i, both in enumerate(pairs):
+                took = []
+                for a, b, out in both:
+                    start = time.perf_counter()
+                    np.matmul(a, b, out=out)
+                    took.append(time.perf_counter() - start)
+                best[i] = int(took[1] < took[0])
+            continue
+        start = time.perf_counter()
+        for both, i in zip(pairs, best):
+            a, b, out = both[i]
+            np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"step_ms": 1000 * float(np.median(times))}))
+
+
 # --- the PyTorch side, run in its own process ----------------------------------------
 def torch_net(graph):
     """Our parsed graph as a torch module, node by node (conv, linear, batch norm,
@@ -348,8 +407,10 @@ def main() -> None:
     ap.add_argument("--only", help="run only models whose name contains this")
     ap.add_argument("--torch-worker", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--floor-worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--gemm-worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    for kind, run in (("torch_worker", torch_worker), ("floor_worker", floor_worker)):
+    for kind, run in (("torch_worker", torch_worker), ("floor_worker", floor_worker),
+                      ("gemm_worker", gemm_worker)):
         if getattr(args, kind):
             model, batch, data, steps, optimizer = getattr(args, kind)
             run(model, int(batch), data, int(steps), optimizer)
@@ -366,14 +427,15 @@ def main() -> None:
           f"after {WARMUP} warm-up steps; memory: peak RSS during training minus RSS "
           "before the model is built, median over rounds\n")
     print("| model | optimizer | batch | params | torch MiB | ours MiB | ratio | torch ms/step "
-          "| ours ms/step | ratio | numpy floor ms/step | ours / floor | BLAS GFLOP/s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ours ms/step | ratio | numpy floor ms/step | ours / floor | products alone ms/step "
+          "| ours / products | BLAS GFLOP/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as work:
         for name, model, batch, kind, steps in selected(args.only, args.steps):
             data = data_file(work, model, batch, steps, kind)
             for optimizer in ("sgd", "adam"):
                 variant = with_optimizer(model, optimizer, work)
-                runs = {"torch": [], "ours": [], "floor": [], "blas": []}
+                runs = {"torch": [], "ours": [], "floor": [], "gemm": [], "blas": []}
                 for _ in range(args.rounds):
                     runs["blas"].append(blas_rate())
                     runs["torch"].append(worker("torch", variant, batch, data, steps,
@@ -382,15 +444,18 @@ def main() -> None:
                     if name in FLOOR_MODELS:
                         runs["floor"].append(worker("floor", variant, batch, data, steps,
                                                     optimizer))
-                ms = {side: [r["step_ms"] for r in runs[side]] for side in ("torch", "ours", "floor")}
+                    runs["gemm"].append(worker("gemm", variant, batch, data, steps, optimizer))
+                ms = {side: [r["step_ms"] for r in runs[side]]
+                      for side in ("torch", "ours", "floor", "gemm")}
                 mib = {side: float(np.median([r["rss_delta"] for r in runs[side]])) / 2**20
                        for side in ("torch", "ours")}
                 t, o = np.median(ms["torch"]), np.median(ms["ours"])
                 floor = (f"{spread(ms['floor'])} | {o / np.median(ms['floor']):.2f}"
                          if ms["floor"] else "- | -")
+                gemm = f"{spread(ms['gemm'])} | {o / np.median(ms['gemm']):.2f}"
                 print(f"| {name} | {optimizer} | {batch} | {runs['torch'][0]['params']:,} "
                       f"| {mib['torch']:.1f} | {mib['ours']:.1f} | {mib['ours'] / mib['torch']:.2f} "
-                      f"| {spread(ms['torch'])} | {spread(ms['ours'])} | {o / t:.2f} | {floor} "
+                      f"| {spread(ms['torch'])} | {spread(ms['ours'])} | {o / t:.2f} | {floor} | {gemm} "
                       f"| {spread(runs['blas'], 0)} |")
                 sys.stdout.flush()
                 rows.append({"model": name, "optimizer": optimizer, "batch": batch,
