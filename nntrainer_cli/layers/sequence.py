@@ -79,11 +79,13 @@ class Embedding(Layer):
             np.add.at(grad, ctx.temps["ids"], dy)
             return
         for s, local, inside, rows in self._passes(ctx, "grad_"):
-            k = np.count_nonzero(inside)   # the tile's positions, in order
-            picked = ctx.temps["grad_picked"][:k]
-            np.compress(inside, local, out=picked)
-            np.compress(inside, dy[s:s + len(rows)], axis=0, out=rows[:k])
-            np.add.at(grad, picked, rows[:k])
+            # the tile's positions, in order (8 bytes each: the one list numpy makes;
+            # np.compress would also copy its output), their ids and derivative rows
+            at = np.flatnonzero(inside)
+            picked, rows = ctx.temps["grad_picked"][:len(at)], rows[:len(at)]
+            np.take(local, at, out=picked, mode="clip")
+            np.take(dy[s:s + len(inside)], at, axis=0, out=rows, mode="clip")
+            np.add.at(grad, picked, rows)
 
     @staticmethod
     def _passes(ctx: RunContext, name: str):
