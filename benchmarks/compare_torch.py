@@ -227,11 +227,15 @@ def floor_worker(model, batch, data, steps, optimizer) -> None:
 # --- every matrix product of a step alone, run in its own process --------------------
 def products(graph) -> list[tuple[int, int, int]]:
     """(M, K, N) of each product a training step needs at the least, with convolution
-    as im2col: per conv2d and fully_connected layer its forward, weight gradient and
-    (unless its input is the model's) input derivative."""
+    as im2col: per conv2d and fully_connected layer its forward, and its weight gradient
+    and input derivative where the step runs them (the plan's execution order)."""
+    from nntrainer_cli.layers.base import Phase
+    from nntrainer_cli.plan.order import execution_order
+
+    _, slots, _ = execution_order(graph)
     shapes = []
     for n in graph.nodes:
-        first = n.inputs == [] or all(graph.by_name[c].type == "input" for c, _ in n.inputs)
+        runs = slots[n.name].parts
         if n.type == "conv2d":
             batch, c, _, _ = n.ctx.input_shapes[0]
             _, f, oh, ow = n.ctx.output_shapes[0]
@@ -242,7 +246,9 @@ def products(graph) -> list[tuple[int, int, int]]:
             pixels, k, f = int(np.prod(shape[:-1])), shape[-1], n.layer.p["unit"]
         else:
             continue
-        shapes += [(pixels, k, f), (f, pixels, k)] + ([] if first else [(pixels, f, k)])
+        shapes += [(pixels, k, f)] + [shape for phase, shape in (
+            (Phase.CALC_GRADIENT, (f, pixels, k)), (Phase.CALC_DERIVATIVE, (pixels, f, k)))
+            if phase in runs]
     return shapes
 
 
