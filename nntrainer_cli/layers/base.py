@@ -150,6 +150,12 @@ class RunContext:
     # only them (the first tile's slot also on the untiled ones, such as a bias)
     tile: tuple[int, int] | None = None
 
+    @property
+    def first_tile(self) -> bool:
+        """Whether this slot is its layer's first tile, or the layer is not tiled: the
+        slot that holds the untiled weights and starts what later tiles add to."""
+        return self.tile is None or self.tile[0] == 0
+
 
 class LayerError(ValueError):
     """A layer cannot accept its inputs or properties; the graph adds the location."""

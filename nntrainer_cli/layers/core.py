@@ -72,7 +72,7 @@ class FullyConnected(Layer):
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y = rows2d(ctx.inputs[0]), rows2d(ctx.outputs[0])
-        if ctx.tile is None or ctx.tile[0] == 0:
+        if ctx.first_tile:
             np.matmul(tile_columns(x, ctx.tile), ctx.weights["weight"], out=y)
             if "bias" in ctx.weights:
                 y += ctx.weights["bias"]
@@ -85,7 +85,7 @@ class FullyConnected(Layer):
         dy = rows2d(ctx.out_grads[0])
         np.matmul(tile_columns(rows2d(ctx.inputs[0]), ctx.tile).T, dy,
                   out=ctx.grads["weight"])
-        if "bias" in ctx.grads and (ctx.tile is None or ctx.tile[0] == 0):
+        if "bias" in ctx.grads and ctx.first_tile:
             np.sum(dy, axis=0, out=ctx.grads["bias"])
 
     def calc_derivative(self, ctx: RunContext) -> None:

@@ -55,7 +55,7 @@ class Embedding(Layer):
     def forward(self, ctx: RunContext, training: bool) -> None:
         ids, table, x = ctx.temps["ids"], ctx.weights["embedding"], ctx.inputs[0]
         y = ctx.outputs[0].reshape(len(ids), -1)
-        if ctx.tile is None or ctx.tile[0] == 0:   # the first tile reads the ids
+        if ctx.first_tile:   # the first tile reads the ids
             low, high = x.min(), x.max()   # before the cast, which would hide NaN
             size = self.p["in_dim"]
             if x.size and not (0 <= low and high < size):
