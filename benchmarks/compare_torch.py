@@ -254,8 +254,8 @@ def products(graph) -> list[tuple[int, int, int]]:
 
 def gemm_worker(model, batch, data, steps, optimizer) -> None:
     """The step's products alone (`products`), on preallocated contiguous float32
-    operands, each in the faster of its two orientations (A·B or Bᵀ·Aᵀ, picked on
-    the warm-up steps): what any im2col implementation on numpy's BLAS spends at the
+    operands, each in the faster of its two orientations (A·B or Bᵀ·Aᵀ, as the last
+    warm-up step timed them): what any im2col implementation on numpy's BLAS spends at the
     least, before lowering, pooling, activations and the update."""
     graph, _, _ = load_batches(model, batch, data, steps)
     rng = np.random.default_rng(0)

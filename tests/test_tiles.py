@@ -110,9 +110,9 @@ def test_a_tiled_convolution_matches_finite_differences(props, shape):
 
 def test_a_tiled_embedding_matches_finite_differences():
     """An embedding table cut into row tiles (9 ids in 3, one tile never looked up,
-    and a last pass shorter than the others), run as the plan runs it: each tile's slot writes the
-    positions whose ids it holds and adds their derivative into its gradient; every
-    float buffer starts as NaN. The table's gradient is the central differences, and
+    and a last pass shorter than the others), run as the plan runs it: each tile's
+    slot writes the positions whose ids it holds and adds their derivative into its
+    gradient; every float buffer starts as NaN. The table's gradient is the central differences, and
     the output is the whole table's lookup."""
     rng = np.random.default_rng(0)
     layer = make_layer("embedding", in_dim=9, out_dim=3)
