@@ -209,16 +209,16 @@ class Planning:
         can be), on the graph that moves the fewest bytes. Splitting the batch into
         micro-batches comes last (it changes every gradient's summation order), for a
         model that allows it and a budget in bytes (0 keeps the batch whole, as
-        NNTrainer's memory_swap does): the batch is halved while that lowers the floor
-        by MIN_TILE_GAIN, each split on the most frugal graph with the tiles so far
-        (doubled further where that helps), until a plan fits; the split that fits is
-        then searched in full for a faster plan."""
-        (found, tiles), parts = self._search(budget, 1), 1
+        NNTrainer's memory_swap does): the batch is split into 2, 3, ... equal parts
+        (each count that divides it) while that lowers the floor by MIN_TILE_GAIN, each
+        split on the most frugal graph with the tiles so far (doubled further where
+        that helps), until a plan fits; the split that fits is then searched in full for
+        a faster plan."""
+        found, tiles = self._search(budget, 1)
         if not budget or isinstance(found, Prepared) or not self.graph.splittable:
             return found
-        level, lowest = FRUGAL_LEVELS[-1], found
-        while self.graph.batch_size % (2 * parts) == 0:
-            parts *= 2
+        level, lowest, batch = FRUGAL_LEVELS[-1], found, self.graph.batch_size
+        for parts in [d for d in range(2, batch + 1) if batch % d == 0]:
             trial, more, _ = self._tiled(level, budget, tiles,
                                          self._at(level, budget, tiles, parts), parts)
             if isinstance(trial, Prepared):

@@ -126,3 +126,36 @@ def test_a_feature_cache_feeds_micro_batches(tmp_path, monkeypatch):
                  model=model, epochs=2)
     assert ra["feature_cache"] is not None
     assert close(a, b) <= 1e-5
+
+
+KNN = os.path.join(REPO, "configs", "personal_knn.ini")     # an enrollment: no gradient
+HEAD = os.path.join(REPO, "configs", "personal_head.ini")   # batch 10
+
+
+def test_an_enrollment_runs_in_micro_batches_each_record_once(tmp_path, monkeypatch):
+    """centroid_knn learns without gradients, so its parts enroll the records in the same
+    order: every class counts the same records, and the centroids differ only by the
+    feature convolution's rounding (its products have the parts' shape), so the test set
+    is recognized alike. (The training accuracy differs: a record is scored against the
+    centroids enrolled so far.) At batch 8 the 50 support records leave a last batch of
+    2, which runs its first part only."""
+    a, ra = train(tmp_path, monkeypatch, "whole", in_parts(1), "--batch-size", "8", model=KNN)
+    b, rb = train(tmp_path, monkeypatch, "parts", in_parts(4), "--batch-size", "8", model=KNN)
+    counts = [np.frombuffer(w[:-8], "<f4")[-5:] for w in (a, b)]
+    assert counts[0].tolist() == counts[1].tolist() == [10] * 5
+    assert close(a, b) <= 1e-6
+    assert rb["test"]["accuracy"] == ra["test"]["accuracy"]
+    assert rb["test"]["loss"] == pytest.approx(ra["test"]["loss"], rel=1e-5)
+
+
+def test_a_batch_splits_into_parts_that_are_not_a_power_of_two(tmp_path, monkeypatch):
+    """Batch 10 splits into 2, 5 or 10 parts: at a quarter of its plan the personal head
+    takes 5 of 2 records (2 parts do not fit), its schedule replays, and it trains as
+    the whole batch does within float rounding (the sum divided by 5 rounds once)."""
+    p = prepare(HEAD, budget="25%")
+    assert p.plan.micro_batches == 5 and p.plan.swap.peak <= p.plan.swap.budget
+    assert not hasattr(Planning(HEAD, budget="25%")._search(p.plan.swap.budget, 2), "plan")
+    replay(p.plan)
+    a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=HEAD, epochs=3)
+    b, _ = train(tmp_path, monkeypatch, "parts", in_parts(5), model=HEAD, epochs=3)
+    assert close(a, b) <= 1e-5

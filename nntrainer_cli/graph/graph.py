@@ -79,9 +79,10 @@ class LayerGraph:
 
     @property
     def splittable(self) -> bool:
-        """Whether a step may run in micro-batches with their gradients summed: only a
-        model learning by gradient, with no layer mixing a batch's records."""
-        return self.learns_by_gradient and not any(n.layer.batch_coupled for n in self.nodes)
+        """Whether a training step may run in micro-batches (gradients summed, or an
+        enrollment's records taken in the same order): only with no layer mixing a
+        batch's records."""
+        return self.training and not any(n.layer.batch_coupled for n in self.nodes)
 
     @property
     def losses(self) -> list[Node]:

@@ -178,8 +178,8 @@ class Executor(PersistentTensors):
     def _summed(self, step, pairs) -> None:
         """calc_gradient of one micro-batch: the first part's gradient starts the sum,
         the middle ones add to it, the last adds the sum to its own and divides by the
-        parts (each is a mean over its rows; a power of two divides exactly), so the
-        update sees the mean over the whole batch."""
+        parts (each is a mean over its rows), so the update sees the mean over the
+        whole batch."""
         fn, args = step
         fn(*args)
         last = self.graph.micro_batches - 1
@@ -190,7 +190,7 @@ class Executor(PersistentTensors):
                 total += g
             else:
                 g += total
-                g *= 1.0 / (last + 1)
+                g /= last + 1
 
     def _in_last_part(self, fn, args) -> None:
         """Updates wait for the step's last micro-batch: the weights stay as they are

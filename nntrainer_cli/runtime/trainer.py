@@ -155,11 +155,12 @@ class Trainer:
               iteration: int) -> tuple[float, int]:
         """One optimizer step from the batch at `start`: read (or from the feature
         cache) and run in the graph's micro-batches; its mean loss and correct rows.
-        Timed without the reading."""
+        Timed without the reading. An enrollment's short last batch runs only the
+        parts that hold records."""
         part, cache, seconds = self.graph.batch_size, self.cache, 0.0
         loss, correct = 0.0, 0
-        for j in range(self.graph.micro_batches):
-            at = start + j * part
+        for j in range(-(-rows // part)):
+            at, held = start + j * part, min(part, rows - j * part)
             if cache is not None and cache.ready:
                 cache.read(ds.indices(at, part))
             else:
@@ -168,11 +169,11 @@ class Trainer:
                 if cache is not None:
                     cache.took(ds.indices(at, part))
             s0 = time.perf_counter()
-            l, c = ex.train_step(iteration, min(part, rows - j * part), j)
+            l, c = ex.train_step(iteration, held, j)
             seconds += time.perf_counter() - s0
-            loss, correct = loss + l, correct + c
+            loss, correct = loss + l * held, correct + c
         self.step_seconds[self.steps_done] = seconds
-        return loss / self.graph.micro_batches, correct
+        return loss / rows, correct
 
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
