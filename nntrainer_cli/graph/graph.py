@@ -79,10 +79,10 @@ class LayerGraph:
 
     @property
     def splittable(self) -> bool:
-        """Whether a training step may run in micro-batches (gradients summed, or an
-        enrollment's records taken in the same order): only with no layer mixing a
-        batch's records."""
-        return self.training and not any(n.layer.batch_coupled for n in self.nodes)
+        """Whether a training step may run in micro-batches: gradients summed, or an
+        enrollment's records taken in the same order; batch norm's statistics gathered
+        in passes over the parts first."""
+        return self.training
 
     @property
     def losses(self) -> list[Node]:
@@ -258,7 +258,8 @@ def _finalize(graph: LayerGraph) -> None:
             shapes = [(batch,) + node.input_shape]
         ctx = FinalizeContext(shapes, trainable=node.trainable,
                               requested_outputs=requested.get(node.name, 1),
-                              frugal=graph.frugal, tiles=graph.tiles.get(node.name, 1))
+                              frugal=graph.frugal, tiles=graph.tiles.get(node.name, 1),
+                              parts=graph.micro_batches)
         try:
             node.layer.finalize(ctx)
         except LayerError as e:

@@ -101,6 +101,7 @@ class TempRequest:
     shape: Shape
     phases: frozenset   # of Phase: the layer's steps that use it; it lives across them
     dtype: Any = np.float32
+    persistent: bool = False   # kept from step to step (a micro-batched step's statistics)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class FinalizeContext:
     requested_outputs: int = 1   # how many outputs the graph reads: name(0), name(1), …
     frugal: int = 0              # memory over speed: 0 off, else shrink work buffers by it
     tiles: int = 1               # row tiles of the tiled weights (a tileable layer, a budget)
+    parts: int = 1               # micro-batches a step's batch runs in (the shapes are one's)
     access: Access | None = None  # a variant of the layer's Access, when it picks one
     output_shapes: list[Shape] = field(default_factory=list)
     weights: list[WeightRequest] = field(default_factory=list)
@@ -123,12 +125,13 @@ class FinalizeContext:
                                           trainable=self.trainable and trainable,
                                           state=not trainable, **kw))
 
-    def temp(self, name, shape, phases, dtype=np.float32) -> None:
-        """A temporary used in `phases` (one Phase, or a set such as BACKWARD)."""
+    def temp(self, name, shape, phases, dtype=np.float32, persistent=False) -> None:
+        """A temporary used in `phases` (one Phase, or a set such as BACKWARD);
+        `persistent` keeps its value from one run of the slots to the next."""
         phases = frozenset({phases}) if isinstance(phases, Phase) else frozenset(phases)
         if not phases or not all(isinstance(p, Phase) for p in phases):
             raise TypeError(f"temporary {name}: phases must be Phase values, got {phases}")
-        self.temps.append(TempRequest(name, tuple(shape), phases, dtype))
+        self.temps.append(TempRequest(name, tuple(shape), phases, dtype, persistent))
 
 
 @dataclass
@@ -149,6 +152,10 @@ class RunContext:
     # a tiled layer's slot works on these rows of its tiled weights, whose views hold
     # only them (the first tile's slot also on the untiled ones, such as a bias)
     tile: tuple[int, int] | None = None
+    # a batch-coupled layer in micro-batches (Layer.passes): the part running, and
+    # whether this slot gathers the whole batch's statistics (else it uses them)
+    part: int = 0
+    gather: bool = False
 
     @property
     def first_tile(self) -> bool:
@@ -175,7 +182,9 @@ class Layer:
     differentiable = True     # False: passes no gradient back (nothing before it may train)
     tileable = False          # its steps follow ctx.tile, so a budget may tile its weight
     batch_coupled = False     # True: a record's training output depends on its batch's
-                              # other records, so the batch cannot be split (micro-batches)
+                              # other records: in micro-batches, passes over the parts
+                              # gather the whole batch's statistics first (ctx.gather)
+    derivative_reads_gradient = False   # calc_derivative reads what calc_gradient made
     in_pieces = False         # True: frugal levels above 1 shrink its work buffers
 
     def __init__(self, name: str, props: dict[str, Any]):

@@ -21,7 +21,11 @@ def _open01(text: str) -> float:
 class BatchNormalization(Layer):
     """Normalizes over every axis but `axis` (channels when C > 1, else width, as in
     NNTrainer). The normalized input is kept for backward in a planned tensor, so
-    the output may overwrite the input."""
+    the output may overwrite the input. In micro-batches the whole batch's statistics
+    are gathered over the parts first (`runtime/passes.py`): its mean and variance in
+    forward, the sums of dy and dy·x̂ in calc_derivative, kept in persistent
+    temporaries through the step; each part's gradient is its own sums (summed with
+    the other parts' like every gradient)."""
     type = "batch_normalization"
     batch_coupled = True      # its statistics are the whole batch's
     access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE)
@@ -44,7 +48,8 @@ class BatchNormalization(Layer):
         self.axis = axis
         c = shape[axis]
         self.view = (int(np.prod(shape[:axis])), c, int(np.prod(shape[axis + 1:])))
-        self.count = self.view[0] * self.view[2]
+        self.count = self.view[0] * self.view[2]   # values per channel in one part
+        self.parts = ctx.parts
         ctx.output_shapes = [shape]
         p = self.p
         ctx.weight("moving_mean", (c,), p["moving_mean_initializer"], trainable=False)
@@ -52,10 +57,13 @@ class BatchNormalization(Layer):
         ctx.weight("gamma", (c,), p["gamma_initializer"], decay=p["weight_decay"])
         ctx.weight("beta", (c,), p["beta_initializer"], decay=p["bias_decay"])
         ctx.temp("xhat", shape, ITERATION)
-        ctx.temp("mean", (c,), Phase.FORWARD)
-        ctx.temp("invstd", (c,), ITERATION)
-        ctx.temp("sum_dy", (c,), BACKWARD)
-        ctx.temp("sum_dy_xhat", (c,), BACKWARD)
+        split = ctx.parts > 1
+        ctx.temp("mean", (c,), Phase.FORWARD, persistent=split)
+        ctx.temp("invstd", (c,), ITERATION, persistent=split)
+        ctx.temp("sum_dy", (c,), BACKWARD, persistent=split)
+        ctx.temp("sum_dy_xhat", (c,), BACKWARD, persistent=split)
+        if split:   # one part's sums before they join the batch's
+            ctx.temp("part_sums", (2, c), ITERATION)
 
     def _3d(self, a):
         return a.reshape(self.view)
@@ -63,30 +71,73 @@ class BatchNormalization(Layer):
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y, w, t = self._3d(ctx.inputs[0]), self._3d(ctx.outputs[0]), ctx.weights, ctx.temps
         xhat, mean, invstd = self._3d(t["xhat"]), t["mean"], t["invstd"]
-        eps = self.p["epsilon"]
-        if training:
+        if training and self.parts > 1:
+            if ctx.gather:
+                self._gather_moments(ctx)
+                return
+            np.subtract(x, mean[:, None], out=xhat)
+        elif training:
             np.sum(x, axis=(0, 2), out=mean)
             mean /= self.count
             np.subtract(x, mean[:, None], out=xhat)
             np.einsum("acb,acb->c", xhat, xhat, out=invstd)   # Σ(x-μ)², then the variance
             invstd /= self.count
-            m = self.p["momentum"]
-            w["moving_mean"] *= m
-            w["moving_mean"] += (1 - m) * mean
-            w["moving_variance"] *= m
-            w["moving_variance"] += (1 - m) * invstd
+            self._moving(w, mean, invstd)
         else:
             np.subtract(x, w["moving_mean"][:, None], out=xhat)
             np.copyto(invstd, w["moving_variance"])
-        invstd += eps
-        np.sqrt(invstd, out=invstd)
-        np.reciprocal(invstd, out=invstd)
+            self._inverse_std(invstd)
         xhat *= invstd[:, None]
         np.multiply(xhat, w["gamma"][:, None], out=y)
         y += w["beta"][:, None]
 
+    def _moving(self, w, mean, var) -> None:
+        """The moving statistics updated with the batch's; `var` becomes 1/std."""
+        m = self.p["momentum"]
+        w["moving_mean"] *= m
+        w["moving_mean"] += (1 - m) * mean
+        w["moving_variance"] *= m
+        w["moving_variance"] += (1 - m) * var
+        self._inverse_std(var)
+
+    def _inverse_std(self, var) -> None:
+        var += self.p["epsilon"]
+        np.sqrt(var, out=var)
+        np.reciprocal(var, out=var)
+
+    def _gather_moments(self, ctx: RunContext) -> None:
+        """This part's mean and squared deviations joined to the parts' before it
+        (Chan, Golub and LeVeque's pairwise update: no cancellation); after the last
+        part, the batch's mean and 1/std, and the moving statistics updated once."""
+        x, t, j = self._3d(ctx.inputs[0]), ctx.temps, ctx.part
+        xhat, mean, m2 = self._3d(t["xhat"]), t["mean"], t["invstd"]
+        part_mean, part_m2 = t["part_sums"]
+        np.sum(x, axis=(0, 2), out=part_mean)
+        part_mean /= self.count
+        np.subtract(x, part_mean[:, None], out=xhat)
+        np.einsum("acb,acb->c", xhat, xhat, out=part_m2)
+        if j == 0:
+            np.copyto(mean, part_mean)
+            np.copyto(m2, part_m2)
+        else:   # j parts so far, this one as large: M2 += M2_j + δ²·j/(j+1)·count
+            m2 += part_m2
+            delta = np.subtract(part_mean, mean, out=part_mean)
+            np.multiply(delta, delta, out=part_m2)
+            part_m2 *= j / (j + 1) * self.count
+            m2 += part_m2
+            delta /= j + 1
+            mean += delta
+        if j == self.parts - 1:
+            m2 /= self.count * self.parts
+            self._moving(ctx.weights, mean, m2)
+
     def calc_gradient(self, ctx: RunContext) -> None:
         dy, xhat, t = self._3d(ctx.out_grads[0]), self._3d(ctx.temps["xhat"]), ctx.temps
+        if self.parts > 1:   # this part's own: the batch's sums are calc_derivative's
+            if "beta" in ctx.grads:
+                np.sum(dy, axis=(0, 2), out=ctx.grads["beta"])
+                np.einsum("acb,acb->c", dy, xhat, out=ctx.grads["gamma"])
+            return
         np.sum(dy, axis=(0, 2), out=t["sum_dy"])
         np.einsum("acb,acb->c", dy, xhat, out=t["sum_dy_xhat"])
         if "beta" in ctx.grads:
@@ -94,19 +145,33 @@ class BatchNormalization(Layer):
             np.copyto(ctx.grads["gamma"], t["sum_dy_xhat"])
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        """dx = γ·invstd/M · (M·dy - Σdy - x̂·Σ(dy·x̂)), built in place in dx."""
+        """dx = γ·invstd/M · (M·dy - Σdy - x̂·Σ(dy·x̂)) over the batch's M values per
+        channel, built in place in dx."""
         dy, xhat, t = self._3d(ctx.out_grads[0]), self._3d(ctx.temps["xhat"]), ctx.temps
         dx = self._3d(ctx.in_grads[0])
-        if "beta" not in ctx.grads:  # frozen: the sums were not made in calc_gradient
-            np.sum(dy, axis=(0, 2), out=t["sum_dy"])
-            np.einsum("acb,acb->c", dy, xhat, out=t["sum_dy_xhat"])
-        np.multiply(xhat, t["sum_dy_xhat"][:, None], out=xhat)   # xhat is dead after this
-        np.multiply(dy, self.count, out=dx)
-        dx -= t["sum_dy"][:, None]
+        sums = t["sum_dy"], t["sum_dy_xhat"]
+        if self.parts > 1:
+            if ctx.gather:   # this part's sums added to the parts' before it
+                own = t["part_sums"] if ctx.part else sums
+                np.sum(dy, axis=(0, 2), out=own[0])
+                np.einsum("acb,acb->c", dy, xhat, out=own[1])
+                if ctx.part:
+                    for total, part in zip(sums, own):
+                        total += part
+                return
+            scale = t["part_sums"][0]
+        else:
+            if "beta" not in ctx.grads:  # frozen: the sums were not made in calc_gradient
+                np.sum(dy, axis=(0, 2), out=sums[0])
+                np.einsum("acb,acb->c", dy, xhat, out=sums[1])
+            scale = sums[0]   # reused once read: γ·invstd/M
+        m = self.count * self.parts
+        np.multiply(xhat, sums[1][:, None], out=xhat)   # xhat is dead after this
+        np.multiply(dy, m, out=dx)
+        dx -= sums[0][:, None]
         dx -= xhat
-        scale = t["sum_dy"]                                     # reuse: γ·invstd/M
         np.multiply(ctx.weights["gamma"], t["invstd"], out=scale)
-        scale /= self.count
+        scale /= m
         dx *= scale[:, None]
 
 

@@ -136,7 +136,7 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
             uses = _phase_slots(ns, t.phases)
             if uses:  # else those phases never run (e.g. no derivative for the first layer)
                 io.temps[t.name] = add(f"{n.name}:{t.name}", "temporary", t.shape, uses,
-                                       dtype=t.dtype)
+                                       dtype=t.dtype, persistent=t.persistent)
     if in_place:
         _alias(graph, ts)
     _lifespans(ts)

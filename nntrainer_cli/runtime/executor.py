@@ -21,6 +21,7 @@ from nntrainer_cli.plan import MemoryPlan
 from nntrainer_cli.plan.specs import ALIGN
 from nntrainer_cli.plan.swap_plan import SwapOptions
 
+from .passes import gathering_passes
 from .persistent import PersistentTensors
 from .swap_io import Job
 
@@ -100,6 +101,9 @@ class Executor(PersistentTensors):
                                                       self.slot_ctx[s].weights[w.name]))
                 self.l2_constants.append(w.regularizer_constant)
         self.train_steps = self._train_steps()
+        self.passes = gathering_passes(graph, plan)   # batch norm in micro-batches
+        self.coupled_ctx = [c for c in self.slot_ctx if c is not None and
+                            graph.by_name[c.node].layer.batch_coupled]
         self.swap_steps = self._swap_steps() if plan.swap else None
 
     # --- where each tensor lives -------------------------------------------------------
@@ -246,9 +250,10 @@ class Executor(PersistentTensors):
         return [(jobs(s.loads), s.wait, jobs(s.stores)) for s in self.plan.swap.steps]
 
     def _run(self, count: int, training: bool, rows: int, on_output=None,
-             timed: np.ndarray | None = None) -> tuple[float, int]:
+             timed: np.ndarray | None = None, runs=None) -> tuple[float, int]:
         """The first `count` slots with their swap jobs; `timed` (per slot) adds each
-        step's seconds."""
+        step's seconds; `runs` (a gathering pass's) leaves out the steps it marks False,
+        and sums no gradient."""
         for ctx in self.loss_ctx:
             ctx.rows = rows
         correct, squares = 0, np.zeros(len(self.l2_constants), np.float32)
@@ -262,15 +267,17 @@ class Executor(PersistentTensors):
                     io.submit(job)
                 if need:
                     io.wait(base + need)
-            if training:
+            if training and (runs is None or runs[i]):
                 fn, args = self.train_steps[i]
+                if runs is not None and fn == self._summed:
+                    fn, args = args[0]
                 if timed is None:
                     fn(*args)
                 else:
                     t0 = time.perf_counter()
                     fn(*args)
                     timed[i] += time.perf_counter() - t0
-            else:
+            elif not training:
                 node = self.graph.by_name[self.plan.slots[i].node]
                 node.layer.forward(self.slot_ctx[i], False)
             for k, x in self.l2.get(i, ()):   # summed over a tiled weight's tiles
@@ -298,14 +305,30 @@ class Executor(PersistentTensors):
         label = ctx.label[:rows].reshape(rows, -1)
         return int(np.count_nonzero(out.argmax(axis=1) == label.argmax(axis=1)))
 
-    def train_step(self, iteration: int, rows: int | None = None,
-                   part: int = 0) -> tuple[float, int]:
+    def train_step(self, iteration: int, rows: int | None = None, part: int = 0,
+                   stage: int = 0) -> tuple[float, int]:
         """One iteration over the batch already in the input/label views (in
         micro-batches: its `part`; the update comes with the last); `rows` fewer than the
-        batch only where nothing learns by gradient (an enrollment)."""
+        batch only where nothing learns by gradient (an enrollment). With batch norm in
+        micro-batches, stages below len(self.passes) are the gathering passes (their
+        loss means nothing), the last the full step."""
         self.iteration, self.lr, self.part = iteration, self.schedule(iteration), part
+        gather = self.passes[stage] if stage < len(self.passes) else None
+        if self.passes:
+            self._part_rng(part, stage)
+            gathers = self.slot_ctx[gather.gather] if gather else None
+            for ctx in self.coupled_ctx:
+                ctx.part, ctx.gather = part, ctx is gathers
         return self._run(len(self.plan.slots), True, rows or self.graph.batch_size,
-                         timed=self.slot_seconds)
+                         timed=self.slot_seconds, runs=gather and gather.runs)
+
+    def _part_rng(self, part: int, stage: int) -> None:
+        """Each part draws the same random numbers (dropout masks) in every pass: a
+        stream of its own, seeded once a step from the run's generator."""
+        if stage == 0 and part == 0:
+            self.part_seed = int(self.rng.integers(2**62))
+        kind = type(self.rng.bit_generator)
+        self.rng.bit_generator.state = kind([self.part_seed, part]).state
 
     def run_first(self, count: int) -> None:
         """The first `count` training slots, with their swap loads and stores (a feature

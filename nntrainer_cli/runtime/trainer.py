@@ -156,22 +156,24 @@ class Trainer:
         """One optimizer step from the batch at `start`: read (or from the feature
         cache) and run in the graph's micro-batches; its mean loss and correct rows.
         Timed without the reading. An enrollment's short last batch runs only the
-        parts that hold records."""
+        parts that hold records; batch norm's gathering passes (`passes.py`) go over
+        the parts first, and the last stage's loss counts."""
         part, cache, seconds = self.graph.batch_size, self.cache, 0.0
-        loss, correct = 0.0, 0
-        for j in range(-(-rows // part)):
-            at, held = start + j * part, min(part, rows - j * part)
-            if cache is not None and cache.ready:
-                cache.read(ds.indices(at, part))
-            else:
-                with self.traced.apart("loader"):
-                    ds.read(at, part, ex.data_views)
-                if cache is not None:
-                    cache.took(ds.indices(at, part))
-            s0 = time.perf_counter()
-            l, c = ex.train_step(iteration, held, j)
-            seconds += time.perf_counter() - s0
-            loss, correct = loss + l * held, correct + c
+        for stage in range(len(ex.passes) + 1):
+            loss, correct = 0.0, 0
+            for j in range(-(-rows // part)):
+                at, held = start + j * part, min(part, rows - j * part)
+                if cache is not None and cache.ready:
+                    cache.read(ds.indices(at, part))
+                else:
+                    with self.traced.apart("loader"):
+                        ds.read(at, part, ex.data_views)
+                    if cache is not None:
+                        cache.took(ds.indices(at, part))
+                s0 = time.perf_counter()
+                l, c = ex.train_step(iteration, held, j, stage)
+                seconds += time.perf_counter() - s0
+                loss, correct = loss + l * held, correct + c
         self.step_seconds[self.steps_done] = seconds
         return loss / rows, correct
 
