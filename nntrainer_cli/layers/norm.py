@@ -22,7 +22,7 @@ class BatchNormalization(Layer):
     """Normalizes over every axis but `axis` (channels when C > 1, else width, as in
     NNTrainer). The normalized input is kept for backward in a planned tensor, so
     the output may overwrite the input. In micro-batches the whole batch's statistics
-    are gathered over the parts first (`runtime/passes.py`): its mean and variance in
+    are gathered over the parts first (`plan/passes.py`): its mean and variance in
     forward, the sums of dy and dy·x̂ in calc_derivative, kept in persistent
     temporaries through the step; each part's gradient is its own sums (summed with
     the other parts' like every gradient)."""

@@ -65,10 +65,12 @@ def plan_summary(plan: MemoryPlan) -> str:
 
 
 def batch_text(plan: MemoryPlan) -> str:
-    """`32`, or under a budget that split it `32 in 4 micro-batches of 8`."""
-    k = plan.micro_batches
+    """`32`, or under a budget that split it `32 in 4 micro-batches of 8` (and how many
+    passes over them gather batch norm's statistics first)."""
+    k, passes = plan.micro_batches, len(plan.passes)
+    gathered = f", batch norm's statistics gathered in {passes} passes first" if passes else ""
     return str(plan.batch_size) if k == 1 else \
-        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}"
+        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}{gathered}"
 
 
 def tile_groups(tiles: dict[str, int]) -> list[str]:
@@ -138,6 +140,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "resident_peak_bytes": plan.arena_bytes,
         "tiles": plan.tiles,
         "micro_batches": plan.micro_batches,
+        "gathering_passes": len(plan.passes),
         "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part}
                             for s in plan.slots],
         "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,
@@ -207,8 +210,9 @@ def train_summary(report: TrainReport) -> str:
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
                  *([["tiled layers", ", ".join(tile_groups(sw.tiles))]]
                    if sw.tiles else []),
-                 *([["micro-batches per step", str(sw.micro_batches)]]
-                   if sw.micro_batches > 1 else []),
+                 *([["micro-batches per step", str(sw.micro_batches) + (
+                     f" (batch norm gathered in {sw.gathering_passes} passes first)"
+                     if sw.gathering_passes else "")]] if sw.micro_batches > 1 else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",
                   f"{sw.loads_inline} / {sw.loads_background}"],

@@ -21,7 +21,6 @@ from nntrainer_cli.plan import MemoryPlan
 from nntrainer_cli.plan.specs import ALIGN
 from nntrainer_cli.plan.swap_plan import SwapOptions
 
-from .passes import gathering_passes
 from .persistent import PersistentTensors
 from .swap_io import Job
 
@@ -101,7 +100,7 @@ class Executor(PersistentTensors):
                                                       self.slot_ctx[s].weights[w.name]))
                 self.l2_constants.append(w.regularizer_constant)
         self.train_steps = self._train_steps()
-        self.passes = gathering_passes(graph, plan)   # batch norm in micro-batches
+        self.passes = plan.passes   # batch norm in micro-batches
         self.coupled_ctx = [c for c in self.slot_ctx if c is not None and
                             graph.by_name[c.node].layer.batch_coupled]
         self.swap_steps = self._swap_steps() if plan.swap else None

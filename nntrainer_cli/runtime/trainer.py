@@ -156,7 +156,7 @@ class Trainer:
         """One optimizer step from the batch at `start`: read (or from the feature
         cache) and run in the graph's micro-batches; its mean loss and correct rows.
         Timed without the reading. An enrollment's short last batch runs only the
-        parts that hold records; batch norm's gathering passes (`passes.py`) go over
+        parts that hold records; batch norm's gathering passes (`plan/passes.py`) go over
         the parts first, and the last stage's loss counts."""
         part, cache, seconds = self.graph.batch_size, self.cache, 0.0
         for stage in range(len(ex.passes) + 1):

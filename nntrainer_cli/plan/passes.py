@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers.base import Phase
-from nntrainer_cli.plan import MemoryPlan
+
+from .specs import TensorSet
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,13 @@ class Pass:
     gather: int              # the slot whose layer gathers the batch's statistics
 
 
-def gathering_passes(graph: LayerGraph, plan: MemoryPlan) -> list[Pass]:
+def gathering_passes(graph: LayerGraph, ts: TensorSet) -> tuple[Pass, ...]:
     """The passes a step makes before its full run: none unless the batch is split and
     a layer is batch-coupled."""
     coupled = [n for n in graph.nodes if n.layer.batch_coupled]
     if graph.micro_batches == 1 or not coupled:
-        return []
-    ns = plan.tensors.node_slots
+        return ()
+    ns = ts.node_slots
 
     def runs(last: int, backward: bool) -> tuple[bool, ...]:
         def computes(s) -> bool:
@@ -42,11 +43,11 @@ def gathering_passes(graph: LayerGraph, plan: MemoryPlan) -> list[Pass]:
             return s.phase == Phase.FORWARD or backward and (
                 s.phase == Phase.CALC_DERIVATIVE or
                 s.phase == Phase.CALC_GRADIENT and layer.derivative_reads_gradient)
-        return tuple(computes(s) for s in plan.slots)
+        return tuple(computes(s) for s in ts.slots)
 
     passes = [Pass(runs(ns[n.name].forward, False), ns[n.name].forward) for n in coupled]
     for n in reversed(coupled):
         d = ns[n.name].last(Phase.CALC_DERIVATIVE)
         if d is not None:
             passes.append(Pass(runs(d, True), d))
-    return passes
+    return tuple(passes)
