@@ -34,6 +34,8 @@ import tempfile
 
 import numpy as np
 
+from nntrainer_cli.runtime.weights import weight_floats
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SHARES = ("100%", "75%", "50%", "25%", "10%", "min")
@@ -59,8 +61,10 @@ def train(model: str, work: str, name: str, extra: list[str]) -> dict:
 
 
 def difference(a: bytes, b: bytes) -> float:
-    """Largest weight difference relative to the largest weight (.bin floats)."""
-    x, y = (np.frombuffer(w[:len(w) - len(w) % 4 - 8], "<f4") for w in (a, b))
+    """Largest weight difference relative to the largest weight (.bin weights, without
+    Adam's state: before this was fixed, the 'adam' tag read as a float, 4e27, was
+    the largest value, so every Adam model's figure came out near 1e-30)."""
+    x, y = weight_floats(a), weight_floats(b)
     return float(np.abs(x - y).max() / np.abs(y).max()) if len(x) == len(y) else math.inf
 
 

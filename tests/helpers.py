@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from nntrainer_cli.cli import main
 from nntrainer_cli.layers import REGISTRY, FinalizeContext, RunContext
 from nntrainer_cli.layers.base import NODE_SCHEMA, WEIGHT_SCHEMA
+from nntrainer_cli.runtime.weights import weight_floats
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 CORPUS = os.path.join(SHARED, "nntrainer-ini")
@@ -152,3 +153,11 @@ class Harness:
             g[...] = p
         self.layer.calc_gradient(self.ctx)
         self.layer.calc_derivative(self.ctx)
+
+
+def weight_difference(a: bytes, b: bytes) -> float:
+    """The largest difference of two .bin files' weights, relative to the largest weight."""
+    wa, wb = weight_floats(a), weight_floats(b)
+    assert wa.shape == wb.shape
+    return float(np.abs(wa - wb).max() / np.abs(wa).max())
+

@@ -15,7 +15,8 @@ from nntrainer_cli.pipeline import Planning, prepare
 from nntrainer_cli.plan import make_plan
 from nntrainer_cli.plan.order import Phase
 
-from helpers import REPO, run
+from helpers import REPO, run, weight_difference as close
+from nntrainer_cli.runtime.weights import weight_floats
 from test_swap import replay, replay_steps
 from test_tiles import TILES, VARIANTS, train
 
@@ -33,13 +34,6 @@ def in_parts(parts, tiles=None, share=None):
             return plain
         return p._chosen(p._at(1, int(plain.plan.peak_bytes * share), tiles, parts))
     return choose
-
-
-def close(a: bytes, b: bytes) -> float:
-    """The largest difference of two weight files' values, relative to the largest value."""
-    wa, wb = np.frombuffer(a[:-8], "<f4"), np.frombuffer(b[:-8], "<f4")
-    assert wa.shape == wb.shape
-    return float(np.abs(wa - wb).max() / np.abs(wa).max())
 
 
 @pytest.mark.parametrize("variant", ["adam", "l2norm and decay", "clipped",
@@ -141,7 +135,7 @@ def test_an_enrollment_runs_in_micro_batches_each_record_once(tmp_path, monkeypa
     2, which runs its first part only."""
     a, ra = train(tmp_path, monkeypatch, "whole", in_parts(1), "--batch-size", "8", model=KNN)
     b, rb = train(tmp_path, monkeypatch, "parts", in_parts(4), "--batch-size", "8", model=KNN)
-    counts = [np.frombuffer(w[:-8], "<f4")[-5:] for w in (a, b)]
+    counts = [weight_floats(w)[-5:] for w in (a, b)]
     assert counts[0].tolist() == counts[1].tolist() == [10] * 5
     assert close(a, b) <= 1e-6
     assert rb["test"]["accuracy"] == ra["test"]["accuracy"]

@@ -14,6 +14,7 @@ from nntrainer_cli.pipeline import MAX_TILES, Planning, prepare
 from nntrainer_cli.plan.order import row_parts
 
 from helpers import REPO, make_layer, run
+from nntrainer_cli.runtime.weights import weight_floats
 from test_swap import replay, replay_steps
 
 DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
@@ -227,7 +228,7 @@ def test_tiled_layers_train_as_whole_ones_within_summation_order(tmp_path, monke
     a, ra = train(tmp_path, monkeypatch, "whole", whole, *VARIANTS[variant])
     b, rb = train(tmp_path, monkeypatch, "tiled", tiled, *VARIANTS[variant])
     assert len(a) == len(b)
-    wa, wb = np.frombuffer(a[:-8], "<f4"), np.frombuffer(b[:-8], "<f4")
+    wa, wb = weight_floats(a), weight_floats(b)
     assert np.abs(wa - wb).max() <= 1e-5 * np.abs(wa).max()
     assert rb["epochs"][0]["train_loss"] == pytest.approx(ra["epochs"][0]["train_loss"], rel=1e-5)
     if variant == "frozen first layer":   # a frozen tile is never written

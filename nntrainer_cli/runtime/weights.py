@@ -27,6 +27,15 @@ def _adam_names(ex: Executor) -> list[str]:
     return ex.state_names() if adam else []
 
 
+def weight_floats(data: bytes) -> np.ndarray:
+    """A .bin file's weights as one float array, to compare runs: the floats before
+    the `adam` tag (at a float boundary), without the epoch and iteration."""
+    body, at = data[:-8], data.find(b"adam")
+    while at != -1 and at % 4:
+        at = data.find(b"adam", at + 1)
+    return np.frombuffer(body[:at] if at != -1 else body, "<f4")
+
+
 def write_bin(ex: Executor, f, epoch: int, iteration: int, with_adam: bool = True) -> None:
     """NNTrainer's layout into an open binary file, tensor by tensor from the arena; with
     Adam's state when the optimizer is Adam and `with_adam`."""
