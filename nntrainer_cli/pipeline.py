@@ -206,27 +206,28 @@ class Planning:
 
     def _within(self, budget: int) -> Prepared | SwapRefusal:
         """The plan that keeps the resident arena within `budget` bytes (0: as little as
-        can be), on the graph that moves the fewest bytes. Splitting the batch into
-        micro-batches comes last (it changes every gradient's summation order), for a
-        model that allows it and a budget in bytes (0 keeps the batch whole, as
-        NNTrainer's memory_swap does): the batch is split into 2, 3, ... equal parts
-        (each count that divides it) while that lowers the floor by MIN_TILE_GAIN, each
-        split on the most frugal graph with the tiles so far (doubled further where
-        that helps), until a plan fits; the split that fits is then searched in full for
-        a faster plan."""
+        can be), on the graph that moves the fewest bytes. Micro-batches come last (they
+        change every gradient's summation order), for a model that allows them and a
+        budget in bytes (0 keeps the batch whole, as NNTrainer's memory_swap does): the
+        batch goes in 2, 3, ... equal parts (counts dividing it, each at least 1.2x the
+        last tried) while that lowers the floor by MIN_TILE_GAIN, each split on the most
+        frugal graph with the tiles so far (doubled where that helps), until a plan fits,
+        which is then searched in full for a faster plan."""
         found, tiles = self._search(budget, 1)
         if not budget or isinstance(found, Prepared) or not self.graph.splittable:
             return found
-        level, lowest, batch = FRUGAL_LEVELS[-1], found, self.graph.batch_size
-        for parts in [d for d in range(2, batch + 1) if batch % d == 0]:
+        level, lowest, batch, tried = FRUGAL_LEVELS[-1], found, self.graph.batch_size, 1
+        for parts in range(2, batch + 1):
+            if batch % parts or parts < 1.2 * tried:   # 16 parts gain little over 15
+                continue
+            tried = parts
             trial, more, _ = self._tiled(level, budget, tiles,
                                          self._at(level, budget, tiles, parts), parts)
             if isinstance(trial, Prepared):
                 full, _ = self._search(budget, parts)
                 return full if isinstance(full, Prepared) else trial
-            # the splits tried do not depend on the budget, so the lowest floor among
-            # them is the smallest budget that works: a larger one finds its plan
-            lowest = min(lowest, trial, key=lambda r: r.floor)
+            # the splits tried do not depend on the budget: the lowest floor among them
+            lowest = min(lowest, trial, key=lambda r: r.floor)   # is the smallest that works
             if self._cost(trial, more) > self._cost(found, tiles) * MIN_TILE_GAIN:
                 break
             found, tiles = trial, more

@@ -100,7 +100,7 @@ def test_the_planner_splits_the_batch_only_when_tiles_are_not_enough():
         assert parts > 1 and p.plan.swap.peak <= p.plan.swap.budget
         if parts > 2:   # half as many parts would not have fit
             planning = Planning(LENET, budget=share)
-            assert not hasattr(planning._search(p.plan.swap.budget, parts // 2), "plan")
+            assert not hasattr(planning._search(p.plan.swap.budget, parts // 2)[0], "plan")
         replay(p.plan)
         replay_steps(p.plan, eager=False)
     res = run("plan", CNN, "--memory-budget", "25%")
@@ -109,6 +109,9 @@ def test_the_planner_splits_the_batch_only_when_tiles_are_not_enough():
     assert res.exit_code == 0 and "batch 32 in 2 micro-batches of 16" in res.output
     res = run("plan", LENET, "--memory-budget", "25%", "--format", "json")
     assert json.loads(res.output)["micro_batches"] == 2
+    # an input normalized by its batch's range is not split (nothing gathers the range)
+    res = run("plan", LENET, "--memory-budget", "25%", "--set", "input.normalization=true")
+    assert res.exit_code == 2 and "37% of the plan" in res.output
 
 
 def test_a_feature_cache_feeds_micro_batches(tmp_path, monkeypatch):
@@ -148,7 +151,7 @@ def test_a_batch_splits_into_parts_that_are_not_a_power_of_two(tmp_path, monkeyp
     the whole batch does within float rounding (the sum divided by 5 rounds once)."""
     p = prepare(HEAD, budget="25%")
     assert p.plan.micro_batches == 5 and p.plan.swap.peak <= p.plan.swap.budget
-    assert not hasattr(Planning(HEAD, budget="25%")._search(p.plan.swap.budget, 2), "plan")
+    assert not hasattr(Planning(HEAD, budget="25%")._search(p.plan.swap.budget, 2)[0], "plan")
     replay(p.plan)
     a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=HEAD, epochs=3)
     b, _ = train(tmp_path, monkeypatch, "parts", in_parts(5), model=HEAD, epochs=3)
@@ -258,4 +261,40 @@ def test_an_lstm_after_batch_norm_runs_its_gradient_step_in_the_passes(tmp_path,
     a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=str(model), epochs=2)
     b, _ = train(tmp_path, monkeypatch, "parts", in_parts(4), model=str(model), epochs=2)
     assert a != b
+    assert close(a, b) <= 1e-6
+
+
+BN_KNN = """[Model]
+batch_size = 8
+[train_set]
+type = file
+path = {data}
+[input]
+Type = input
+Input_Shape = 1:1:16
+[bn]
+Type = batch_normalization
+trainable = false
+[l2norm]
+Type = preprocess_l2norm
+[knn]
+Type = centroid_knn
+num_class = 5
+"""
+
+
+def test_an_enrollment_with_batch_norm_gathers_over_every_part(tmp_path, monkeypatch):
+    """The gathering passes run every part, a short last batch's too (padded as the
+    whole batch is), so its statistics are complete; the full step then enrolls only
+    the parts that hold records: 50 records at batch 8 in 4 parts give the whole
+    batch's centroids within rounding and the same counts."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 16)).astype("<f4") * 3 + 1
+    y = np.eye(5, dtype="<f4")[np.arange(50) % 5]
+    data, model = tmp_path / "rec.dat", tmp_path / "bn_knn.ini"
+    np.concatenate([x, y], axis=1).tofile(data)
+    model.write_text(BN_KNN.format(data=data))
+    a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=str(model))
+    b, _ = train(tmp_path, monkeypatch, "parts", in_parts(4), model=str(model))
+    assert weight_floats(a)[-5:].tolist() == weight_floats(b)[-5:].tolist() == [10] * 5
     assert close(a, b) <= 1e-6

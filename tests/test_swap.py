@@ -602,7 +602,7 @@ def test_held_out_models_train_bit_identically_in_little_memory(tmp_path, monkey
         assert swapped == same_tiles_without_swap(tmp_path, monkeypatch, str(model),
                                                   sw["tiles"], sw["micro_batches"],
                                                   "--epochs", "2")
-        assert weight_difference(plain, swapped) <= 1e-4   # 2 epochs: at most 1.1e-5 seen
+        assert weight_difference(plain, swapped) <= 3e-5   # 2 epochs: at most 1.1e-5 seen
     else:
         assert swapped == plain
     share = 0.8 if budget == "least" else int(budget[:-1]) / 100

@@ -212,6 +212,11 @@ class Layer:
         not on chance (a frozen prefix of such layers can have its output cached)."""
         return True
 
+    def splits(self) -> bool:
+        """Whether a step's batch may run through this layer in micro-batches: it treats
+        records apart, or (batch_coupled) gathers what it needs over the parts."""
+        return True
+
     def label_shape(self, ctx: FinalizeContext) -> Shape:
         """A loss layer's label (with batch): by default one value per input value."""
         return ctx.input_shapes[0]

@@ -32,6 +32,9 @@ class Input(Layer):
     def per_record(self) -> bool:   # normalization scales by the whole batch's range
         return not self.p["normalization"]
 
+    def splits(self) -> bool:   # a range gathered over parts is not done
+        return not self.p["normalization"]
+
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y = ctx.inputs[0], ctx.outputs[0]
         if x is not y:

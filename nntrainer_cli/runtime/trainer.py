@@ -155,14 +155,15 @@ class Trainer:
               iteration: int) -> tuple[float, int]:
         """One optimizer step from the batch at `start`: read (or from the feature
         cache) and run in the graph's micro-batches; its mean loss and correct rows.
-        Timed without the reading. An enrollment's short last batch runs only the
-        parts that hold records; batch norm's gathering passes (`plan/passes.py`) go over
-        the parts first, and the last stage's loss counts."""
+        Timed without the reading. Batch norm's gathering passes (`plan/passes.py`) go
+        over every part first (a short last batch is padded, as the whole batch is);
+        then the full step, whose loss counts: for an enrollment's short last batch
+        only the parts that hold records."""
         part, cache, seconds = self.graph.batch_size, self.cache, 0.0
         for stage in range(len(ex.passes) + 1):
-            loss, correct = 0.0, 0
-            for j in range(-(-rows // part)):
-                at, held = start + j * part, min(part, rows - j * part)
+            loss, correct, full = 0.0, 0, stage == len(ex.passes)
+            for j in range(-(-rows // part) if full else self.graph.micro_batches):
+                at, held = start + j * part, max(1, min(part, rows - j * part))
                 if cache is not None and cache.ready:
                     cache.read(ds.indices(at, part))
                 else:
