@@ -34,16 +34,19 @@ def uninterrupted(model, tmp_path, epochs=3):
     return (tmp_path / "full.bin").read_bytes()
 
 
-@pytest.mark.parametrize("model,epochs", [("cnn", 3), ("frozen", 40)])
+@pytest.mark.parametrize("model,epochs", [("cnn", 3), ("frozen", 40), ("cnn at 25%", 2)])
 def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(tmp_path, model,
                                                                             epochs):
+    budget = []
     if model == "frozen":   # SGD momentum, and the feature cache rebuilt on every resume
         path = tmp_path / "frozen.ini"
         path.write_text(frozen_conv(DIGITS, SGD))
     else:
         path = CNN
+    if model == "cnn at 25%":   # swap, micro-batches, batch norm's passes, per-part seeds
+        budget = ["--memory-budget", "25%", "--swap-dir", str(tmp_path)]
     start = time.monotonic()   # kills fall within the time a whole run takes here
-    subprocess.run(command(path, tmp_path, epochs=epochs), check=True)
+    subprocess.run(command(path, tmp_path, *budget, epochs=epochs), check=True)
     whole = time.monotonic() - start
     want = (tmp_path / "w.bin").read_bytes()
     (tmp_path / "w.bin").unlink()
@@ -51,7 +54,7 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(tmp_p
     rng, kills = random.Random(7), 0
     while True:
         resume = ["--resume", str(ckpt)] if ckpt.exists() else ["--checkpoint", str(ckpt)]
-        p = subprocess.Popen(command(path, tmp_path, "--save-every", "3", *resume,
+        p = subprocess.Popen(command(path, tmp_path, "--save-every", "3", *resume, *budget,
                                      epochs=epochs), stderr=subprocess.PIPE, text=True)
         try:
             assert p.wait(timeout=rng.uniform(0.3, 0.9) * whole) == 0, p.stderr.read()
