@@ -15,7 +15,7 @@ from nntrainer_cli.pipeline import Planning, prepare
 from nntrainer_cli.plan import make_plan
 from nntrainer_cli.plan.order import Phase
 
-from helpers import REPO, run, weight_difference as close
+from helpers import REPO, run, weight_difference as close, write_records
 from nntrainer_cli.runtime.weights import weight_floats
 from test_swap import replay, replay_steps
 from test_tiles import TILES, VARIANTS, train
@@ -217,6 +217,14 @@ def test_each_part_draws_the_same_dropout_masks_in_every_pass(tmp_path, monkeypa
         assert not np.array_equal(a0, a1)
 
 
+def on_records(tmp_path, text: str, x, classes, n_classes: int) -> str:
+    """A model file `text` (its train_set path left as {data}) reading these records."""
+    data, model = tmp_path / "records.dat", tmp_path / "model.ini"
+    write_records(data, x, classes, n_classes)
+    model.write_text(text.format(data=data))
+    return str(model)
+
+
 BN_LSTM = """[Model]
 Type = NeuralNetwork
 Loss = cross
@@ -254,12 +262,9 @@ def test_an_lstm_after_batch_norm_runs_its_gradient_step_in_the_passes(tmp_path,
     equal the whole batch within float rounding (without it: 3% off)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 32)).astype("<f4")
-    y = np.eye(3, dtype="<f4")[rng.integers(0, 3, 256)]
-    data, model = tmp_path / "seq.dat", tmp_path / "bn_lstm.ini"
-    np.concatenate([x, y], axis=1).tofile(data)
-    model.write_text(BN_LSTM.format(data=data))
-    a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=str(model), epochs=2)
-    b, _ = train(tmp_path, monkeypatch, "parts", in_parts(4), model=str(model), epochs=2)
+    model = on_records(tmp_path, BN_LSTM, x, rng.integers(0, 3, 256), 3)
+    a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=model, epochs=2)
+    b, _ = train(tmp_path, monkeypatch, "parts", in_parts(4), model=model, epochs=2)
     assert a != b
     assert close(a, b) <= 1e-6
 
@@ -288,13 +293,9 @@ def test_an_enrollment_with_batch_norm_gathers_over_every_part(tmp_path, monkeyp
     whole batch is), so its statistics are complete; the full step then enrolls only
     the parts that hold records: 50 records at batch 8 in 4 parts give the whole
     batch's centroids within rounding and the same counts."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((50, 16)).astype("<f4") * 3 + 1
-    y = np.eye(5, dtype="<f4")[np.arange(50) % 5]
-    data, model = tmp_path / "rec.dat", tmp_path / "bn_knn.ini"
-    np.concatenate([x, y], axis=1).tofile(data)
-    model.write_text(BN_KNN.format(data=data))
-    a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=str(model))
-    b, _ = train(tmp_path, monkeypatch, "parts", in_parts(4), model=str(model))
+    x = np.random.default_rng(0).standard_normal((50, 16)).astype("<f4") * 3 + 1
+    model = on_records(tmp_path, BN_KNN, x, np.arange(50) % 5, 5)
+    a, _ = train(tmp_path, monkeypatch, "whole", in_parts(1), model=model)
+    b, _ = train(tmp_path, monkeypatch, "parts", in_parts(4), model=model)
     assert weight_floats(a)[-5:].tolist() == weight_floats(b)[-5:].tolist() == [10] * 5
     assert close(a, b) <= 1e-6

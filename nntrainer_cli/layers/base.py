@@ -152,7 +152,7 @@ class RunContext:
     # a tiled layer's slot works on these rows of its tiled weights, whose views hold
     # only them (the first tile's slot also on the untiled ones, such as a bias)
     tile: tuple[int, int] | None = None
-    # a batch-coupled layer in micro-batches (Layer.passes): the part running, and
+    # a batch-coupled layer in micro-batches (plan/passes.py): the part running, and
     # whether this slot gathers the whole batch's statistics (else it uses them)
     part: int = 0
     gather: bool = False

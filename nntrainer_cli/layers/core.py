@@ -32,8 +32,7 @@ class Input(Layer):
     def per_record(self) -> bool:   # normalization scales by the whole batch's range
         return not self.p["normalization"]
 
-    def splits(self) -> bool:   # a range gathered over parts is not done
-        return not self.p["normalization"]
+    splits = per_record   # and nothing gathers that range over micro-batches
 
     def forward(self, ctx: RunContext, training: bool) -> None:
         x, y = ctx.inputs[0], ctx.outputs[0]

@@ -100,7 +100,6 @@ class Executor(PersistentTensors):
                                                       self.slot_ctx[s].weights[w.name]))
                 self.l2_constants.append(w.regularizer_constant)
         self.train_steps = self._train_steps()
-        self.passes = plan.passes   # batch norm in micro-batches
         self.coupled_ctx = [c for c in self.slot_ctx if c is not None and
                             graph.by_name[c.node].layer.batch_coupled]
         self.swap_steps = self._swap_steps() if plan.swap else None
@@ -309,11 +308,12 @@ class Executor(PersistentTensors):
         """One iteration over the batch already in the input/label views (in
         micro-batches: its `part`; the update comes with the last); `rows` fewer than the
         batch only where nothing learns by gradient (an enrollment). With batch norm in
-        micro-batches, stages below len(self.passes) are the gathering passes (their
+        micro-batches, stages below len(self.plan.passes) are the gathering passes (their
         loss means nothing), the last the full step."""
         self.iteration, self.lr, self.part = iteration, self.schedule(iteration), part
-        gather = self.passes[stage] if stage < len(self.passes) else None
-        if self.passes:
+        passes = self.plan.passes
+        gather = passes[stage] if stage < len(passes) else None
+        if passes:
             self._part_rng(part, stage)
             gathers = self.slot_ctx[gather.gather] if gather else None
             for ctx in self.coupled_ctx:

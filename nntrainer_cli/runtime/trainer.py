@@ -160,8 +160,9 @@ class Trainer:
         then the full step, whose loss counts: for an enrollment's short last batch
         only the parts that hold records."""
         part, cache, seconds = self.graph.batch_size, self.cache, 0.0
-        for stage in range(len(ex.passes) + 1):
-            loss, correct, full = 0.0, 0, stage == len(ex.passes)
+        passes = len(ex.plan.passes)
+        for stage in range(passes + 1):
+            loss, correct, full = 0.0, 0, stage == passes
             for j in range(-(-rows // part) if full else self.graph.micro_batches):
                 at, held = start + j * part, max(1, min(part, rows - j * part))
                 if cache is not None and cache.ready:
