@@ -21,9 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
-from nntrainer_cli.runtime.weights import weight_floats
+from swap import cut, difference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -40,18 +38,15 @@ def train(config: str, budget: str, work: str) -> dict:
     with open(report) as f:
         r = json.load(f)
     with open(save, "rb") as f:
-        r["weights"] = weight_floats(f.read())
+        r["weights"] = f.read()
     return r
 
 
-def cut(report: dict) -> str:
+def what_cut(report: dict) -> str:
     swap = report["memory"]["swap"]
     if swap is None:
         return "-"
-    parts = [f"{n}×{k}" for n, k in swap["tiles"].items()]
-    if swap["micro_batches"] > 1:
-        parts.append(f"{swap['micro_batches']} micro-batches")
-    return ", ".join(parts) or "swap only"
+    return ", ".join(cut(swap["tiles"], swap["micro_batches"])) or "swap only"
 
 
 def main() -> None:
@@ -70,9 +65,8 @@ def main() -> None:
             for budget in BUDGETS:
                 r = train(config, budget, work)
                 base = base or r
-                w, b = r["weights"], base["weights"]
-                diff = float(np.abs(w - b).max() / np.abs(b).max())
-                row = {"config": label, "budget": budget, "cut": cut(r),
+                diff = difference(r["weights"], base["weights"])
+                row = {"config": label, "budget": budget, "cut": what_cut(r),
                        "accuracy": r["test"]["accuracy"], "loss": r["test"]["loss"],
                        "difference": diff, "seconds": r["seconds"]}
                 rows.append(row)

@@ -68,14 +68,18 @@ def difference(a: bytes, b: bytes) -> float:
     return float(np.abs(x - y).max() / np.abs(y).max()) if len(x) == len(y) else math.inf
 
 
+def cut(tiles: dict, micro_batches: int) -> list[str]:
+    """What a budget cut: each tiled layer (`fc1×4`), and the micro-batches."""
+    return [f"{n}×{k}" for n, k in tiles.items()] + \
+        ([f"{micro_batches} micro-batches"] if micro_batches > 1 else [])
+
+
 def same(row: dict) -> str:
     if row["identical"]:
         return "yes"
-    cut = [f"{n}×{k}" for n, k in row["tiles"].items()]
-    if row["micro_batches"] > 1:
-        cut.append(f"{row['micro_batches']} micro-batches")
-    if cut:   # tiled or split: equal within float summation order
-        return f"{', '.join(cut)}: {row['difference']:.0e}"
+    parts = cut(row["tiles"], row["micro_batches"])
+    if parts:   # tiled or split: equal within float summation order
+        return f"{', '.join(parts)}: {row['difference']:.0e}"
     return "NO"
 
 
