@@ -7,6 +7,7 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 
+from nntrainer_cli.budget_search import MAX_SLOTS, BudgetSearch
 from nntrainer_cli.config import ModelConfig, load_config
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.graph import LayerGraph, build_graph
@@ -14,19 +15,6 @@ from nntrainer_cli.optim.optimizers import make_optimizer
 from nntrainer_cli.plan import MemoryPlan, SwapOptions, SwapRefusal, make_plan, with_swap
 from nntrainer_cli.plan.swap_plan import DEFAULT_LOOKAHEAD
 
-FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
-# more tiles are tried only while each doubling lowers the floor by 5% or more: past
-# that, activations set it and tiles would only multiply the slots
-MIN_TILE_GAIN = 0.95
-# what each tile costs the process beside the arena (its slots' contexts and views, its
-# tensors' names), counted with the floor when tiles are compared: measured about 140 B
-# (a conv cut into 64 to 256 tiles, with Adam)
-TILE_BYTES = 160
-# the most tiles a layer is cut into: planning time grows about fourfold with each
-# doubling (a 20,000-row embedding's refused plans: 64 tiles 0.2 s, 256 1.6 s, 1024
-# 28 s; a plan that fits takes ten times longer), while what finer tiles lower the
-# floor by shrinks
-MAX_TILES = 64
 
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
          "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
@@ -104,7 +92,7 @@ def machine_budget() -> tuple[int, str]:
                                         f"{mib(held)} and a {mib(AUTO_MARGIN)} margin")
 
 
-class Planning:
+class Planning(BudgetSearch):
     """One model file read and built once, then planned: without swap, or within the
     budget (`prepared`), searching the frugal levels' graphs, each built at most once."""
 
@@ -200,148 +188,11 @@ class Planning:
     def _at(self, level: int, budget: int, tiles: dict[str, int] | None = None,
             parts: int = 1) -> Prepared | SwapRefusal:
         p = self.plain(level, tiles, parts)
+        if parts > 1 and len(p.plan.slots) > MAX_SLOTS:   # not tried: planning it takes long
+            return SwapRefusal(budget, math.inf, self.swap.lookahead, "too many slots")
         swap = replace(self.swap, budget=budget)
         plan = with_swap(p.plan, swap)
         return plan if isinstance(plan, SwapRefusal) else replace(p, plan=plan, swap=swap)
-
-    def _within(self, budget: int) -> Prepared | SwapRefusal:
-        """The plan that keeps the resident arena within `budget` bytes (0: as little as
-        can be), on the graph that moves the fewest bytes. Micro-batches come last (they
-        change every gradient's summation order), for a model that allows them and a
-        budget in bytes (0 keeps the batch whole, as NNTrainer's memory_swap does): the
-        batch goes in 2, 3, ... equal parts (counts dividing it, each at least 1.2x the
-        last tried) while that lowers the floor by MIN_TILE_GAIN, each split on the most
-        frugal graph with the tiles so far (doubled where that helps), until a plan fits,
-        which is then searched in full for a faster plan."""
-        found, tiles = self._search(budget, 1)
-        if not budget or isinstance(found, Prepared) or not self.graph.splittable:
-            return found
-        level, lowest, batch, tried = FRUGAL_LEVELS[-1], found, self.graph.batch_size, 1
-        for parts in range(2, batch + 1):
-            if batch % parts or parts < 1.2 * tried:   # 16 parts gain little over 15
-                continue
-            tried = parts
-            trial, more, _ = self._tiled(level, budget, tiles,
-                                         self._at(level, budget, tiles, parts), parts)
-            if isinstance(trial, Prepared):
-                full, _ = self._search(budget, parts)
-                return full if isinstance(full, Prepared) else trial
-            # the splits tried do not depend on the budget: the lowest floor among them
-            lowest = min(lowest, trial, key=lambda r: r.floor)   # is the smallest that works
-            if self._cost(trial, more) > self._cost(found, tiles) * MIN_TILE_GAIN:
-                break
-            found, tiles = trial, more
-        return lowest
-
-    @staticmethod
-    def _cost(found: Prepared | SwapRefusal, tiles: dict[str, int]) -> int:
-        """What a plan's floor (or resident arena) and its tiles' bookkeeping weigh."""
-        floor = found.floor if isinstance(found, SwapRefusal) else found.plan.arena_bytes
-        return floor + TILE_BYTES * sum(tiles.values())
-
-    def _search(self, budget: int,
-                parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int]]:
-        """`_within` for a batch in `parts` micro-batches; with the tiles it took."""
-        if budget == 0:   # as little memory as possible: tiled while that lowers the floor
-            level = FRUGAL_LEVELS[-1]
-            _, _, tiles = self._tiled(level, 1, {}, self._at(level, 1, parts=parts), parts)
-            return self._at(level, 0, tiles, parts), tiles
-        # Relu masks and split applies (level 1) let more stay resident, but they change
-        # what the schedule evicts and now and then it moves more bytes than without them:
-        # the plan moving fewer bytes wins (the plain one on a tie, it has fewer slots).
-        # Smaller conv buffers and tiles cost speed, so they come only when neither fits;
-        # smaller buffers first, while they lower the floor, as they keep every sum as it
-        # is (tiles change the order of some), then tiles, with smaller buffers again.
-        tried = [self._at(0, budget, parts=parts), self._at(1, budget, parts=parts)]
-        fits = [p for p in tried if isinstance(p, Prepared)]
-        if fits:
-            return min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out), {}
-        found, at = tried[1], 0   # the deepest level (index) that lowered the floor
-        for i in range(1, len(FRUGAL_LEVELS)):
-            trial = self._at(FRUGAL_LEVELS[i], budget, parts=parts)
-            if isinstance(trial, Prepared):
-                return trial, {}
-            if trial.floor >= found.floor:
-                break   # conv's buffers are not what sets the floor
-            found, at = trial, i
-        found, tiles, _ = self._tiled(FRUGAL_LEVELS[at], budget, {}, found, parts)
-        for level in FRUGAL_LEVELS[at + 1:]:
-            if isinstance(found, Prepared):
-                break
-            trial, more, _ = self._tiled(level, budget, tiles,
-                                         self._at(level, budget, tiles, parts), parts)
-            if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
-                break
-            found, tiles = trial, more
-        return found, tiles
-
-    def _tiled(self, level: int, budget: int, tiles: dict[str, int],
-               found: Prepared | SwapRefusal, parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int],
-                                                       dict[str, int]]:
-        """`found` (the plan at `level` with `tiles`), else with more tiles where the
-        budget needs them: while the busiest slot holds a tileable layer's weight (or
-        its gradient or state), that layer's tiles double, and so do those of every
-        layer whose tiles are as large, until the plan fits or two doublings in a row
-        lower the floor by less than MIN_TILE_GAIN (the first one may not lower it at
-        all: it adds the layer's `part` temporary), each tile's TILE_BYTES counted with
-        it. A plan that fits is then made as coarse as still fits. Returns the plan, or
-        the refusal with the lowest floor (the smallest budget it names is true), and its
-        tiles; and the tiles whose floor and bookkeeping weigh least (what `least`
-        memory takes)."""
-        best, best_tiles, stalls = found, tiles, 0
-        cheapest, cheapest_tiles = found, tiles
-        while isinstance(found, SwapRefusal) and stalls < 2:
-            more = self._more_tiles(found, tiles)
-            if more is None:
-                break
-            tiles, found = more, self._at(level, budget, more, parts)
-            if isinstance(found, Prepared):
-                found, tiles = self._coarsest(level, budget, found, tiles, parts)
-                return found, tiles, tiles
-            least = self._cost(cheapest, cheapest_tiles)
-            stalls = stalls + 1 if self._cost(found, tiles) > least * MIN_TILE_GAIN else 0
-            if self._cost(found, tiles) < least:
-                cheapest, cheapest_tiles = found, tiles
-            if found.floor < best.floor:
-                best, best_tiles = found, tiles
-        return best, best_tiles, cheapest_tiles
-
-    def _coarsest(self, level: int, budget: int, found: Prepared,
-                  tiles: dict[str, int], parts: int) -> tuple[Prepared, dict[str, int]]:
-        """The doubling also cut layers cut as finely as the busiest one, which the
-        budget may not need: each group of layers with the same tiles gets half as many
-        while the plan still fits."""
-        coarser = True
-        while coarser:
-            coarser = False
-            for k in sorted(set(tiles.values()), reverse=True):
-                fewer = {n: c // 2 if c == k else c for n, c in tiles.items()}
-                fewer = {n: c for n, c in fewer.items() if c > 1}
-                trial = self._at(level, budget, fewer, parts)
-                if isinstance(trial, Prepared):
-                    found, tiles, coarser = trial, fewer, True
-                    break
-        return found, tiles
-
-    def _more_tiles(self, refusal: SwapRefusal, tiles: dict[str, int]) -> dict[str, int] | None:
-        """Twice the tiles for the tileable layer whose weight's tensors weigh most at
-        the refusal's busiest slot, and for the layers with tiles as large as its; None
-        when no such layer has rows left to cut (or MAX_TILES tiles)."""
-        weights = {f"{n.name}:{w.name}": (n.name, min(w.shape[0], MAX_TILES),
-                                          math.prod(w.shape))
-                   for n in self.graph.nodes if n.layer.tileable
-                   for w in n.ctx.weights if w.tiled}
-        for tensor in refusal.held:
-            prefix = next((p for p in weights if tensor == p or tensor.startswith(p + ":")), None)
-            if prefix is None:
-                continue
-            node, most, size = weights[prefix]
-            if 2 * tiles.get(node, 1) > most:
-                continue
-            tile = size // tiles.get(node, 1)
-            return {**tiles, **{n: 2 * tiles.get(n, 1) for n, r, s in weights.values()
-                                if s // tiles.get(n, 1) >= tile and 2 * tiles.get(n, 1) <= r}}
-        return None
 
 
 def prepare(path: str, **options) -> Prepared:

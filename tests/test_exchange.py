@@ -101,9 +101,10 @@ def ours(model, weights, x):
     p = prepare(model, batch_size=len(x))
     ex = Executor(p.graph, p.plan, p.optimizer, make_schedule(p.cfg))
     assert weights_io.load(ex, weights) is None
-    ex.input_views[0][...] = x.reshape(ex.input_views[0].shape)
-    ex.eval_step(len(x))
-    return ex.fwd_ctx[p.graph.losses[0].name].outputs[0].reshape(len(x), -1).copy()
+    def feed(part, views):
+        views[0][...] = x.reshape(views[0].shape)
+    ex.eval_step(len(x), feed)
+    return ex.fwd_ctx[p.graph.losses[0].name][0].outputs[0].reshape(len(x), -1).copy()
 
 
 def softmax(z):

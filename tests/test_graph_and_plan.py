@@ -112,14 +112,14 @@ def test_in_place_only_where_nobody_needs_the_old_value(tmp_path):
 def test_a_reader_after_a_backward_overwrite_is_caught(tmp_path):
     """Activations overwrite their output in calc_derivative; had anyone read it later,
     the plan would be refused (a layer bug, so an AssertionError, not a user error)."""
-    from nntrainer_cli.plan.specs import _check_backward_writes, _lifespans, build_specs
+    from nntrainer_cli.plan.specs import _check_backward_writes, build_specs, set_lifespans
     graph = graph_of(tmp_path, MLP)
     ts = build_specs(graph, ("adam_m", "adam_v"))
     _check_backward_writes(graph, ts)   # as planned: fine
     act = "fc1/activation_realized"
     cd = ts.node_slots[act].last(Phase.CALC_DERIVATIVE)
     ts.specs[ts.io[act].outputs[0]].uses.add(cd + 1)
-    _lifespans(ts)
+    set_lifespans(ts)
     with pytest.raises(AssertionError, match=f"{act} overwrites"):
         _check_backward_writes(graph, ts)
 

@@ -343,12 +343,13 @@ def _augmented(tmp_path, kind, prop, x, training=True, seed=0):
     ex = Executor(p.graph, p.plan, p.optimizer, make_schedule(p.cfg),
                   rng=np.random.default_rng(seed))
     ex.initialize(np.random.default_rng(0))
-    ex.input_views[0][...] = x
+    def feed(part, views):
+        views[0][...] = x
     if training:
-        ex.train_step(0)
+        ex.train_step(0, feed)
     else:
-        ex.eval_step(len(x))
-    return ex.fwd_ctx["aug"].outputs[0].copy()
+        ex.eval_step(len(x), feed)
+    return ex.fwd_ctx["aug"][0].outputs[0].copy()
 
 
 def _reflect_bilinear(img, dy, dx):

@@ -43,7 +43,7 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(tmp_p
         path.write_text(frozen_conv(DIGITS, SGD))
     else:
         path = CNN
-    if model == "cnn at 25%":   # swap, micro-batches, batch norm's passes, per-part seeds
+    if model == "cnn at 25%":   # swap, micro-batches slot by slot, batch norm gathering
         budget = ["--memory-budget", "25%", "--swap-dir", str(tmp_path)]
     start = time.monotonic()   # kills fall within the time a whole run takes here
     subprocess.run(command(path, tmp_path, *budget, epochs=epochs), check=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from nntrainer_cli.layers import FinalizeContext, RunContext
-from nntrainer_cli.pipeline import MAX_TILES, Planning, prepare
+from nntrainer_cli.budget_search import MAX_TILES
+from nntrainer_cli.pipeline import Planning, prepare
 from nntrainer_cli.plan.order import row_parts
 
 from helpers import REPO, make_layer, run

@@ -81,7 +81,7 @@ class LayerGraph:
     def splittable(self) -> bool:
         """Whether a training step may run in micro-batches: gradients summed, or an
         enrollment's records taken in the same order; batch norm's statistics gathered
-        in passes over the parts first (not an input normalized by the batch's range)."""
+        over the parts (not an input normalized by the batch's range)."""
         return self.training and all(n.layer.splits() for n in self.nodes)
 
     @property

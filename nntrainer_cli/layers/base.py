@@ -152,8 +152,9 @@ class RunContext:
     # a tiled layer's slot works on these rows of its tiled weights, whose views hold
     # only them (the first tile's slot also on the untiled ones, such as a bias)
     tile: tuple[int, int] | None = None
-    # a batch-coupled layer in micro-batches (plan/passes.py): the part running, and
-    # whether this slot gathers the whole batch's statistics (else it uses them)
+    # in micro-batches (plan/interleave.py): the part of the batch this slot runs, and
+    # for a batch-coupled layer whether it gathers the whole batch's statistics (else
+    # it uses them)
     part: int = 0
     gather: bool = False
 
@@ -182,9 +183,9 @@ class Layer:
     differentiable = True     # False: passes no gradient back (nothing before it may train)
     tileable = False          # its steps follow ctx.tile, so a budget may tile its weight
     batch_coupled = False     # True: a record's training output depends on its batch's
-                              # other records: in micro-batches, passes over the parts
-                              # gather the whole batch's statistics first (ctx.gather)
-    derivative_reads_gradient = False   # calc_derivative reads what calc_gradient made
+                              # other records: in micro-batches, its forward and
+                              # calc_derivative slots run over every part first to
+                              # gather the whole batch's statistics (ctx.gather)
     in_pieces = False         # True: frugal levels above 1 shrink its work buffers
 
     def __init__(self, name: str, props: dict[str, Any]):

@@ -21,11 +21,11 @@ def _open01(text: str) -> float:
 class BatchNormalization(Layer):
     """Normalizes over every axis but `axis` (channels when C > 1, else width, as in
     NNTrainer). The normalized input is kept for backward in a planned tensor, so
-    the output may overwrite the input. In micro-batches the whole batch's statistics
-    are gathered over the parts first (`plan/passes.py`): its mean and variance in
-    forward, the sums of dy and dy·x̂ in calc_derivative, kept in persistent
-    temporaries through the step; each part's gradient is its own sums (summed with
-    the other parts' like every gradient)."""
+    the output may overwrite the input. In micro-batches its forward and
+    calc_derivative slots first run for every part to gather the whole batch's
+    statistics (`plan/interleave.py`): its mean and variance, the sums of dy and
+    dy·x̂, kept in persistent temporaries through the step; each part's gradient is its
+    own sums (summed with the other parts' like every gradient)."""
     type = "batch_normalization"
     batch_coupled = True      # its statistics are the whole batch's
     access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE)

@@ -116,7 +116,6 @@ class LSTM(Layer):
     bias_h (4u) with integrate_bias, else bias_ih and bias_hh."""
     type = "lstm"
     weighted = True
-    derivative_reads_gradient = True   # d_gates, made in calc_gradient when it learns
     schema = {"unit": P.Prop(P.positive_int, required=True),
               "return_sequences": P.Prop(P.boolean, False),
               "integrate_bias": P.Prop(P.boolean, False),

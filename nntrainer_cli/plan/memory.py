@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from nntrainer_cli.graph import LayerGraph
 
-from .passes import Pass, gathering_passes
+from .interleave import interleave
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
 from .swap import make_swap_plan
@@ -24,8 +24,7 @@ class MemoryPlan:
     naive_bytes: int
     swap: SwapPlan | None = None   # under a memory budget
     frugal: int = 0                # the graph's frugal level (0: as written)
-    micro_batches: int = 1         # the step's batch runs in this many parts
-    passes: tuple[Pass, ...] = ()  # and batch norm's statistics gathered over them first
+    micro_batches: int = 1         # the step's batch runs in this many parts, interleaved
     in_pieces: tuple[str, ...] = ()   # layers whose work buffers that level shrinks
 
     @property
@@ -51,6 +50,9 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
               in_place: bool = True) -> MemoryPlan:
     """The plan without swap: every tensor at its offset in one arena."""
     ts = build_specs(graph, optimizer_state, in_place)
+    if graph.micro_batches > 1:
+        ts = interleave(ts, graph.micro_batches,
+                        {n.name for n in graph.nodes if n.layer.batch_coupled})
     roots = ts.roots()
     items = [Item(s.bytes, s.first, s.last) for s in roots]
     chosen, offsets = plan_offsets(items, planner)
@@ -65,7 +67,7 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
             s.offset = ts.specs[s.alias_of].offset
     return MemoryPlan(ts, chosen, planner, graph.step_batch, peak, lower_bound(items),
                       sum(it.size for it in items), frugal=graph.frugal,
-                      micro_batches=graph.micro_batches, passes=gathering_passes(graph, ts),
+                      micro_batches=graph.micro_batches,
                       in_pieces=tuple(n.name for n in graph.nodes
                                       if graph.frugal > 1 and n.layer.in_pieces))
 

@@ -23,6 +23,8 @@ class Slot:
     node: str
     phase: Phase
     part: int = 0   # a tiled layer's tile, or which rows an apply_gradient slot updates
+    micro: int = 0  # in micro-batches (plan/interleave.py): the part of the batch it runs
+    gather: bool = False   # and whether it gathers the whole batch's statistics
 
 
 @dataclass

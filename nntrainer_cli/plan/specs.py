@@ -72,6 +72,7 @@ class TensorSet:
     node_slots: dict[str, NodeSlots]
     specs: dict[str, TensorSpec] = field(default_factory=dict)
     io: dict[str, NodeIO] = field(default_factory=dict)
+    micro_batches: int = 1   # the slots interleave this many parts (plan/interleave.py)
 
     @property
     def end(self) -> int:
@@ -79,6 +80,12 @@ class TensorSet:
 
     def roots(self) -> list[TensorSpec]:
         return [s for s in self.specs.values() if s.alias_of is None]
+
+    def local(self, name: str, micro: int) -> str:
+        """The tensor `name` (as NodeIO names it) of one part of the batch: the part's
+        own copy where each part has one, else the shared tensor."""
+        own = f"{name}@{micro}"
+        return own if self.micro_batches > 1 and own in self.specs else name
 
 
 def _phase_slots(ns: NodeSlots, phases) -> set[int]:
@@ -139,7 +146,7 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
                                        dtype=t.dtype, persistent=t.persistent)
     if in_place:
         _alias(graph, ts)
-    _lifespans(ts)
+    set_lifespans(ts)
     _check_backward_writes(graph, ts)
     return ts
 
@@ -236,7 +243,7 @@ def _alias(graph: LayerGraph, ts: TensorSet) -> None:
             try_alias(access.derivative_in_place, io.out_grads[0], io.in_grads[0], cd)
 
 
-def _lifespans(ts: TensorSet) -> None:
+def set_lifespans(ts: TensorSet) -> None:
     for s in ts.specs.values():
         s.first, s.last = (0, ts.end) if s.persistent else (min(s.uses), max(s.uses))
     for s in ts.specs.values():

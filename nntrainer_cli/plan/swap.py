@@ -20,6 +20,7 @@ returns a `SwapRefusal` saying the smallest budget that works, and the caller de
 from __future__ import annotations
 
 from bisect import bisect_left
+from heapq import merge
 from dataclasses import replace
 
 from .planners import Item, check_valid, lower_bound, plan_offsets
@@ -149,18 +150,28 @@ def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int,
     """Swap until no slot holds more than `target` bytes; False if that cannot be.
     Each decision is appended to `log` as (tensor index, option)."""
     live = _live(tensors, lookahead, end)
+    # only these may be idle at a slot: a persistent tensor anywhere, another between
+    # its first and last use (an interleaved plan's parts each use few slots)
+    always = [i for i, x in enumerate(tensors) if x.spec.persistent]
+    inside: list[list[int]] = [[] for _ in range(end + 1)]
+    for i, x in enumerate(tensors):
+        if not x.spec.persistent:
+            for k in range(x.uses[0] + 1, x.uses[-1]):
+                inside[k].append(i)
     while True:
         t = max(range(len(live)), key=live.__getitem__)
         if live[t] <= target:
             return True
         best = None
+        candidates = list(merge(always, inside[t]))
         for find in (lambda x: x.option_at(t, lookahead, True),   # swaps that keep lookahead
                      lambda x: x.option_at(t, lookahead, False),  # then with a later load
                      lambda x: x.later_at(t, lookahead)):         # then delay a load
-            for x in tensors:
+            for i in candidates:
+                x = tensors[i]
                 opt = find(x)
                 if opt and (best is None or opt[1] > best[2]):
-                    best = (x, opt[0], opt[1])
+                    best = (x, opt[0], opt[1], i)
             if best is not None:
                 break
         if best is None:
@@ -171,7 +182,7 @@ def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int,
                 live[k] -= r.bytes
         x.apply(best[1])
         if log is not None:
-            log.append((tensors.index(x), best[1]))
+            log.append((best[3], best[1]))
         for r in x.residencies(lookahead):
             for k in range(r.first, r.last + 1):
                 live[k] += r.bytes
@@ -198,7 +209,8 @@ def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner
     """Undo as many of the smallest swaps as the budget allows (found by bisection):
     relieving the last slots often swapped small tensors whose few bytes did not
     matter in the end, and each swap costs a fixed overhead at run time."""
-    sizes = [fresh()[i].size for i, _ in log]
+    tensors = fresh()
+    sizes = [tensors[i].size for i, _ in log]
     order = sorted(range(len(log)), key=lambda d: sizes[d])
     lo, hi, best = 0, len(order), plan
     while lo < hi:

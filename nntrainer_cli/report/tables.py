@@ -65,12 +65,10 @@ def plan_summary(plan: MemoryPlan) -> str:
 
 
 def batch_text(plan: MemoryPlan) -> str:
-    """`32`, or under a budget that split it `32 in 4 micro-batches of 8` (and how many
-    passes over them gather batch norm's statistics first)."""
-    k, passes = plan.micro_batches, len(plan.passes)
-    gathered = f", batch norm's statistics gathered in {passes} passes first" if passes else ""
+    """`32`, or under a budget that split it `32 in 4 micro-batches of 8`."""
+    k = plan.micro_batches
     return str(plan.batch_size) if k == 1 else \
-        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}{gathered}"
+        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}, slot by slot"
 
 
 def tile_groups(tiles: dict[str, int]) -> list[str]:
@@ -84,13 +82,18 @@ def tile_groups(tiles: dict[str, int]) -> list[str]:
 
 
 def _phase(plan: MemoryPlan, slot) -> str:
-    """The slot's phase, with its tile (`forward tile 2/4`) or apply part (`2/4`)."""
+    """The slot's phase, with its tile (`forward tile 2/4`) or apply part (`2/4`), and
+    in micro-batches its part of the batch (`batch 1/2`, `gathers` where batch norm
+    gathers the batch's statistics)."""
     ns = plan.tensors.node_slots.get(slot.node)
+    micro = "" if plan.micro_batches == 1 or slot.phase in (
+        Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY) else \
+        f" batch {slot.micro + 1}/{plan.micro_batches}" + (" gathers" if slot.gather else "")
     if ns is not None and ns.tiles and slot.phase != Phase.CLIP_AND_APPLY:
-        return f"{slot.phase} tile {slot.part + 1}/{len(ns.tiles)}"
+        return f"{slot.phase} tile {slot.part + 1}/{len(ns.tiles)}{micro}"
     parts = len(ns.apply_parts) if ns is not None else 1
     return f"{slot.phase} {slot.part + 1}/{parts}" if parts > 1 and \
-        slot.phase == Phase.APPLY_GRADIENT else str(slot.phase)
+        slot.phase == Phase.APPLY_GRADIENT else f"{slot.phase}{micro}"
 
 
 def plan_text(plan: MemoryPlan, model: str) -> str:
@@ -140,8 +143,8 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "resident_peak_bytes": plan.arena_bytes,
         "tiles": plan.tiles,
         "micro_batches": plan.micro_batches,
-        "gathering_passes": len(plan.passes),
-        "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part}
+        "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part,
+                             "micro_batch": s.micro, "gathers": s.gather}
                             for s in plan.slots],
         "tensors": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype,
                      "bytes": s.bytes, "offset": s.offset, "first": s.first, "last": s.last,
@@ -210,9 +213,8 @@ def train_summary(report: TrainReport) -> str:
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
                  *([["tiled layers", ", ".join(tile_groups(sw.tiles))]]
                    if sw.tiles else []),
-                 *([["micro-batches per step", str(sw.micro_batches) + (
-                     f" (batch norm gathered in {sw.gathering_passes} passes first)"
-                     if sw.gathering_passes else "")]] if sw.micro_batches > 1 else []),
+                 *([["micro-batches per step", str(sw.micro_batches)]]
+                   if sw.micro_batches > 1 else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",
                   f"{sw.loads_inline} / {sw.loads_background}"],

@@ -68,40 +68,53 @@ class Executor(PersistentTensors):
         self.graph, self.plan = graph, plan
         self.rng = rng or np.random.default_rng(0)
         self.optimizer, self.schedule = optimizer, schedule
-        self.part = 0         # the micro-batch of the step running (graph.micro_batches)
+        self.parts = graph.micro_batches   # the step's batch in parts (plan/interleave.py)
         self.state_from = 0   # the iteration the optimizer's state (and step count) began
         self.slot_seconds: np.ndarray | None = None   # per slot, summed (train --profile)
         self.arena = allocate_arena(plan) if arena is None else arena
         self.io = swap_io
         self.places = self._placements()
-        ns = plan.tensors.node_slots
-        self.slot_ctx = [self._context(s.node, s.index) if s.node in graph.by_name else None
+        ts = plan.tensors
+        self.slot_ctx = [self._context(s) if s.node in graph.by_name else None
                          for s in plan.slots]
-        self.fwd_ctx = {n.name: self.slot_ctx[ns[n.name].forward] for n in graph.nodes}
-        self.input_views = [self.view(f"{n.name}:input", 0) for n in graph.inputs]
-        self.label_views = [self.view(f"{n.name}:label", 0) for n in graph.losses]
-        self.data_views = self.input_views + self.label_views   # what a batch is read into
-        self.loss_ctx = [c for n in graph.losses for c in self.slot_ctx
-                         if c is not None and c.node == n.name]
+        # per node and part: the context of its forward slot (its last tile's), after
+        # which its output is complete
+        self.fwd_ctx: dict[str, list[RunContext]] = {n.name: [None] * self.parts
+                                                     for n in graph.nodes}
+        self.fwd_slot: dict[str, list[int]] = {n.name: [0] * self.parts for n in graph.nodes}
+        self.feed_at: dict[int, int] = {}   # the slot before which a part's data is read
+        for s in plan.slots:
+            self.feed_at.setdefault(s.micro, s.index)
+            if s.phase == Phase.FORWARD and not s.gather:
+                self.fwd_ctx[s.node][s.micro] = self.slot_ctx[s.index]
+                self.fwd_slot[s.node][s.micro] = s.index
+        self.feed_at = {slot: part for part, slot in self.feed_at.items()}
+        # per part: the views a batch's records are read into, inputs then labels
+        self.data_views = [
+            [self.view(ts.local(f"{n.name}:input", p), at) for n in graph.inputs] +
+            [self.view(ts.local(f"{n.name}:label", p), at) for n in graph.losses]
+            for at, p in self.feed_at.items()]
+        self.loss_names = {n.name for n in graph.losses}
+        self.loss_ctx = [[c for c in self.slot_ctx if c is not None and c.node in
+                          self.loss_names and c.part == p] for p in range(self.parts)]
         # the model's output: the loss layer's (probabilities for cross-entropy), else the
         # last layer's; read right after its forward slot
         self.metric_node = graph.losses[0].name if graph.losses else graph.nodes[-1].name
-        self.metric_slot = ns[self.metric_node].forward
+        self.metric_at = {s: p for p, s in enumerate(self.fwd_slot[self.metric_node])}
         self.forward_slots = sum(1 for s in plan.slots if s.phase == Phase.FORWARD)
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
-        # l2norm's loss term: per forward slot, (which l2norm weight, its view there: a
-        # tile's when tiled), and each weight's constant
+        # l2norm's loss term: per forward slot (of the first part), (which l2norm
+        # weight, its view there: a tile's when tiled), and each weight's constant
         self.l2: dict[int, list] = {}
         self.l2_constants: list[float] = []
         for n, w in self.weights:
             if w.regularizer == "l2norm" and w.trainable:
-                for s in ns[n.name].all(Phase.FORWARD):
-                    self.l2.setdefault(s, []).append((len(self.l2_constants),
-                                                      self.slot_ctx[s].weights[w.name]))
+                for s in ts.node_slots[n.name].all(Phase.FORWARD):
+                    if plan.slots[s].micro == 0:
+                        self.l2.setdefault(s, []).append((len(self.l2_constants),
+                                                          self.slot_ctx[s].weights[w.name]))
                 self.l2_constants.append(w.regularizer_constant)
         self.train_steps = self._train_steps()
-        self.coupled_ctx = [c for c in self.slot_ctx if c is not None and
-                            graph.by_name[c.node].layer.batch_coupled]
         self.swap_steps = self._swap_steps() if plan.swap else None
 
     # --- where each tensor lives -------------------------------------------------------
@@ -128,45 +141,42 @@ class Executor(PersistentTensors):
                 return v
         return None
 
-    def _context(self, node: str, slot: int) -> RunContext:
-        io, part = self.plan.tensors.io[node], self.plan.slots[slot].part
-        tiles = self.plan.tensors.node_slots[node].tiles
-        at = lambda n: self.view(n, slot) if n else None  # noqa: E731
+    def _context(self, slot) -> RunContext:
+        ts = self.plan.tensors
+        io, tiles = ts.io[slot.node], ts.node_slots[slot.node].tiles
+        at = lambda n: self.view(ts.local(n, slot.micro), slot.index) if n else None  # noqa: E731
         resident = lambda names: {k: v for k, n in names.items()  # noqa: E731
                                   if (v := at(n)) is not None}
-        tile = lambda parts: parts[part] if len(parts) > 1 else parts[0]  # noqa: E731
+        tile = lambda parts: parts[slot.part] if len(parts) > 1 else parts[0]  # noqa: E731
         return RunContext(
             inputs=[at(n) for n in io.inputs], outputs=[at(n) for n in io.outputs],
             weights=resident({k: tile(v) for k, v in io.weights.items()}),
             grads=resident({k: tile(v) for k, v in io.grads.items()}),
             in_grads=[at(n) for n in io.in_grads], out_grads=[at(n) for n in io.out_grads],
-            temps=resident(io.temps), label=at(io.label), rng=self.rng, node=node,
-            tile=tiles[part] if tiles else None)
+            temps=resident(io.temps), label=at(io.label), rng=self.rng, node=slot.node,
+            tile=tiles[slot.part] if tiles else None, part=slot.micro, gather=slot.gather)
 
     # --- the steps of one iteration ----------------------------------------------------
     def _train_steps(self):
         steps, ns = [], self.plan.tensors.node_slots
-        split = self.graph.micro_batches > 1
+        split = self.parts > 1
         for slot in self.plan.slots:
             node, ctx = self.graph.by_name.get(slot.node), self.slot_ctx[slot.index]
             if slot.phase == Phase.FORWARD:
                 steps.append((node.layer.forward, (ctx, True)))
             elif slot.phase == Phase.CALC_GRADIENT:
                 step = (node.layer.calc_gradient, (ctx,))
-                steps.append((self._summed, (step, self._sums(node, slot.index))) if split
-                             else step)
+                steps.append((self._summed, (step, self._sums(node, slot.index), slot.micro))
+                             if split else step)
             elif slot.phase == Phase.CALC_DERIVATIVE:
                 steps.append((node.layer.calc_derivative, (ctx,)))
+            elif slot.phase == Phase.APPLY_GRADIENT:
+                steps.append((self._apply, (self._updates(node, slot.index, slot.part),)))
             else:
-                if slot.phase == Phase.APPLY_GRADIENT:
-                    step = (self._apply, (self._updates(node, slot.index, slot.part),))
-                else:
-                    clipped = [n for n in self.graph.nodes
-                               if slot.index in ns[n.name].apply_parts]
-                    step = (self._clip_and_apply,
-                            ([(n.clip, u) for n in clipped
-                              for u in self._updates(n, slot.index, None)],))
-                steps.append((self._in_last_part, step) if split else step)
+                clipped = [n for n in self.graph.nodes if slot.index in ns[n.name].apply_parts]
+                steps.append((self._clip_and_apply,
+                              ([(n.clip, u) for n in clipped
+                                for u in self._updates(n, slot.index, None)],)))
         return steps
 
     # --- micro-batches: a step's batch in parts, their gradients summed -----------------
@@ -177,28 +187,22 @@ class Executor(PersistentTensors):
                 for w, sums in io.sums.items() for g, total in zip(io.grads[w], sums)
                 if slot in self.plan.specs[total].uses]
 
-    def _summed(self, step, pairs) -> None:
-        """calc_gradient of one micro-batch: the first part's gradient starts the sum,
-        the middle ones add to it, the last adds the sum to its own and divides by the
+    def _summed(self, step, pairs, part: int) -> None:
+        """calc_gradient of one part: the first part's gradient starts the sum, the
+        middle ones add to it, the last adds the sum to its own and divides by the
         parts (each is a mean over its rows), so the update sees the mean over the
         whole batch."""
         fn, args = step
         fn(*args)
-        last = self.graph.micro_batches - 1
+        last = self.parts - 1
         for g, total in pairs:
-            if self.part == 0:
+            if part == 0:
                 np.copyto(total, g)
-            elif self.part < last:
+            elif part < last:
                 total += g
             else:
                 g += total
                 g /= last + 1
-
-    def _in_last_part(self, fn, args) -> None:
-        """Updates wait for the step's last micro-batch: the weights stay as they are
-        for all its parts."""
-        if self.part == self.graph.micro_batches - 1:
-            fn(*args)
 
     def _updates(self, node, slot: int, part: int | None) -> list:
         """(weight request, weight rows, gradient rows, optimizer state) for one part of
@@ -247,15 +251,19 @@ class Executor(PersistentTensors):
                     for t in transfers]
         return [(jobs(s.loads), s.wait, jobs(s.stores)) for s in self.plan.swap.steps]
 
-    def _run(self, count: int, training: bool, rows: int, on_output=None,
-             timed: np.ndarray | None = None, runs=None) -> tuple[float, int]:
-        """The first `count` slots with their swap jobs; `timed` (per slot) adds each
-        step's seconds; `runs` (a gathering pass's) leaves out the steps it marks False,
-        and sums no gradient."""
-        for ctx in self.loss_ctx:
-            ctx.rows = rows
+    def _run(self, count: int, training: bool, rows: int, feed, on_output=None,
+             timed: np.ndarray | None = None) -> tuple[float, int]:
+        """The first `count` slots with their swap jobs, `feed(part, views)` reading
+        each part's records right before its first slot; the first `rows` records
+        count (the parts past them skip their loss layers); `timed` (per slot) adds
+        each step's seconds."""
+        size = self.graph.batch_size
+        held = [min(max(rows - p * size, 0), size) for p in range(self.parts)]
+        for p, contexts in enumerate(self.loss_ctx):
+            for ctx in contexts:
+                ctx.rows = held[p]
         correct, squares = 0, np.zeros(len(self.l2_constants), np.float32)
-        io, swap, base = self.io, self.swap_steps, 0
+        io, swap, base, slots = self.io, self.swap_steps, 0, self.plan.slots
         if io is not None:
             base = io.submitted
         for i in range(count):
@@ -265,76 +273,63 @@ class Executor(PersistentTensors):
                     io.submit(job)
                 if need:
                     io.wait(base + need)
-            if training and (runs is None or runs[i]):
+            if i in self.feed_at:
+                p = self.feed_at[i]
+                feed(p, self.data_views[p])
+            slot = slots[i]
+            if not held[slot.micro] and slot.node in self.loss_names:
+                pass   # a part wholly past the batch's records (padding)
+            elif training:
                 fn, args = self.train_steps[i]
-                if runs is not None and fn == self._summed:
-                    fn, args = args[0]
                 if timed is None:
                     fn(*args)
                 else:
                     t0 = time.perf_counter()
                     fn(*args)
                     timed[i] += time.perf_counter() - t0
-            elif not training:
-                node = self.graph.by_name[self.plan.slots[i].node]
-                node.layer.forward(self.slot_ctx[i], False)
+            elif not slot.gather:
+                self.graph.by_name[slot.node].layer.forward(self.slot_ctx[i], False)
             for k, x in self.l2.get(i, ()):   # summed over a tiled weight's tiles
                 flat = x.reshape(-1)
                 squares[k] += np.dot(flat, flat)
-            if i == self.metric_slot:
+            if i in self.metric_at and held[self.metric_at[i]]:
+                p = self.metric_at[i]
+                out = self.fwd_ctx[self.metric_node][p].outputs[0][:held[p]]
+                out = out.reshape(held[p], -1)
                 if self.graph.losses:
-                    correct = self._correct(rows)
+                    correct += self._correct(p, out)
                 if on_output is not None:
-                    out = self.fwd_ctx[self.metric_node].outputs[0]
-                    on_output(out[:rows].reshape(rows, -1))
+                    on_output(out)
             if swap is not None:
                 for job in swap[i][2]:
                     io.submit(job)
         if io is not None:
             io.drain()
         reg = sum(c * 0.5 * float(np.sqrt(q)) for c, q in zip(self.l2_constants, squares))
-        return sum(self.fwd_ctx[n.name].loss for n in self.graph.losses) + reg, correct
+        loss = sum(self.fwd_ctx[n][p].loss * held[p] for n in self.loss_names
+                   for p in range(self.parts) if held[p])
+        return loss / max(rows, 1) + reg, correct
 
-    def _correct(self, rows: int) -> int:
+    def _correct(self, part: int, out: np.ndarray) -> int:
         """Rows whose argmax matches the label's, read right after the metric node's
         forward slot (its output may be reused later in the iteration)."""
-        ctx = self.fwd_ctx[self.metric_node]
-        out = ctx.outputs[0][:rows].reshape(rows, -1)
-        label = ctx.label[:rows].reshape(rows, -1)
+        label = self.fwd_ctx[self.metric_node][part].label[:len(out)].reshape(len(out), -1)
         return int(np.count_nonzero(out.argmax(axis=1) == label.argmax(axis=1)))
 
-    def train_step(self, iteration: int, rows: int | None = None, part: int = 0,
-                   stage: int = 0) -> tuple[float, int]:
-        """One iteration over the batch already in the input/label views (in
-        micro-batches: its `part`; the update comes with the last); `rows` fewer than the
-        batch only where nothing learns by gradient (an enrollment). With batch norm in
-        micro-batches, stages below len(self.plan.passes) are the gathering passes (their
-        loss means nothing), the last the full step."""
-        self.iteration, self.lr, self.part = iteration, self.schedule(iteration), part
-        passes = self.plan.passes
-        gather = passes[stage] if stage < len(passes) else None
-        if passes:
-            self._part_rng(part, stage)
-            gathers = self.slot_ctx[gather.gather] if gather else None
-            for ctx in self.coupled_ctx:
-                ctx.part, ctx.gather = part, ctx is gathers
-        return self._run(len(self.plan.slots), True, rows or self.graph.batch_size,
-                         timed=self.slot_seconds, runs=gather and gather.runs)
+    def train_step(self, iteration: int, feed, rows: int | None = None) -> tuple[float, int]:
+        """One iteration over a batch `feed` reads, part by part (the update comes
+        after the last part); `rows` fewer than the batch only where nothing learns by
+        gradient (an enrollment)."""
+        self.iteration, self.lr = iteration, self.schedule(iteration)
+        return self._run(len(self.plan.slots), True, rows or self.graph.step_batch, feed,
+                         timed=self.slot_seconds)
 
-    def _part_rng(self, part: int, stage: int) -> None:
-        """Each part draws the same random numbers (dropout masks) in every pass: a
-        stream of its own, seeded once a step from the run's generator."""
-        if stage == 0 and part == 0:
-            self.part_seed = int(self.rng.integers(2**62))
-        kind = type(self.rng.bit_generator)
-        self.rng.bit_generator.state = kind([self.part_seed, part]).state
-
-    def run_first(self, count: int) -> None:
+    def run_first(self, count: int, feed) -> None:
         """The first `count` training slots, with their swap loads and stores (a feature
         cache computing the records no full batch held), untimed."""
-        self._run(count, True, self.graph.batch_size)
+        self._run(count, True, self.graph.step_batch, feed)
 
-    def eval_step(self, rows: int, on_output=None) -> tuple[float, int]:
+    def eval_step(self, rows: int, feed, on_output=None) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows,
         whose outputs (rows × values) go to `on_output` when given."""
-        return self._run(self.forward_slots, False, rows, on_output)
+        return self._run(self.forward_slots, False, rows, feed, on_output)

@@ -31,16 +31,20 @@ def _noop() -> None:
 
 
 class FeatureCache:
+    """Per part of the batch (one unless the budget split it): its boundary slot, the
+    view the prefix's output is complete in, its label view, and the records in them."""
+
     def __init__(self, ex, prefix: FrozenPrefix, plan: MemoryPlan, count: int):
         node, index = prefix.boundary
         ns = plan.tensors.node_slots
         self.ex, self.prefix = ex, prefix
-        self.slot = ns[node].forward
-        self.boundary = ex.fwd_ctx[node].outputs[index]
+        self.slots = ex.fwd_slot[node]
+        self.boundary = [c.outputs[index] for c in ex.fwd_ctx[node]]
         self.prefix_slots = sorted(s for n in prefix.nodes for s in ns[n].all(Phase.FORWARD))
         self.layers = sorted(prefix.nodes, key=lambda n: ns[n].forward)
-        feature_shape = (count,) + self.boundary.shape[1:]
-        label_shape = (count,) + ex.label_views[0].shape[1:]
+        feature_shape = (count,) + self.boundary[0].shape[1:]
+        at = len(ex.graph.inputs)   # the first label after the inputs
+        label_shape = (count,) + ex.data_views[0][at].shape[1:]
         self.bytes = 4 * (int(np.prod(feature_shape)) + int(np.prod(label_shape)))
         room = plan.swap.budget - plan.swap.peak if plan.swap else plan.peak_bytes
         self.where = "memory" if self.bytes <= room else "file"
@@ -55,52 +59,60 @@ class FeatureCache:
             self.features = whole[:split].reshape(feature_shape)
             self.labels = whole[split:].reshape(label_shape)
         self.filled = np.zeros(count, dtype=bool)
-        self.rows: np.ndarray | None = None   # the records of the batch in the views
-        self.label = ex.label_views[0]   # as read (under swap it may move out by the slot)
+        self.rows: list[np.ndarray | None] = [None] * len(self.slots)   # records per part
+        # as read (under swap a label may move out by the boundary slot)
+        self.label = [views[at] for views in ex.data_views]
         self.ready = False
-        self.original = ex.train_steps[self.slot]
-        ex.train_steps[self.slot] = (self._compute_and_store, ())
+        self.original = [ex.train_steps[s] for s in self.slots]
+        for part, s in enumerate(self.slots):
+            ex.train_steps[s] = (self._compute_and_store, (part,))
 
     # --- epoch 1: store what the prefix computes ------------------------------------
-    def took(self, rows: np.ndarray) -> None:
-        """The batch of these records was just read: keep its labels."""
-        self.rows = rows
-        self.labels[rows] = self.label
+    def took(self, part: int, rows: np.ndarray) -> None:
+        """A part of the batch of these records was just read: keep its labels."""
+        self.rows[part] = rows
+        self.labels[rows] = self.label[part]
 
-    def _compute_and_store(self) -> None:
-        fn, args = self.original
+    def _compute_and_store(self, part: int) -> None:
+        fn, args = self.original[part]
         fn(*args)
-        self.features[self.rows] = self.boundary
-        self.filled[self.rows] = True
+        rows = self.rows[part]
+        self.features[rows] = self.boundary[part]
+        self.filled[rows] = True
 
     def complete(self, ds: Dataset) -> None:
         """After epoch 1: compute the records no full batch held, then switch to the
         cache for every later epoch."""
         ex, missing = self.ex, np.flatnonzero(~self.filled)
-        batch = len(self.boundary)
+        size, last = len(self.boundary[0]), self.slots[-1]
         steps = list(ex.train_steps)
-        for slot in range(self.slot):   # slots up to the boundary: only the prefix computes
+        for slot in range(last):   # slots up to the boundary: only the prefix computes
             if slot not in self.prefix_slots:
                 ex.train_steps[slot] = (_noop, ())
+        batch = size * len(self.slots)
         for start in range(0, len(missing), batch):
             rows = np.resize(missing[start:start + batch], batch)  # tail repeats
-            ds.read_records(rows, ex.data_views)
-            self.took(rows)
-            ex.run_first(self.slot + 1)
+
+            def feed(part, views, rows=rows):
+                records = rows[part * size:(part + 1) * size]
+                ds.read_records(records, views)
+                self.took(part, records)
+            ex.run_first(last + 1, feed)
         ex.train_steps[:] = steps
         for slot in self.prefix_slots:
             ex.train_steps[slot] = (_noop, ())
-        ex.train_steps[self.slot] = (self._load, ())
+        for part, s in enumerate(self.slots):
+            ex.train_steps[s] = (self._load, (part,))
         self.ready = True
 
     # --- epochs 2..N: read the cache instead of the data -----------------------------
-    def read(self, rows: np.ndarray) -> None:
-        """The batch's labels into the label view; its features wait for their slot."""
-        self.rows = rows
-        np.take(self.labels, rows, axis=0, out=self.label)
+    def read(self, part: int, rows: np.ndarray) -> None:
+        """A part's labels into its label view; its features wait for their slot."""
+        self.rows[part] = rows
+        np.take(self.labels, rows, axis=0, out=self.label[part])
 
-    def _load(self) -> None:
-        np.take(self.features, self.rows, axis=0, out=self.boundary)
+    def _load(self, part: int) -> None:
+        np.take(self.features, self.rows[part], axis=0, out=self.boundary[part])
 
     def figures(self) -> dict:
         return {"layers": self.layers, "boundary": self.prefix.boundary[0], "bytes": self.bytes,

@@ -57,9 +57,10 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
             traced.resume()
             weights_io.load(ex, weights, names)   # a training file's optimizer state: unused
             for start, rows in ds.batches(batch, drop_last=False):
-                with traced.apart("loader"):
-                    ds.read(start, batch, ex.data_views)
-                step_loss, step_correct = ex.eval_step(rows, on_output)
+                def feed(part, views, start=start):   # one part: not split for inference
+                    with traced.apart("loader"):
+                        ds.read(start, batch, views)
+                step_loss, step_correct = ex.eval_step(rows, feed, on_output)
                 loss, correct = loss + step_loss * rows, correct + step_correct
         finally:
             if io is not None:

@@ -66,8 +66,7 @@ class SwapFigures:
     bytes_in_per_iteration: int    # as planned
     bytes_out_per_iteration: int
     tiles: dict[str, int] = field(default_factory=dict)   # layers cut into row tiles
-    micro_batches: int = 1         # parts each step's batch ran in
-    gathering_passes: int = 0      # passes over them for batch norm's statistics first
+    micro_batches: int = 1         # parts each step's batch ran in, slot by slot
 
 
 def swap_figures(plan, io) -> SwapFigures | None:
@@ -77,7 +76,7 @@ def swap_figures(plan, io) -> SwapFigures | None:
     return SwapFigures(plan.swap.budget, plan.swap.peak, plan.swap.lookahead, plan.frugal,
                        io.moved_in, io.moved_out, io.waited, io.inline_seconds,
                        io.loads_inline, io.loads_background, plan.swap.bytes_in,
-                       plan.swap.bytes_out, plan.tiles, plan.micro_batches, len(plan.passes))
+                       plan.swap.bytes_out, plan.tiles, plan.micro_batches)
 
 
 @dataclass(frozen=True)

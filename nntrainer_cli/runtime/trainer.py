@@ -103,13 +103,21 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
     def _evaluate(self, ex: Executor, ds: Dataset) -> tuple[float, float]:
-        batch, loss, correct, batches = self.graph.batch_size, 0.0, 0, 0
+        batch, loss, correct, batches = self.graph.step_batch, 0.0, 0, 0
         for start, rows in ds.batches(batch, drop_last=False):
-            with self.traced.apart("loader"):
-                ds.read(start, batch, ex.data_views)
-            l, c = ex.eval_step(rows)
+            l, c = ex.eval_step(rows, self._reader(ds, start))
             loss, correct, batches = loss + l * rows, correct + c, batches + rows
         return loss / batches, correct / batches
+
+    def _reader(self, ds: Dataset, start: int):
+        """What reads a part of the batch at `start` into its views, its memory counted
+        apart from training's."""
+        size = self.graph.batch_size
+
+        def feed(part: int, views) -> None:
+            with self.traced.apart("loader"):
+                ds.read(start + part * size, size, views)
+        return feed
 
     def _epoch(self, ex: Executor, epoch: int, rng, iteration: int, first: int = 0,
                sums: tuple = (0.0, 0, 0), ds: Dataset | None = None,
@@ -153,31 +161,27 @@ class Trainer:
 
     def _step(self, ex: Executor, ds: Dataset, start: int, rows: int,
               iteration: int) -> tuple[float, int]:
-        """One optimizer step from the batch at `start`: read (or from the feature
-        cache) and run in the graph's micro-batches; its mean loss and correct rows.
-        Timed without the reading. Batch norm's gathering passes (`plan/passes.py`) go
-        over every part first (a short last batch is padded, as the whole batch is);
-        then the full step, whose loss counts: for an enrollment's short last batch
-        only the parts that hold records."""
-        part, cache, seconds = self.graph.batch_size, self.cache, 0.0
-        passes = len(ex.plan.passes)
-        for stage in range(passes + 1):
-            loss, correct, full = 0.0, 0, stage == passes
-            for j in range(-(-rows // part) if full else self.graph.micro_batches):
-                at, held = start + j * part, max(1, min(part, rows - j * part))
-                if cache is not None and cache.ready:
-                    cache.read(ds.indices(at, part))
-                else:
-                    with self.traced.apart("loader"):
-                        ds.read(at, part, ex.data_views)
-                    if cache is not None:
-                        cache.took(ds.indices(at, part))
-                s0 = time.perf_counter()
-                l, c = ex.train_step(iteration, held, j, stage)
-                seconds += time.perf_counter() - s0
-                loss, correct = loss + l * held, correct + c
-        self.step_seconds[self.steps_done] = seconds
-        return loss / rows, correct
+        """One optimizer step from the batch at `start`, read part by part as the step
+        reaches it (or from the feature cache); its mean loss and correct rows. Timed
+        without the reading."""
+        cache, size, reading = self.cache, self.graph.batch_size, 0.0
+        read = self._reader(ds, start)
+
+        def feed(part: int, views) -> None:
+            nonlocal reading
+            r0 = time.perf_counter()
+            records = ds.indices(start + part * size, size)
+            if cache is not None and cache.ready:
+                cache.read(part, records)
+            else:
+                read(part, views)
+                if cache is not None:
+                    cache.took(part, records)
+            reading += time.perf_counter() - r0
+        s0 = time.perf_counter()
+        loss, correct = ex.train_step(iteration, feed, rows)
+        self.step_seconds[self.steps_done] = time.perf_counter() - s0 - reading
+        return loss, correct
 
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan

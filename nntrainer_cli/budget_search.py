@@ -1,0 +1,199 @@
+"""Which plan fits a memory budget: the graph as written or frugal (smaller conv work
+buffers), its tileable layers cut into tiles, its batch in micro-batches; tried in
+that order, each only when the cheaper ones do not fit. Planning's half that searches
+(`pipeline.Planning` makes each candidate with `_at`)."""
+
+from __future__ import annotations
+
+import math
+
+from nntrainer_cli.plan import SwapRefusal
+
+Prepared = object   # a candidate that fits: pipeline.Prepared (which imports this module)
+
+FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
+# more tiles are tried only while each doubling lowers the floor by 5% or more: past
+# that, activations set it and tiles would only multiply the slots
+MIN_TILE_GAIN = 0.95
+# what each tile costs the process beside the arena (its slots' contexts and views, its
+# tensors' names), counted with the floor when tiles are compared: measured about 140 B
+# (a conv cut into 64 to 256 tiles, with Adam)
+TILE_BYTES = 160
+# the most tiles a layer is cut into: planning time grows about fourfold with each
+# doubling (a 20,000-row embedding's refused plans: 64 tiles 0.2 s, 256 1.6 s, 1024
+# 28 s; a plan that fits takes ten times longer), while what finer tiles lower the
+# floor by shrinks
+MAX_TILES = 64
+# once a split fits, up to this many times its parts are tried for a plan without
+# smaller conv buffers or tiles
+MORE_PARTS = 4
+# no split is planned whose parts and tiles make more slots than this: every part adds
+# a copy of the slots and of the tensors that hold records, and the swap search's time
+# grows about with the square of the slots (digits_mlp at its smallest budget, 8 parts
+# and 64 tiles, 2,250 slots: 200 s; refused at 100 bytes with up to 32 parts: 92 s)
+MAX_SLOTS = 1000
+
+
+class BudgetSearch:
+    """The search over candidate plans, each made by `self._at(level, budget, tiles,
+    parts)`: a plan that fits, or the refusal naming its floor."""
+
+    def _within(self, budget: int) -> Prepared | SwapRefusal:
+        """The plan that keeps the resident arena within `budget` bytes (0: as little as
+        can be), on the graph that moves the fewest bytes. Micro-batches come last (they
+        change every gradient's summation order), for a model that allows them and a
+        budget in bytes (0 keeps the batch whole, as NNTrainer's memory_swap does): the
+        batch goes in 2, 3, ... equal parts (counts dividing it, each at least 1.2x the
+        last tried) while that lowers the floor by MIN_TILE_GAIN, each split on the most
+        frugal graph with the tiles so far (doubled where that helps), until a plan fits.
+        Then up to MORE_PARTS times as many parts are tried for a plan that needs neither
+        smaller conv buffers nor tiles: a part costs a slot's dispatch, conv pieces and
+        tiles cost many (digits_cnn at 25%: 2 parts in one-row conv pieces 9.9 ms a step,
+        4 parts 6.9 ms)."""
+        found, tiles = self._search(budget, 1)
+        if not budget or not isinstance(found, SwapRefusal) or not self.graph.splittable:
+            return found
+        level, lowest, batch, tried = FRUGAL_LEVELS[-1], found, self.graph.batch_size, 1
+        fit, fit_parts = None, 0
+        for parts in range(2, batch + 1):
+            if batch % parts or parts < 1.2 * tried:   # 16 parts gain little over 15
+                continue
+            tried = parts
+            if fit is not None:
+                if parts > MORE_PARTS * fit_parts:
+                    break
+                plain = self._unshrunk(budget, parts)[1]
+                if plain is not None:
+                    return plain
+                continue
+            trial, more, _ = self._tiled(level, budget, tiles,
+                                         self._at(level, budget, tiles, parts), parts)
+            if not isinstance(trial, SwapRefusal):
+                full, _ = self._search(budget, parts)
+                fit, fit_parts = full if not isinstance(full, SwapRefusal) else trial, parts
+                if fit.plan.frugal <= 1 and not fit.plan.tiles:
+                    return fit
+                continue
+            # the splits tried do not depend on the budget: the lowest floor among them
+            lowest = min(lowest, trial, key=lambda r: r.floor)   # is the smallest that works
+            if self._cost(trial, more) > self._cost(found, tiles) * MIN_TILE_GAIN:
+                break
+            found, tiles = trial, more
+        return fit or lowest
+
+    def _unshrunk(self, budget: int, parts: int) -> tuple[list, Prepared | None]:
+        """The plans as written and with relu masks and split applies (level 1), and of
+        those that fit the one moving fewer bytes (the plain one on a tie, it has fewer
+        slots)."""
+        tried = [self._at(0, budget, parts=parts), self._at(1, budget, parts=parts)]
+        fits = [p for p in tried if not isinstance(p, SwapRefusal)]
+        return tried, min(fits, key=lambda p: p.plan.swap.bytes_in + p.plan.swap.bytes_out) \
+            if fits else None
+
+    @staticmethod
+    def _cost(found: Prepared | SwapRefusal, tiles: dict[str, int]) -> int:
+        """What a plan's floor (or resident arena) and its tiles' bookkeeping weigh."""
+        floor = found.floor if isinstance(found, SwapRefusal) else found.plan.arena_bytes
+        return floor + TILE_BYTES * sum(tiles.values())
+
+    def _search(self, budget: int,
+                parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int]]:
+        """`_within` for a batch in `parts` micro-batches; with the tiles it took."""
+        if budget == 0:   # as little memory as possible: tiled while that lowers the floor
+            level = FRUGAL_LEVELS[-1]
+            _, _, tiles = self._tiled(level, 1, {}, self._at(level, 1, parts=parts), parts)
+            return self._at(level, 0, tiles, parts), tiles
+        # Relu masks and split applies (level 1) let more stay resident, but they change
+        # what the schedule evicts and now and then it moves more bytes than without them.
+        # Smaller conv buffers and tiles cost speed, so they come only when neither fits;
+        # smaller buffers first, while they lower the floor, as they keep every sum as it
+        # is (tiles change the order of some), then tiles, with smaller buffers again.
+        tried, plain = self._unshrunk(budget, parts)
+        if plain is not None:
+            return plain, {}
+        found, at = tried[1], 0   # the deepest level (index) that lowered the floor
+        for i in range(1, len(FRUGAL_LEVELS)):
+            trial = self._at(FRUGAL_LEVELS[i], budget, parts=parts)
+            if not isinstance(trial, SwapRefusal):
+                return trial, {}
+            if trial.floor >= found.floor:
+                break   # conv's buffers are not what sets the floor
+            found, at = trial, i
+        found, tiles, _ = self._tiled(FRUGAL_LEVELS[at], budget, {}, found, parts)
+        for level in FRUGAL_LEVELS[at + 1:]:
+            if not isinstance(found, SwapRefusal):
+                break
+            trial, more, _ = self._tiled(level, budget, tiles,
+                                         self._at(level, budget, tiles, parts), parts)
+            if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
+                break
+            found, tiles = trial, more
+        return found, tiles
+
+    def _tiled(self, level: int, budget: int, tiles: dict[str, int],
+               found: Prepared | SwapRefusal, parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int],
+                                                       dict[str, int]]:
+        """`found` (the plan at `level` with `tiles`), else with more tiles where the
+        budget needs them: while the busiest slot holds a tileable layer's weight (or
+        its gradient or state), that layer's tiles double, and so do those of every
+        layer whose tiles are as large, until the plan fits or two doublings in a row
+        lower the floor by less than MIN_TILE_GAIN (the first one may not lower it at
+        all: it adds the layer's `part` temporary), each tile's TILE_BYTES counted with
+        it. A plan that fits is then made as coarse as still fits. Returns the plan, or
+        the refusal with the lowest floor (the smallest budget it names is true), and its
+        tiles; and the tiles whose floor and bookkeeping weigh least (what `least`
+        memory takes)."""
+        best, best_tiles, stalls = found, tiles, 0
+        cheapest, cheapest_tiles = found, tiles
+        while isinstance(found, SwapRefusal) and stalls < 2:
+            more = self._more_tiles(found, tiles)
+            if more is None:
+                break
+            tiles, found = more, self._at(level, budget, more, parts)
+            if not isinstance(found, SwapRefusal):
+                found, tiles = self._coarsest(level, budget, found, tiles, parts)
+                return found, tiles, tiles
+            least = self._cost(cheapest, cheapest_tiles)
+            stalls = stalls + 1 if self._cost(found, tiles) > least * MIN_TILE_GAIN else 0
+            if self._cost(found, tiles) < least:
+                cheapest, cheapest_tiles = found, tiles
+            if found.floor < best.floor:
+                best, best_tiles = found, tiles
+        return best, best_tiles, cheapest_tiles
+
+    def _coarsest(self, level: int, budget: int, found: Prepared,
+                  tiles: dict[str, int], parts: int) -> tuple[Prepared, dict[str, int]]:
+        """The doubling also cut layers cut as finely as the busiest one, which the
+        budget may not need: each group of layers with the same tiles gets half as many
+        while the plan still fits."""
+        coarser = True
+        while coarser:
+            coarser = False
+            for k in sorted(set(tiles.values()), reverse=True):
+                fewer = {n: c // 2 if c == k else c for n, c in tiles.items()}
+                fewer = {n: c for n, c in fewer.items() if c > 1}
+                trial = self._at(level, budget, fewer, parts)
+                if not isinstance(trial, SwapRefusal):
+                    found, tiles, coarser = trial, fewer, True
+                    break
+        return found, tiles
+
+    def _more_tiles(self, refusal: SwapRefusal, tiles: dict[str, int]) -> dict[str, int] | None:
+        """Twice the tiles for the tileable layer whose weight's tensors weigh most at
+        the refusal's busiest slot, and for the layers with tiles as large as its; None
+        when no such layer has rows left to cut (or MAX_TILES tiles)."""
+        weights = {f"{n.name}:{w.name}": (n.name, min(w.shape[0], MAX_TILES),
+                                          math.prod(w.shape))
+                   for n in self.graph.nodes if n.layer.tileable
+                   for w in n.ctx.weights if w.tiled}
+        for tensor in refusal.held:
+            prefix = next((p for p in weights if tensor == p or tensor.startswith(p + ":")), None)
+            if prefix is None:
+                continue
+            node, most, size = weights[prefix]
+            if 2 * tiles.get(node, 1) > most:
+                continue
+            tile = size // tiles.get(node, 1)
+            return {**tiles, **{n: 2 * tiles.get(n, 1) for n, r, s in weights.values()
+                                if s // tiles.get(n, 1) >= tile and 2 * tiles.get(n, 1) <= r}}
+        return None
