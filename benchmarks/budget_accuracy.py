@@ -8,8 +8,8 @@ micro-batches) and the time.
 
 Tiles and micro-batches change the order of float sums, and Adam makes whole steps of
 the rounding noise in a weight whose true gradient is 0 (a bias just before batch
-norm); micro-batches with batch norm and dropout draw other masks. So weights part
-over a whole recipe, and accuracy is what to compare."""
+norm). Training amplifies those differences over a whole recipe, so weights part, and
+accuracy is what to compare."""
 
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class TempRequest:
     shape: Shape
     phases: frozenset   # of Phase: the layer's steps that use it; it lives across them
     dtype: Any = np.float32
-    persistent: bool = False   # kept from step to step (a micro-batched step's statistics)
+    persistent: bool = False   # kept through the step, one for all micro-batches
 
 
 @dataclass
@@ -127,7 +127,8 @@ class FinalizeContext:
 
     def temp(self, name, shape, phases, dtype=np.float32, persistent=False) -> None:
         """A temporary used in `phases` (one Phase, or a set such as BACKWARD);
-        `persistent` keeps its value from one run of the slots to the next."""
+        `persistent` keeps it through the whole step, one shared by all micro-batches
+        (statistics gathered over them) where others get a copy per part."""
         phases = frozenset({phases}) if isinstance(phases, Phase) else frozenset(phases)
         if not phases or not all(isinstance(p, Phase) for p in phases):
             raise TypeError(f"temporary {name}: phases must be Phase values, got {phases}")

@@ -47,11 +47,10 @@ def interleave(ts: TensorSet, parts: int, coupled: set[str]) -> TensorSet:
                 add(s, p, gather=True)
         for p in range(parts):
             add(s, p)
-    node_slots = {n: NodeSlots({phase: [i for b in base for part in at[b] for i in part]
+    node_slots = {n: NodeSlots({phase: sorted(i for b in base for part in at[b] for i in part)
                                 for phase, base in ns.parts.items()}, ns.tiles)
                   for n, ns in ts.node_slots.items()}   # (a clipped layer's: the clip slot)
     out = TensorSet(slots, node_slots, io=ts.io, micro_batches=parts)
-    sums = {n for io in ts.io.values() for names in io.sums.values() for n in names}
     for spec in ts.specs.values():
         if spec.kind in PER_PART and not spec.persistent:
             for p in range(parts):
@@ -63,8 +62,7 @@ def interleave(ts: TensorSet, parts: int, coupled: set[str]) -> TensorSet:
                                           alias_of=spec.alias_of and f"{spec.alias_of}@{p}")
         else:
             out.specs[spec.name] = replace(
-                spec, uses={i for u in spec.uses for part in at[u] for i in part},
-                persistent=spec.persistent and spec.name not in sums)
+                spec, uses={i for u in spec.uses for part in at[u] for i in part})
     for spec in out.specs.values():
         if spec.alias_of and spec.alias_of not in out.specs:   # a part's alias of a shared
             raise AssertionError(f"{spec.name} aliases {spec.alias_of}, not a part's")

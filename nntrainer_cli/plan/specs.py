@@ -200,16 +200,17 @@ def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, 
 
 
 def _sum_specs(ts: TensorSet, node: str, weight: str, add) -> None:
-    """Micro-batches: beside each gradient tensor, the sum of the step's earlier
-    micro-batches' gradients (kept between them: persistent). It is added where the
-    gradient is complete: a tile's in its tile's calc_gradient slot, a whole weight's in
-    the node's last calc_gradient slot (before any apply slot)."""
+    """Micro-batches: beside each gradient tensor, the sum of the earlier parts'
+    gradients, added where the gradient is complete: a tile's in its tile's
+    calc_gradient slot, a whole weight's in the node's last calc_gradient slot (before
+    any apply slot). Expanded to all parts (plan/interleave.py), it lives across that
+    slot's runs for the parts."""
     ns, io = ts.node_slots[node], ts.io[node]
     grads = io.grads[weight]
     tiled = len(grads) > 1
     io.sums[weight] = [
         add(f"{g}:sum", "gradient", ts.specs[g].shape,
-            {min(ts.specs[g].uses) if tiled else ns.last(Phase.CALC_GRADIENT)}, persistent=True)
+            {min(ts.specs[g].uses) if tiled else ns.last(Phase.CALC_GRADIENT)})
         for g in grads]
 
 

@@ -23,9 +23,14 @@ from bisect import bisect_left
 from heapq import merge
 from dataclasses import replace
 
+from nntrainer_cli.layers.base import Phase
+
 from .planners import Item, check_valid, lower_bound, plan_offsets
 from .specs import TensorSet, TensorSpec
 from .swap_plan import Residency, SwapOptions, SwapPlan, SwapRefusal, file_layout, steps
+
+
+APPLIES = (Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY)
 
 
 class _Tensor:
@@ -118,13 +123,13 @@ class _Tensor:
 def _writes(spec: TensorSpec, uses: list[int], ts: TensorSet) -> set[int]:
     """Slots that may change a persistent tensor: none for a constant weight (frozen: its
     copy in the swap file stays good, so it is never written back); a trainable weight
-    only where it is applied (its gradient's uses after calc_gradient); other weights
-    (moving statistics) and optimizer state are treated as written at every use."""
+    only where it is applied (its gradient's apply or clip slots); other weights (moving
+    statistics) and optimizer state are treated as written at every use."""
     if spec.constant:
         return set()
     grad = ts.specs.get(f"{spec.name}:grad")
     if spec.kind == "weight" and grad is not None:
-        return set(grad.uses) - {min(grad.uses)}
+        return {s for s in grad.uses if ts.slots[s].phase in APPLIES}
     return set(uses)
 
 

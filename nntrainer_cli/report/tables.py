@@ -55,9 +55,10 @@ def plan_summary(plan: MemoryPlan) -> str:
     if plan.swap:
         conv = ", conv in smaller pieces at a time" if plan.in_pieces else ""
         tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles))
+        parts = ", every micro-batch's tensors at once" if plan.micro_batches > 1 else ""
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
-            if plan.frugal else "") + ")"
+            if plan.frugal else "") + parts + ")"
     return (f"planner {chosen}, batch {batch_text(plan)}{mode}\n"
             f"peak {human(plan.peak_bytes)} ({plan.peak_bytes} B)   "
             f"lower bound {human(plan.lower_bound_bytes)}   "
@@ -249,7 +250,9 @@ def profile_table(prof: dict) -> str:
     rows = []
     for r in sorted(prof["slots"], key=lambda r: -r["seconds_per_step"]):
         gf = r["gflops"]
-        rows.append([r["layer"], r["phase"], f"{1000 * r['seconds_per_step']:.3f}",
+        phase = r["phase"] + (f" batch {r['micro_batch'] + 1}" if prof["micro_batches"] > 1
+                              else "") + (" gathers" if r["gathers"] else "")
+        rows.append([r["layer"], phase, f"{1000 * r['seconds_per_step']:.3f}",
                      f"{100 * r['share']:.1f}%", "-" if gf is None else f"{gf:.1f}",
                      "-" if gf is None else f"{100 * gf / prof['gemm_gflops']:.0f}%"])
     outside = prof["outside_kernels_share"]

@@ -110,7 +110,7 @@ class Executor(PersistentTensors):
         for n, w in self.weights:
             if w.regularizer == "l2norm" and w.trainable:
                 for s in ts.node_slots[n.name].all(Phase.FORWARD):
-                    if plan.slots[s].micro == 0:
+                    if plan.slots[s].micro == 0 and not plan.slots[s].gather:
                         self.l2.setdefault(s, []).append((len(self.l2_constants),
                                                           self.slot_ctx[s].weights[w.name]))
                 self.l2_constants.append(w.regularizer_constant)
@@ -306,8 +306,8 @@ class Executor(PersistentTensors):
         if io is not None:
             io.drain()
         reg = sum(c * 0.5 * float(np.sqrt(q)) for c, q in zip(self.l2_constants, squares))
-        loss = sum(self.fwd_ctx[n][p].loss * held[p] for n in self.loss_names
-                   for p in range(self.parts) if held[p])
+        loss = sum(self.fwd_ctx[n.name][p].loss * held[p] for n in self.graph.losses
+                   for p in range(self.parts) if held[p])   # in the graph's order
         return loss / max(rows, 1) + reg, correct
 
     def _correct(self, part: int, out: np.ndarray) -> int:

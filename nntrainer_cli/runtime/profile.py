@@ -59,10 +59,12 @@ def profile(graph, plan, slot_seconds: np.ndarray, steps: int, step_total: float
         per_step = seconds / steps
         gflops = flops / per_step / 1e9 if flops and per_step > 0 else None
         rows.append({"slot": slot.index, "layer": slot.node, "phase": str(slot.phase),
+                     "micro_batch": slot.micro, "gathers": slot.gather,
                      "seconds_per_step": per_step,
                      "share": seconds / step_total if step_total else 0.0,
                      "gflops": gflops})
     inside = float(slot_seconds.sum())
     return {"steps": steps, "step_seconds_mean": step_total / steps,
+            "micro_batches": plan.micro_batches,
             "outside_kernels_share": max(0.0, 1 - inside / step_total) if step_total else 0.0,
             "gemm_gflops": rate, "slots": rows}

@@ -170,13 +170,12 @@ class Trainer:
         def feed(part: int, views) -> None:
             nonlocal reading
             r0 = time.perf_counter()
-            records = ds.indices(start + part * size, size)
             if cache is not None and cache.ready:
-                cache.read(part, records)
+                cache.read(part, ds.indices(start + part * size, size))
             else:
                 read(part, views)
                 if cache is not None:
-                    cache.took(part, records)
+                    cache.took(part, ds.indices(start + part * size, size))
             reading += time.perf_counter() - r0
         s0 = time.perf_counter()
         loss, correct = ex.train_step(iteration, feed, rows)
