@@ -82,13 +82,14 @@ class Executor(PersistentTensors):
         self.fwd_ctx: dict[str, list[RunContext]] = {n.name: [None] * self.parts
                                                      for n in graph.nodes}
         self.fwd_slot: dict[str, list[int]] = {n.name: [0] * self.parts for n in graph.nodes}
-        self.feed_at: dict[int, int] = {}   # the slot before which a part's data is read
+        first: dict[int, int] = {}   # per part, its first slot
         for s in plan.slots:
-            self.feed_at.setdefault(s.micro, s.index)
+            first.setdefault(s.micro, s.index)
             if s.phase == Phase.FORWARD and not s.gather:
                 self.fwd_ctx[s.node][s.micro] = self.slot_ctx[s.index]
                 self.fwd_slot[s.node][s.micro] = s.index
-        self.feed_at = {slot: part for part, slot in self.feed_at.items()}
+        # the slot before which a part's records are read: its first
+        self.feed_at = {slot: part for part, slot in first.items()}
         # per part: the views a batch's records are read into, inputs then labels
         self.data_views = [
             [self.view(ts.local(f"{n.name}:input", p), at) for n in graph.inputs] +

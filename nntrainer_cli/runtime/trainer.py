@@ -169,13 +169,13 @@ class Trainer:
 
         def feed(part: int, views) -> None:
             nonlocal reading
-            r0 = time.perf_counter()
+            r0, at = time.perf_counter(), start + part * size
             if cache is not None and cache.ready:
-                cache.read(part, ds.indices(start + part * size, size))
+                cache.read(part, ds.indices(at, size))
             else:
                 read(part, views)
                 if cache is not None:
-                    cache.took(part, ds.indices(start + part * size, size))
+                    cache.took(part, ds.indices(at, size))
             reading += time.perf_counter() - r0
         s0 = time.perf_counter()
         loss, correct = ex.train_step(iteration, feed, rows)
