@@ -46,3 +46,18 @@ def test_conv_flops():
     b, c, h, w = conv.ctx.output_shapes[0]
     cout, cin, kh, kw = conv.ctx.weights[0].shape
     assert slot_flops(conv, Phase.FORWARD) == 2 * b * h * w * cout * cin * kh * kw
+
+
+def test_profile_names_tiles_and_parts(tmp_path):
+    """Under a budget that tiles the layers, each slot's row says which tile it ran,
+    as `plan` does: no two rows read alike."""
+    out = tmp_path / "r.json"
+    r = run("train", DIGITS, "--epochs", "1", "--profile", "--no-tracemalloc", "--report",
+            str(out), "--memory-budget", "10%", "--swap-dir", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    prof = json.loads(out.read_text())["profile"]
+    rows = [(s["layer"], s["label"]) for s in prof["slots"]]
+    assert len(set(rows)) == len(rows)
+    tiled = [s for s in prof["slots"] if s["tile"] is not None]
+    assert tiled and all(f"tile {s['tile'] + 1}/" in s["label"] for s in tiled)
+    assert any(f"{s['label']} " in r.output for s in tiled)

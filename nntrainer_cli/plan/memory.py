@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from nntrainer_cli.graph import LayerGraph
+from nntrainer_cli.layers.base import Phase
 
 from .interleave import interleave
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
@@ -44,6 +45,20 @@ class MemoryPlan:
     @property
     def slots(self):
         return self.tensors.slots
+
+    def slot_label(self, slot) -> str:
+        """The slot's phase, with its tile (`forward tile 2/4`) or apply part (`2/4`),
+        and in micro-batches its part of the batch (`batch 1/2`, `gathers` where batch
+        norm gathers the batch's statistics): how `plan` and `--profile` name a slot."""
+        ns = self.tensors.node_slots.get(slot.node)
+        micro = "" if self.micro_batches == 1 or slot.phase in (
+            Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY) else \
+            f" batch {slot.micro + 1}/{self.micro_batches}" + (" gathers" if slot.gather else "")
+        if ns is not None and ns.tiles and slot.phase != Phase.CLIP_AND_APPLY:
+            return f"{slot.phase} tile {slot.part + 1}/{len(ns.tiles)}{micro}"
+        parts = len(ns.apply_parts) if ns is not None else 1
+        return f"{slot.phase} {slot.part + 1}/{parts}" if parts > 1 and \
+            slot.phase == Phase.APPLY_GRADIENT else f"{slot.phase}{micro}"
 
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",

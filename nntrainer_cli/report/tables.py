@@ -82,25 +82,10 @@ def tile_groups(tiles: dict[str, int]) -> list[str]:
             for k, names in by_count.items()]
 
 
-def _phase(plan: MemoryPlan, slot) -> str:
-    """The slot's phase, with its tile (`forward tile 2/4`) or apply part (`2/4`), and
-    in micro-batches its part of the batch (`batch 1/2`, `gathers` where batch norm
-    gathers the batch's statistics)."""
-    ns = plan.tensors.node_slots.get(slot.node)
-    micro = "" if plan.micro_batches == 1 or slot.phase in (
-        Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY) else \
-        f" batch {slot.micro + 1}/{plan.micro_batches}" + (" gathers" if slot.gather else "")
-    if ns is not None and ns.tiles and slot.phase != Phase.CLIP_AND_APPLY:
-        return f"{slot.phase} tile {slot.part + 1}/{len(ns.tiles)}{micro}"
-    parts = len(ns.apply_parts) if ns is not None else 1
-    return f"{slot.phase} {slot.part + 1}/{parts}" if parts > 1 and \
-        slot.phase == Phase.APPLY_GRADIENT else f"{slot.phase}{micro}"
-
-
 def plan_text(plan: MemoryPlan, model: str) -> str:
     live = live_bytes(plan)
     order = table(["slot", "phase", "layer", "live"],
-                  [[s.index, _phase(plan, s), s.node, human(live[s.index])] for s in plan.slots],
+                  [[s.index, plan.slot_label(s), s.node, human(live[s.index])] for s in plan.slots],
                   right={0, 3})
     tensors = table(["name", "kind", "shape", "bytes", "offset", "first", "last", "alias_of"],
                     [[s.name, s.kind, "x".join(map(str, s.shape)), s.bytes, s.offset,
@@ -250,9 +235,7 @@ def profile_table(prof: dict) -> str:
     rows = []
     for r in sorted(prof["slots"], key=lambda r: -r["seconds_per_step"]):
         gf = r["gflops"]
-        phase = r["phase"] + (f" batch {r['micro_batch'] + 1}" if prof["micro_batches"] > 1
-                              else "") + (" gathers" if r["gathers"] else "")
-        rows.append([r["layer"], phase, f"{1000 * r['seconds_per_step']:.3f}",
+        rows.append([r["layer"], r["label"], f"{1000 * r['seconds_per_step']:.3f}",
                      f"{100 * r['share']:.1f}%", "-" if gf is None else f"{gf:.1f}",
                      "-" if gf is None else f"{100 * gf / prof['gemm_gflops']:.0f}%"])
     outside = prof["outside_kernels_share"]

@@ -59,6 +59,7 @@ def profile(graph, plan, slot_seconds: np.ndarray, steps: int, step_total: float
         per_step = seconds / steps
         gflops = flops / per_step / 1e9 if flops and per_step > 0 else None
         rows.append({"slot": slot.index, "layer": slot.node, "phase": str(slot.phase),
+                     "label": plan.slot_label(slot), "tile": slot.part if tiles else None,
                      "micro_batch": slot.micro, "gathers": slot.gather,
                      "seconds_per_step": per_step,
                      "share": seconds / step_total if step_total else 0.0,
