@@ -423,6 +423,29 @@ def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, rec
     assert json.loads((tmp_path / "r--no-feature-cache.json").read_text())["feature_cache"] is None
 
 
+def test_cached_features_keep_every_loss_labels(tmp_path):
+    """Two losses after the frozen prefix: the cache keeps both labels of each record
+    (it once kept the first only, and the second loss trained on stale labels)."""
+    rng = np.random.default_rng(0)
+    x, a, b = rng.random((100, 64)), rng.integers(0, 10, 100), rng.integers(0, 3, 100)
+    data = tmp_path / "two.dat"
+    np.concatenate([x, np.eye(10)[a], np.eye(3)[b]], axis=1).astype("<f4").tofile(data)
+    heads = ("[mid]\ntype = fully_connected\nunit = 16\nactivation = relu\n"
+             "[head]\ntype = fully_connected\nunit = 10\nactivation = softmax\n"
+             "input_layers = mid\n"
+             "[head2]\ntype = fully_connected\nunit = 3\nactivation = softmax\n"
+             "input_layers = mid\n")
+    model = frozen_conv(data).replace(
+        "[head]\ntype = fully_connected\nunit = 10\nactivation = softmax\n", heads)
+    (tmp_path / "m.ini").write_text(model)
+    for name, flags in (("cached", []), ("uncached", ["--no-feature-cache"])):
+        res = run("train", str(tmp_path / "m.ini"), "-q", "--save", str(tmp_path / f"{name}.bin"),
+                  "--report", str(tmp_path / f"{name}.json"), *flags)
+        assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cached.json").read_text())["feature_cache"]
+    assert (tmp_path / "cached.bin").read_bytes() == (tmp_path / "uncached.bin").read_bytes()
+
+
 @pytest.mark.parametrize("extra", [
     "[drop]\ntype = dropout\ndropout_rate = 0.2",
     "[norm]\ntype = batch_normalization\ntrainable = false",

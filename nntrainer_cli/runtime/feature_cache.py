@@ -32,7 +32,8 @@ def _noop() -> None:
 
 class FeatureCache:
     """Per part of the batch (one unless the budget split it): its boundary slot, the
-    view the prefix's output is complete in, its label view, and the records in them."""
+    view the prefix's output is complete in, its label views (one per loss), and the
+    records in them."""
 
     def __init__(self, ex, prefix: FrozenPrefix, plan: MemoryPlan, count: int):
         node, index = prefix.boundary
@@ -43,25 +44,25 @@ class FeatureCache:
         self.prefix_slots = sorted(s for n in prefix.nodes for s in ns[n].all(Phase.FORWARD))
         self.layers = sorted(prefix.nodes, key=lambda n: ns[n].forward)
         feature_shape = (count,) + self.boundary[0].shape[1:]
-        at = len(ex.graph.inputs)   # the first label after the inputs
-        label_shape = (count,) + ex.data_views[0][at].shape[1:]
-        self.bytes = 4 * (int(np.prod(feature_shape)) + int(np.prod(label_shape)))
+        at = len(ex.graph.inputs)   # the labels (one per loss) come after the inputs
+        label_shapes = [(count,) + v.shape[1:] for v in ex.data_views[0][at:]]
+        sizes = [int(np.prod(s)) for s in [feature_shape, *label_shapes]]
+        self.bytes = 4 * sum(sizes)
         room = plan.swap.budget - plan.swap.peak if plan.swap else plan.peak_bytes
         self.where = "memory" if self.bytes <= room else "file"
         if self.where == "memory":
-            self.features = np.empty(feature_shape, np.float32)
-            self.labels = np.empty(label_shape, np.float32)
+            whole = np.empty(self.bytes // 4, np.float32)
         else:
             with tempfile.TemporaryFile(prefix="nntrainer-features-") as f:
                 f.truncate(self.bytes)
                 whole = np.memmap(f, np.float32, "w+", shape=(self.bytes // 4,))
-            split = int(np.prod(feature_shape))
-            self.features = whole[:split].reshape(feature_shape)
-            self.labels = whole[split:].reshape(label_shape)
+        ends = np.cumsum(sizes)
+        self.features, *self.labels = [whole[end - size:end].reshape(shape) for end, size, shape
+                                       in zip(ends, sizes, [feature_shape, *label_shapes])]
         self.filled = np.zeros(count, dtype=bool)
         self.rows: list[np.ndarray | None] = [None] * len(self.slots)   # records per part
         # as read (under swap a label may move out by the boundary slot)
-        self.label = [views[at] for views in ex.data_views]
+        self.label = [views[at:] for views in ex.data_views]
         self.ready = False
         self.original = [ex.train_steps[s] for s in self.slots]
         for part, s in enumerate(self.slots):
@@ -71,7 +72,8 @@ class FeatureCache:
     def took(self, part: int, rows: np.ndarray) -> None:
         """A part of the batch of these records was just read: keep its labels."""
         self.rows[part] = rows
-        self.labels[rows] = self.label[part]
+        for labels, view in zip(self.labels, self.label[part]):
+            labels[rows] = view
 
     def _compute_and_store(self, part: int) -> None:
         fn, args = self.original[part]
@@ -109,7 +111,8 @@ class FeatureCache:
     def read(self, part: int, rows: np.ndarray) -> None:
         """A part's labels into its label view; its features wait for their slot."""
         self.rows[part] = rows
-        np.take(self.labels, rows, axis=0, out=self.label[part])
+        for labels, view in zip(self.labels, self.label[part]):
+            np.take(labels, rows, axis=0, out=view)
 
     def _load(self, part: int) -> None:
         np.take(self.features, self.rows[part], axis=0, out=self.boundary[part])
