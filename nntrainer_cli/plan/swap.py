@@ -31,6 +31,7 @@ from .swap_plan import Residency, SwapOptions, SwapPlan, SwapRefusal, file_layou
 
 
 APPLIES = (Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY)
+RECORDS = ("input", "label", "activation", "derivative")   # kinds that hold records
 
 
 class _Tensor:
@@ -68,8 +69,9 @@ class _Tensor:
             ahead = self.ahead.get(c[0], lookahead)
             first = max(prev_last + 1, c[0] - ahead) if loaded else c[0]
             more = k < len(clusters) - 1
-            stored = (more or s.persistent) and (not s.persistent or
-                                                  any(t in self.writes for t in c))
+            # written back if read again (or persistent), unless unchanged since the
+            # last time (a first stay is where a record's tensor is made)
+            stored = (more or s.persistent) and (not loaded or any(t in self.writes for t in c))
             out.append(Residency(s.name, s.kind, self.size, first, c[-1], c[0], loaded, stored))
             prev_last = c[-1]
         return out
@@ -121,15 +123,20 @@ class _Tensor:
 
 
 def _writes(spec: TensorSpec, uses: list[int], ts: TensorSet) -> set[int]:
-    """Slots that may change a persistent tensor: none for a constant weight (frozen: its
-    copy in the swap file stays good, so it is never written back); a trainable weight
-    only where it is applied (its gradient's apply or clip slots); other weights (moving
-    statistics) and optimizer state are treated as written at every use."""
+    """Slots that may change a tensor; a stay without one is not written back, as the
+    swap file's copy stays good. None for a constant weight (frozen); a trainable
+    weight only where it is applied (its gradient's apply or clip slots); other weights
+    (moving statistics) and optimizer state at every use. Records' tensors (inputs,
+    labels, activations, derivatives) at every use but calc_gradient, which only reads
+    them (it writes gradients and its own temporaries); temporaries and gradients at
+    every use."""
     if spec.constant:
         return set()
     grad = ts.specs.get(f"{spec.name}:grad")
     if spec.kind == "weight" and grad is not None:
         return {s for s in grad.uses if ts.slots[s].phase in APPLIES}
+    if spec.kind in RECORDS:
+        return {s for s in uses if ts.slots[s].phase != Phase.CALC_GRADIENT}
     return set(uses)
 
 
