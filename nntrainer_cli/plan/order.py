@@ -85,10 +85,8 @@ def gets_gradients(graph: LayerGraph, node: Node) -> bool:
 def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
     """Slots in order, each node's slots, and which nodes need dL/d(output). A tiled
     node runs its forward tile by tile, and its backward tile by tile in reverse, each
-    tile's calc_derivative, calc_gradient and apply_gradient together: a tile's weight
-    is read for the derivative before it changes, and its gradient is applied as soon
-    as it is made (in the other order it waits a slot, and tight budgets swapped it out
-    and back)."""
+    tile's calc_gradient, calc_derivative and apply_gradient together: a tile's weight
+    is read for the derivative before it changes, and its gradient is applied at once."""
     wants: dict[str, bool] = {}
     runs_cd: dict[str, bool] = {}
     for n in graph.nodes:
@@ -112,9 +110,9 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
         if runs_cd[n.name]:
             phases.append(Phase.CALC_DERIVATIVE)
         applies = gets_gradients(graph, n) and not n.clip
-        if tiles:   # the derivative first: the gradient is then made right before use
+        if tiles:
             for t in reversed(range(len(tiles))):
-                for phase in phases[::-1] + [Phase.APPLY_GRADIENT] * applies:
+                for phase in phases + [Phase.APPLY_GRADIENT] * applies:
                     add(n, phase, t)
             continue
         for phase in phases:
