@@ -23,9 +23,9 @@ from dataclasses import replace
 from nntrainer_cli.layers.base import Phase
 
 from .order import NodeSlots, Slot
-from .specs import TensorSet, set_lifespans
+from .specs import RECORD_KINDS, TensorSet, set_lifespans
 
-PER_PART = frozenset({"input", "label", "activation", "derivative", "temporary"})
+PER_PART = RECORD_KINDS | {"temporary"}
 
 
 def interleave(ts: TensorSet, parts: int, coupled: set[str]) -> TensorSet:

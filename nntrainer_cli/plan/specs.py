@@ -19,6 +19,9 @@ from .order import NodeSlots, Slot, execution_order, row_parts
 
 ALIGN = 64  # bytes; every tensor starts on a cache line
 SPLIT_MIN_BYTES = 64 * 1024  # smaller weights are applied whole even in split apply slots
+# the kinds of tensor that hold a batch's records (per micro-batch; read, not written,
+# by calc_gradient)
+RECORD_KINDS = frozenset({"input", "label", "activation", "derivative"})
 
 
 @dataclass

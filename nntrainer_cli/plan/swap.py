@@ -26,12 +26,11 @@ from dataclasses import replace
 from nntrainer_cli.layers.base import Phase
 
 from .planners import Item, check_valid, lower_bound, plan_offsets
-from .specs import TensorSet, TensorSpec
+from .specs import RECORD_KINDS, TensorSet, TensorSpec
 from .swap_plan import Residency, SwapOptions, SwapPlan, SwapRefusal, file_layout, steps
 
 
 APPLIES = (Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY)
-RECORDS = ("input", "label", "activation", "derivative")   # kinds that hold records
 
 
 class _Tensor:
@@ -135,7 +134,7 @@ def _writes(spec: TensorSpec, uses: list[int], ts: TensorSet) -> set[int]:
     grad = ts.specs.get(f"{spec.name}:grad")
     if spec.kind == "weight" and grad is not None:
         return {s for s in grad.uses if ts.slots[s].phase in APPLIES}
-    if spec.kind in RECORDS:
+    if spec.kind in RECORD_KINDS:
         return {s for s in uses if ts.slots[s].phase != Phase.CALC_GRADIENT}
     return set(uses)
 

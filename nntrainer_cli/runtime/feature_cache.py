@@ -3,8 +3,8 @@ first epoch so that later epochs run only the trainable part (NNTrainer's transf
 learning apps do this by hand). Epoch 1 stores each batch's boundary tensor right
 after the slot that computes it, and computes the records its dropped last batch left
 out; from epoch 2 the prefix's forward slots do nothing, the boundary slot (one per
-micro-batch) copies its rows from the cache, and the labels come from the cache too, so the data set
-is not read again.
+micro-batch) copies its rows from the cache, and the labels come from the cache too,
+so the data set is not read again.
 
 The cache lives outside the arena: in memory when it is no bigger than the plan
 itself (under a budget: than what the budget leaves beside the arena), else in a file
