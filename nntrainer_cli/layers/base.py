@@ -151,7 +151,7 @@ class RunContext:
     rng: np.random.Generator | None = None  # for dropout and other random layers
     node: str = ""      # the layer's name, for the runtime's bookkeeping
     # a tiled layer's slot works on these rows of its tiled weights, whose views hold
-    # only them (the first tile's slot also on the untiled ones, such as a bias)
+    # only them (the slots of the layer's untiled_tile also on its untiled weights)
     tile: tuple[int, int] | None = None
     # in micro-batches (plan/interleave.py): the part of the batch this slot runs, and
     # for a batch-coupled layer whether it gathers the whole batch's statistics (else
@@ -162,7 +162,7 @@ class RunContext:
     @property
     def first_tile(self) -> bool:
         """Whether this slot is its layer's first tile, or the layer is not tiled: the
-        slot that holds the untiled weights and starts what later tiles add to."""
+        slot that starts what later tiles add to."""
         return self.tile is None or self.tile[0] == 0
 
 
@@ -183,6 +183,9 @@ class Layer:
     is_loss = False
     differentiable = True     # False: passes no gradient back (nothing before it may train)
     tileable = False          # its steps follow ctx.tile, so a budget may tile its weight
+    untiled_tile = 0          # tiled, the slots of this tile (-1: the last) hold its
+                              # untiled weights: they read them, make their gradients
+                              # and apply them
     batch_coupled = False     # True: a record's training output depends on its batch's
                               # other records: in micro-batches, its forward and
                               # calc_derivative slots run over every part first to

@@ -48,7 +48,7 @@ def interleave(ts: TensorSet, parts: int, coupled: set[str]) -> TensorSet:
         for p in range(parts):
             add(s, p)
     node_slots = {n: NodeSlots({phase: sorted(i for b in base for part in at[b] for i in part)
-                                for phase, base in ns.parts.items()}, ns.tiles)
+                                for phase, base in ns.parts.items()}, ns.tiles, ns.untiled)
                   for n, ns in ts.node_slots.items()}   # (a clipped layer's: the clip slot)
     out = TensorSet(slots, node_slots, io=ts.io, micro_batches=parts)
     for spec in ts.specs.values():

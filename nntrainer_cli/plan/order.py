@@ -34,6 +34,7 @@ class NodeSlots:
     row part (frugal plans)."""
     parts: dict[Phase, list[int]] = field(default_factory=dict)
     tiles: list[tuple[int, int]] = field(default_factory=list)
+    untiled: int = 0   # a tiled node: the tile whose slots hold its untiled weights
 
     def all(self, phase: Phase) -> list[int]:
         return self.parts.get(phase, [])
@@ -94,6 +95,8 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
         wants[n.name] = (gets_gradients(graph, n) or runs_cd[n.name]) and not n.layer.is_loss
     slots: list[Slot] = []
     per_node = {n.name: NodeSlots(tiles=tile_rows(graph, n)) for n in graph.nodes}
+    for n in graph.nodes:
+        per_node[n.name].untiled = n.layer.untiled_tile % max(1, len(per_node[n.name].tiles))
 
     def add(n: Node, phase: Phase, part: int = 0) -> None:
         per_node[n.name].parts.setdefault(phase, []).append(len(slots))

@@ -157,64 +157,63 @@ def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
 def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, add) -> None:
     """A weight's tensors, its gradient's and its optimizer state's. A tiled weight has
     one of each per tile, used only in its tile's slots; an untiled one is used in all
-    the node's slots, its state split into the row parts of the apply slots. Part k is
-    applied in the apply slot of part k (the clip slot for a clipped layer)."""
+    the node's slots, its state split into the row parts of the apply slots; in a tiled
+    node it lives in one tile's slots (ns.untiled) and is applied whole in that tile's
+    apply slot. Part k is applied in the apply slot of part k (the clip slot for a
+    clipped layer)."""
     ns, io, name = ts.node_slots[node], ts.io[node], f"{node}:{w.name}"
     trained = w.trainable and training
     constant = not w.state and not trained
-    # the apply slot of each part (a clipped layer's one slot applies every part)
-    applies = {ts.slots[s].part: s for s in ns.apply_parts}
-    applies = defaultdict(lambda: ns.apply_parts[0], applies)
+
+    def in_tile(k: int) -> set[int]:
+        return {s for s in (*ns.all(Phase.FORWARD), *ns.backward()) if ts.slots[s].part == k}
+
+    # the weight's row parts, the apply part (tile) of each, and its tensors: (name,
+    # shape, slots, which row parts it holds)
     if w.tiled and ns.tiles:
-        rows = ns.tiles
-        uses = [{s for p in (Phase.FORWARD, *BACKWARD) for s in ns.all(p)
-                 if ts.slots[s].part == k} for k in range(len(rows))]
-        io.weights[w.name] = [add(f"{name}:t{k}", "weight", (hi - lo,) + w.shape[1:],
-                                  uses[k] | ({applies[k]} if trained else set()),
-                                  persistent=True, constant=constant)
-                              for k, (lo, hi) in enumerate(rows)]
-        if trained:
-            io.grads[w.name] = [add(f"{name}:t{k}:grad", "gradient", (hi - lo,) + w.shape[1:],
-                                    {s for s in uses[k] if ts.slots[s].phase == Phase.CALC_GRADIENT}
-                                    | {applies[k]})
-                                for k, (lo, hi) in enumerate(rows)]
+        rows, keys = ns.tiles, list(range(len(ns.tiles)))
+        tensors = [(f"{name}:t{k}", (hi - lo,) + w.shape[1:], in_tile(k), [k])
+                   for k, (lo, hi) in enumerate(rows)]
+    elif ns.tiles:
+        rows, keys = [(0, w.shape[0])], [ns.untiled]
+        tensors = [(name, w.shape, in_tile(ns.untiled), [0])]
     else:
-        io.weights[w.name] = [add(name, "weight", w.shape,
-                                  {*ns.all(Phase.FORWARD), *ns.backward()},
-                                  persistent=True, constant=constant)]
-        if not trained:
-            return
-        io.grads[w.name] = [add(f"{name}:grad", "gradient", w.shape,
-                                {*ns.all(Phase.CALC_GRADIENT), *ns.apply_parts})]
-        # a tiled layer's other weights (its bias) are applied whole in the first tile's
-        # apply slot, the last to run, after the one calc_gradient that computes them
-        parts = len(ns.apply_parts) if math.prod(w.shape) * 4 >= SPLIT_MIN_BYTES \
-            and not ns.tiles else 1
-        rows = row_parts(w.shape[0], parts)
+        big = math.prod(w.shape) * 4 >= SPLIT_MIN_BYTES
+        rows = row_parts(w.shape[0], len(ns.apply_parts) if trained and big else 1)
+        keys = list(range(len(rows)))
+        tensors = [(name, w.shape, {*ns.all(Phase.FORWARD), *ns.backward()}, keys)]
     if not trained:
+        io.weights[w.name] = [add(n, "weight", shape, uses, persistent=True, constant=constant)
+                              for n, shape, uses, _ in tensors]
         return
+    # the apply slot of each row part (a clipped layer's one slot applies every part)
+    applies = defaultdict(lambda: ns.apply_parts[0],
+                          {ts.slots[s].part: s for s in ns.apply_parts})
+    at = [applies[key] for key in keys]
+    io.weights[w.name] = [add(n, "weight", shape, uses | {at[k] for k in held},
+                              persistent=True, constant=constant)
+                          for n, shape, uses, held in tensors]
+    io.grads[w.name] = [add(f"{n}:grad", "gradient", shape,
+                            {s for s in uses if ts.slots[s].phase == Phase.CALC_GRADIENT}
+                            | {at[k] for k in held})
+                        for n, shape, uses, held in tensors]
     io.rows[w.name] = rows
     split = len(rows) > 1
     io.state[w.name] = [
         [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",
-             (hi - lo,) + w.shape[1:], {applies[k]}, persistent=True)
+             (hi - lo,) + w.shape[1:], {at[k]}, persistent=True)
          for s in optimizer_state]
         for k, (lo, hi) in enumerate(rows)]
 
 
 def _sum_specs(ts: TensorSet, node: str, weight: str, add) -> None:
     """Micro-batches: beside each gradient tensor, the sum of the earlier parts'
-    gradients, added where the gradient is complete: a tile's in its tile's
-    calc_gradient slot, a whole weight's in the node's last calc_gradient slot (before
-    any apply slot). Expanded to all parts (plan/interleave.py), it lives across that
-    slot's runs for the parts."""
-    ns, io = ts.node_slots[node], ts.io[node]
-    grads = io.grads[weight]
-    tiled = len(grads) > 1
-    io.sums[weight] = [
-        add(f"{g}:sum", "gradient", ts.specs[g].shape,
-            {min(ts.specs[g].uses) if tiled else ns.last(Phase.CALC_GRADIENT)})
-        for g in grads]
+    gradients, added where the gradient is complete: in the one calc_gradient slot
+    that makes it, its first use (before any apply slot). Expanded to all parts
+    (plan/interleave.py), it lives across that slot's runs for the parts."""
+    ts.io[node].sums[weight] = [add(f"{g}:sum", "gradient", ts.specs[g].shape,
+                                    {min(ts.specs[g].uses)})
+                                for g in ts.io[node].grads[weight]]
 
 
 def _alias(graph: LayerGraph, ts: TensorSet) -> None:

@@ -208,14 +208,17 @@ class Executor(PersistentTensors):
     def _updates(self, node, slot: int, part: int | None) -> list:
         """(weight request, weight rows, gradient rows, optimizer state) for one part of
         a node's apply_gradient (one tile of a tiled weight, the whole of an untiled one
-        unless the budget split it), or for every part (None: the clip slot)."""
+        unless the budget split it, in a tiled node in its untiled tile's slot), or for
+        every part (None: the clip slot)."""
         io, out = self.plan.tensors.io[node.name], []
+        ns = self.plan.tensors.node_slots[node.name]
         for w in node.ctx.weights:
             if not w.trainable:
                 continue
             tensors, grads = io.weights[w.name], io.grads[w.name]
             for k, (lo, hi) in enumerate(io.rows[w.name]):
-                if part is not None and k != part:
+                at = ns.untiled if ns.tiles and len(tensors) == 1 else k
+                if part is not None and at != part:
                     continue
                 if len(tensors) > 1:   # a tile: its own tensors
                     weight, grad = self.view(tensors[k], slot), self.view(grads[k], slot)
