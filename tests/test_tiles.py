@@ -110,6 +110,35 @@ def test_a_tiled_convolution_matches_finite_differences(props, shape):
                                    [(w[k], g[k]) for k in w] + [(x, dx)])
 
 
+@pytest.mark.parametrize("props", [{"unit": 3},
+                                   {"unit": 2, "return_sequences": True, "integrate_bias": True}])
+def test_a_tiled_lstm_matches_finite_differences(props):
+    """An lstm whose weight_ih is cut into tiles of input features (5 in 3: uneven),
+    run as the plan runs it: forward tile by tile (the last runs the recurrence),
+    backward last tile first (it runs backpropagation through time); weight_hh and the
+    biases are resident in the last tile's slots only, every float buffer starts as
+    NaN."""
+    rng = np.random.default_rng(0)
+    layer = make_layer("lstm", **props)
+    shape = (2, 1, 4, 5)
+    fc = FinalizeContext([shape], tiles=3)
+    layer.finalize(fc)
+    w = {wt.name: rng.standard_normal(wt.shape) * 0.5 for wt in fc.weights}
+    g = {k: np.zeros_like(v) for k, v in w.items()}
+    x, probe = rng.standard_normal(shape), rng.standard_normal(fc.output_shapes[0])
+    y, dx = np.full(fc.output_shapes[0], np.nan), np.full(shape, np.nan)
+    temps = {t.name: np.full(t.shape, np.nan) for t in fc.temps}
+    def only(arrays, lo, hi):   # the last tile's slots hold the untiled weights
+        return {k: v for k, v in arrays.items() if hi == 5} | {"weight_ih": arrays["weight_ih"][lo:hi]}
+
+    ctxs = [RunContext([x], [y], only(w, lo, hi), only(g, lo, hi), [dx], [probe], temps,
+                       tile=(lo, hi))
+            for lo, hi in row_parts(5, 3)]
+    assert [wt.name for wt in fc.weights if wt.tiled] == ["weight_ih"]
+    assert_tiles_match_differences(layer, ctxs, y, probe,
+                                   [(w[k], g[k]) for k in w] + [(x, dx)])
+
+
 def test_a_tiled_embedding_matches_finite_differences():
     """An embedding table cut into row tiles (9 ids in 3, one tile never looked up,
     and a last pass shorter than the others), run as the plan runs it: each tile's

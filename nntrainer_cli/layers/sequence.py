@@ -12,6 +12,7 @@ from nntrainer_cli.config import props as P
 from nntrainer_cli.errors import DataError
 
 from .activation import sigmoid
+from .core import tile_columns
 from .base import (BACKWARD, ITERATION, Access, FinalizeContext, Layer, LayerError, Phase,
                    RunContext, register)
 
@@ -113,9 +114,18 @@ GATES = 4  # input, forget, cell candidate (g), output: NNTrainer's and PyTorch'
 class LSTM(Layer):
     """Input N:1:T:F → N:1:T:unit (return_sequences) or N:1:1:unit (last step).
     Weights as NNTrainer saves them: weight_ih (F, 4u), weight_hh (u, 4u), then
-    bias_h (4u) with integrate_bias, else bias_ih and bias_hh."""
+    bias_h (4u) with integrate_bias, else bias_ih and bias_hh.
+
+    Tileable: under a tight budget weight_ih is cut into row tiles (ranges of input
+    features). Each forward tile adds its features' share of the gate inputs, and the
+    last runs the recurrence; the first backward tile (the last one) runs
+    backpropagation through time, and each tile then makes its rows' gradient and its
+    features' derivative. weight_hh stays whole (every time step reads all of it) and,
+    with the biases, lives in the last tile's slots only."""
     type = "lstm"
     weighted = True
+    tileable = True
+    untiled_tile = -1   # the recurrence's weight_hh and the biases
     schema = {"unit": P.Prop(P.positive_int, required=True),
               "return_sequences": P.Prop(P.boolean, False),
               "integrate_bias": P.Prop(P.boolean, False),
@@ -138,8 +148,8 @@ class LSTM(Layer):
         if c != 1:
             raise LayerError(f"lstm takes sequences shaped 1:T:F, got {c}:{t}:{f}", "input_shape")
         u = self.p["unit"]
-        self.n, self.t, self.u = n, t, u
-        self.request_weight(ctx, "weight_ih", (f, GATES * u))
+        self.n, self.t, self.u, self.f = n, t, u, f
+        self.request_weight(ctx, "weight_ih", (f, GATES * u), tiled=True)
         self.request_weight(ctx, "weight_hh", (u, GATES * u))
         for b in ["bias_h"] if self.p["integrate_bias"] else ["bias_ih", "bias_hh"]:
             self.request_bias(ctx, b, (GATES * u,))
@@ -162,13 +172,29 @@ class LSTM(Layer):
             return ctx.outputs[0].reshape(self.n, self.t, self.u)
         return ctx.temps["hidden"]
 
+    def _last_tile(self, ctx: RunContext) -> bool:
+        """The last forward tile (the recurrence's) and first backward one, or untiled."""
+        return ctx.tile is None or ctx.tile[1] == self.f
+
+    def _features(self, ctx: RunContext, x: np.ndarray) -> np.ndarray:
+        """The (N·T, features) rows of an input-shaped array, the tile's columns."""
+        return tile_columns(x.reshape(self.n * self.t, self.f), ctx.tile)
+
     def forward(self, ctx: RunContext, training: bool) -> None:
         n, t, u = self.n, self.t, self.u
         w = ctx.weights
         gates, cells, step = ctx.temps["gates"], ctx.temps["cells"], ctx.temps["step"]
         hidden = self._hidden(ctx)
-        np.matmul(ctx.inputs[0].reshape(n * t, -1), w["weight_ih"],
-                  out=gates.reshape(n * t, GATES * u))
+        x = self._features(ctx, ctx.inputs[0])
+        if ctx.first_tile:
+            np.matmul(x, w["weight_ih"], out=gates.reshape(n * t, GATES * u))
+        else:   # a later tile adds its share step by step: no gates-sized buffer
+            x = x.reshape(n, t, -1)
+            for k in range(t):
+                np.matmul(x[:, k], w["weight_ih"], out=step)
+                gates[:, k] += step
+        if not self._last_tile(ctx):
+            return
         for b in ("bias_h", "bias_ih", "bias_hh"):
             if b in w:
                 gates += w[b]
@@ -232,11 +258,14 @@ class LSTM(Layer):
 
     def calc_gradient(self, ctx: RunContext) -> None:
         n, t, u = self.n, self.t, self.u
-        self._backprop_through_time(ctx)
         dg, g = ctx.temps["d_gates"], ctx.grads
         flat = dg.reshape(n * t, GATES * u)
+        if self._last_tile(ctx):
+            self._backprop_through_time(ctx)
         if "weight_ih" in g:
-            np.matmul(ctx.inputs[0].reshape(n * t, -1).T, flat, out=g["weight_ih"])
+            np.matmul(self._features(ctx, ctx.inputs[0]).T, flat, out=g["weight_ih"])
+        if not self._last_tile(ctx):
+            return
         if "weight_hh" in g:
             hidden, w_step = self._hidden(ctx), ctx.temps["w_step"]
             g["weight_hh"].fill(0)
@@ -248,8 +277,8 @@ class LSTM(Layer):
                 np.sum(flat, axis=0, out=g[b])
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        if not ctx.grads:  # frozen: calc_gradient did not run
+        if not ctx.grads and self._last_tile(ctx):  # frozen: calc_gradient did not run
             self._backprop_through_time(ctx)
         n, t = self.n, self.t
         np.matmul(ctx.temps["d_gates"].reshape(n * t, -1), ctx.weights["weight_ih"].T,
-                  out=ctx.in_grads[0].reshape(n * t, -1))
+                  out=self._features(ctx, ctx.in_grads[0]))
