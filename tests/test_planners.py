@@ -42,6 +42,22 @@ def test_planner_valid_and_bounded(name, items):
     assert lower_bound(items) <= peak <= sum(it.size for it in items)
 
 
+@pytest.mark.parametrize("name", list(PLANNERS))
+@settings(max_examples=100, deadline=None)
+@given(items=item_sets())
+def test_array_gaps_place_as_the_list_gaps_do(name, items):
+    """Items with many neighbours are placed by array arithmetic (planners.py
+    ARRAY_NEIGHBOURS): the same offsets as the plain loop, first fit and best fit."""
+    from nntrainer_cli.plan import planners
+
+    placed = []
+    for threshold in (-1, 10 ** 9):   # every item by arrays, then none
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(planners, "ARRAY_NEIGHBOURS", threshold)
+            placed.append(PLANNERS[name](items))
+    assert placed[0] == placed[1]
+
+
 def test_best_is_no_worse_than_any():
     items = [Item(64 * (i % 7 + 1), i % 5, i % 5 + i % 3) for i in range(30)]
     _, offsets = plan_offsets(items, "best")

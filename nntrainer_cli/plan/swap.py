@@ -8,8 +8,11 @@ them the stretch from the last use to the next iteration's first use counts too.
 Starting from "everything stays", the fullest slot is relieved by sending out the
 tensor idle there whose next use is furthest away, weighted by its size (Belady's
 rule), until every slot fits; when nothing idle is left there, loads whose lookahead
-window covers that slot are issued later. The residencies are then placed by the usual
-planners, each at its own offset. Values nobody reads again are dropped, never written.
+window covers that slot are issued later. The rule never looks at the budget, so the
+path down to everything idle swapped is walked once per plan, and the search for a
+budget replays a prefix of it, target by target. The residencies are then placed by
+the usual planners, each at its own offset. Values nobody reads again are dropped,
+never written.
 
 The placed stays then give the swap file's layout and the runtime's steps
 (`plan/swap_plan.py`, which holds what the plan hands on).
@@ -22,6 +25,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from heapq import merge
 from dataclasses import replace
+
+import numpy as np
 
 from nntrainer_cli.layers.base import Phase
 
@@ -78,30 +83,29 @@ class _Tensor:
     def option_at(self, t: int, lookahead: int, full: bool):
         """What to swap so this tensor is not resident at slot t, and its score
         (size × distance to the next use), or None. With `full`, only swaps whose load
-        can still start `lookahead` slots early; else the load may start later."""
+        can still start `lookahead` slots early; else the load may start later. (Asked
+        of every candidate in every round of the search: plain ints, no closures.)"""
         u = self.uses
         i = bisect_left(u, t)
         if i < len(u) and u[i] == t:
             return None
         i -= 1                                   # u[i] < t < u[i + 1], where both exist
-
-        def ahead(nxt):  # the lookahead left for the load before use nxt
-            return min(lookahead, nxt - t - 1) if not full else \
-                (lookahead if nxt - lookahead > t else None)
-
         if self.spec.persistent and not self.wrap:
-            if t > u[-1] or t < u[0]:
-                nxt = u[0] + self.end + 1 if t > u[-1] else u[0]
-                if t < u[0] and ahead(u[0]) is None:
-                    return None
-                return ("wrap", None, u[0], ahead(nxt) if t < u[0] else lookahead), \
-                    self.size * (nxt - t)
-            if ahead(u[i + 1]) is None:
-                return None
-            return ("wrap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
-        if 0 <= i < len(u) - 1 and i not in self.split and ahead(u[i + 1]) is not None:
-            return ("gap", i, u[i + 1], ahead(u[i + 1])), self.size * (u[i + 1] - t)
-        return None
+            if t > u[-1]:   # out until the next iteration's first use
+                return ("wrap", None, u[0], lookahead), self.size * (u[0] + self.end + 1 - t)
+            what, at = "wrap", (None if i < 0 else i)
+        elif 0 <= i < len(u) - 1 and i not in self.split:
+            what, at = "gap", i
+        else:
+            return None
+        nxt = u[i + 1]
+        if not full:
+            ahead = min(lookahead, nxt - t - 1)
+        elif nxt - lookahead > t:
+            ahead = lookahead
+        else:
+            return None
+        return (what, at, nxt, ahead), self.size * (nxt - t)
 
     def later_at(self, t: int, lookahead: int):
         """A load whose lookahead window covers slot t, to be issued after t instead."""
@@ -147,19 +151,40 @@ def _group_uses(ts: TensorSet) -> dict[str, set[int]]:
     return uses
 
 
-def _live(tensors: list[_Tensor], lookahead: int, end: int) -> list[int]:
-    live = [0] * (end + 1)
+def _live(tensors: list[_Tensor], lookahead: int, end: int) -> np.ndarray:
+    """The resident bytes per slot (an array: a weight's stay spans every slot)."""
+    live = np.zeros(end + 1, np.int64)
     for t in tensors:
-        for r in t.residencies(lookahead):
-            for k in range(r.first, r.last + 1):
-                live[k] += r.bytes
+        _add_stays(live, t.residencies(lookahead), 1)
     return live
 
 
-def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int,
-             log: list | None = None) -> bool:
-    """Swap until no slot holds more than `target` bytes; False if that cannot be.
-    Each decision is appended to `log` as (tensor index, option)."""
+def _add_stays(live: np.ndarray, stays: list[Residency], sign: int) -> None:
+    for r in stays:
+        live[r.first:r.last + 1] += sign * r.bytes
+
+
+def _best_option(tensors: list[_Tensor], candidates: list[int], t: int, lookahead: int):
+    """The highest-scoring swap that frees slot t, as (tensor, option, score, index):
+    among swaps that keep the lookahead, else those with a later load, else a delayed
+    load; the first candidate wins a tie. None if there is none."""
+    for full in (True, False, None):
+        best = None
+        for i in candidates:
+            x = tensors[i]
+            opt = x.option_at(t, lookahead, full) if full is not None else \
+                x.later_at(t, lookahead)
+            if opt and (best is None or opt[1] > best[2]):
+                best = (x, opt[0], opt[1], i)
+        if best is not None:
+            return best
+    return None
+
+
+def _relieve(tensors: list[_Tensor], lookahead: int, end: int) -> list[tuple]:
+    """Swap until no swap frees the fullest slot. The decisions, in order, as (tensor
+    index, option, the fullest slot's bytes before it): the rule does not depend on a
+    target, so relieving to any target is a prefix of this one path (`_Path`)."""
     live = _live(tensors, lookahead, end)
     # only these may be idle at a slot: a persistent tensor anywhere, another between
     # its first and last use (an interleaved plan's parts each use few slots)
@@ -169,34 +194,44 @@ def _relieve(tensors: list[_Tensor], target: int, lookahead: int, end: int,
         if not x.spec.persistent:
             for k in range(x.uses[0] + 1, x.uses[-1]):
                 inside[k].append(i)
+    candidates: dict[int, list[int]] = {}
+    path = []
     while True:
-        t = max(range(len(live)), key=live.__getitem__)
-        if live[t] <= target:
-            return True
-        best = None
-        candidates = list(merge(always, inside[t]))
-        for find in (lambda x: x.option_at(t, lookahead, True),   # swaps that keep lookahead
-                     lambda x: x.option_at(t, lookahead, False),  # then with a later load
-                     lambda x: x.later_at(t, lookahead)):         # then delay a load
-            for i in candidates:
-                x = tensors[i]
-                opt = find(x)
-                if opt and (best is None or opt[1] > best[2]):
-                    best = (x, opt[0], opt[1], i)
-            if best is not None:
-                break
+        t = int(live.argmax())
+        if t not in candidates:
+            candidates[t] = list(merge(always, inside[t]))
+        best = _best_option(tensors, candidates[t], t, lookahead)
         if best is None:
-            return False
+            path.append((None, None, int(live[t])))   # where it ends
+            return path
+        path.append((best[3], best[1], int(live[t])))
         x = best[0]
-        for r in x.residencies(lookahead):
-            for k in range(r.first, r.last + 1):
-                live[k] -= r.bytes
+        _add_stays(live, x.residencies(lookahead), -1)
         x.apply(best[1])
-        if log is not None:
-            log.append((best[3], best[1]))
-        for r in x.residencies(lookahead):
-            for k in range(r.first, r.last + 1):
-                live[k] += r.bytes
+        _add_stays(live, x.residencies(lookahead), 1)
+
+
+class _Path:
+    """Replays a prefix of `_relieve`'s path onto fresh tensors, target by target."""
+
+    def __init__(self, path: list[tuple], tensors: list[_Tensor]):
+        self.path, self.tensors, self.done = path, tensors, 0
+
+    def relieve(self, target: int) -> bool:
+        """The swaps made while the fullest slot held more than `target` bytes; False
+        if the path ends first (no swap frees that slot)."""
+        while self.path[self.done][2] > target:
+            i, option, _ = self.path[self.done]
+            if i is None:
+                return False
+            self.tensors[i].apply(option)
+            self.done += 1
+        return True
+
+    @property
+    def log(self) -> list[tuple]:
+        """The decisions replayed so far, as (tensor index, option)."""
+        return [(i, option) for i, option, _ in self.path[:self.done]]
 
 
 def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) -> SwapPlan:
@@ -257,22 +292,24 @@ def _search(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRe
         return [_Tensor(s, sorted(uses[s.name]), _writes(s, sorted(uses[s.name]), ts), end,
                         unit) for s in ts.roots() if s.bytes]
 
-    least, least_log = fresh(), []
-    _relieve(least, 0, lookahead, end, least_log)
+    least = fresh()
+    path = _relieve(least, lookahead, end)
     floor = _place(least, lookahead, planner, budget)
     if budget == 0:
         floor.budget = floor.peak
         return floor
     if budget < floor.peak:  # refused at once: no search can go below the floor
         return _refusal(budget, floor, ts, lookahead)
-    tensors, target, log, step = fresh(), budget, [], 1
+    tensors, target, step = fresh(), budget, 1
+    replay = _Path(path, tensors)
     while True:
-        fits = _relieve(tensors, target, lookahead, end, log)
+        fits = replay.relieve(target)
         plan = _place(tensors, lookahead, planner, budget)
         if plan.peak <= budget:
-            return _fewer_small_swaps(plan, log, fresh, lookahead, planner, budget)
+            return _fewer_small_swaps(plan, replay.log, fresh, lookahead, planner, budget)
         if not fits:  # fragmentation beat the search: start from the floor instead
-            return _fewer_small_swaps(floor, least_log, fresh, lookahead, planner, budget)
+            return _fewer_small_swaps(floor, [(i, o) for i, o, _ in path[:-1]], fresh,
+                                      lookahead, planner, budget)
         # relieve a little more than the placement overshot, doubling each round so a
         # budget just above the floor takes a few rounds, not one per byte
         step = max(plan.peak - budget, 2 * step)
@@ -282,11 +319,9 @@ def _search(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRe
 def _refusal(budget: int, floor: SwapPlan, ts: TensorSet, lookahead: int) -> SwapRefusal:
     """Where a smallest budget comes from: the slot whose resident tensors weigh most,
     and what it holds, largest first."""
-    live = [0] * len(ts.slots)
-    for r in floor.residencies:
-        for t in range(r.first, r.last + 1):
-            live[t] += r.bytes
-    t = max(range(len(live)), key=live.__getitem__)
+    live = np.zeros(len(ts.slots), np.int64)
+    _add_stays(live, floor.residencies, 1)
+    t = int(live.argmax())
     held = sorted((r for r in floor.residencies if r.first <= t <= r.last),
                   key=lambda r: -r.bytes)
     return SwapRefusal(
