@@ -41,3 +41,21 @@ def test_corpus_plans_are_valid(name):
     items = [Item(s.bytes, s.first, s.last) for s in roots]
     assert check_valid(items, [s.offset for s in roots], p.plan.peak_bytes) == []
     assert p.plan.lower_bound_bytes <= p.plan.peak_bytes <= 1.10 * p.plan.lower_bound_bytes
+
+
+def test_nntrainers_lstm_application_plans_in_a_quarter_of_its_memory():
+    """Applications/Layers/res/LSTM.ini: 150,528 input features into 10 units. Its input
+    weight and that weight's gradient (23 MiB each) made the smallest budget its whole
+    plan until lstm was tiled; now a quarter of the plan is met with its input weight
+    in tiles, never all resident at once."""
+    path = os.path.join(CORPUS, "Applications", "Layers", "res", "LSTM.ini")
+    whole = prepare(path).plan.peak_bytes
+    plan = prepare(path, budget="25%").plan
+    assert plan.tiles["lstmlayer"] > 1
+    assert plan.swap.peak <= plan.swap.budget <= whole // 4
+    held = [0] * len(plan.slots)
+    for r in plan.swap.residencies:
+        if r.tensor.startswith("lstmlayer:weight_ih:t") and r.kind == "weight":
+            for t in range(r.first, r.last + 1):
+                held[t] += r.bytes
+    assert 0 < max(held) < 150528 * 40 * 4 / 2
