@@ -183,8 +183,9 @@ def _best_option(tensors: list[_Tensor], candidates: list[int], t: int, lookahea
 
 def _relieve(tensors: list[_Tensor], lookahead: int, end: int) -> list[tuple]:
     """Swap until no swap frees the fullest slot. The decisions, in order, as (tensor
-    index, option, the fullest slot's bytes before it): the rule does not depend on a
-    target, so relieving to any target is a prefix of this one path (`_Path`)."""
+    index, option, the fullest slot's bytes before it), then (None, None, the bytes it
+    ends with): the rule does not depend on a target, so relieving to any target is a
+    prefix of this one path (`_search` replays it)."""
     live = _live(tensors, lookahead, end)
     # only these may be idle at a slot: a persistent tensor anywhere, another between
     # its first and last use (an interleaved plan's parts each use few slots)
@@ -211,29 +212,6 @@ def _relieve(tensors: list[_Tensor], lookahead: int, end: int) -> list[tuple]:
         _add_stays(live, x.residencies(lookahead), 1)
 
 
-class _Path:
-    """Replays a prefix of `_relieve`'s path onto fresh tensors, target by target."""
-
-    def __init__(self, path: list[tuple], tensors: list[_Tensor]):
-        self.path, self.tensors, self.done = path, tensors, 0
-
-    def relieve(self, target: int) -> bool:
-        """The swaps made while the fullest slot held more than `target` bytes; False
-        if the path ends first (no swap frees that slot)."""
-        while self.path[self.done][2] > target:
-            i, option, _ = self.path[self.done]
-            if i is None:
-                return False
-            self.tensors[i].apply(option)
-            self.done += 1
-        return True
-
-    @property
-    def log(self) -> list[tuple]:
-        """The decisions replayed so far, as (tensor index, option)."""
-        return [(i, option) for i, option, _ in self.path[:self.done]]
-
-
 def _place(tensors: list[_Tensor], lookahead: int, planner: str, budget: int) -> SwapPlan:
     # copies: the tensors keep theirs for the search, and each plan sets its own offsets
     res = [replace(r) for t in tensors for r in t.residencies(lookahead) if r.bytes]
@@ -254,16 +232,17 @@ def _fewer_small_swaps(plan: SwapPlan, log: list, fresh, lookahead: int, planner
                       budget: int) -> SwapPlan:
     """Undo as many of the smallest swaps as the budget allows (found by bisection):
     relieving the last slots often swapped small tensors whose few bytes did not
-    matter in the end, and each swap costs a fixed overhead at run time."""
+    matter in the end, and each swap costs a fixed overhead at run time. `log`: the
+    decisions made, a prefix of `_relieve`'s path."""
     tensors = fresh()
-    sizes = [tensors[i].size for i, _ in log]
+    sizes = [tensors[i].size for i, _, _ in log]
     order = sorted(range(len(log)), key=lambda d: sizes[d])
     lo, hi, best = 0, len(order), plan
     while lo < hi:
         mid = (lo + hi + 1) // 2
         keep = set(order[mid:])
         tensors = fresh()
-        for d, (i, option) in enumerate(log):
+        for d, (i, option, _) in enumerate(log):
             if d in keep:
                 tensors[i].apply(option)
         trial = _place(tensors, lookahead, planner, budget)
@@ -300,16 +279,20 @@ def _search(ts: TensorSet, opts: SwapOptions, planner: str) -> SwapPlan | SwapRe
         return floor
     if budget < floor.peak:  # refused at once: no search can go below the floor
         return _refusal(budget, floor, ts, lookahead)
-    tensors, target, step = fresh(), budget, 1
-    replay = _Path(path, tensors)
+    tensors, target, step, done = fresh(), budget, 1, 0
     while True:
-        fits = replay.relieve(target)
+        # the swaps made while the fullest slot held more than the target
+        while path[done][2] > target and path[done][0] is not None:
+            i, option, _ = path[done]
+            tensors[i].apply(option)
+            done += 1
         plan = _place(tensors, lookahead, planner, budget)
         if plan.peak <= budget:
-            return _fewer_small_swaps(plan, replay.log, fresh, lookahead, planner, budget)
-        if not fits:  # fragmentation beat the search: start from the floor instead
-            return _fewer_small_swaps(floor, [(i, o) for i, o, _ in path[:-1]], fresh,
-                                      lookahead, planner, budget)
+            return _fewer_small_swaps(plan, path[:done], fresh, lookahead, planner, budget)
+        # the path ended above the target: fragmentation beat the search, so start
+        # from the floor instead
+        if path[done][2] > target:
+            return _fewer_small_swaps(floor, path[:-1], fresh, lookahead, planner, budget)
         # relieve a little more than the placement overshot, doubling each round so a
         # budget just above the floor takes a few rounds, not one per byte
         step = max(plan.peak - budget, 2 * step)
