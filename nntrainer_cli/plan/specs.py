@@ -61,9 +61,10 @@ class NodeIO:
     grads: dict[str, list[str]] = field(default_factory=dict)
     # in micro-batches, per gradient tensor the sum of the earlier micro-batches' ones
     sums: dict[str, list[str]] = field(default_factory=dict)
-    # per trainable weight: its row ranges (one per apply slot, or its tiles) and, per
-    # range, one tensor per optimizer state (adam: m, v)
+    # per trainable weight: its row ranges (one per apply slot, or its tiles), per range
+    # the part whose apply slot updates it, and one tensor per optimizer state (adam: m, v)
     rows: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    applied: dict[str, list[int]] = field(default_factory=dict)
     state: dict[str, list[list[str]]] = field(default_factory=dict)
     temps: dict[str, str] = field(default_factory=dict)
     label: str | None = None
@@ -168,20 +169,21 @@ def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, 
     def in_tile(k: int) -> set[int]:
         return {s for s in (*ns.all(Phase.FORWARD), *ns.backward()) if ts.slots[s].part == k}
 
-    # the weight's row parts, the apply part (tile) of each, and its tensors: (name,
-    # shape, slots, which row parts it holds)
+    # the weight's row parts, the part whose apply slot updates each, and its tensors:
+    # (name, shape, slots, which row parts it holds)
     if w.tiled and ns.tiles:
-        rows, keys = ns.tiles, list(range(len(ns.tiles)))
+        rows, applied = ns.tiles, list(range(len(ns.tiles)))
         tensors = [(f"{name}:t{k}", (hi - lo,) + w.shape[1:], in_tile(k), [k])
                    for k, (lo, hi) in enumerate(rows)]
     elif ns.tiles:
-        rows, keys = [(0, w.shape[0])], [ns.untiled]
+        rows, applied = [(0, w.shape[0])], [ns.untiled]
         tensors = [(name, w.shape, in_tile(ns.untiled), [0])]
     else:
         big = math.prod(w.shape) * 4 >= SPLIT_MIN_BYTES
         rows = row_parts(w.shape[0], len(ns.apply_parts) if trained and big else 1)
-        keys = list(range(len(rows)))
-        tensors = [(name, w.shape, {*ns.all(Phase.FORWARD), *ns.backward()}, keys)]
+        applied = list(range(len(rows)))   # part k in the apply slot of part k
+        tensors = [(name, w.shape, {*ns.all(Phase.FORWARD), *ns.backward()},
+                    list(range(len(rows))))]
     if not trained:
         io.weights[w.name] = [add(n, "weight", shape, uses, persistent=True, constant=constant)
                               for n, shape, uses, _ in tensors]
@@ -189,7 +191,7 @@ def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, 
     # the apply slot of each row part (a clipped layer's one slot applies every part)
     applies = defaultdict(lambda: ns.apply_parts[0],
                           {ts.slots[s].part: s for s in ns.apply_parts})
-    at = [applies[key] for key in keys]
+    at = [applies[k] for k in applied]
     io.weights[w.name] = [add(n, "weight", shape, uses | {at[k] for k in held},
                               persistent=True, constant=constant)
                           for n, shape, uses, held in tensors]
@@ -197,7 +199,7 @@ def _weight_specs(ts: TensorSet, node: str, w, training: bool, optimizer_state, 
                             {s for s in uses if ts.slots[s].phase == Phase.CALC_GRADIENT}
                             | {at[k] for k in held})
                         for n, shape, uses, held in tensors]
-    io.rows[w.name] = rows
+    io.rows[w.name], io.applied[w.name] = rows, applied
     split = len(rows) > 1
     io.state[w.name] = [
         [add(f"{name}:{s}" + (f":{k}" if split else ""), "optimizer_state",

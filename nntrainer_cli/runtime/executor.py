@@ -211,14 +211,12 @@ class Executor(PersistentTensors):
         unless the budget split it, in a tiled node in its untiled tile's slot), or for
         every part (None: the clip slot)."""
         io, out = self.plan.tensors.io[node.name], []
-        ns = self.plan.tensors.node_slots[node.name]
         for w in node.ctx.weights:
             if not w.trainable:
                 continue
             tensors, grads = io.weights[w.name], io.grads[w.name]
             for k, (lo, hi) in enumerate(io.rows[w.name]):
-                at = ns.untiled if ns.tiles and len(tensors) == 1 else k
-                if part is not None and at != part:
+                if part is not None and io.applied[w.name][k] != part:
                     continue
                 if len(tensors) > 1:   # a tile: its own tensors
                     weight, grad = self.view(tensors[k], slot), self.view(grads[k], slot)
