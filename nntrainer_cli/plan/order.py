@@ -94,9 +94,10 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
         runs_cd[n.name] = any(wants[c] for c, _ in n.inputs)
         wants[n.name] = (gets_gradients(graph, n) or runs_cd[n.name]) and not n.layer.is_loss
     slots: list[Slot] = []
-    per_node = {n.name: NodeSlots(tiles=tile_rows(graph, n)) for n in graph.nodes}
+    per_node = {}
     for n in graph.nodes:
-        per_node[n.name].untiled = n.layer.untiled_tile % max(1, len(per_node[n.name].tiles))
+        tiles = tile_rows(graph, n)
+        per_node[n.name] = NodeSlots(tiles=tiles, untiled=n.layer.untiled_tile % max(1, len(tiles)))
 
     def add(n: Node, phase: Phase, part: int = 0) -> None:
         per_node[n.name].parts.setdefault(phase, []).append(len(slots))
