@@ -47,6 +47,7 @@ def _place(items: Sequence[Item], order: list[int], best_fit: bool,
     past ARRAY_NEIGHBOURS (a micro-batched plan's tensors have hundreds: 3x faster)."""
     near = conflicts(items) if near is None else near
     offsets, end = [0] * len(items), [-1] * len(items)   # end: offset + size once placed
+    # the same, as arrays, for the array path (each path reads the form it is fast on)
     at_offset = np.zeros(len(items), np.int64)
     at_end = np.full(len(items), -1, np.int64)
     for i in order:
