@@ -416,11 +416,15 @@ def test_short_transfers_continue_where_they_stopped(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def adam(rate: float) -> str:
+    """The optimizer section most held-out models share."""
+    return f"[Optimizer]\ntype = adam\nlearning_rate = {rate}\n"
+
+
+SOFTMAX_3 = "[out]\ntype = fully_connected\nunit = 3\nactivation = softmax\n"   # their head
+
 HELD_OUT = {  # layers and options the shipped configs do not use; (features, ids?, text)
-    "lstm": (128, False, """
-[Optimizer]
-type = adam
-learning_rate = 0.01
+    "lstm": (128, False, adam(0.01) + """
 [in]
 type = input
 input_shape = 1:8:16
@@ -431,15 +435,8 @@ return_sequences = true
 [last]
 type = lstm
 unit = 64
-[out]
-type = fully_connected
-unit = 3
-activation = softmax
-"""),
-    "embedding_branches": (6, True, """
-[Optimizer]
-type = adam
-learning_rate = 0.01
+""" + SOFTMAX_3),
+    "embedding_branches": (6, True, adam(0.01) + """
 [in]
 type = input
 input_shape = 1:1:6
@@ -475,15 +472,8 @@ activation = sigmoid
 [join]
 type = concat
 input_layers = left, right
-[out]
-type = fully_connected
-unit = 3
-activation = softmax
-"""),
-    "one_dominant_conv": (512, False, """
-[Optimizer]
-type = adam
-learning_rate = 0.001
+""" + SOFTMAX_3),
+    "one_dominant_conv": (512, False, adam(0.001) + """
 [in]
 type = input
 input_shape = 128:2:2
@@ -498,15 +488,8 @@ type = pooling2d
 pooling = global_average
 [flat]
 type = flatten
-[out]
-type = fully_connected
-unit = 3
-activation = softmax
-"""),
-    "one_dominant_layer": (512, False, """
-[Optimizer]
-type = adam
-learning_rate = 0.001
+""" + SOFTMAX_3),
+    "one_dominant_layer": (512, False, adam(0.001) + """
 [in]
 type = input
 input_shape = 1:1:512
@@ -514,30 +497,16 @@ input_shape = 1:1:512
 type = fully_connected
 unit = 2048
 activation = relu
-[out]
-type = fully_connected
-unit = 3
-activation = softmax
-"""),
-    "one_dominant_lstm": (1024, False, """
-[Optimizer]
-type = adam
-learning_rate = 0.001
+""" + SOFTMAX_3),
+    "one_dominant_lstm": (1024, False, adam(0.001) + """
 [in]
 type = input
 input_shape = 1:2:512
 [seq]
 type = lstm
 unit = 64
-[out]
-type = fully_connected
-unit = 3
-activation = softmax
-"""),
-    "frozen_lstm": (1024, False, """
-[Optimizer]
-type = adam
-learning_rate = 0.001
+""" + SOFTMAX_3),
+    "frozen_lstm": (1024, False, adam(0.001) + """
 [in]
 type = input
 input_shape = 1:2:512
@@ -548,11 +517,7 @@ unit = 512
 type = lstm
 unit = 64
 trainable = false
-[out]
-type = fully_connected
-unit = 3
-activation = softmax
-"""),
+""" + SOFTMAX_3),
     "conv_momentum_clip": (64, False, """
 [Optimizer]
 type = sgd
