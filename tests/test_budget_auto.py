@@ -136,6 +136,26 @@ def test_a_model_larger_than_its_memory_limit_trains_to_the_same_weights(tmp_pat
     assert in_cgroup(limit, base).returncode == -9   # without a budget the kernel kills it
 
 
+def test_a_large_file_is_synced_and_dropped_from_the_page_cache_as_it_is_written(
+        tmp_path, monkeypatch):
+    """Dirty pages count against the writer's memory cgroup: a weight file written
+    whole before one sync filled the 80 MiB limit of the test above (the kernel killed
+    it when the disk was slow). atomic_open's binary files sync and drop every
+    SYNC_BYTES, and the result is the same bytes."""
+    from nntrainer_cli import files
+
+    synced, dropped, real = [], [], os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, at, n, advice: dropped.append(advice))
+    data = np.arange(10 * files.SYNC_BYTES // 16, dtype=np.float32)   # 2.5 x SYNC_BYTES
+    with files.atomic_open(str(tmp_path / "w.bin"), "wb") as f:
+        for part in np.split(data, 10):   # quarters of SYNC_BYTES: synced after 4 and 8
+            f.write(part.view(np.uint8))
+        assert len(synced) == 2 and dropped == [os.POSIX_FADV_DONTNEED] * 2
+    assert (tmp_path / "w.bin").read_bytes() == data.tobytes()
+
+
 def test_the_peak_rss_is_this_programs_not_its_parents():
     """A run started by a large process (a benchmark holding weights) reports its own
     peak: getrusage's maxrss would carry the parent's image across exec."""
