@@ -61,8 +61,9 @@ def assert_tiles_match_differences(layer, ctxs, y, probe, pairs):
 
 def test_a_tiled_fully_connected_layer_matches_finite_differences():
     """The layer run tile by tile as the plan runs it (forward over the tiles in order,
-    backward in reverse), on float64 arrays: its weight, bias and input gradients are
-    the central differences of its objective."""
+    backward in reverse, the bias handed to the first tile's slots only), on float64
+    arrays: its weight, bias and input gradients are the central differences of its
+    objective."""
     rng = np.random.default_rng(0)
     layer = make_layer("fully_connected", unit=5)
     fc = FinalizeContext([(4, 7)], tiles=3)
@@ -70,9 +71,9 @@ def test_a_tiled_fully_connected_layer_matches_finite_differences():
     w, b, x = rng.standard_normal((7, 5)), rng.standard_normal(5), rng.standard_normal((4, 7))
     probe, y, part = rng.standard_normal((4, 5)), np.zeros((4, 5)), np.zeros((4, 5))
     dw, db, dx = np.zeros_like(w), np.zeros_like(b), np.zeros_like(x)
-    ctxs = [RunContext([x], [y], {"weight": w[lo:hi], "bias": b},
-                       {"weight": dw[lo:hi], "bias": db}, [dx], [probe], {"part": part},
-                       tile=(lo, hi))
+    ctxs = [RunContext([x], [y], {"weight": w[lo:hi]} | ({"bias": b} if lo == 0 else {}),
+                       {"weight": dw[lo:hi]} | ({"bias": db} if lo == 0 else {}), [dx],
+                       [probe], {"part": part}, tile=(lo, hi))
             for lo, hi in row_parts(7, 3)]
     assert [t.name for t in fc.temps] == ["part"] and fc.weights[0].tiled
     assert_tiles_match_differences(layer, ctxs, y, probe, ((w, dw), (b, db), (x, dx)))
@@ -263,6 +264,29 @@ def test_tiled_layers_train_as_whole_ones_within_summation_order(tmp_path, monke
     assert rb["epochs"][0]["train_loss"] == pytest.approx(ra["epochs"][0]["train_loss"], rel=1e-5)
     if variant == "frozen first layer":   # a frozen tile is never written
         assert wa[:64 * 256 + 256].tobytes() == wb[:64 * 256 + 256].tobytes()
+
+
+@pytest.mark.parametrize("share", [None, 0.5])
+def test_untiled_weights_are_handed_to_one_tile_only(share):
+    """A tiled layer's bias lives in its first tile's slots (lstm: the last tile's);
+    the executor hands it to those slots only, with or without swap (where every
+    tensor is resident in every slot), so a layer tests whether it holds its bias,
+    not which tile it runs."""
+    from nntrainer_cli.optim.schedulers import make_schedule
+    from nntrainer_cli.runtime.executor import Executor
+
+    planning = Planning(DIGITS)
+    p = planning._chosen(planning._at(1, int(planning.plain(1, TILES).plan.peak_bytes * share),
+                                      TILES)) if share else tiled(planning)
+    ex = Executor(p.graph, p.plan, p.optimizer, make_schedule(p.cfg))
+    holders, gradients = set(), set()
+    for slot, ctx in zip(p.plan.slots, ex.slot_ctx):
+        if slot.node in TILES and slot.phase.name != "APPLY_GRADIENT":
+            if "bias" in ctx.weights or "bias" in ctx.grads:
+                holders.add((slot.node, slot.part))
+            if slot.phase.name == "CALC_GRADIENT" and "bias" in ctx.grads:
+                gradients.add(slot.node)
+    assert holders == {(n, 0) for n in TILES} and gradients == set(TILES)
 
 
 @pytest.mark.parametrize("share", [0.5, 0.0])

@@ -167,7 +167,7 @@ class Conv2D(Layer):
             rows = prefix(ctx.temps["filter_rows"], (hi - lo, c * kh * kw))
             np.copyto(rows.reshape(hi - lo, kh, kw, c), filt.transpose(0, 2, 3, 1))
             has_bias = not self.p["disable_bias"]
-            bias = ctx.weights["bias"] if ctx.first_tile and has_bias else None
+            bias = ctx.weights.get("bias")   # a tiled layer's first tile's slots only
             if bias is not None:   # the first tile writes every channel's bias: later add
                 np.copyto(y[:, hi:], bias[hi:, None, None])
                 bias = bias[lo:hi]
@@ -218,7 +218,7 @@ class Conv2D(Layer):
                 for i in range(m):
                     np.matmul(dy3[s + i], col3[i].T, out=part)
                     dw2 += part
-        if "bias" in ctx.grads and ctx.first_tile:
+        if "bias" in ctx.grads:   # a tiled layer's first tile's slots only
             # a third of np.sum's time over axes (0, 2, 3)
             ones, parts, db = ctx.temps["ones"], ctx.temps["bias_parts"], ctx.grads["bias"]
             ones.fill(1)

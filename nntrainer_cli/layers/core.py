@@ -87,7 +87,7 @@ class FullyConnected(Layer):
         dy = rows2d(ctx.out_grads[0])
         np.matmul(tile_columns(rows2d(ctx.inputs[0]), ctx.tile).T, dy,
                   out=ctx.grads["weight"])
-        if "bias" in ctx.grads and ctx.first_tile:
+        if "bias" in ctx.grads:   # a tiled layer's first tile's slots only
             np.sum(dy, axis=0, out=ctx.grads["bias"])
 
     def calc_derivative(self, ctx: RunContext) -> None:

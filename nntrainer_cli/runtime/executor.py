@@ -144,15 +144,20 @@ class Executor(PersistentTensors):
 
     def _context(self, slot) -> RunContext:
         ts = self.plan.tensors
-        io, tiles = ts.io[slot.node], ts.node_slots[slot.node].tiles
+        io, ns = ts.io[slot.node], ts.node_slots[slot.node]
+        tiles = ns.tiles
         at = lambda n: self.view(ts.local(n, slot.micro), slot.index) if n else None  # noqa: E731
         resident = lambda names: {k: v for k, n in names.items()  # noqa: E731
                                   if (v := at(n)) is not None}
-        tile = lambda parts: parts[slot.part] if len(parts) > 1 else parts[0]  # noqa: E731
+
+        def mine(tensors: dict) -> dict:
+            """This slot's tile of each tiled weight; an untiled one (a bias) only in
+            the untiled tile's slots, so a layer tests whether it was handed it."""
+            return {k: v[slot.part] if len(v) > 1 else v[0] for k, v in tensors.items()
+                    if len(v) > 1 or not tiles or slot.part == ns.untiled}
         return RunContext(
             inputs=[at(n) for n in io.inputs], outputs=[at(n) for n in io.outputs],
-            weights=resident({k: tile(v) for k, v in io.weights.items()}),
-            grads=resident({k: tile(v) for k, v in io.grads.items()}),
+            weights=resident(mine(io.weights)), grads=resident(mine(io.grads)),
             in_grads=[at(n) for n in io.in_grads], out_grads=[at(n) for n in io.out_grads],
             temps=resident(io.temps), label=at(io.label), rng=self.rng, node=slot.node,
             tile=tiles[slot.part] if tiles else None, part=slot.micro, gather=slot.gather)
