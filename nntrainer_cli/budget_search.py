@@ -40,6 +40,25 @@ class BudgetSearch:
 
     def _within(self, budget: int) -> Prepared | SwapRefusal:
         """The plan that keeps the resident arena within `budget` bytes (0: as little as
+        can be), `_fitting`; where it tiled, in the tile order that moves fewer bytes
+        (with budget 0: keeps less resident), each tile's gradient first on a tie. The
+        tiles are searched in that order: with the derivative first, LeNet at 10% just
+        missed its budget with 4 tiles of f5 and the search went on to tile every layer
+        (a step 20 times the unbudgeted one, not 6), where the MLPs move 9-14% fewer
+        bytes with the same tiles."""
+        found = self._fitting(budget)
+        if isinstance(found, SwapRefusal) or not found.plan.tiles:
+            return found
+        p = found.plan
+        other = self._at(p.frugal, budget, p.tiles, p.micro_batches, derivative_first=True)
+        if isinstance(other, SwapRefusal):
+            return found
+        cost = lambda q: (q.plan.swap.peak if not budget else 0,  # noqa: E731
+                          q.plan.swap.bytes_in + q.plan.swap.bytes_out)
+        return other if cost(other) < cost(found) else found
+
+    def _fitting(self, budget: int) -> Prepared | SwapRefusal:
+        """The plan that keeps the resident arena within `budget` bytes (0: as little as
         can be), on the graph that moves the fewest bytes. Micro-batches come last (they
         change every gradient's summation order), for a model that allows them and a
         budget in bytes (0 keeps the batch whole, as NNTrainer's memory_swap does): the
@@ -98,7 +117,7 @@ class BudgetSearch:
 
     def _search(self, budget: int,
                 parts: int) -> tuple[Prepared | SwapRefusal, dict[str, int]]:
-        """`_within` for a batch in `parts` micro-batches; with the tiles it took."""
+        """`_fitting` for a batch in `parts` micro-batches; with the tiles it took."""
         if budget == 0:   # as little memory as possible: tiled while that lowers the floor
             level = FRUGAL_LEVELS[-1]
             _, _, tiles = self._tiled(level, 1, {}, self._at(level, 1, parts=parts), parts)

@@ -118,15 +118,17 @@ class Planning(BudgetSearch):
         self._plans: dict[tuple[int, int], Prepared] = {}
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
-              parts: int = 1) -> Prepared:
+              parts: int = 1, derivative_first: bool = False) -> Prepared:
         """The plan without swap of the graph at one frugal level (0: as written), its
-        tileable layers cut into `tiles` row tiles, its batch into `parts` micro-batches;
-        untiled plans are kept."""
+        tileable layers cut into `tiles` row tiles (`derivative_first`: the order of a
+        tile's backward slots), its batch into `parts` micro-batches; untiled plans are
+        kept."""
         if tiles or (level, parts) not in self._plans:
             g = self.graph if (level, parts) == (0, 1) and not tiles else \
                 self.build(level, tiles, parts)
             p = Prepared(self.cfg, g, self.optimizer,
-                         make_plan(g, self.state, self.planner, self.in_place))
+                         make_plan(g, self.state, self.planner, self.in_place,
+                                   derivative_first))
             if tiles:
                 return p
             self._plans[level, parts] = p
@@ -186,8 +188,8 @@ class Planning(BudgetSearch):
                           key="--memory-budget")
 
     def _at(self, level: int, budget: int, tiles: dict[str, int] | None = None,
-            parts: int = 1) -> Prepared | SwapRefusal:
-        p = self.plain(level, tiles, parts)
+            parts: int = 1, derivative_first: bool = False) -> Prepared | SwapRefusal:
+        p = self.plain(level, tiles, parts, derivative_first)
         if parts > 1 and len(p.plan.slots) > MAX_SLOTS:   # not tried: planning it takes long
             return SwapRefusal(budget, math.inf, self.swap.lookahead, "too many slots")
         swap = replace(self.swap, budget=budget)

@@ -16,7 +16,7 @@ from nntrainer_cli.plan.order import row_parts
 
 from helpers import REPO, make_layer, run
 from nntrainer_cli.runtime.weights import weight_floats
-from test_swap import replay, replay_steps
+from test_swap import HELD_OUT, replay, replay_steps
 
 DIGITS = os.path.join(REPO, "configs", "digits_mlp.ini")
 # uneven tiles: fc1's 64 rows in 3, fc2's 256 in 5, the output layer's 128 in 2
@@ -302,6 +302,54 @@ def test_a_tiled_run_is_bit_identical_with_and_without_swap(tmp_path, monkeypatc
     if share:   # at the floor (a 117 KiB arena) the trainer's own ~20 KiB (the epoch's
         # record order, its results) weigh more than 15%
         assert m["measured_peak_bytes"] <= 1.15 * m["swap"]["budget_bytes"]
+
+
+def test_either_tile_order_trains_to_the_same_bits(tmp_path, monkeypatch):
+    """Each tile's derivative before its gradient runs the same arithmetic as the other
+    order (the derivative reads the tile's weight before its update either way): the
+    same bits without swap and under a budget."""
+    def derivative_first(share):
+        def choose(p):
+            budget = int(p.plain(1, TILES).plan.peak_bytes * share)
+            found = p._at(1, budget, TILES, derivative_first=True) if share else \
+                p.plain(1, TILES, derivative_first=True)
+            assert found.plan.derivative_first
+            return p._chosen(found)
+        return choose
+
+    plain, _ = train(tmp_path, monkeypatch, "plain", tiled, *VARIANTS["l2norm and decay"])
+    for share in (0, 0.5):
+        other, report = train(tmp_path, monkeypatch, f"first{share}", derivative_first(share),
+                              *VARIANTS["l2norm and decay"])
+        assert other == plain
+        assert bool(share) == bool(report["memory"]["swap"])
+
+
+def test_the_search_keeps_the_tile_order_that_moves_fewer_bytes(tmp_path):
+    """With the derivative first a tile's gradient goes straight to its update; the
+    784-1024-1024-10 MLP at 25% then moves fewer bytes with the same tiles, and the plan
+    says so. An lstm's derivative reads what its gradient made: its gradient stays
+    first in either order. Every schedule replays cleanly."""
+    mlp = os.path.join(REPO, "benchmarks", "models", "mlp_784.ini")
+    planning = Planning(mlp, budget="25%")
+    chosen = planning.prepared().plan
+    assert chosen.tiles and chosen.derivative_first
+    budget, moved = chosen.swap.budget, lambda p: p.swap.bytes_in + p.swap.bytes_out
+    other = planning._at(chosen.frugal, budget, chosen.tiles)
+    assert not other.plan.derivative_first and moved(chosen) < moved(other.plan)
+    replay(chosen)
+    replay_steps(chosen, eager=False)
+    first = [s.phase.name for s in chosen.slots if s.node == "fc1" and s.part == 0]
+    assert first == ["FORWARD", "CALC_DERIVATIVE", "CALC_GRADIENT", "APPLY_GRADIENT"] or \
+        first == ["FORWARD", "CALC_GRADIENT", "APPLY_GRADIENT"]   # fc1 may need no derivative
+    res = run("plan", mlp, "--memory-budget", "25%")
+    assert "(each tile's derivative before its gradient)" in res.output
+    model = tmp_path / "lstm.ini"
+    model.write_text("[Model]\nloss = cross\nbatch_size = 64\n" +   # pre, then a trainable lstm
+                     HELD_OUT["frozen_lstm"][2].replace("trainable = false", ""))
+    plan = Planning(str(model)).plain(1, {"seq": 4}, derivative_first=True).plan
+    assert [s.phase.name for s in plan.slots if s.node == "seq" and s.part == 3] == \
+        ["FORWARD", "CALC_GRADIENT", "CALC_DERIVATIVE", "APPLY_GRADIENT"]
 
 
 def test_the_planner_tiles_only_what_the_budget_needs():

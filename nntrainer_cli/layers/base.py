@@ -186,6 +186,9 @@ class Layer:
     untiled_tile = 0          # tiled, the slots of this tile (-1: the last) hold its
                               # untiled weights: they read them, make their gradients
                               # and apply them
+    derivative_needs_gradient = False   # True: calc_derivative reads what calc_gradient
+                              # made (lstm's backpropagation through time), so a tile's
+                              # gradient always comes first
     batch_coupled = False     # True: a record's training output depends on its batch's
                               # other records: in micro-batches, its forward and
                               # calc_derivative slots run over every part first to

@@ -126,6 +126,7 @@ class LSTM(Layer):
     weighted = True
     tileable = True
     untiled_tile = -1   # the recurrence's weight_hh and the biases
+    derivative_needs_gradient = True   # the last tile's gradient runs BPTT
     schema = {"unit": P.Prop(P.positive_int, required=True),
               "return_sequences": P.Prop(P.boolean, False),
               "integrate_bias": P.Prop(P.boolean, False),

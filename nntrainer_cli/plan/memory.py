@@ -27,6 +27,7 @@ class MemoryPlan:
     frugal: int = 0                # the graph's frugal level (0: as written)
     micro_batches: int = 1         # the step's batch runs in this many parts, interleaved
     in_pieces: tuple[str, ...] = ()   # layers whose work buffers that level shrinks
+    derivative_first: bool = False    # tiles: each tile's derivative before its gradient
 
     @property
     def arena_bytes(self) -> int:
@@ -62,9 +63,10 @@ class MemoryPlan:
 
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
-              in_place: bool = True) -> MemoryPlan:
-    """The plan without swap: every tensor at its offset in one arena."""
-    ts = build_specs(graph, optimizer_state, in_place)
+              in_place: bool = True, derivative_first: bool = False) -> MemoryPlan:
+    """The plan without swap: every tensor at its offset in one arena (the order of a
+    tile's backward slots: `execution_order`)."""
+    ts = build_specs(graph, optimizer_state, in_place, derivative_first)
     if graph.micro_batches > 1:
         ts = interleave(ts, graph.micro_batches,
                         {n.name for n in graph.nodes if n.layer.batch_coupled})
@@ -84,7 +86,8 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
                       sum(it.size for it in items), frugal=graph.frugal,
                       micro_batches=graph.micro_batches,
                       in_pieces=tuple(n.name for n in graph.nodes
-                                      if graph.frugal > 1 and n.layer.in_pieces))
+                                      if graph.frugal > 1 and n.layer.in_pieces),
+                      derivative_first=derivative_first and bool(graph.tiles))
 
 
 def with_swap(plan: MemoryPlan, swap: SwapOptions) -> MemoryPlan | SwapRefusal:

@@ -83,11 +83,16 @@ def gets_gradients(graph: LayerGraph, node: Node) -> bool:
     return graph.training and trainable_weights(node)
 
 
-def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
+def execution_order(graph: LayerGraph, derivative_first: bool = False
+                    ) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
     """Slots in order, each node's slots, and which nodes need dL/d(output). A tiled
     node runs its forward tile by tile, and its backward tile by tile in reverse, each
     tile's calc_gradient, calc_derivative and apply_gradient together: a tile's weight
-    is read for the derivative before it changes, and its gradient is applied at once."""
+    is read for the derivative before it changes, and its gradient is applied at once.
+    With `derivative_first` each tile's calc_derivative comes before its calc_gradient
+    (unless the layer's derivative reads what its gradient made): the gradient is then
+    made right before its update and never waits a slot, which some plans swap out and
+    back; others fit only in the first order (the budget search compares the two)."""
     wants: dict[str, bool] = {}
     runs_cd: dict[str, bool] = {}
     for n in graph.nodes:
@@ -115,6 +120,8 @@ def execution_order(graph: LayerGraph) -> tuple[list[Slot], dict[str, NodeSlots]
             phases.append(Phase.CALC_DERIVATIVE)
         applies = gets_gradients(graph, n) and not n.clip
         if tiles:
+            if derivative_first and not n.layer.derivative_needs_gradient:
+                phases.reverse()
             for t in reversed(range(len(tiles))):
                 for phase in phases + [Phase.APPLY_GRADIENT] * applies:
                     add(n, phase, t)

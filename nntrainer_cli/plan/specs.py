@@ -104,8 +104,8 @@ def _reads(ns: NodeSlots, which: str, access: Access) -> set[int]:
 
 
 def build_specs(graph: LayerGraph, optimizer_state: tuple[str, ...],
-                in_place: bool = True) -> TensorSet:
-    slots, node_slots, wants = execution_order(graph)
+                in_place: bool = True, derivative_first: bool = False) -> TensorSet:
+    slots, node_slots, wants = execution_order(graph, derivative_first)
     ts = TensorSet(slots, node_slots)
     specs = ts.specs
 

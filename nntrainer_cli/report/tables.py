@@ -54,7 +54,8 @@ def plan_summary(plan: MemoryPlan) -> str:
     note = ""
     if plan.swap:
         conv = ", conv in smaller pieces at a time" if plan.in_pieces else ""
-        tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles))
+        tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles)) + \
+            (" (each tile's derivative before its gradient)" if plan.derivative_first else "")
         parts = ", every micro-batch's tensors at once" if plan.micro_batches > 1 else ""
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
@@ -128,6 +129,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "naive_bytes": plan.naive_bytes,
         "resident_peak_bytes": plan.arena_bytes,
         "tiles": plan.tiles,
+        "derivative_first": plan.derivative_first,   # in each tile's backward slots
         "micro_batches": plan.micro_batches,
         "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part,
                              "micro_batch": s.micro, "gathers": s.gather}
