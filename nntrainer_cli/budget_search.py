@@ -12,6 +12,7 @@ from nntrainer_cli.plan import SwapRefusal
 Prepared = object   # a candidate that fits: pipeline.Prepared (which imports this module)
 
 FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
+QUARTER_PIECES = 4   # from this level on, more micro-batches cost less time (_fitting)
 # more tiles are tried only while each doubling lowers the floor by 5% or more: past
 # that, activations set it and tiles would only multiply the slots
 MIN_TILE_GAIN = 0.95
@@ -66,9 +67,13 @@ class BudgetSearch:
         last tried) while that lowers the floor by MIN_TILE_GAIN, each split on the most
         frugal graph with the tiles so far (doubled where that helps), until a plan fits.
         Then up to MORE_PARTS times as many parts are tried for a plan that needs neither
-        smaller conv buffers nor tiles: a part costs a slot's dispatch, conv pieces and
-        tiles cost many (digits_cnn at 25%: 2 parts in one-row conv pieces 9.9 ms a step,
-        4 parts 6.9 ms)."""
+        smaller conv buffers nor tiles, or failing that, in place of a fit whose conv
+        buffers are a quarter or less, one with its tiles and whole buffers: a part costs
+        a slot's dispatch, conv pieces and tiles cost many (digits_cnn at 25%: 2 parts in
+        one-row conv pieces 9.9 ms a step, 4 parts 6.9 ms; LeNet at 10%: 4 parts in
+        one-row pieces 15.5 ms, 8 parts 7.5 ms; personal_finetune at 25%: 2 parts in
+        quarter pieces 3.3 ms, 5 parts 2.6 ms), half buffers less (LeNet at 25%: 2 parts
+        in half buffers 4.4 ms, 4 parts 5.2 ms)."""
         found, tiles = self._search(budget, 1)
         if not budget or not isinstance(found, SwapRefusal) or not self.graph.splittable:
             return found
@@ -84,6 +89,9 @@ class BudgetSearch:
                 plain = self._unshrunk(budget, parts)[1]
                 if plain is not None:
                     return plain
+                if fit.plan.frugal >= QUARTER_PIECES:
+                    whole = self._at(1, budget, fit.plan.tiles, parts)
+                    fit = fit if isinstance(whole, SwapRefusal) else whole
                 continue
             trial, more, _ = self._tiled(level, budget, tiles,
                                          self._at(level, budget, tiles, parts), parts)
@@ -147,6 +155,13 @@ class BudgetSearch:
             if isinstance(trial, SwapRefusal) and trial.floor >= found.floor:
                 break
             found, tiles = trial, more
+        if not isinstance(found, SwapRefusal) and tiles:   # those tiles may not need the
+            for level in FRUGAL_LEVELS:                    # smaller buffers, slower
+                if level >= found.plan.frugal:
+                    break
+                trial = self._at(level, budget, tiles, parts)
+                if not isinstance(trial, SwapRefusal):
+                    return trial, tiles
         return found, tiles
 
     def _tiled(self, level: int, budget: int, tiles: dict[str, int],
