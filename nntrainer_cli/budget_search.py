@@ -8,11 +8,12 @@ from __future__ import annotations
 import math
 
 from nntrainer_cli.plan import SwapRefusal
+from nntrainer_cli.plan.order import reorders
 
 Prepared = object   # a candidate that fits: pipeline.Prepared (which imports this module)
 
 FRUGAL_LEVELS = (1, 2, 4, 1 << 30)  # conv work buffers ÷1, ÷2, ÷4, one sample
-QUARTER_PIECES = 4   # from this level on, more micro-batches cost less time (_fitting)
+QUARTER_PIECES = FRUGAL_LEVELS[2]   # from here on more micro-batches cost less time
 # more tiles are tried only while each doubling lowers the floor by 5% or more: past
 # that, activations set it and tiles would only multiply the slots
 MIN_TILE_GAIN = 0.95
@@ -43,12 +44,12 @@ class BudgetSearch:
         """The plan that keeps the resident arena within `budget` bytes (0: as little as
         can be), `_fitting`; where it tiled, in the tile order that moves fewer bytes
         (with budget 0: keeps less resident), each tile's gradient first on a tie. The
-        tiles are searched in that order: with the derivative first, LeNet at 10% just
+        tiles are searched with each tile's gradient first: derivative first, LeNet at 10% just
         missed its budget with 4 tiles of f5 and the search went on to tile every layer
         (a step 20 times the unbudgeted one, not 6), where the MLPs move 9-14% fewer
         bytes with the same tiles."""
         found = self._fitting(budget)
-        if isinstance(found, SwapRefusal) or not found.plan.tiles:
+        if isinstance(found, SwapRefusal) or not reorders(found.graph):
             return found
         p = found.plan
         other = self._at(p.frugal, budget, p.tiles, p.micro_batches, derivative_first=True)
@@ -89,7 +90,7 @@ class BudgetSearch:
                 plain = self._unshrunk(budget, parts)[1]
                 if plain is not None:
                     return plain
-                if fit.plan.frugal >= QUARTER_PIECES:
+                if fit.plan.tiles and fit.plan.frugal >= QUARTER_PIECES:   # untiled: tried
                     whole = self._at(1, budget, fit.plan.tiles, parts)
                     fit = fit if isinstance(whole, SwapRefusal) else whole
                 continue

@@ -145,6 +145,7 @@ class LSTM(Layer):
             raise LayerError("bidirectional lstm is not supported yet", "bidirectional")
         if self.p["dropout"]:
             raise LayerError("dropout inside lstm is not supported yet", "dropout")
+        self.frozen = not ctx.trainable   # then calc_derivative runs BPTT
         n, c, t, f = ctx.input_shapes[0]
         if c != 1:
             raise LayerError(f"lstm takes sequences shaped 1:T:F, got {c}:{t}:{f}", "input_shape")
@@ -278,7 +279,7 @@ class LSTM(Layer):
                 np.sum(flat, axis=0, out=g[b])
 
     def calc_derivative(self, ctx: RunContext) -> None:
-        if not ctx.grads and self._last_tile(ctx):  # frozen: calc_gradient did not run
+        if self.frozen and self._last_tile(ctx):   # calc_gradient did not run
             self._backprop_through_time(ctx)
         n, t = self.n, self.t
         np.matmul(ctx.temps["d_gates"].reshape(n * t, -1), ctx.weights["weight_ih"].T,

@@ -8,6 +8,7 @@ from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers.base import Phase
 
 from .interleave import interleave
+from .order import reorders
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
 from .swap import make_swap_plan
@@ -87,7 +88,7 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
                       micro_batches=graph.micro_batches,
                       in_pieces=tuple(n.name for n in graph.nodes
                                       if graph.frugal > 1 and n.layer.in_pieces),
-                      derivative_first=derivative_first and bool(graph.tiles))
+                      derivative_first=derivative_first and reorders(graph))
 
 
 def with_swap(plan: MemoryPlan, swap: SwapOptions) -> MemoryPlan | SwapRefusal:

@@ -83,6 +83,12 @@ def gets_gradients(graph: LayerGraph, node: Node) -> bool:
     return graph.training and trainable_weights(node)
 
 
+def reorders(graph: LayerGraph) -> bool:
+    """Whether `derivative_first` changes the graph's order: a tiled layer whose
+    derivative does not need its gradient first."""
+    return any(not graph.by_name[n].layer.derivative_needs_gradient for n in graph.tiles)
+
+
 def execution_order(graph: LayerGraph, derivative_first: bool = False
                     ) -> tuple[list[Slot], dict[str, NodeSlots], dict[str, bool]]:
     """Slots in order, each node's slots, and which nodes need dL/d(output). A tiled
@@ -91,8 +97,8 @@ def execution_order(graph: LayerGraph, derivative_first: bool = False
     is read for the derivative before it changes, and its gradient is applied at once.
     With `derivative_first` each tile's calc_derivative comes before its calc_gradient
     (unless the layer's derivative reads what its gradient made): the gradient is then
-    made right before its update and never waits a slot, which some plans swap out and
-    back; others fit only in the first order (the budget search compares the two)."""
+    made right before its update (but for clipped layers') and never waits a slot,
+    which some plans swap out and back; others fit only in the first order (the budget search compares the two)."""
     wants: dict[str, bool] = {}
     runs_cd: dict[str, bool] = {}
     for n in graph.nodes:

@@ -105,15 +105,16 @@ class Executor(PersistentTensors):
         self.forward_slots = sum(1 for s in plan.slots if s.phase == Phase.FORWARD)
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
         # l2norm's loss term: per forward slot (of the first part), (which l2norm
-        # weight, its view there: a tile's when tiled), and each weight's constant
+        # weight, its view there: a tile's when tiled; an untiled weight of a tiled
+        # layer in its untiled tile's slot only), and each weight's constant
         self.l2: dict[int, list] = {}
         self.l2_constants: list[float] = []
         for n, w in self.weights:
             if w.regularizer == "l2norm" and w.trainable:
                 for s in ts.node_slots[n.name].all(Phase.FORWARD):
-                    if plan.slots[s].micro == 0 and not plan.slots[s].gather:
-                        self.l2.setdefault(s, []).append((len(self.l2_constants),
-                                                          self.slot_ctx[s].weights[w.name]))
+                    held = self.slot_ctx[s].weights
+                    if plan.slots[s].micro == 0 and not plan.slots[s].gather and w.name in held:
+                        self.l2.setdefault(s, []).append((len(self.l2_constants), held[w.name]))
                 self.l2_constants.append(w.regularizer_constant)
         self.train_steps = self._train_steps()
         self.swap_steps = self._swap_steps() if plan.swap else None
