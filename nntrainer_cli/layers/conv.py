@@ -191,6 +191,7 @@ class Conv2D(Layer):
             # the sum so far, transposed (k in the rows' order, then filters) till the end
             total = dw.reshape(-1, ft)
             total.fill(0)
+            products = prefix(temps["filter_parts"], (self.group, low.k, ft))
             for s, m in chunks(n, low.m):
                 for first, stop in bands(oh, low.band):
                     v = low.lower(x[s:s + m], temps, "grad_", first, stop)
@@ -201,10 +202,9 @@ class Conv2D(Layer):
                               dy[s:s + m, lo:hi, first:stop].transpose(2, 0, 3, 1))
                     for a in range(0, stop - first, self.group):
                         b = min(stop - first, a + self.group)
-                        parts = prefix(temps["filter_parts"], (b - a, low.k, ft))
-                        np.matmul(v[a:b], dyr[a:b], out=parts)
-                        for part in parts:      # row by row: one order at every chunking
-                            np.add(total, part, out=total)
+                        np.matmul(v[a:b], dyr[a:b], out=products[:b - a])
+                        for part in products[:b - a]:   # row by row: one order at every
+                            np.add(total, part, out=total)   # chunking
             part = prefix(temps["filter_parts"], (low.k, ft))
             np.copyto(part, total)
             np.copyto(dw, part.reshape(kh, kw, c, ft).transpose(3, 2, 0, 1))
