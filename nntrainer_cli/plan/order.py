@@ -98,7 +98,8 @@ def execution_order(graph: LayerGraph, derivative_first: bool = False
     With `derivative_first` each tile's calc_derivative comes before its calc_gradient
     (unless the layer's derivative reads what its gradient made): the gradient is then
     made right before its update (but for clipped layers') and never waits a slot,
-    which some plans swap out and back; others fit only in the first order (the budget search compares the two)."""
+    which some plans swap out and back; others fit only in the first order (the budget
+    search compares the two)."""
     wants: dict[str, bool] = {}
     runs_cd: dict[str, bool] = {}
     for n in graph.nodes:

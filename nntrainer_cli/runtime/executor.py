@@ -60,7 +60,9 @@ def allocate_arena(plan: MemoryPlan, swap: SwapOptions | None = None) -> np.ndar
 class Executor(PersistentTensors):
     """Views and contexts are made once. Without swap each tensor has one view; under a
     budget it has one per residency (a stay in the arena between swaps), and each slot's
-    context holds the views resident at that slot, so a layer never sees stale bytes."""
+    context holds the views resident at that slot; its weights, gradients and temps only
+    where the plan has the slot use them, with or without swap alike, so a layer never
+    sees stale bytes nor finds a tensor only because nothing evicted it."""
 
     def __init__(self, graph: LayerGraph, plan: MemoryPlan, optimizer, schedule,
                  arena: np.ndarray | None = None, rng: np.random.Generator | None = None,
@@ -145,22 +147,22 @@ class Executor(PersistentTensors):
 
     def _context(self, slot) -> RunContext:
         ts = self.plan.tensors
-        io, ns = ts.io[slot.node], ts.node_slots[slot.node]
-        tiles = ns.tiles
+        io, tiles = ts.io[slot.node], ts.node_slots[slot.node].tiles
         at = lambda n: self.view(ts.local(n, slot.micro), slot.index) if n else None  # noqa: E731
-        resident = lambda names: {k: v for k, n in names.items()  # noqa: E731
-                                  if (v := at(n)) is not None}
+        tile = lambda parts: parts[slot.part] if len(parts) > 1 else parts[0]  # noqa: E731
 
-        def mine(tensors: dict) -> dict:
-            """This slot's tile of each tiled weight; an untiled one (a bias) only in
-            the untiled tile's slots, so a layer tests whether it was handed it."""
-            return {k: v[slot.part] if len(v) > 1 else v[0] for k, v in tensors.items()
-                    if len(v) > 1 or not tiles or slot.part == ns.untiled}
+        def used(names: dict) -> dict:
+            """The weights (a tile's when tiled), gradients and temps the plan has this
+            slot use: a tiled layer's bias only in its untiled tile's slots, so a layer
+            tests whether it was handed one."""
+            return {k: at(n) for k, n in names.items()
+                    if slot.index in self.plan.specs[ts.local(n, slot.micro)].uses}
         return RunContext(
             inputs=[at(n) for n in io.inputs], outputs=[at(n) for n in io.outputs],
-            weights=resident(mine(io.weights)), grads=resident(mine(io.grads)),
+            weights=used({k: tile(v) for k, v in io.weights.items()}),
+            grads=used({k: tile(v) for k, v in io.grads.items()}),
             in_grads=[at(n) for n in io.in_grads], out_grads=[at(n) for n in io.out_grads],
-            temps=resident(io.temps), label=at(io.label), rng=self.rng, node=slot.node,
+            temps=used(io.temps), label=at(io.label), rng=self.rng, node=slot.node,
             tile=tiles[slot.part] if tiles else None, part=slot.micro, gather=slot.gather)
 
     # --- the steps of one iteration ----------------------------------------------------
