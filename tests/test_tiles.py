@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nntrainer_cli.layers import FinalizeContext, RunContext
-from nntrainer_cli.budget_search import MAX_TILES
+from nntrainer_cli.budget_search import MAX_TILES, moved
 from nntrainer_cli.pipeline import Planning, prepare
 from nntrainer_cli.plan.order import row_parts
 
@@ -243,10 +243,10 @@ def tiled(p):
     return p.plain(1, TILES)
 
 
-def tiled_within(share):
+def tiled_within(share, derivative_first=False):
     def choose(p):
         budget = int(p.plain(1, TILES).plan.peak_bytes * share)
-        return p._chosen(p._at(1, budget, TILES))
+        return p._chosen(p._at(1, budget, TILES, derivative_first=derivative_first))
     return choose
 
 
@@ -268,16 +268,15 @@ def test_tiled_layers_train_as_whole_ones_within_summation_order(tmp_path, monke
 
 @pytest.mark.parametrize("share", [None, 0.5])
 def test_untiled_weights_are_handed_to_one_tile_only(share):
-    """A tiled layer's bias lives in its first tile's slots (lstm: the last tile's);
-    the executor hands it to those slots only, without swap (where every tensor is
-    resident in every slot) or with it, so a layer tests whether it holds its bias,
-    not which tile it runs."""
+    """A tiled layer's bias lives in its first tile's slots (lstm: the last tile's):
+    only those use it, and a slot's context holds only what it uses, without swap
+    (where every tensor is resident in every slot) or with it, so a layer tests whether
+    it holds its bias, not which tile it runs."""
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.runtime.executor import Executor
 
     planning = Planning(DIGITS)
-    p = planning._chosen(planning._at(1, int(planning.plain(1, TILES).plan.peak_bytes * share),
-                                      TILES)) if share else tiled(planning)
+    p = tiled_within(share)(planning) if share else tiled(planning)
     ex = Executor(p.graph, p.plan, p.optimizer, make_schedule(p.cfg))
     holders, gradients = set(), set()
     for slot, ctx in zip(p.plan.slots, ex.slot_ctx):
@@ -331,11 +330,10 @@ def test_either_tile_order_trains_to_the_same_bits(tmp_path, monkeypatch, varian
     same bits without swap and under a budget."""
     def derivative_first(share):   # clipped gradients live to the clip slot: 70%
         def choose(p):
-            budget = int(p.plain(1, TILES).plan.peak_bytes * share)
-            found = p._at(1, budget, TILES, derivative_first=True) if share else \
+            found = tiled_within(share, True)(p) if share else \
                 p.plain(1, TILES, derivative_first=True)
             assert found.plan.derivative_first
-            return p._chosen(found)
+            return found
         return choose
 
     plain, _ = train(tmp_path, monkeypatch, "plain", tiled, *VARIANTS[variant])
@@ -353,11 +351,11 @@ def test_the_search_keeps_the_tile_order_that_moves_fewer_bytes(tmp_path):
     first in either order. Every schedule replays cleanly."""
     mlp = os.path.join(REPO, "benchmarks", "models", "mlp_784.ini")
     planning = Planning(mlp, budget="25%")
-    chosen = planning.prepared().plan
+    found = planning.prepared()
+    chosen = found.plan
     assert chosen.tiles and chosen.derivative_first
-    budget, moved = chosen.swap.budget, lambda p: p.swap.bytes_in + p.swap.bytes_out
-    other = planning._at(chosen.frugal, budget, chosen.tiles)
-    assert not other.plan.derivative_first and moved(chosen) < moved(other.plan)
+    other = planning._at(chosen.frugal, chosen.swap.budget, chosen.tiles)
+    assert not other.plan.derivative_first and moved(found) < moved(other)
     replay(chosen)
     replay_steps(chosen, eager=False)
     assert [s.phase.name for s in chosen.slots if s.node == "fc2" and s.part == 0] == \
