@@ -115,24 +115,26 @@ class Planning(BudgetSearch):
         self.budget, self.swap = _swap_settings(
             cfg, parse_size(budget) if budget is not None else None, lookahead, swap_dir,
             direct)
-        self._plans: dict[tuple[int, int], Prepared] = {}
+        self._plans: dict[tuple[int, int, bool], Prepared] = {}
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
-              parts: int = 1, derivative_first: bool = False) -> Prepared:
+              parts: int = 1, derivative_first: bool = False,
+              accumulate: bool = False) -> Prepared:
         """The plan without swap of the graph at one frugal level (0: as written), its
         tileable layers cut into `tiles` row tiles (`derivative_first`: the order of a
-        tile's backward slots), its batch into `parts` micro-batches; untiled plans are
-        kept."""
-        if tiles or (level, parts) not in self._plans:
+        tile's backward slots), its batch into `parts` micro-batches (`accumulate`:
+        their order); untiled plans are kept."""
+        key = (level, parts, accumulate)
+        if tiles or key not in self._plans:
             g = self.graph if (level, parts) == (0, 1) and not tiles else \
                 self.build(level, tiles, parts)
             p = Prepared(self.cfg, g, self.optimizer,
                          make_plan(g, self.state, self.planner, self.in_place,
-                                   derivative_first))
+                                   derivative_first, accumulate))
             if tiles:
                 return p
-            self._plans[level, parts] = p
-        return self._plans[level, parts]
+            self._plans[key] = p
+        return self._plans[key]
 
     def prepared(self) -> Prepared:
         """The plan the budget asks for: without swap when there is none (or `auto`
@@ -188,8 +190,9 @@ class Planning(BudgetSearch):
                           key="--memory-budget")
 
     def _at(self, level: int, budget: int, tiles: dict[str, int] | None = None,
-            parts: int = 1, derivative_first: bool = False) -> Prepared | SwapRefusal:
-        p = self.plain(level, tiles, parts, derivative_first)
+            parts: int = 1, derivative_first: bool = False,
+            accumulate: bool = False) -> Prepared | SwapRefusal:
+        p = self.plain(level, tiles, parts, derivative_first, accumulate)
         if parts > 1 and len(p.plan.slots) > MAX_SLOTS:   # not tried: planning it takes long
             return SwapRefusal(budget, math.inf, self.swap.lookahead, "too many slots")
         swap = replace(self.swap, budget=budget)

@@ -14,6 +14,7 @@ from .base import FinalizeContext, Layer, LayerError, RunContext, register
 
 class Augment(Layer):
     differentiable = False
+    draws = True
 
     def per_record(self) -> bool:   # random: a new draw every epoch
         return False

@@ -194,6 +194,8 @@ class Layer:
                               # calc_derivative slots run over every part first to
                               # gather the whole batch's statistics (ctx.gather)
     in_pieces = False         # True: frugal levels above 1 shrink its work buffers
+    draws = False             # True: its training forward draws from the run's random
+                              # stream (dropout, augmentation)
 
     def __init__(self, name: str, props: dict[str, Any]):
         self.name = name

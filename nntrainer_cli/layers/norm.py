@@ -180,6 +180,7 @@ class Dropout(Layer):
     """Zeroes a random fraction of activations while training, scaling the rest by
     1/(1-rate); the identity at inference. The mask is a planned tensor."""
     type = "dropout"
+    draws = True
     access = Access(in_place=InPlace.OVERWRITE, derivative_in_place=InPlace.OVERWRITE)
     schema = {"dropout_rate": P.Prop(P.unit_interval, 0.0)}
 

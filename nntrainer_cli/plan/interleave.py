@@ -14,12 +14,19 @@ and clip slots run once, after the last part. Each part has its own copy
 derivatives, temporaries. Weights, gradients, optimizer state and what a layer keeps
 through the step (the statistics) are shared; a gradient's running sum over the parts
 lives only across its calc_gradient slots. Random layers draw in the whole batch's
-order (part 0's rows, then part 1's), so their masks are the whole batch's."""
+order (part 0's rows, then part 1's), so their masks are the whole batch's.
+
+Where no layer gathers over the parts and at most one draws (`accumulates`),
+the plan may instead run the parts one after another, each forward and back
+(`accumulate`: the gradient accumulation of general frameworks). Only one part's
+activations then exist at a time, and the gradients' running sums live through the
+step; the budget search keeps the order that moves fewer bytes."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers.base import Phase
 
 from .order import NodeSlots, Slot
@@ -28,9 +35,18 @@ from .specs import RECORD_KINDS, TensorSet, set_lifespans
 PER_PART = RECORD_KINDS | {"temporary"}
 
 
-def interleave(ts: TensorSet, parts: int, coupled: set[str]) -> TensorSet:
+def accumulates(graph: LayerGraph) -> bool:
+    """Whether a graph's micro-batches may run one after another, each forward and back:
+    no layer gathers statistics over the parts, and at most one draws random numbers,
+    so the draws stay in the whole batch's order."""
+    layers = [n.layer for n in graph.nodes]
+    return not any(x.batch_coupled for x in layers) and sum(x.draws for x in layers) <= 1
+
+
+def interleave(ts: TensorSet, parts: int, coupled: set[str],
+               accumulate: bool = False) -> TensorSet:
     """The plan of one part (`ts`) for a batch of `parts` parts; `coupled`: the nodes
-    that gather over the parts."""
+    that gather over the parts (none when `accumulate`: each part's step in turn)."""
     slots: list[Slot] = []
     at: list[list[list[int]]] = [[[] for _ in range(parts)] for _ in ts.slots]
 
@@ -38,15 +54,25 @@ def interleave(ts: TensorSet, parts: int, coupled: set[str]) -> TensorSet:
         at[s.index][micro].append(len(slots))
         slots.append(replace(s, index=len(slots), micro=micro, gather=gather))
 
-    for s in ts.slots:
-        if s.phase in (Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY):
-            add(s, parts - 1)
-            continue
-        if s.node in coupled and s.phase in (Phase.FORWARD, Phase.CALC_DERIVATIVE):
-            for p in range(parts):
-                add(s, p, gather=True)
+    applies = {Phase.APPLY_GRADIENT, Phase.CLIP_AND_APPLY}
+    if accumulate:
         for p in range(parts):
-            add(s, p)
+            for s in ts.slots:
+                if s.phase not in applies:
+                    add(s, p)
+        for s in ts.slots:
+            if s.phase in applies:
+                add(s, parts - 1)
+    else:
+        for s in ts.slots:
+            if s.phase in applies:
+                add(s, parts - 1)
+                continue
+            if s.node in coupled and s.phase in (Phase.FORWARD, Phase.CALC_DERIVATIVE):
+                for p in range(parts):
+                    add(s, p, gather=True)
+            for p in range(parts):
+                add(s, p)
     node_slots = {n: NodeSlots({phase: sorted(i for b in base for part in at[b] for i in part)
                                 for phase, base in ns.parts.items()}, ns.tiles, ns.untiled)
                   for n, ns in ts.node_slots.items()}   # (a clipped layer's: the clip slot)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.layers.base import Phase
 
-from .interleave import interleave
+from .interleave import accumulates, interleave
 from .order import reorders
 from .planners import Item, check_valid, lower_bound, peak_of, plan_offsets
 from .specs import TensorSet, TensorSpec, build_specs
@@ -27,6 +27,7 @@ class MemoryPlan:
     swap: SwapPlan | None = None   # under a memory budget
     frugal: int = 0                # the graph's frugal level (0: as written)
     micro_batches: int = 1         # the step's batch runs in this many parts, interleaved
+    accumulate: bool = False       # ... or one after another, each forward and back
     in_pieces: tuple[str, ...] = ()   # layers whose work buffers that level shrinks
     derivative_first: bool = False    # tiles: each tile's derivative before its gradient
 
@@ -64,13 +65,16 @@ class MemoryPlan:
 
 
 def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str = "best",
-              in_place: bool = True, derivative_first: bool = False) -> MemoryPlan:
+              in_place: bool = True, derivative_first: bool = False,
+              accumulate: bool = False) -> MemoryPlan:
     """The plan without swap: every tensor at its offset in one arena (the order of a
-    tile's backward slots: `execution_order`)."""
+    tile's backward slots: `execution_order`; of micro-batches: `interleave`, where
+    `accumulate` is ignored for a graph whose parts cannot run in turn)."""
     ts = build_specs(graph, optimizer_state, in_place, derivative_first)
+    accumulate = accumulate and graph.micro_batches > 1 and accumulates(graph)
     if graph.micro_batches > 1:
         ts = interleave(ts, graph.micro_batches,
-                        {n.name for n in graph.nodes if n.layer.batch_coupled})
+                        {n.name for n in graph.nodes if n.layer.batch_coupled}, accumulate)
     roots = ts.roots()
     items = [Item(s.bytes, s.first, s.last) for s in roots]
     chosen, offsets = plan_offsets(items, planner)
@@ -88,7 +92,8 @@ def make_plan(graph: LayerGraph, optimizer_state: tuple[str, ...], planner: str 
                       micro_batches=graph.micro_batches,
                       in_pieces=tuple(n.name for n in graph.nodes
                                       if graph.frugal > 1 and n.layer.in_pieces),
-                      derivative_first=derivative_first and reorders(graph))
+                      derivative_first=derivative_first and reorders(graph),
+                      accumulate=accumulate)
 
 
 def with_swap(plan: MemoryPlan, swap: SwapOptions) -> MemoryPlan | SwapRefusal:

@@ -56,7 +56,8 @@ def plan_summary(plan: MemoryPlan) -> str:
         conv = ", conv in smaller pieces at a time" if plan.in_pieces else ""
         tiles = "".join(f", {t} row tiles" for t in tile_groups(plan.tiles)) + \
             (" (each tile's derivative before its gradient)" if plan.derivative_first else "")
-        parts = ", every micro-batch's tensors at once" if plan.micro_batches > 1 else ""
+        parts = "" if plan.micro_batches == 1 else ", one micro-batch's tensors at a " \
+            "time" if plan.accumulate else ", every micro-batch's tensors at once"
         note = "\n(these figures are without swap" + (
             f", for the frugal graph: relu masks, gradients applied in parts{conv}{tiles}"
             if plan.frugal else "") + parts + ")"
@@ -69,8 +70,9 @@ def plan_summary(plan: MemoryPlan) -> str:
 def batch_text(plan: MemoryPlan) -> str:
     """`32`, or under a budget that split it `32 in 4 micro-batches of 8`."""
     k = plan.micro_batches
+    order = "one after another" if plan.accumulate else "slot by slot"
     return str(plan.batch_size) if k == 1 else \
-        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}, slot by slot"
+        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}, {order}"
 
 
 def tile_groups(tiles: dict[str, int]) -> list[str]:
@@ -131,6 +133,7 @@ def plan_json(plan: MemoryPlan, model: str) -> dict:
         "tiles": plan.tiles,
         "derivative_first": plan.derivative_first,   # in each tile's backward slots
         "micro_batches": plan.micro_batches,
+        "accumulate": plan.accumulate,   # the micro-batches one after another
         "execution_order": [{"slot": s.index, "layer": s.node, "phase": s.phase, "part": s.part,
                              "micro_batch": s.micro, "gathers": s.gather}
                             for s in plan.slots],
@@ -201,7 +204,8 @@ def train_summary(report: TrainReport) -> str:
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
                  *([["tiled layers", ", ".join(tile_groups(sw.tiles))]]
                    if sw.tiles else []),
-                 *([["micro-batches per step", str(sw.micro_batches)]]
+                 *([["micro-batches per step", f"{sw.micro_batches}, " + (
+                     "one after another" if sw.accumulate else "slot by slot")]]
                    if sw.micro_batches > 1 else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",

@@ -104,7 +104,10 @@ class Executor(PersistentTensors):
         # last layer's; read right after its forward slot
         self.metric_node = graph.losses[0].name if graph.losses else graph.nodes[-1].name
         self.metric_at = {s: p for p, s in enumerate(self.fwd_slot[self.metric_node])}
-        self.forward_slots = sum(1 for s in plan.slots if s.phase == Phase.FORWARD)
+        # evaluation runs the slots up to the last forward one, forward slots only (in
+        # micro-batches one after another, each part's backward lies between), with
+        # every swap step on the way, so what is resident is as planned
+        self.eval_slots = 1 + max(s.index for s in plan.slots if s.phase == Phase.FORWARD)
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
         # l2norm's loss term: per forward slot (of the first part), (which l2norm
         # weight, its view there: a tile's when tiled; an untiled weight of a tiled
@@ -297,7 +300,7 @@ class Executor(PersistentTensors):
                     t0 = time.perf_counter()
                     fn(*args)
                     timed[i] += time.perf_counter() - t0
-            elif not slot.gather:
+            elif slot.phase == Phase.FORWARD and not slot.gather:
                 self.graph.by_name[slot.node].layer.forward(self.slot_ctx[i], False)
             for k, x in self.l2.get(i, ()):   # summed over a tiled weight's tiles
                 flat = x.reshape(-1)
@@ -342,4 +345,4 @@ class Executor(PersistentTensors):
     def eval_step(self, rows: int, feed, on_output=None) -> tuple[float, int]:
         """Forward only (dropout off, moving statistics); metrics over the first rows,
         whose outputs (rows × values) go to `on_output` when given."""
-        return self._run(self.forward_slots, False, rows, feed, on_output)
+        return self._run(self.eval_slots, False, rows, feed, on_output)

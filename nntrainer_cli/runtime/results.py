@@ -67,6 +67,7 @@ class SwapFigures:
     bytes_out_per_iteration: int
     tiles: dict[str, int] = field(default_factory=dict)   # layers cut into row tiles
     micro_batches: int = 1         # parts each step's batch ran in, slot by slot
+    accumulate: bool = False       # ... or one after another (plan/interleave.py)
 
 
 def swap_figures(plan, io) -> SwapFigures | None:
@@ -76,7 +77,8 @@ def swap_figures(plan, io) -> SwapFigures | None:
     return SwapFigures(plan.swap.budget, plan.swap.peak, plan.swap.lookahead, plan.frugal,
                        io.moved_in, io.moved_out, io.waited, io.inline_seconds,
                        io.loads_inline, io.loads_background, plan.swap.bytes_in,
-                       plan.swap.bytes_out, plan.tiles, plan.micro_batches)
+                       plan.swap.bytes_out, plan.tiles, plan.micro_batches,
+                       plan.accumulate)
 
 
 @dataclass(frozen=True)
