@@ -56,8 +56,8 @@ class BudgetSearch:
         10% just missed its budget with 4 tiles of f5 and the search went on to tile
         every layer (a step 20 times the unbudgeted one, not 6), where the MLPs move
         9-14% fewer bytes with the same tiles. The parts are searched slot by slot; one
-        after another, the transfer model at 25% moves 3.2 MB a step, not 6.1 (0.78 ms a
-        step, not 0.84), and at 10% 11.6 MB, not 5.2 (1.95 ms, not 1.6)."""
+        after another, the transfer model at 25% moves 3.3 MB a step, not 6.1 (0.78 ms a
+        step, not 0.84), and at 10% 11.3 MB, not 5.2 (1.95 ms, not 1.6)."""
         found = self._fitting(budget)
         if isinstance(found, SwapRefusal):
             return found

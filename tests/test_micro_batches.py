@@ -19,6 +19,7 @@ from nntrainer_cli.pipeline import Planning, prepare
 from nntrainer_cli.plan import SwapRefusal, make_plan
 from nntrainer_cli.plan.interleave import accumulates
 from nntrainer_cli.plan.order import Phase
+from nntrainer_cli.report.svg import plan_svg
 
 from helpers import REPO, run, weight_difference as close, write_records
 from nntrainer_cli.runtime.weights import weight_floats
@@ -158,6 +159,14 @@ def test_parts_one_after_another_run_each_forward_and_back_in_turn():
         assert [t.micro for t in slots] == [0, 1, 2, 3]
         assert s.first == slots[0].index and s.last == slots[-1].index
     assert plan.peak_bytes < slot_by_slot.peak_bytes
+    grads = [s for s in plan.specs.values() if s.name.startswith("f6:weight:grad@")]
+    assert len(grads) == 4   # each part's own, dead once added to the sum
+    for s in grads[:3]:
+        assert {plan.slots[u].phase for u in s.uses} == {Phase.CALC_GRADIENT}
+    assert Phase.APPLY_GRADIENT in {plan.slots[u].phase for u in grads[3].uses}
+    svg = plan_svg(plan, "lenet")
+    assert svg.count(">backward</text>") == 4 and "each micro-batch in turn" in svg
+    assert plan_svg(slot_by_slot, "lenet").count(">backward</text>") == 1
     bn = build_graph(load_config(CNN), micro_batches=2)   # batch norm gathers over parts
     assert not accumulates(bn) and not make_plan(bn, ("m", "v"), accumulate=True).accumulate
 
@@ -166,7 +175,8 @@ def test_the_budget_keeps_the_order_of_parts_that_moves_fewer_bytes():
     """The search finds the parts slot by slot, then plans the same graph with the
     parts one after another and keeps whichever moves fewer bytes: the transfer model
     at 25% moves about half as many one after another (and took 0.78 ms a step, not
-    0.84); batch norm's model keeps them slot by slot. Both schedules replay."""
+    0.84); LeNet at 10% would move more, and batch norm's model cannot: both keep them
+    slot by slot. Both schedules replay."""
     model = os.path.join(REPO, "configs", "lenet_transfer.ini")
     found = prepare(model, budget="25%")
     chosen = found.plan
@@ -180,7 +190,13 @@ def test_the_budget_keeps_the_order_of_parts_that_moves_fewer_bytes():
         replay_steps(plan, eager=True)
     res = run("plan", model, "--memory-budget", "25%")
     assert res.exit_code == 0 and "micro-batches of 16, one after another" in res.output
-    cnn = prepare(CNN, budget="25%").plan
+    lenet = prepare(LENET, budget="10%")   # one after another moves more: kept slot by slot
+    q = lenet.plan
+    assert q.micro_batches > 1 and not q.accumulate
+    more = Planning(LENET, budget="10%")._at(q.frugal, q.swap.budget, q.tiles,
+                                             q.micro_batches, q.derivative_first, True)
+    assert more.plan.accumulate and moved(more) > moved(lenet)
+    cnn = prepare(CNN, budget="25%").plan   # batch norm gathers over the parts
     assert cnn.micro_batches > 1 and not cnn.accumulate
 
 

@@ -20,7 +20,8 @@ Where no layer gathers over the parts and at most one draws (`accumulates`),
 the plan may instead run the parts one after another, each forward and back
 (`accumulate`: the gradient accumulation of general frameworks). Only one part's
 activations then exist at a time, and the gradients' running sums live through the
-step; the budget search keeps the order that moves fewer bytes."""
+step, while each part has its own gradients (`fc1:weight:grad@1`), dead once added to
+the sum; the budget search keeps the order that moves fewer bytes."""
 
 from __future__ import annotations
 
@@ -77,8 +78,12 @@ def interleave(ts: TensorSet, parts: int, coupled: set[str],
                                 for phase, base in ns.parts.items()}, ns.tiles, ns.untiled)
                   for n, ns in ts.node_slots.items()}   # (a clipped layer's: the clip slot)
     out = TensorSet(slots, node_slots, io=ts.io, micro_batches=parts)
+    # one after another, each part also has its own gradients: a part's is dead once
+    # added to the sum, so it neither lives through the later parts nor is swapped
+    grads = {g for io in ts.io.values() for gs in io.grads.values() for g in gs} \
+        if accumulate else set()
     for spec in ts.specs.values():
-        if spec.kind in PER_PART and not spec.persistent:
+        if (spec.kind in PER_PART or spec.name in grads) and not spec.persistent:
             for p in range(parts):
                 name = f"{spec.name}@{p}"
                 uses = {i for u in spec.uses for i in at[u][p]}

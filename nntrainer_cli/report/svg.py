@@ -60,16 +60,23 @@ def plan_svg(plan: MemoryPlan, model: str) -> str:
               if plan.swap else "")
            + "".join(f", {escape(t)} row tiles" for t in tile_groups(plan.tiles))
            + '</text>',
-           f'<text x="{LEFT}" y="42" fill="#555">time slot across (forward, then backward); '
-           f'arena offset down. Hover a block for its tensor.'
+           f'<text x="{LEFT}" y="42" fill="#555">time slot across (forward, then backward'
+           + (', each micro-batch in turn' if plan.accumulate else '')
+           + '); arena offset down. Hover a block for its tensor.'
            + (' Black edges: read from / written to the swap file.' if plan.swap else '')
            + '</text>']
-    backward = next((s.index for s in plan.slots if s.phase != Phase.FORWARD), slots)
-    out.append(f'<rect x="{x(backward):.1f}" y="{TOP}" width="{x(slots) - x(backward):.1f}" '
-               f'height="{HEIGHT}" fill="#f4f4f4"/>')
-    for label, at in (("forward", x(0)), ("backward", x(backward))):
-        if at < x(slots):
-            out.append(f'<text x="{at + 4:.1f}" y="{TOP - 5}" fill="#555">{label}</text>')
+    backward: list[list[int]] = []   # runs of slots past forward (micro-batches one
+    for s in plan.slots:             # after another: one run each)
+        if s.phase != Phase.FORWARD:
+            if backward and backward[-1][1] == s.index:
+                backward[-1][1] += 1
+            else:
+                backward.append([s.index, s.index + 1])
+    out.append(f'<text x="{x(0) + 4:.1f}" y="{TOP - 5}" fill="#555">forward</text>')
+    for a, b in backward:
+        out.append(f'<rect x="{x(a):.1f}" y="{TOP}" width="{x(b) - x(a):.1f}" '
+                   f'height="{HEIGHT}" fill="#f4f4f4"/>')
+        out.append(f'<text x="{x(a) + 4:.1f}" y="{TOP - 5}" fill="#555">backward</text>')
     for kind, first, last, offset, size, tip, loaded, stored in _blocks(plan):
         x0, x1, y0 = x(first), x(last + 1), y(offset)
         h = max(y(offset + size) - y0, 0.5)

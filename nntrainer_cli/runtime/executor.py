@@ -104,9 +104,8 @@ class Executor(PersistentTensors):
         # last layer's; read right after its forward slot
         self.metric_node = graph.losses[0].name if graph.losses else graph.nodes[-1].name
         self.metric_at = {s: p for p, s in enumerate(self.fwd_slot[self.metric_node])}
-        # evaluation runs the slots up to the last forward one, forward slots only (in
-        # micro-batches one after another, each part's backward lies between), with
-        # every swap step on the way, so what is resident is as planned
+        # evaluation: forward slots up to the last (the parts' backward slots between,
+        # run one after another, are skipped), with every swap step on the way
         self.eval_slots = 1 + max(s.index for s in plan.slots if s.phase == Phase.FORWARD)
         self.weights = [(n, w) for n in graph.nodes for w in n.ctx.weights]
         # l2norm's loss term: per forward slot (of the first part), (which l2norm
@@ -178,26 +177,27 @@ class Executor(PersistentTensors):
                 steps.append((node.layer.forward, (ctx, True)))
             elif slot.phase == Phase.CALC_GRADIENT:
                 step = (node.layer.calc_gradient, (ctx,))
-                steps.append((self._summed, (step, self._sums(node, slot.index), slot.micro))
+                steps.append((self._summed, (step, self._sums(node, slot), slot.micro))
                              if split else step)
             elif slot.phase == Phase.CALC_DERIVATIVE:
                 steps.append((node.layer.calc_derivative, (ctx,)))
             elif slot.phase == Phase.APPLY_GRADIENT:
-                steps.append((self._apply, (self._updates(node, slot.index, slot.part),)))
+                steps.append((self._apply, (self._updates(node, slot, slot.part),)))
             else:
                 clipped = [n for n in self.graph.nodes if slot.index in ns[n.name].apply_parts]
                 steps.append((self._clip_and_apply,
                               ([(n.clip, u) for n in clipped
-                                for u in self._updates(n, slot.index, None)],)))
+                                for u in self._updates(n, slot, None)],)))
         return steps
 
     # --- micro-batches: a step's batch in parts, their gradients summed -----------------
-    def _sums(self, node, slot: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(gradient, its running sum) for each gradient tensor complete at this slot."""
-        io = self.plan.tensors.io[node.name]
-        return [(self.view(g, slot), self.view(total, slot))
+    def _sums(self, node, slot) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(the part's gradient, its running sum) per gradient complete at this slot."""
+        ts = self.plan.tensors
+        io, at = ts.io[node.name], slot.index
+        return [(self.view(ts.local(g, slot.micro), at), self.view(total, at))
                 for w, sums in io.sums.items() for g, total in zip(io.grads[w], sums)
-                if slot in self.plan.specs[total].uses]
+                if at in self.plan.specs[total].uses]
 
     def _summed(self, step, pairs, part: int) -> None:
         """calc_gradient of one part: the first part's gradient starts the sum, the
@@ -216,16 +216,18 @@ class Executor(PersistentTensors):
                 g += total
                 g /= last + 1
 
-    def _updates(self, node, slot: int, part: int | None) -> list:
+    def _updates(self, node, slot, part: int | None) -> list:
         """(weight request, weight rows, gradient rows, optimizer state) for one part of
         a node's apply_gradient (one tile of a tiled weight, the whole of an untiled one
         unless the budget split it, in a tiled node in its untiled tile's slot), or for
         every part (None: the clip slot)."""
-        io, out = self.plan.tensors.io[node.name], []
+        ts, out = self.plan.tensors, []
+        io, micro, slot = ts.io[node.name], slot.micro, slot.index   # (the last part's)
         for w in node.ctx.weights:
             if not w.trainable:
                 continue
-            tensors, grads = io.weights[w.name], io.grads[w.name]
+            tensors = io.weights[w.name]
+            grads = [ts.local(g, micro) for g in io.grads[w.name]]
             for k, (lo, hi) in enumerate(io.rows[w.name]):
                 if part is not None and io.applied[w.name][k] != part:
                     continue

@@ -66,8 +66,8 @@ class SwapFigures:
     bytes_in_per_iteration: int    # as planned
     bytes_out_per_iteration: int
     tiles: dict[str, int] = field(default_factory=dict)   # layers cut into row tiles
-    micro_batches: int = 1         # parts each step's batch ran in, slot by slot
-    accumulate: bool = False       # ... or one after another (plan/interleave.py)
+    micro_batches: int = 1         # parts each step's batch ran in: slot by slot, or
+    accumulate: bool = False       # one after another (plan/interleave.py)
 
 
 def swap_figures(plan, io) -> SwapFigures | None:
