@@ -67,12 +67,16 @@ def plan_summary(plan: MemoryPlan) -> str:
             f"naive {human(plan.naive_bytes)}   saved vs naive {saved:.0%}{note}")
 
 
+def parts_order(accumulate: bool) -> str:
+    """How a split batch's micro-batches run (plan/interleave.py)."""
+    return "one after another" if accumulate else "slot by slot"
+
+
 def batch_text(plan: MemoryPlan) -> str:
-    """`32`, or under a budget that split it `32 in 4 micro-batches of 8`."""
+    """`32`, or under a budget that split it `32 in 4 micro-batches of 8, slot by slot`."""
     k = plan.micro_batches
-    order = "one after another" if plan.accumulate else "slot by slot"
-    return str(plan.batch_size) if k == 1 else \
-        f"{plan.batch_size} in {k} micro-batches of {plan.batch_size // k}, {order}"
+    return str(plan.batch_size) if k == 1 else f"{plan.batch_size} in {k} micro-batches " \
+        f"of {plan.batch_size // k}, {parts_order(plan.accumulate)}"
 
 
 def tile_groups(tiles: dict[str, int]) -> list[str]:
@@ -204,8 +208,8 @@ def train_summary(report: TrainReport) -> str:
                  ["resident arena (swap)", human(sw.resident_peak_bytes)],
                  *([["tiled layers", ", ".join(tile_groups(sw.tiles))]]
                    if sw.tiles else []),
-                 *([["micro-batches per step", f"{sw.micro_batches}, " + (
-                     "one after another" if sw.accumulate else "slot by slot")]]
+                 *([["micro-batches per step",
+                     f"{sw.micro_batches}, {parts_order(sw.accumulate)}"]]
                    if sw.micro_batches > 1 else []),
                  ["swapped out / in", f"{human(sw.bytes_out)} / {human(sw.bytes_in)}"],
                  ["loads from the page cache / by the I/O thread",

@@ -222,7 +222,7 @@ class Executor(PersistentTensors):
         unless the budget split it, in a tiled node in its untiled tile's slot), or for
         every part (None: the clip slot)."""
         ts, out = self.plan.tensors, []
-        io, micro, slot = ts.io[node.name], slot.micro, slot.index   # (the last part's)
+        io, micro, at = ts.io[node.name], slot.micro, slot.index   # (the last part's)
         for w in node.ctx.weights:
             if not w.trainable:
                 continue
@@ -232,11 +232,11 @@ class Executor(PersistentTensors):
                 if part is not None and io.applied[w.name][k] != part:
                     continue
                 if len(tensors) > 1:   # a tile: its own tensors
-                    weight, grad = self.view(tensors[k], slot), self.view(grads[k], slot)
+                    weight, grad = self.view(tensors[k], at), self.view(grads[k], at)
                 else:
-                    weight = self.view(tensors[0], slot)[lo:hi]
-                    grad = self.view(grads[0], slot)[lo:hi]
-                out.append((w, weight, grad, [self.view(s, slot) for s in io.state[w.name][k]]))
+                    weight = self.view(tensors[0], at)[lo:hi]
+                    grad = self.view(grads[0], at)[lo:hi]
+                out.append((w, weight, grad, [self.view(s, at) for s in io.state[w.name][k]]))
         return out
 
     def _apply(self, updates) -> None:
