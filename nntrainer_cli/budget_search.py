@@ -60,8 +60,10 @@ class BudgetSearch:
         step, not 0.84), and at 10% 11.3 MB, not 5.2 (1.95 ms, not 1.6)."""
         found = self._fitting(budget)
         if isinstance(found, SwapRefusal):
-            return found
-        if reorders(found.graph):
+            found = self._derivative_first(found, budget)
+            if isinstance(found, SwapRefusal):
+                return found
+        elif reorders(found.graph):
             p = found.plan
             found = self._cheaper(found, budget, self._at(
                 p.frugal, budget, p.tiles, p.micro_batches, derivative_first=True))
@@ -70,6 +72,20 @@ class BudgetSearch:
             found = self._cheaper(found, budget, self._at(
                 p.frugal, budget, p.tiles, p.micro_batches, p.derivative_first, accumulate=True))
         return found
+
+    def _derivative_first(self, refusal: SwapRefusal, budget: int) -> Prepared | SwapRefusal:
+        """The refused candidate again with each tile's derivative first, an order
+        whose floor is lower for some (the 784 MLP's: 533 KB, not 590 KB): its plan
+        where that fits the budget, else the refusal naming the lower floor."""
+        if not refusal.candidate or not refusal.candidate[1]:
+            return refusal
+        level, tiles, parts = refusal.candidate
+        if not reorders(self.plain(level, tiles, parts).graph):
+            return refusal
+        other = self._at(level, budget, tiles, parts, derivative_first=True)
+        if not isinstance(other, SwapRefusal):
+            return other
+        return min(refusal, other, key=lambda r: r.floor)
 
     @staticmethod
     def _cheaper(found: Prepared, budget: int, other: Prepared | SwapRefusal) -> Prepared:

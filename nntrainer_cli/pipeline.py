@@ -197,7 +197,9 @@ class Planning(BudgetSearch):
             return SwapRefusal(budget, math.inf, self.swap.lookahead, "too many slots")
         swap = replace(self.swap, budget=budget)
         plan = with_swap(p.plan, swap)
-        return plan if isinstance(plan, SwapRefusal) else replace(p, plan=plan, swap=swap)
+        if isinstance(plan, SwapRefusal):
+            return replace(plan, candidate=(level, tiles or {}, parts))
+        return replace(p, plan=plan, swap=swap)
 
 
 def prepare(path: str, **options) -> Prepared:

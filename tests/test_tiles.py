@@ -11,7 +11,9 @@ import pytest
 
 from nntrainer_cli.layers import FinalizeContext, RunContext
 from nntrainer_cli.budget_search import MAX_TILES, moved
+from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.pipeline import Planning, prepare
+from nntrainer_cli.plan import SwapRefusal
 from nntrainer_cli.plan.order import row_parts
 
 from helpers import REPO, make_layer, run, write_records
@@ -369,6 +371,26 @@ def test_the_search_keeps_the_tile_order_that_moves_fewer_bytes(tmp_path):
     assert [s.phase.name for s in plan.slots if s.node == "seq" and s.part == 3] == \
         ["FORWARD", "CALC_GRADIENT", "CALC_DERIVATIVE", "APPLY_GRADIENT"]
     assert not plan.derivative_first   # nothing was reordered: the plan does not say so
+
+
+def test_a_refused_budget_names_the_floor_of_either_tile_order():
+    """Below every plan the search finds (gradient first), the candidate with the lowest
+    floor is planned again derivative first: for the 784 MLP that floor is lower, so the
+    refusal names it, a budget at it plans in that order (it was refused: the floor
+    named was 589,824 bytes, 11% more), and 64 bytes under it is refused."""
+    mlp = os.path.join(REPO, "benchmarks", "models", "mlp_784.ini")
+    with pytest.raises(ConfigError) as e:
+        prepare(mlp, budget="100")
+    floor = int(str(e.value).split("works is ")[1].split(" ")[0].replace(",", ""))
+    planning = Planning(mlp, budget=str(floor))
+    gradient_first = planning._fitting(floor)
+    assert isinstance(gradient_first, SwapRefusal) and gradient_first.floor > floor
+    found = planning.prepared().plan
+    assert found.derivative_first and found.swap.peak <= floor
+    replay(found)
+    replay_steps(found, eager=False)
+    with pytest.raises(ConfigError, match=f"works is {floor:,} bytes"):
+        prepare(mlp, budget=str(floor - 64))
 
 
 def test_the_planner_tiles_only_what_the_budget_needs():

@@ -71,6 +71,7 @@ class SwapRefusal:
     lookahead: int
     busiest: str
     held: tuple[str, ...] = ()   # the tensors resident at the busiest slot, largest first
+    candidate: tuple = ()        # the budget search's (level, tiles, parts) it refuses
 
     def message(self, plan_bytes: int) -> str:
         """One line for the user; the floor also as a share of `plan_bytes`, the plan
