@@ -50,3 +50,19 @@ def test_no_swap_file_is_left_even_after_sigkill(tmp_path):
     proc.kill()
     proc.wait(timeout=60)
     assert os.listdir(swap) == []
+
+
+def test_a_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path):
+    """Stopped while its first epoch runs (batches of 2 make it long), a run says that
+    no weights were saved, rather than that the finished epochs' weights are there."""
+    save = tmp_path / "w.bin"
+    cmd = [sys.executable, "-m", "nntrainer_cli", "train",
+           os.path.join(REPO, "configs", "lenet_mnist.ini"), "--batch-size", "2",
+           "--save", str(save), "--no-run-dir"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stderr.readline()   # the plan's summary comes before the first step
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    errors = [l for l in proc.stderr.read().splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "interrupted after 0 of" in errors[0], errors
+    assert "no weights were saved" in errors[0] and not save.exists()

@@ -194,8 +194,6 @@ def run_and_report(trainer, plan, datasets, report_path, folder, quiet, total: i
 
     report_paths = [report_path] + ([folder.file("report.json")] if folder else [])
     save = trainer.opts.save
-    saved = f"weights of finished {unit} are in {save}" if save else \
-        "weights were not saved (use --save FILE)"
     try:
         if not quiet:
             click.echo(plan_summary(plan), err=True)
@@ -206,6 +204,9 @@ def run_and_report(trainer, plan, datasets, report_path, folder, quiet, total: i
         written = [p for p in report_paths if p] if report else []
         for path in written:
             write_text(path, json.dumps(report.to_json(), indent=2))
+        saved = f"weights of finished {unit} are in {save}" if save and done else \
+            f"no weights were saved (they are saved as each of the {unit} ends)" if save \
+            else "weights were not saved (use --save FILE)"
         resumable = f"; continue with --resume {report.checkpoint}" \
             if report and report.checkpoint else ""
         fail(f"interrupted after {done} of {total} {unit}; {saved}{resumable}"
