@@ -114,6 +114,9 @@ def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path, tiny_mo
         d[9, 5] = np.inf
     text = tmp_path / "table.csv"   # a text file of a whole number of 28-byte records
     text.write_text(("0.25,1.5,3," * 100)[:28 * 10])
+    prose = tmp_path / "notes.txt"   # UTF-8 beyond ASCII: 2 of its 28 bytes are one "×"
+    prose.write_bytes(("Each record is 4×7 floats.\n" * 30).encode())
+    assert prose.stat().st_size % 28 == 0
     x = np.zeros((8, 4), dtype=np.float32)
     x[3, 1] = np.nan
     np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(8, dtype=np.int64))
@@ -121,6 +124,7 @@ def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path, tiny_mo
     for data, message in [(_records(tmp_path, "nan.dat", nan), "nan.dat record 5: input 0 value 2 is nan"),
                           (_records(tmp_path, "inf.dat", label_inf), "inf.dat record 9: label 0 value 1 is inf"),
                           (str(text), "table.csv looks like a text file"),
+                          (str(prose), "notes.txt looks like a text file"),
                           (str(tmp_path / "nan.npz"), "nan.npz record 3: x value 1 is not a finite"),
                           (str(tmp_path / "folder"), "data path is a directory")]:
         res = run("train", tiny_model, "-q", "--set", f"train_set.path={data}")

@@ -9,6 +9,7 @@ folders (images.py) and CSV tables (tables.py) have modules of their own."""
 
 from __future__ import annotations
 
+import codecs
 import os
 
 import numpy as np
@@ -87,6 +88,16 @@ def _field(j: int, input_sizes: list[int], label_sizes: list[int]) -> str:
     return f"{kind} {i} value {j}"
 
 
+def looks_like_text(head: bytes) -> bool:
+    """Whether a file's head is text: UTF-8 (a character cut at the end allowed) of
+    printable characters and line breaks. Float32 records are almost never that."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
 class RawDataset(Dataset):
     def __init__(self, path: str, input_sizes: list[int], label_sizes: list[int], where):
         self.path = path
@@ -122,8 +133,7 @@ class RawDataset(Dataset):
         """Read the file once, a chunk at a time, before training: refuse text and values
         that are not finite (naming the record), and warn of values so large that the
         file is likely not float32 data."""
-        head = os.pread(self.fd, SNIFF_BYTES, 0)
-        if head.isascii() and all(b >= 32 or b in b"\t\r\n" for b in head):
+        if looks_like_text(os.pread(self.fd, SNIFF_BYTES, 0)):
             raise where(f"{self.path} looks like a text file (CSV?); raw data files hold "
                         f"float32 records of {self.record_bytes} bytes, no text")
         floats, per = self.record_bytes // 4, max(1, SCAN_BYTES // self.record_bytes)
