@@ -8,7 +8,12 @@ than their input (where that convolution would mostly read padding), scatter col
 back, samples innermost. A vertically dilated kernel's rows are not one range, so it
 keeps im2col, as do large filters on small images. Work buffers hold a few samples at
 a time, about the output's size in all (NNTrainer goes one sample at a time); frugal
-plans lower fewer output rows at a time (im2col: fewer samples)."""
+plans lower fewer output rows at a time (im2col: fewer samples).
+
+The loops that call numpy many times a step live in short functions (`add_products`,
+`scatter`, `copy_column`): tracemalloc, on in every run that measures its peak, finds
+each allocation's line by walking its function's line table from the start (CPython
+3.11), so a view made deep in a long function cost several µs more."""
 
 from __future__ import annotations
 
@@ -53,6 +58,53 @@ def from_rows(out, y, bias, add: bool = False) -> None:
     if bias is not None:   # on the rows' long runs, then a copy: a quarter faster than
         np.add(out, bias[:, None], out=out)   # one add in y's order (short runs)
     np.copyto(y, rows)
+
+
+def scatter(win: Window, taps, dy, cols, dx) -> None:
+    """dx (c, h, w, m) = each kernel tap's columns added where its window read them:
+    per kernel row ki, one product (taps[ki]·dy) makes its kw taps' columns (c, kw, oh,
+    ow, m) of all m samples at once."""
+    dx.fill(0)
+    row = None
+    for ki, kj, (orow, ocol), (irow, icol) in win.taps:
+        if ki != row:
+            row = ki
+            np.matmul(taps[ki], dy.reshape(len(dy), -1), out=cols.reshape(len(taps[ki]), -1))
+        target = dx[:, irow, icol]
+        np.add(target, cols[:, kj, orow, ocol], out=target)
+
+
+def channels_last(dy, buffer):
+    """dy (m, ft, rows, ow) copied into `buffer` as (rows, m·ow, ft): each output row's
+    product is then (k, m·ow)·(m·ow, ft), which ran 1.5-1.7x faster than (ft, m·ow)·(m·ow,
+    k) on VGG's shapes."""
+    m, ft, rows, ow = dy.shape
+    out = prefix(buffer, (rows, m * ow, ft))
+    np.copyto(out.reshape(rows, m, ow, ft), dy.transpose(2, 0, 3, 1))
+    return out
+
+
+def add_products(v, dyr, products, total) -> None:
+    """total += v[i]·dyr[i] for each output row i in turn, `len(products)` rows per
+    stacked product: one order of sums at every chunking."""
+    group = len(products)
+    for a in range(0, len(v), group):
+        b = min(len(v), a + group)
+        np.matmul(v[a:b], dyr[a:b], out=products[:b - a])
+        for part in products[:b - a]:
+            np.add(total, part, out=total)
+
+
+def bias_gradient(dy, temps, db) -> None:
+    """db = dy summed over samples and positions: per sample a matrix-vector product
+    (a third of np.sum's time over axes (0, 2, 3)), BIAS_ROWS samples at a time."""
+    ones, parts = temps["ones"], temps["bias_parts"]
+    n, f = dy.shape[:2]
+    ones.fill(1)
+    db.fill(0)
+    for s, m in chunks(n, len(parts) - 1):
+        np.matmul(dy[s:s + m].reshape(m, f, -1), ones, out=parts[:m])
+        db += np.sum(parts[:m], axis=0, out=parts[-1])
 
 
 @register
@@ -182,50 +234,46 @@ class Conv2D(Layer):
             y3 += ctx.weights["bias"][:, None]
 
     def calc_gradient(self, ctx: RunContext) -> None:
+        if self.lowered:
+            self._rows_gradient(ctx)
+        else:
+            self._columns_gradient(ctx)
+        if "bias" in ctx.grads:   # a tiled layer's first tile's slots only
+            bias_gradient(ctx.out_grads[0], ctx.temps, ctx.grads["bias"])
+
+    def _rows_gradient(self, ctx: RunContext) -> None:
+        """The filter's gradient from the lowered rows, output row by output row."""
+        n, f, c, kh, kw = self.shape
+        x, dy, dw, temps = ctx.inputs[0], ctx.out_grads[0], ctx.grads["filter"], ctx.temps
+        oh, low = self.win.out[0], self.lowered
+        lo, hi = ctx.tile or (0, f)
+        ft = hi - lo
+        # the sum so far, transposed (k in the rows' order, then filters) till the end
+        total = dw.reshape(-1, ft)
+        total.fill(0)
+        products = prefix(temps["filter_parts"], (self.group, low.k, ft))
+        for s, m in chunks(n, low.m):
+            for first, stop in bands(oh, low.band):
+                v = low.lower(x[s:s + m], temps, "grad_", first, stop)
+                add_products(v, channels_last(dy[s:s + m, lo:hi, first:stop],
+                                              temps["out_grad_rows"]), products, total)
+        part = prefix(temps["filter_parts"], (low.k, ft))
+        np.copyto(part, total)
+        np.copyto(dw, part.reshape(kh, kw, c, ft).transpose(3, 2, 0, 1))
+
+    def _columns_gradient(self, ctx: RunContext) -> None:
+        """The filter's gradient from im2col's columns, sample by sample."""
         n, f, c, kh, kw = self.shape
         x, dy, dw = ctx.inputs[0], ctx.out_grads[0], ctx.grads["filter"]
-        if self.lowered:
-            (oh, ow), low, temps = self.win.out, self.lowered, ctx.temps
-            lo, hi = ctx.tile or (0, f)
-            ft = hi - lo
-            # the sum so far, transposed (k in the rows' order, then filters) till the end
-            total = dw.reshape(-1, ft)
-            total.fill(0)
-            products = prefix(temps["filter_parts"], (self.group, low.k, ft))
-            for s, m in chunks(n, low.m):
-                for first, stop in bands(oh, low.band):
-                    v = low.lower(x[s:s + m], temps, "grad_", first, stop)
-                    # dy channels last: each row's product is (k, m·ow)·(m·ow, ft), which
-                    # ran 1.5-1.7x faster than (ft, m·ow)·(m·ow, k) on VGG's shapes
-                    dyr = prefix(temps["out_grad_rows"], (stop - first, m * ow, ft))
-                    np.copyto(dyr.reshape(stop - first, m, ow, ft),
-                              dy[s:s + m, lo:hi, first:stop].transpose(2, 0, 3, 1))
-                    for a in range(0, stop - first, self.group):
-                        b = min(stop - first, a + self.group)
-                        np.matmul(v[a:b], dyr[a:b], out=products[:b - a])
-                        for part in products[:b - a]:   # row by row: one order at every
-                            np.add(total, part, out=total)   # chunking
-            part = prefix(temps["filter_parts"], (low.k, ft))
-            np.copyto(part, total)
-            np.copyto(dw, part.reshape(kh, kw, c, ft).transpose(3, 2, 0, 1))
-        else:
-            part, dw2 = ctx.temps["filter_part"], dw.reshape(f, -1)
-            col, dy3 = ctx.temps["col_grad"], dy.reshape(n, f, -1)
-            dw.fill(0)
-            for s, m in chunks(n, self.m_col):
-                im2col(x[s:s + m], self.win, col[:m])
-                col3 = col[:m].reshape(m, c * kh * kw, -1)
-                for i in range(m):
-                    np.matmul(dy3[s + i], col3[i].T, out=part)
-                    dw2 += part
-        if "bias" in ctx.grads:   # a tiled layer's first tile's slots only
-            # a third of np.sum's time over axes (0, 2, 3)
-            ones, parts, db = ctx.temps["ones"], ctx.temps["bias_parts"], ctx.grads["bias"]
-            ones.fill(1)
-            db.fill(0)
-            for s, m in chunks(n, len(parts) - 1):
-                np.matmul(dy[s:s + m].reshape(m, f, -1), ones, out=parts[:m])
-                db += np.sum(parts[:m], axis=0, out=parts[-1])
+        part, dw2 = ctx.temps["filter_part"], dw.reshape(f, -1)
+        col, dy3 = ctx.temps["col_grad"], dy.reshape(n, f, -1)
+        dw.fill(0)
+        for s, m in chunks(n, self.m_col):
+            im2col(x[s:s + m], self.win, col[:m])
+            col3 = col[:m].reshape(m, c * kh * kw, -1)
+            for i in range(m):
+                np.matmul(dy3[s + i], col3[i].T, out=part)
+                dw2 += part
 
     def calc_derivative(self, ctx: RunContext) -> None:
         n, f, c, kh, kw = self.shape
@@ -249,14 +297,7 @@ class Conv2D(Layer):
             cols = prefix(temps["tap_cols"], (c, kw, oh, ow, m))
             dxl = prefix(temps["dx_last"], (c, h, w, m))
             np.copyto(dyl, dy[s:s + m, lo:hi].transpose(1, 2, 3, 0))
-            dxl.fill(0)
-            row = None
-            for ki, kj, (orow, ocol), (irow, icol) in win.valid():
-                if ki != row:
-                    row = ki
-                    np.matmul(taps[ki], dyl.reshape(ft, -1), out=cols.reshape(c * kw, -1))
-                target = dxl[:, irow, icol]
-                np.add(target, cols[:, kj, orow, ocol], out=target)
+            scatter(win, taps, dyl, cols, dxl)
             if add:
                 np.add(dx[s:s + m], dxl.transpose(3, 0, 1, 2), out=dx[s:s + m])
             else:

@@ -37,7 +37,7 @@ class Pooling2D(Layer):
                                  "has nothing to pool", "padding")
         self.win = Window((h, w), pool, stride, pad)
         oh, ow = self.win.out
-        _, _, (orow, ocol), _ = next(self.win.valid())
+        _, _, (orow, ocol), _ = self.win.taps[0]
         self.first_covers = (orow.stop - orow.start, ocol.stop - ocol.start) == (oh, ow)
         # windows side by side over the whole input: backward writes every input once
         self.tiles_input = tuple(stride) == tuple(pool) and not any(pad) and \
@@ -65,7 +65,7 @@ class Pooling2D(Layer):
             # maximum wins ties.
             # A first tap that reaches every output starts the maximum as a copy.
             idx, improved = ctx.temps["argmax"], ctx.temps["improved"]
-            taps = list(enumerate(self.win.valid(), 1))
+            taps = list(enumerate(self.win.taps, 1))
             if self.first_covers:
                 (_, (_, _, _, (irow, icol))), taps = taps[0], taps[1:]
                 np.copyto(y, x[:, :, irow, icol])
@@ -84,7 +84,7 @@ class Pooling2D(Layer):
             count = ctx.temps["count"]
             y.fill(0)
             count.fill(0)
-            for _, _, (orow, ocol), (irow, icol) in self.win.valid():
+            for _, _, (orow, ocol), (irow, icol) in self.win.taps:
                 dst = y[:, :, orow, ocol]
                 np.add(dst, x[:, :, irow, icol], out=dst)
                 count[orow, ocol] += 1
@@ -100,7 +100,7 @@ class Pooling2D(Layer):
         disjoint = all(s >= k for s, k in zip(self.win.stride, self.win.kernel))
         if self.kind in ("max", "global_max"):
             idx, mask = ctx.temps["argmax"], ctx.temps["mask_back"]
-            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.valid(), 1):
+            for k, (_, _, (orow, ocol), (irow, icol)) in enumerate(self.win.taps, 1):
                 m, target = mask[:, :, orow, ocol], dx[:, :, irow, icol]
                 np.equal(idx[:, :, orow, ocol], k, out=m)
                 if disjoint:
@@ -110,7 +110,7 @@ class Pooling2D(Layer):
         else:
             scaled = ctx.temps["scaled"]
             np.divide(dy, ctx.temps["count"], out=scaled)
-            for _, _, (orow, ocol), (irow, icol) in self.win.valid():
+            for _, _, (orow, ocol), (irow, icol) in self.win.taps:
                 target = dx[:, :, irow, icol]
                 if disjoint:
                     np.copyto(target, scaled[:, :, orow, ocol])

@@ -37,12 +37,16 @@ class Window:
         if min(self.out) < 1:
             raise LayerError(f"the window {kernel[0]}x{kernel[1]} does not fit the "
                              f"{hw[0]}x{hw[1]} input with this padding", "kernel_size")
-        self.offsets = []  # per (ki, kj): (output slices, input slices)
+        # the kernel offsets (ki, kj) that read the input: their (output rows, output
+        # columns) and (input rows, input columns) slices, made once (kernels walk them
+        # every step)
+        self.taps = []
         for ki in range(kernel[0]):
             rows = self.span(ki, 0)
             for kj in range(kernel[1]):
                 cols = self.span(kj, 1)
-                self.offsets.append((ki, kj, rows, cols))
+                if rows and cols:
+                    self.taps.append((ki, kj, (rows[0], cols[0]), (rows[1], cols[1])))
 
     def span(self, k, axis):
         """Output positions o with 0 <= o·s + k·d - before < size along an axis (before:
@@ -57,16 +61,11 @@ class Window:
         first = lo * s + start
         return slice(lo, hi), slice(first, first + (hi - lo - 1) * s + 1, s)
 
-    def valid(self):
-        for ki, kj, rows, cols in self.offsets:
-            if rows and cols:
-                yield ki, kj, (rows[0], cols[0]), (rows[1], cols[1])
-
 
 def im2col(x, win: Window, col):
     """col[n, c, ki, kj, oh, ow] = x[n, c, input row, input col] (0 in the padding)."""
     col.fill(0)
-    for ki, kj, (orow, ocol), (irow, icol) in win.valid():
+    for ki, kj, (orow, ocol), (irow, icol) in win.taps:
         np.copyto(col[:, :, ki, kj, orow, ocol], x[:, :, irow, icol])
 
 
@@ -112,46 +111,61 @@ class RowLowering:
         """Output rows first..stop-1 of x (m, c, h, w), or of its `channels` (lo, hi),
         lowered into the buffer `name` names: a read-only view (rows, k, m·ow), each
         output row's columns, k ordered (ki, kj, c)."""
-        (kh, kw), (sh, sw) = self.win.kernel, self.win.stride
-        ow, top, h = self.win.out[1], self.win.pad[0], self.hw[0]
+        (kh, kw), sh = self.win.kernel, self.win.stride[0]
         lo, hi = channels or (0, x.shape[1])
-        c, m, r0, r1 = hi - lo, len(x), first * sh, (stop - 1) * sh + kh   # rows [r0, r1)
-        rows = prefix(temps[name + "rows"], (r1 - r0, kw, c, m, ow))
-        a, b = max(r0, top) - r0, min(r1, top + h) - r0       # rows of x itself: [a, b)
+        r0, r1 = first * sh, (stop - 1) * sh + kh   # input rows [r0, r1), padded
+        rows = prefix(temps[name + "rows"], (r1 - r0, kw, hi - lo, len(x), self.win.out[1]))
+        top = self.win.pad[0]
+        a, b = max(r0, top) - r0, min(r1, top + self.hw[0]) - r0   # rows of x: [a, b)
         if a >= b:
             rows.fill(0)
-            return self._view(rows, first, stop)
-        if a:
-            rows[:a].fill(0)
-        if b < len(rows):
-            rows[b:].fill(0)
-        s, dw = x.strides, self.win.dilation[1]
-        at = lo * s[1] + (a + r0 - top) * s[2]    # x[:, lo, first row read, 0]
-        if self.whole:   # (no padding on the left either)
-            np.copyto(rows[a:b], strided(x, at, (b - a, kw, c, m, ow),
-                                         (s[2], s[3] * dw, s[1], s[0], s[3] * sw)))
-        for kj, zeros, copies in self.edges:
-            inside = rows[a:b, kj]
-            for z0, z1 in zeros:
-                inside[..., z0:z1].fill(0)
-            for e0, e1, col in copies:
-                np.copyto(inside[..., e0:e1], strided(
-                    x, at + col * s[3], (b - a, c, m, e1 - e0), (s[2], s[1], s[0], s[3] * sw)))
+        else:
+            zero_outside(rows, a, b)
+            self._copy(x, rows[a:b], lo * x.strides[1] + (a + r0 - top) * x.strides[2])
         return self._view(rows, first, stop)
+
+    def _copy(self, x: np.ndarray, rows: np.ndarray, at: int) -> None:
+        """rows[r, kj, c, n, j] = x[n, c, r, j·stride + kj·dilation - left padding], x
+        read from byte `at` (its first channel and row), 0 in the padding."""
+        s, sw, dw = x.strides, self.win.stride[1], self.win.dilation[1]
+        c, m = rows.shape[2:4]
+        if self.whole:   # (no padding on the left either)
+            np.copyto(rows, strided(x, at, rows.shape, (s[2], s[3] * dw, s[1], s[0], s[3] * sw)))
+        for kj, zeros, copies in self.edges:
+            copy_column(rows[:, kj], zeros, [(e0, e1, strided(
+                x, at + col * s[3], (len(rows), c, m, e1 - e0), (s[2], s[1], s[0], s[3] * sw)))
+                for e0, e1, col in copies])
 
     def _view(self, rows: np.ndarray, first: int, stop: int) -> np.ndarray:
         """The lowered rows as (output rows, k, m·ow): overlapping, read-only."""
         (kh, kw), sh = self.win.kernel, self.win.stride[0]
         c, m, ow = rows.shape[2:]
         line = m * ow * rows.itemsize            # one row of the buffer, in bytes
-        return strided(rows, 0, (stop - first, kh * kw * c, m * ow),
+        view = strided(rows, 0, (stop - first, kh * kw * c, m * ow),
                        (sh * kw * c * line, line, rows.itemsize))
+        view.flags.writeable = False   # its rows overlap
+        return view
+
+
+def zero_outside(rows: np.ndarray, a: int, b: int) -> None:
+    """Zero the rows before a and from b on (vertical padding)."""
+    if a:
+        rows[:a].fill(0)
+    if b < len(rows):
+        rows[b:].fill(0)
+
+
+def copy_column(rows: np.ndarray, zeros, copies) -> None:
+    """One kernel column's rows (r, c, n, j): zero its `zeros` column ranges, copy each
+    (first, stop, source) of `copies` into its range."""
+    for z0, z1 in zeros:
+        rows[..., z0:z1].fill(0)
+    for e0, e1, source in copies:
+        np.copyto(rows[..., e0:e1], source)
 
 
 def strided(base: np.ndarray, offset: int, shape, strides) -> np.ndarray:
-    """A read-only view of a contiguous array's bytes with other strides. Made with the
+    """A view of a contiguous array's bytes with other strides, to read. Made with the
     ndarray constructor: numpy's as_strided went through __array_interface__, which on
     arena views allocated about a megabyte (measured under tracemalloc)."""
-    view = np.ndarray(shape, base.dtype, buffer=base, offset=offset, strides=strides)
-    view.flags.writeable = False
-    return view
+    return np.ndarray(shape, base.dtype, buffer=base, offset=offset, strides=strides)
