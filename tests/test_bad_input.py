@@ -55,7 +55,12 @@ CASES = [  # (change to GOOD, extra args, text the error must contain)
     (("type = adam", "type = adam\nlearning_rate = nan"), (), "a finite number"),
     (("[conv]", "[pool]\ntype = pooling2d\npooling = max\npool_size = 2,2\npadding = 5,5\n"
       "[conv]"), (), "must be smaller than the pool size"),
-    (None, ("--batch-size", "1000"), "fewer than one batch of 1000"),
+    (None, ("--batch-size", "1000"), "--batch-size: the training set has 4 records, fewer "
+     "than one batch of 1000"),
+    (("batch_size = 4", "batch_size = 1000"), (), "m.ini:3 [model] batch_size: the training "
+     "set has 4 records, fewer than one batch of 1000"),
+    (("unit = 3\ninput_layers = conv\n[b]", "unit = 3\nunit = 4\ninput_layers = conv\n[b]"), (),
+     "[a] unit: 'unit' appears twice in [a] (first at line"),
     (None, ("--memory-budget", "0.5"), "at least one byte"),
     (None, ("--save", ""), "an empty path"),
     (None, ("--report", ""), "an empty path"),
@@ -219,6 +224,31 @@ def test_yaml_nested_too_deeply_or_with_a_bad_character(tmp_path):
     errors = [l for l in res.output.splitlines() if l.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1 and "c1.yaml:3" in errors[0], res.output
     assert len(res.output.strip().splitlines()) == 2   # the error and the count
+
+
+def test_yaml_errors_name_the_column_and_the_layer(tmp_path):
+    """An unknown key is found after reading, and still points at its column; a value
+    that is a mapping names the layer it is in, whose name comes later in the mapping."""
+    head = "model: {loss: cross}\nlayers:\n  - {name: in, type: input, input_shape: 1:1:4}\n"
+    unknown = "  - {name: fc, type: fully_connected, units: 3}"
+    mapped = "  - {unit: {a: 1}, type: fully_connected, name: fc}"
+    for layer, where in [(unknown, f"y.yaml:4:{unknown.index('units') + 1} [fc] units"),
+                         (mapped, f"y.yaml:4:{mapped.index('{a') + 1} [fc] unit")]:
+        model = tmp_path / "y.yaml"
+        model.write_text(head + layer + "\n")
+        res = run("check", str(model))
+        errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and where in errors[0], res.output
+
+
+def test_weights_or_an_onnx_model_given_as_the_model_say_what_to_do(tmp_path):
+    for name, hint in [("m.onnx", "nntrainer import m.onnx -o model.ini"),
+                       ("w.bin", "give it with --init-weights"),
+                       ("w.safetensors", "give it with --init-weights")]:
+        (tmp_path / name).write_bytes(b"\x08\x0e:@\x00")
+        res = run("train", str(tmp_path / name))
+        errors = [l for l in res.output.splitlines() if l.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and hint in errors[0], res.output
 
 
 def test_model_files_that_are_not_files(tmp_path):

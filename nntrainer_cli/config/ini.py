@@ -3,8 +3,9 @@
 Section names and keys are lower-cased, values keep their case; `#` and `;` start
 comments (also after an unquoted value); quotes around a value are stripped and
 anything after the closing quote is dropped; a trailing backslash joins lines.
-Unlike iniparser, a section that appears twice is an error: it is almost always a
-copy-paste mistake, and merging would hide it.
+Unlike iniparser, a section that appears twice is an error, and so is a key that
+appears twice in one section: either is almost always a copy-paste mistake, and
+merging (or the last one winning) would hide it.
 """
 
 from __future__ import annotations
@@ -67,5 +68,9 @@ def parse_ini(text: str, file: str) -> list[Section]:
                               line=lineno, section=current.name if current else None)
         if current is None:
             raise ConfigError(f"'{key}' comes before any [section]", file=file, line=lineno)
+        if key in current.entries:
+            raise ConfigError(f"'{key}' appears twice in [{current.name}] (first at line "
+                              f"{current.entries[key].line})", file=file, line=lineno,
+                              section=current.name, key=key)
         current.entries[key] = Entry(key, _value(raw), lineno)
     return sections

@@ -15,9 +15,18 @@ from .yaml_file import parse_yaml
 
 MAX_MODEL_BYTES = 16 << 20   # NNTrainer's biggest model files are a few KiB
 
+NOT_CONFIGS = {".onnx": "an ONNX model, not a model config: `nntrainer import {name} -o "
+                        "model.ini` writes one",
+               ".bin": "a weights file, not a model config: give it with --init-weights",
+               ".safetensors": "a weights file, not a model config: give it with "
+                               "--init-weights"}
+
 
 def read_model_file(path: str) -> list[Section]:
     """Sections of an INI or (by extension) YAML model file."""
+    hint = NOT_CONFIGS.get(os.path.splitext(path)[1].lower())
+    if hint:
+        raise ConfigError(hint.format(name=os.path.basename(path)), file=path)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # before open: a FIFO would block it
             raise ConfigError("not a regular file", file=path)

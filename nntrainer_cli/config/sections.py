@@ -15,6 +15,7 @@ class Entry:
     value: str
     line: int
     source: str | None = None   # set when the value came from elsewhere (e.g. --set)
+    col: int | None = None      # the key's column (YAML; INI keys start their line)
 
     def path(self, base_dir: str) -> str:
         """The value as a path: relative to the model file's folder `base_dir` (as in
@@ -38,4 +39,4 @@ class Section:
         if entry is not None and entry.source:
             return ConfigError(message, file=entry.source, section=self.name, key=key)
         return ConfigError(message, file=self.file, line=entry.line if entry else self.line,
-                           section=self.name, key=key)
+                           section=self.name, key=key, col=entry.col if entry else None)

@@ -47,7 +47,7 @@ def _section(name: str, node, path: str, line_node) -> Section:
         if key in section.entries:
             raise _error(f"key '{key}' appears twice in this section", path, k, name, key)
         section.entries[key] = Entry(key, _text(v, path, name, key).strip(),
-                                     k.start_mark.line + 1)
+                                     k.start_mark.line + 1, col=k.start_mark.column + 1)
     return section
 
 
@@ -89,10 +89,10 @@ def parse_yaml(text: str, path: str) -> list[Section]:
         for item in v.value:
             if not isinstance(item, yaml.MappingNode):
                 raise _error("each layer must be a mapping with a name", path, item)
-            layer = _section("", item, path, item)
-            name_entry = layer.entries.pop("name", None)
-            if name_entry is None or not name_entry.value:
+            named = [v for k, v in item.value if str(k.value).strip().lower() == "name"]
+            if not named or not isinstance(named[0], yaml.ScalarNode) or not named[0].value:
                 raise _error("this layer has no name", path, item)
-            layer.name = name_entry.value.lower()
+            layer = _section(named[0].value.strip().lower(), item, path, item)
+            del layer.entries["name"]
             add(layer, item)
     return sections

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nntrainer_cli.config import ModelConfig
-from nntrainer_cli.errors import DataError, TrainingError
+from nntrainer_cli.errors import ConfigError, DataError, TrainingError
 from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.graph.frozen import frozen_prefix
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
@@ -185,9 +185,12 @@ class Trainer:
     def run(self) -> TrainReport:
         opts, plan = self.opts, self.plan
         small = min(ds.count for ds in self.train_sets)
-        if small < self.graph.step_batch and self.graph.learns_by_gradient:
-            raise DataError(f"the training set has {small} records, fewer "
-                            f"than one batch of {self.graph.step_batch}")
+        batch = self.graph.step_batch
+        if small < batch and self.graph.learns_by_gradient:
+            message = f"the training set has {small} records, fewer than one batch of {batch}"
+            if self.cfg.model.get("batch_size") == batch:
+                raise self.cfg.model_section.error(message, "batch_size")
+            raise ConfigError(message, key="--batch-size")
         rng = np.random.default_rng(opts.seed)
         report = TrainReport(self.cfg.path, self.graph.step_batch, plan.planner, opts.save)
         stopped = None
