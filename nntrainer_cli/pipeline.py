@@ -35,9 +35,10 @@ def parse_size(text: str) -> Budget:
     t = text.strip().lower()
     if t == "auto":
         return Budget(auto=True)
-    if re.fullmatch(r"\d+(\.\d+)?%", t):
-        if 0 < float(t[:-1]) <= 100:
-            return Budget(share=float(t[:-1]))
+    if re.fullmatch(r"\d+(\.\d+)?\s*%", t):
+        share = float(t[:-1])
+        if 0 < share <= 100:
+            return Budget(share=share)
         raise ConfigError(f"a share of the plan must be over 0% and at most 100%, got "
                           f"{text!r}", key="--memory-budget")
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)

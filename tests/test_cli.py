@@ -200,7 +200,7 @@ def test_plan_svg_draws_every_tensor(tmp_path):
 
     out = tmp_path / "plan.svg"
     res = run("plan", DIGITS, "--format", "svg", "-o", str(out))
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and f"wrote {out} (svg, " in res.output, res.output
     svg = ET.parse(out).getroot()
     tips = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
     roots = [s for s in prepare(DIGITS).plan.specs.values() if not s.alias_of and s.bytes]

@@ -346,7 +346,7 @@ def test_plan_says_when_convs_run_in_smaller_pieces():
 @pytest.mark.parametrize("text,expected", [
     ("64MiB", Budget(bytes=64 * 2**20)), ("1.5GB", Budget(bytes=1_500_000_000)),
     ("500000", Budget(bytes=500000)), ("50%", Budget(share=50.0)), ("2k", Budget(bytes=2048)),
-    (" Auto ", Budget(auto=True))])
+    (" Auto ", Budget(auto=True)), ("50 %", Budget(share=50.0)), ("64 MiB", Budget(bytes=64 * 2**20))])
 def test_sizes(text, expected):
     assert parse_size(text) == expected
 

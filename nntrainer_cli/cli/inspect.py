@@ -48,6 +48,7 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
             "text": lambda: plan_text(p.plan, model)}[fmt]()
     if output:
         write_text(output, text)
+        click.echo(f"wrote {output} ({fmt}, {len(text.encode()) / 1024:.1f} KiB)", err=True)
     else:
         click.echo(text)
 

@@ -188,7 +188,9 @@ def train_summary(report: TrainReport) -> str:
         rows += [["test accuracy", f"{report.test.accuracy:.4f}"],
                  ["test loss", f"{report.test.loss:.4f}"]]
     arena = m.swap.resident_peak_bytes if m.swap else m.planned_peak_bytes
-    rows += [["planned peak", human(m.planned_peak_bytes)],
+    # a budget's plan may be of the frugal graph, smaller than the plan as written
+    frugal = " (frugal graph, no swap)" if m.swap and m.swap.frugal else ""
+    rows += [["planned peak" + frugal, human(m.planned_peak_bytes)],
              ["lower bound", human(m.lower_bound_bytes)],
              ["naive total", human(m.naive_bytes)]]
     fed = report.federation
