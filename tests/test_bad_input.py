@@ -60,7 +60,9 @@ CASES = [  # (change to GOOD, extra args, text the error must contain)
     (("batch_size = 4", "batch_size = 1000"), (), "m.ini:3 [model] batch_size: the training "
      "set has 4 records, fewer than one batch of 1000"),
     (("unit = 3\ninput_layers = conv\n[b]", "unit = 3\nunit = 4\ninput_layers = conv\n[b]"), (),
-     "[a] unit: 'unit' appears twice in [a] (first at line"),
+     "m.ini:19 [a] unit: 'unit' appears twice in [a] (first at line 18)"),
+    (None, ("--set", "model.batch_size=1000"), "--set [model] batch_size: the training set "
+     "has 4 records, fewer than one batch of 1000"),
     (None, ("--memory-budget", "0.5"), "at least one byte"),
     (None, ("--save", ""), "an empty path"),
     (None, ("--report", ""), "an empty path"),
@@ -121,7 +123,9 @@ def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path, tiny_mo
     text.write_text(("0.25,1.5,3," * 100)[:28 * 10])
     prose = tmp_path / "notes.txt"   # UTF-8 beyond ASCII: 2 of its 28 bytes are one "×"
     prose.write_bytes(("Each record is 4×7 floats.\n" * 30).encode())
-    assert prose.stat().st_size % 28 == 0
+    excel = tmp_path / "excel.csv"   # "CSV UTF-8" starts with a byte-order mark
+    excel.write_bytes(b"\xef\xbb\xbf" + b"a,b,c,d,e,f\n" * 23 + b"\n")
+    assert prose.stat().st_size % 28 == 0 == excel.stat().st_size % 28
     x = np.zeros((8, 4), dtype=np.float32)
     x[3, 1] = np.nan
     np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(8, dtype=np.int64))
@@ -130,6 +134,7 @@ def test_data_that_is_not_numbers_is_refused_naming_the_record(tmp_path, tiny_mo
                           (_records(tmp_path, "inf.dat", label_inf), "inf.dat record 9: label 0 value 1 is inf"),
                           (str(text), "table.csv looks like a text file"),
                           (str(prose), "notes.txt looks like a text file"),
+                          (str(excel), "excel.csv looks like a text file"),
                           (str(tmp_path / "nan.npz"), "nan.npz record 3: x value 1 is not a finite"),
                           (str(tmp_path / "folder"), "data path is a directory")]:
         res = run("train", tiny_model, "-q", "--set", f"train_set.path={data}")
@@ -233,7 +238,12 @@ def test_yaml_errors_name_the_column_and_the_layer(tmp_path):
     unknown = "  - {name: fc, type: fully_connected, units: 3}"
     mapped = "  - {unit: {a: 1}, type: fully_connected, name: fc}"
     for layer, where in [(unknown, f"y.yaml:4:{unknown.index('units') + 1} [fc] units"),
-                         (mapped, f"y.yaml:4:{mapped.index('{a') + 1} [fc] unit")]:
+                         (mapped, f"y.yaml:4:{mapped.index('{a') + 1} [fc] unit"),
+                         ("  - {type: fully_connected}", "y.yaml:4:5: this layer has no name"),
+                         ("  - {name: '  ', type: fully_connected}",
+                          "y.yaml:4:12: a layer's name must be one word"),
+                         ("  - {name: [a, b], type: fully_connected}",
+                          "y.yaml:4:12: a layer's name must be one word")]:
         model = tmp_path / "y.yaml"
         model.write_text(head + layer + "\n")
         res = run("check", str(model))

@@ -204,9 +204,12 @@ def run_and_report(trainer, plan, datasets, report_path, folder, quiet, total: i
         written = [p for p in report_paths if p] if report else []
         for path in written:
             write_text(path, json.dumps(report.to_json(), indent=2))
-        saved = f"weights of finished {unit} are in {save}" if save and done else \
-            f"no weights were saved (they are saved as each of the {unit} ends)" if save \
-            else "weights were not saved (use --save FILE)"
+        if not save:
+            saved = "weights were not saved (use --save FILE)"
+        elif done:
+            saved = f"weights of finished {unit} are in {save}"
+        else:
+            saved = f"no weights were saved (they are saved as each of the {unit} ends)"
         resumable = f"; continue with --resume {report.checkpoint}" \
             if report and report.checkpoint else ""
         fail(f"interrupted after {done} of {total} {unit}; {saved}{resumable}"

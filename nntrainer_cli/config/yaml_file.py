@@ -89,9 +89,12 @@ def parse_yaml(text: str, path: str) -> list[Section]:
         for item in v.value:
             if not isinstance(item, yaml.MappingNode):
                 raise _error("each layer must be a mapping with a name", path, item)
-            named = [v for k, v in item.value if str(k.value).strip().lower() == "name"]
-            if not named or not isinstance(named[0], yaml.ScalarNode) or not named[0].value:
+            named = [value for key, value in item.value
+                     if str(key.value).strip().lower() == "name"]
+            if not named:
                 raise _error("this layer has no name", path, item)
+            if not isinstance(named[0], yaml.ScalarNode) or not named[0].value.strip():
+                raise _error("a layer's name must be one word", path, named[0])
             layer = _section(named[0].value.strip().lower(), item, path, item)
             del layer.entries["name"]
             add(layer, item)

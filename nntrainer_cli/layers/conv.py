@@ -10,8 +10,9 @@ keeps im2col, as do large filters on small images. Work buffers hold a few sampl
 a time, about the output's size in all (NNTrainer goes one sample at a time); frugal
 plans lower fewer output rows at a time (im2col: fewer samples).
 
-The loops that call numpy many times a step live in short functions (`add_products`,
-`scatter`, `copy_column`): tracemalloc, on in every run that measures its peak, finds
+The loops that call numpy many times a step live in short functions (here
+`add_products`, `channels_last`, `scatter`, `bias_gradient`; in windows.py
+`RowLowering._copy`, `copy_column`, `zero_outside`): tracemalloc, on in every run that measures its peak, finds
 each allocation's line by walking its function's line table from the start (CPython
 3.11), so a view made deep in a long function cost several µs more."""
 
@@ -60,16 +61,17 @@ def from_rows(out, y, bias, add: bool = False) -> None:
     np.copyto(y, rows)
 
 
-def scatter(win: Window, taps, dy, cols, dx) -> None:
+def scatter(win: Window, taps, dy_last, cols, dx) -> None:
     """dx (c, h, w, m) = each kernel tap's columns added where its window read them:
     per kernel row ki, one product (taps[ki]·dy) makes its kw taps' columns (c, kw, oh,
-    ow, m) of all m samples at once."""
+    ow, m) of all m samples at once, from dy_last (ft, oh, ow, m)."""
     dx.fill(0)
     row = None
     for ki, kj, (orow, ocol), (irow, icol) in win.taps:
         if ki != row:
             row = ki
-            np.matmul(taps[ki], dy.reshape(len(dy), -1), out=cols.reshape(len(taps[ki]), -1))
+            np.matmul(taps[ki], dy_last.reshape(len(dy_last), -1),
+                      out=cols.reshape(len(taps[ki]), -1))
         target = dx[:, irow, icol]
         np.add(target, cols[:, kj, orow, ocol], out=target)
 
@@ -286,8 +288,7 @@ class Conv2D(Layer):
             self._convolve(self.lowered_deriv, flipped, dy, dx, None, ctx.temps, "deriv_",
                            "in_rows", (lo, hi), add)
             return
-        # Columns scattered back, samples innermost so each tap adds long runs: per
-        # kernel row ki, one product makes the kw taps' columns of m samples at once.
+        # columns scattered back, samples innermost so each tap adds long runs
         win, temps = self.win, ctx.temps
         (oh, ow), (_, _, h, w) = win.out, dx.shape
         taps = prefix(temps["filter_taps"], (kh, c * kw, ft))

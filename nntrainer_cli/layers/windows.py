@@ -165,7 +165,9 @@ def copy_column(rows: np.ndarray, zeros, copies) -> None:
 
 
 def strided(base: np.ndarray, offset: int, shape, strides) -> np.ndarray:
-    """A view of a contiguous array's bytes with other strides, to read. Made with the
+    """A view of a contiguous array's bytes with other strides, to read from (its
+    elements may overlap: nothing writes through it; `_view` makes its own read-only
+    for the layers). Made with the
     ndarray constructor: numpy's as_strided went through __array_interface__, which on
     arena views allocated about a megabyte (measured under tracemalloc)."""
     return np.ndarray(shape, base.dtype, buffer=base, offset=offset, strides=strides)

@@ -189,7 +189,7 @@ def train_summary(report: TrainReport) -> str:
                  ["test loss", f"{report.test.loss:.4f}"]]
     arena = m.swap.resident_peak_bytes if m.swap else m.planned_peak_bytes
     # a budget's plan may be of the frugal graph, smaller than the plan as written
-    frugal = " (frugal graph, no swap)" if m.swap and m.swap.frugal else ""
+    frugal = " (frugal graph, without swap)" if m.swap and m.swap.frugal else ""
     rows += [["planned peak" + frugal, human(m.planned_peak_bytes)],
              ["lower bound", human(m.lower_bound_bytes)],
              ["naive total", human(m.naive_bytes)]]

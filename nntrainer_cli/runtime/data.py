@@ -89,10 +89,11 @@ def _field(j: int, input_sizes: list[int], label_sizes: list[int]) -> str:
 
 
 def looks_like_text(head: bytes) -> bool:
-    """Whether a file's head is text: UTF-8 (a character cut at the end allowed) of
-    printable characters and line breaks. Float32 records are almost never that."""
+    """Whether a file's head is text: UTF-8 (a byte-order mark, and a character cut at
+    the end, allowed) of printable characters and line breaks. Float32 records are
+    almost never that."""
     try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
     return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
