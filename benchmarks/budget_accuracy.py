@@ -46,7 +46,8 @@ def what_cut(report: dict) -> str:
     swap = report["memory"]["swap"]
     if swap is None:
         return "-"
-    return ", ".join(cut(swap["tiles"], swap["micro_batches"])) or "swap only"
+    return ", ".join(cut(swap["tiles"], swap["micro_batches"], swap["accumulate"])) \
+        or "swap only"
 
 
 def main() -> None:

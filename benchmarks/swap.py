@@ -35,6 +35,7 @@ import tempfile
 import numpy as np
 
 from nntrainer_cli.runtime.weights import weight_floats
+from nntrainer_cli.report.tables import parts_order
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -68,16 +69,17 @@ def difference(a: bytes, b: bytes) -> float:
     return float(np.abs(x - y).max() / np.abs(y).max()) if len(x) == len(y) else math.inf
 
 
-def cut(tiles: dict, micro_batches: int) -> list[str]:
-    """What a budget cut: each tiled layer (`fc1×4`), and the micro-batches."""
+def cut(tiles: dict, micro_batches: int, accumulate: bool = False) -> list[str]:
+    """What a budget cut: each tiled layer (`fc1×4`), and the micro-batches, run slot by
+    slot or (`accumulate`) one after another."""
     return [f"{n}×{k}" for n, k in tiles.items()] + \
-        ([f"{micro_batches} micro-batches"] if micro_batches > 1 else [])
+        ([f"{micro_batches} micro-batches {parts_order(accumulate)}"] if micro_batches > 1 else [])
 
 
 def same(row: dict) -> str:
     if row["identical"]:
         return "yes"
-    parts = cut(row["tiles"], row["micro_batches"])
+    parts = cut(row["tiles"], row["micro_batches"], row["accumulate"])
     if parts:   # tiled or split: equal within float summation order
         return f"{', '.join(parts)}: {row['difference']:.0e}"
     return "NO"
@@ -125,7 +127,7 @@ def bench(model: str, work: str, direct: bool) -> list[dict]:
                    io_wait=io["io_wait_seconds"], io_inline=io["inline_io_seconds"],
                    loads_inline=io["loads_inline"], loads_background=io["loads_background"],
                    identical=r["weights"] == base["weights"], tiles=s["tiles"],
-                   micro_batches=s["micro_batches"],
+                   micro_batches=s["micro_batches"], accumulate=s["accumulate"],
                    difference=difference(r["weights"], base["weights"]))
         name = f"{share} = " if share != "min" else "smallest = "
         name = ("frugal " if s["frugal"] > 1 else "") + name
