@@ -69,7 +69,7 @@ def difference(a: bytes, b: bytes) -> float:
     return float(np.abs(x - y).max() / np.abs(y).max()) if len(x) == len(y) else math.inf
 
 
-def cut(tiles: dict, micro_batches: int, accumulate: bool = False) -> list[str]:
+def cut(tiles: dict, micro_batches: int, accumulate: bool) -> list[str]:
     """What a budget cut: each tiled layer (`fc1×4`), and the micro-batches, run slot by
     slot or (`accumulate`) one after another."""
     return [f"{n}×{k}" for n, k in tiles.items()] + \

@@ -81,7 +81,7 @@ class BudgetSearch:
         if not refusal.candidate or not refusal.candidate[1]:
             return refusal
         level, tiles, parts = refusal.candidate
-        if not reorders(self.build(level, tiles, parts)):
+        if not reorders(self.graph, tiles):
             return refusal
         other = self._at(level, budget, tiles, parts, derivative_first=True)
         if not isinstance(other, SwapRefusal):

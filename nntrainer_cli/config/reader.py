@@ -15,11 +15,10 @@ from .yaml_file import parse_yaml
 
 MAX_MODEL_BYTES = 16 << 20   # NNTrainer's biggest model files are a few KiB
 
+WEIGHTS = "a weights file, not a model config: give it with --init-weights"
 NOT_CONFIGS = {".onnx": "an ONNX model, not a model config: `nntrainer import {name} -o "
                         "model.ini` writes one",
-               ".bin": "a weights file, not a model config: give it with --init-weights",
-               ".safetensors": "a weights file, not a model config: give it with "
-                               "--init-weights"}
+               ".bin": WEIGHTS, ".safetensors": WEIGHTS}
 
 
 def read_model_file(path: str) -> list[Section]:

@@ -83,10 +83,12 @@ def gets_gradients(graph: LayerGraph, node: Node) -> bool:
     return graph.training and trainable_weights(node)
 
 
-def reorders(graph: LayerGraph) -> bool:
-    """Whether `derivative_first` changes the graph's order: a tiled layer whose
-    derivative does not need its gradient first."""
-    return any(not graph.by_name[n].layer.derivative_needs_gradient for n in graph.tiles)
+def reorders(graph: LayerGraph, tiles: dict[str, int] | None = None) -> bool:
+    """Whether `derivative_first` changes the graph's order, with its own tiles or with
+    `tiles` (the layers' kinds decide, so no graph need be built with them): a tiled
+    layer whose derivative does not need its gradient first."""
+    return any(not graph.by_name[n].layer.derivative_needs_gradient
+               for n in (graph.tiles if tiles is None else tiles))
 
 
 def execution_order(graph: LayerGraph, derivative_first: bool = False
