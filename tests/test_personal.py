@@ -6,6 +6,7 @@ what they say. Image folders need Pillow (the `images` extra, which CI installs)
 import importlib
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -421,6 +422,27 @@ def test_cached_features_give_the_weights_running_the_prefix_gives(tmp_path, rec
     assert cached["bytes"] == records * (64 + 10) * 4
     assert (report["memory"]["swap"] is not None) == bool(budget)
     assert json.loads((tmp_path / "r--no-feature-cache.json").read_text())["feature_cache"] is None
+
+
+def test_cached_features_are_read_without_a_temporary(tmp_path, monkeypatch):
+    """From epoch 2 the boundary rows and labels are copied straight into their arena
+    views: no array of their size is made on the way (numpy's take makes one unless
+    told the rows are in range)."""
+    from nntrainer_cli.runtime.feature_cache import FeatureCache
+    data = tmp_path / "train.dat"
+    data.write_bytes(open(os.path.join(DIGITS, "train.dat"), "rb").read()[:320 * 74 * 4])
+    (tmp_path / "m.ini").write_text(frozen_conv(data))
+    extra = []
+    for method in ("read", "_load"):
+        def traced(self, part, *rest, original=getattr(FeatureCache, method)):
+            start = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            original(self, part, *rest)
+            extra.append(tracemalloc.get_traced_memory()[1] - start)
+        monkeypatch.setattr(FeatureCache, method, traced)
+    assert run("train", str(tmp_path / "m.ini"), "-q").exit_code == 0
+    assert len(extra) == 2 * 2 * 10   # epochs 2 and 3, 10 batches of 32
+    assert max(extra) < 32 * 10 * 4 < 32 * 64 * 4   # under the labels', the features' bytes
 
 
 def test_cached_features_keep_every_loss_labels(tmp_path):

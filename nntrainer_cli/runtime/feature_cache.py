@@ -112,10 +112,12 @@ class FeatureCache:
         """A part's labels into its label view; its features wait for their slot."""
         self.rows[part] = rows
         for labels, view in zip(self.labels, self.label[part]):
-            np.take(labels, rows, axis=0, out=view)
+            np.take(labels, rows, axis=0, out=view, mode="clip")
 
     def _load(self, part: int) -> None:
-        np.take(self.features, self.rows[part], axis=0, out=self.boundary[part])
+        """(mode="clip": the rows are in range, and the default, "raise", makes the
+        whole output in a temporary first)"""
+        np.take(self.features, self.rows[part], axis=0, out=self.boundary[part], mode="clip")
 
     def figures(self) -> dict:
         return {"layers": self.layers, "boundary": self.prefix.boundary[0], "bytes": self.bytes,
