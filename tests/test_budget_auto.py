@@ -5,6 +5,8 @@ the model fits this machine as it is."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +71,61 @@ def test_what_planning_holds_is_left_out_of_the_budget(monkeypatch):
     assert p.auto.startswith(f"--memory-budget auto: {left / MIB:.1f} MiB (cgroup v1")
 
 
+def test_planned_again_until_what_planning_holds_leaves_room(monkeypatch):
+    """Each search leaves some of its objects with the process (less each time): auto
+    plans again within what is left until the plan fits."""
+    peak = pipeline.prepare(MLP).plan.peak_bytes
+    room = peak * 3 // 4
+    held = iter(40 * MIB + room * k // 8 for k in (0, 1, 2, 2))
+    monkeypatch.setattr(measure, "memory_limit",
+                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
+    monkeypatch.setattr(measure, "held_bytes", lambda: next(held))
+    p = pipeline.prepare(MLP, budget="auto")
+    assert p.plan.swap.budget == room - room // 4 and p.plan.swap.peak <= room - room // 4
+
+
+@pytest.mark.parametrize("limited_by,folder_allows,direct", [
+    ("cgroup v1 memory limit", True, True), ("cgroup v2 memory.max", True, True),
+    ("cgroup v1 memory limit", False, False), ("what it holds plus the available RAM", True,
+                                               False)])
+def test_under_a_memory_cgroup_the_swap_file_bypasses_the_page_cache(
+        monkeypatch, limited_by, folder_allows, direct):
+    """A cgroup's limit counts the swap file's page cache, and auto's budget has taken
+    that room: the swap file is opened with O_DIRECT, where its folder allows it."""
+    from nntrainer_cli.runtime import swap_io
+
+    room = pipeline.prepare(MLP).plan.peak_bytes // 2
+    monkeypatch.setattr(measure, "memory_limit",
+                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, limited_by))
+    monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB)
+    monkeypatch.setattr(swap_io, "direct_io_works", lambda folder: folder_allows)
+    p = pipeline.prepare(MLP, budget="auto")
+    assert p.swap.direct == direct
+    assert p.auto.endswith("; the swap file bypasses the page cache, which the limit "
+                           "counts") == direct
+
+
+def test_direct_io_is_probed_in_the_swap_folder(tmp_path, monkeypatch):
+    """The probe opens a file of its own there with O_DIRECT, and removes it."""
+    from nntrainer_cli.runtime import swap_io
+
+    assert not swap_io.direct_io_works(str(tmp_path / "missing"))
+    real = os.open
+    opened = []
+
+    def refusing(path, flags, *rest):
+        opened.append(flags & os.O_DIRECT)
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *rest)
+    monkeypatch.setattr(os, "open", refusing)
+    assert not swap_io.direct_io_works(str(tmp_path))
+    assert opened[-1] and os.listdir(tmp_path) == []
+    monkeypatch.setattr(os, "open", real)
+    swap_io.direct_io_works(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
 def test_nothing_left_is_one_line(machine):
     machine(30 * MIB, 40 * MIB)
     with pytest.raises(ConfigError, match="auto: no memory is left for training"):
@@ -110,8 +167,9 @@ def test_the_limit_comes_from_the_memory_cgroup():
 
 def test_a_model_larger_than_its_memory_limit_trains_to_the_same_weights(tmp_path):
     """An MLP whose plan (weights, gradients, Adam state) is larger than the limit of
-    its whole process, interpreter included, trains inside that limit with `auto` and
-    O_DIRECT swap to the weights of a run without any limit."""
+    its whole process, interpreter included, trains inside that limit with `auto` (whose
+    swap file bypasses the page cache, which the limit counts) to the weights of a run
+    without any limit."""
     records = np.fromfile(os.path.join(REPO, "datasets", "digits", "train.dat"), "<f4")
     records[:320 * 74].tofile(tmp_path / "train.dat")
     layers = "".join(f"[fc{k}]\ntype = fully_connected\nunit = 1024\nactivation = relu\n"
@@ -130,8 +188,11 @@ def test_a_model_larger_than_its_memory_limit_trains_to_the_same_weights(tmp_pat
                           text=True)
     assert free.returncode == 0, free.stderr
     held = in_cgroup(limit, base + ["--save", str(tmp_path / "held.bin"), "--memory-budget",
-                                    "auto", "--swap-direct", "--swap-dir", str(tmp_path)])
+                                    "auto", "--swap-dir", str(tmp_path),
+                                    "--report", str(tmp_path / "held.json")])
     assert held.returncode == 0, held.stderr or "killed by the kernel"
+    swap = json.loads((tmp_path / "held.json").read_text())["memory"]["swap"]
+    assert swap["direct"] and swap["bytes_in"] > 0
     assert (tmp_path / "held.bin").read_bytes() == (tmp_path / "free.bin").read_bytes()
     assert in_cgroup(limit, base).returncode == -9   # without a budget the kernel kills it
 

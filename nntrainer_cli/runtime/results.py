@@ -68,6 +68,7 @@ class SwapFigures:
     tiles: dict[str, int] = field(default_factory=dict)   # layers cut into row tiles
     micro_batches: int = 1         # parts each step's batch ran in: slot by slot, or
     accumulate: bool = False       # one after another (plan/interleave.py)
+    direct: bool = False           # the swap file bypassed the page cache (O_DIRECT)
 
 
 def swap_figures(plan, io) -> SwapFigures | None:
@@ -78,7 +79,7 @@ def swap_figures(plan, io) -> SwapFigures | None:
                        io.moved_in, io.moved_out, io.waited, io.inline_seconds,
                        io.loads_inline, io.loads_background, plan.swap.bytes_in,
                        plan.swap.bytes_out, plan.tiles, plan.micro_batches,
-                       plan.accumulate)
+                       plan.accumulate, io.file.direct)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,25 @@ def check_swap_dir(directory: str) -> None:
         raise DataError(f"swap directory {directory} is not writable")
 
 
+def direct_io_works(directory: str) -> bool:
+    """Whether a file in `directory` can be opened with O_DIRECT (some file systems
+    refuse it)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd, path = tempfile.mkstemp(prefix="nntrainer-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.unlink(path)
+
+
 class Job(NamedTuple):
     """Arena stays that lie back to back in the swap file and move at the same time."""
     op: str                 # "in" (load) or "out" (store)
@@ -57,7 +76,7 @@ class SwapFile:
 
     def __init__(self, directory: str, size: int, direct=False):
         check_swap_dir(directory)
-        self.directory = directory
+        self.directory, self.direct = directory, direct
         try:
             fd, self.path = tempfile.mkstemp(prefix="nntrainer-swap-", suffix=".bin",
                                              dir=directory)
