@@ -120,6 +120,7 @@ class Planning(BudgetSearch):
             cfg, parse_size(budget) if budget is not None else None, lookahead, swap_dir,
             direct)
         self._plans: dict[tuple[int, int, bool], Prepared] = {}
+        self._ceiling: tuple[int, str] | None = None   # auto: what planning may hold
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
               parts: int = 1, derivative_first: bool = False,
@@ -169,7 +170,7 @@ class Planning(BudgetSearch):
         the limit counts the page cache too, and the budget has already taken the room
         it would need (ResNet-18 through the page cache was killed by the kernel at
         limits up to 94 MiB, and trained at 70)."""
-        from nntrainer_cli.runtime.measure import release_free_memory
+        from nntrainer_cli.runtime.measure import memory_limit, release_free_memory
         from nntrainer_cli.runtime.swap_io import direct_io_works
 
         whole = self.plain()
@@ -183,6 +184,8 @@ class Planning(BudgetSearch):
                 and direct_io_works(self.swap.directory):
             self.swap = replace(self.swap, direct=True)
             direct = "; the swap file bypasses the page cache, which the limit counts"
+        limit, source = memory_limit()
+        self._ceiling = (limit - AUTO_MARGIN, f"{source} {limit / 2**20:.1f} MiB")
         for attempt in range(AUTO_PASSES):
             if budget <= 0:
                 raise ConfigError(f"auto: no memory is left for training ({how})",
@@ -196,6 +199,24 @@ class Planning(BudgetSearch):
             budget, found = left, None   # room for the next search's objects
         return replace(found, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB "
                                    f"({how}){direct}")
+
+    def _check_ceiling(self) -> None:
+        """Under auto, before each candidate: one line and exit 2 once the search's
+        objects take the margin, rather than the kernel's kill. Near its swap floor
+        the 784 MLP's search tries plans of 600 slots, each held 6 MiB while its swap
+        was planned, and was killed at 33 MiB. Checked before a candidate's plan and
+        before its swap schedule: each step takes less than the margin."""
+        if self._ceiling is None:
+            return
+        from nntrainer_cli.runtime.measure import held_bytes
+
+        ceiling, limit = self._ceiling
+        held = held_bytes()
+        if held > ceiling:
+            raise ConfigError(f"auto: planning within this process's memory limit ({limit}) "
+                              f"holds {held / 2**20:.1f} MiB, leaving less than the "
+                              f"{AUTO_MARGIN / 2**20:.0f} MiB margin for training; give it "
+                              "more memory", key="--memory-budget")
 
     def _chosen(self, found: Prepared | SwapRefusal) -> Prepared:
         """The plan found, or the user's one line: the smallest budget, also as a share
@@ -211,10 +232,12 @@ class Planning(BudgetSearch):
     def _at(self, level: int, budget: int, tiles: dict[str, int] | None = None,
             parts: int = 1, derivative_first: bool = False,
             accumulate: bool = False) -> Prepared | SwapRefusal:
+        self._check_ceiling()
         p = self.plain(level, tiles, parts, derivative_first, accumulate)
         if parts > 1 and len(p.plan.slots) > MAX_SLOTS:   # not tried: planning it takes long
             return SwapRefusal(budget, math.inf, self.swap.lookahead, "too many slots")
         swap = replace(self.swap, budget=budget)
+        self._check_ceiling()
         plan = with_swap(p.plan, swap)
         if isinstance(plan, SwapRefusal):
             return replace(plan, candidate=(level, tiles or {}, parts))

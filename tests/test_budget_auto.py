@@ -56,15 +56,27 @@ def test_a_plan_that_does_not_fit_is_planned_within_what_is_left(machine):
     assert res.exit_code == 0 and "--memory-budget auto:" in res.output, res.output
 
 
+def searches_hold(monkeypatch, room: int, growth: list[int]) -> None:
+    """Pretend the process holds 40 MiB and may use `room` more beside the margin, and
+    that its k-th budget search leaves growth[k] bytes more with it."""
+    done = [0]
+    search = pipeline.Planning._within
+
+    def counted(self, budget):
+        found = search(self, budget)
+        done[0] += 1
+        return found
+    monkeypatch.setattr(pipeline.Planning, "_within", counted)
+    monkeypatch.setattr(measure, "memory_limit",
+                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
+    monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB + sum(growth[:done[0]]))
+
+
 def test_what_planning_holds_is_left_out_of_the_budget(monkeypatch):
     """A large model's plan holds MiBs of objects: auto measures again once the plan
     exists, and plans again within what is left when the first plan does not fit."""
-    peak = pipeline.prepare(MLP).plan.peak_bytes
-    room = peak * 3 // 4
-    held = iter([40 * MIB, 40 * MIB + room // 8, 40 * MIB + room // 8])
-    monkeypatch.setattr(measure, "memory_limit",
-                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
-    monkeypatch.setattr(measure, "held_bytes", lambda: next(held))
+    room = pipeline.prepare(MLP).plan.peak_bytes * 3 // 4
+    searches_hold(monkeypatch, room, [room // 8, 0])
     p = pipeline.prepare(MLP, budget="auto")
     left = room - room // 8
     assert p.plan.swap.budget == left and p.plan.swap.peak <= left
@@ -74,14 +86,25 @@ def test_what_planning_holds_is_left_out_of_the_budget(monkeypatch):
 def test_planned_again_until_what_planning_holds_leaves_room(monkeypatch):
     """Each search leaves some of its objects with the process (less each time): auto
     plans again within what is left until the plan fits."""
-    peak = pipeline.prepare(MLP).plan.peak_bytes
-    room = peak * 3 // 4
-    held = iter(40 * MIB + room * k // 8 for k in (0, 1, 2, 2))
-    monkeypatch.setattr(measure, "memory_limit",
-                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
-    monkeypatch.setattr(measure, "held_bytes", lambda: next(held))
+    room = pipeline.prepare(MLP).plan.peak_bytes * 3 // 4
+    searches_hold(monkeypatch, room, [room // 8, room // 8, 0])
     p = pipeline.prepare(MLP, budget="auto")
     assert p.plan.swap.budget == room - room // 4 and p.plan.swap.peak <= room - room // 4
+
+
+def test_a_search_that_takes_the_margin_is_one_line(monkeypatch):
+    """Planning near a swap floor can hold more than the margin: auto stops with one
+    line once it has, rather than go on until the kernel kills the process."""
+    room = pipeline.prepare(MLP).plan.peak_bytes // 2
+    monkeypatch.setattr(measure, "memory_limit",
+                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
+    calls = []   # the first, before the search; then one before each candidate
+    monkeypatch.setattr(measure, "held_bytes",
+                        lambda: 40 * MIB + (room + 1 if calls.append(1) or len(calls) > 2 else 0))
+    with pytest.raises(ConfigError, match=r"auto: planning within this process's memory "
+                       r"limit \(cgroup v1 memory limit [\d.]+ MiB\) holds [\d.]+ MiB, leaving "
+                       r"less than the 8 MiB margin for training; give it more memory"):
+        pipeline.prepare(MLP, budget="auto")
 
 
 @pytest.mark.parametrize("limited_by,folder_allows,direct", [
