@@ -2,8 +2,9 @@
 run goes into its own cgroup (v1 memory controller) whose limit covers everything the
 process holds (interpreter, libraries' buffers, arena, data, and page cache such as a
 swap file's), and the kernel kills it when it needs more. The limit is bisected to
-2 MiB for PyTorch and for ours: plain, with --memory-budget auto (which reads the
-limit and plans within it), and auto with --swap-direct (no page cache).
+2 MiB for PyTorch and for ours: plain, and with --memory-budget auto (which reads the
+limit, plans within it, and under a cgroup opens the swap file with O_DIRECT, so that
+no page cache counts against the limit).
 
     sudo python benchmarks/memory_limit.py [--steps 10] [--json FILE]
 
@@ -29,7 +30,6 @@ SIDES = {  # name: extra flags for ours (None: PyTorch)
     "torch": None,
     "ours": [],
     "ours, budget auto": ["--memory-budget", "auto"],
-    "ours, auto + swap-direct": ["--memory-budget", "auto", "--swap-direct"],
 }
 LOW, HIGH = 16, 1024   # MiB: the search range
 

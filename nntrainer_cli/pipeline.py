@@ -165,11 +165,12 @@ class Planning(BudgetSearch):
     def _auto(self) -> Prepared:
         """Within what the machine leaves, measured once the plan exists: planning a
         large model holds MiBs of objects (a 50-layer MLP's: about 6 MiB), so a plan
-        found before they counted is made again within what is left after them. Under
-        a memory cgroup the swap file bypasses the page cache where its folder allows:
-        the limit counts the page cache too, and the budget has already taken the room
-        it would need (ResNet-18 through the page cache was killed by the kernel at
-        limits up to 94 MiB, and trained at 70)."""
+        found before they counted is made again within what is left after them, until
+        it fits (AUTO_PASSES). Under a memory cgroup the swap file bypasses the page
+        cache where its folder allows: the limit counts the page cache too, and the
+        budget has already taken the room it would need (ResNet-18 through the page
+        cache was killed by the kernel at 80 and 94 MiB, its swap reads finding no page
+        to charge; with O_DIRECT it trains at both)."""
         from nntrainer_cli.runtime.measure import memory_limit, release_free_memory
         from nntrainer_cli.runtime.swap_io import direct_io_works
 
