@@ -119,7 +119,7 @@ class Planning(BudgetSearch):
         self.budget, self.swap = _swap_settings(
             cfg, parse_size(budget) if budget is not None else None, lookahead, swap_dir,
             direct)
-        self._plans: dict[tuple[int, int, bool], Prepared] = {}
+        self._as_written: Prepared | None = None
         self._ceiling: tuple[int, str] | None = None   # auto: what planning may hold
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
@@ -128,18 +128,20 @@ class Planning(BudgetSearch):
         """The plan without swap of the graph at one frugal level (0: as written), its
         tileable layers cut into `tiles` row tiles (`derivative_first`: the order of a
         tile's backward slots), its batch into `parts` micro-batches (`accumulate`:
-        their order); untiled plans are kept."""
-        key = (level, parts, accumulate)
-        if tiles or key not in self._plans:
-            g = self.graph if (level, parts) == (0, 1) and not tiles else \
-                self.build(level, tiles, parts)
-            p = Prepared(self.cfg, g, self.optimizer,
-                         make_plan(g, self.state, self.planner, self.in_place,
-                                   derivative_first, accumulate))
-            if tiles:
-                return p
-            self._plans[key] = p
-        return self._plans[key]
+        their order). The plan of the graph as written is kept, as every search and
+        message starts from it; the others are made each time: a search asks for each
+        once, and keeping them held ResNet-18's four frugal levels (5 MiB) through it."""
+        as_written = (level, parts, accumulate) == (0, 1, False) and not tiles
+        if as_written and self._as_written is not None:
+            return self._as_written
+        g = self.graph if (level, parts) == (0, 1) and not tiles else \
+            self.build(level, tiles, parts)
+        p = Prepared(self.cfg, g, self.optimizer,
+                     make_plan(g, self.state, self.planner, self.in_place,
+                               derivative_first, accumulate))
+        if as_written:
+            self._as_written = p
+        return p
 
     def prepared(self) -> Prepared:
         """The plan the budget asks for: without swap when there is none (or `auto`
@@ -148,7 +150,7 @@ class Planning(BudgetSearch):
         try:
             return self._prepared()
         finally:
-            self._plans = {}   # the candidates not chosen are not held while training
+            self._as_written = None   # not held while training unless it was chosen
 
     def _prepared(self) -> Prepared:
         b = self.budget
@@ -192,7 +194,6 @@ class Planning(BudgetSearch):
                 raise ConfigError(f"auto: no memory is left for training ({how})",
                                   key="--memory-budget")
             found = self._chosen(self._within(budget))
-            self._plans = {}   # the candidates not chosen, freed before measuring
             release_free_memory()
             left, how = machine_budget()
             if found.plan.arena_bytes <= left or attempt == AUTO_PASSES - 1:
