@@ -98,7 +98,8 @@ def machine_budget() -> tuple[int, str]:
 
 class Planning(BudgetSearch):
     """One model file read and built once, then planned: without swap, or within the
-    budget (`prepared`), searching the frugal levels' graphs, each built at most once."""
+    budget (`prepared`), searching the graphs of the frugal levels, tiles and
+    micro-batches (each made when the search asks for it)."""
 
     def __init__(self, path: str, *, overrides=(), batch_size: int | None = None,
                  planner: str = "best", in_place: bool = True, require_loss: bool = True,
