@@ -6,6 +6,7 @@ import math
 import re
 import tempfile
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from nntrainer_cli.budget_search import MAX_SLOTS, BudgetSearch
 from nntrainer_cli.config import ModelConfig, load_config
@@ -83,17 +84,28 @@ AUTO_MARGIN = 8 * 2**20
 AUTO_PASSES = 4
 
 
-def machine_budget() -> tuple[int, str]:
+class Room(NamedTuple):
+    """What `--memory-budget auto` finds: the budget; how it was found, for the user;
+    the limit it came from, named; and whether that is a memory cgroup's."""
+    budget: int
+    how: str
+    limit: int
+    limited_by: str
+    cgroup: bool
+
+
+def machine_budget() -> Room:
     """`--memory-budget auto`: what this process may still take (its memory cgroup's
-    limit, else the available RAM, less what it holds now) less AUTO_MARGIN; and how
-    that figure was found, for the user."""
+    limit, else the available RAM, less what it holds now) less AUTO_MARGIN."""
     from nntrainer_cli.runtime.measure import held_bytes, memory_limit
 
     limit, source = memory_limit()
     held = held_bytes()
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-    return limit - held - AUTO_MARGIN, (f"{source} {mib(limit)}, less this process's "
-                                        f"{mib(held)} and a {mib(AUTO_MARGIN)} margin")
+    limited_by = f"{source} {mib(limit)}"
+    return Room(limit - held - AUTO_MARGIN, f"{limited_by}, less this process's "
+                f"{mib(held)} and a {mib(AUTO_MARGIN)} margin", limit, limited_by,
+                source.startswith("cgroup"))
 
 
 class Planning(BudgetSearch):
@@ -130,8 +142,9 @@ class Planning(BudgetSearch):
         tileable layers cut into `tiles` row tiles (`derivative_first`: the order of a
         tile's backward slots), its batch into `parts` micro-batches (`accumulate`:
         their order). The plan of the graph as written is kept, as every search and
-        message starts from it; the others are made each time: a search asks for each
-        once, and keeping them held ResNet-18's four frugal levels (5 MiB) through it."""
+        message starts from it; the others are made each time: a search asks for most
+        of them once, and keeping them all held ResNet-18's four frugal levels' plans
+        (5 MiB) through its search."""
         as_written = (level, parts, accumulate) == (0, 1, False) and not tiles
         if as_written and self._as_written is not None:
             return self._as_written
@@ -148,10 +161,12 @@ class Planning(BudgetSearch):
         """The plan the budget asks for: without swap when there is none (or `auto`
         finds the plan fits), else the best within it; one line and exit 2 when the
         budget is under what any schedule can reach."""
+        given = self.swap
         try:
             return self._prepared()
-        finally:
-            self._as_written = None   # not held while training unless it was chosen
+        finally:   # the plan of the graph as written is not held while training unless
+            # chosen; auto's choices end with it
+            self._as_written, self._ceiling, self.swap = None, None, given
 
     def _prepared(self) -> Prepared:
         b = self.budget
@@ -169,43 +184,44 @@ class Planning(BudgetSearch):
         """Within what the machine leaves, measured once the plan exists: planning a
         large model holds MiBs of objects (a 50-layer MLP's: about 6 MiB), so a plan
         found before they counted is made again within what is left after them, until
-        it fits (AUTO_PASSES). Under a memory cgroup the swap file bypasses the page
+        it fits (else one line, after AUTO_PASSES searches). Under a memory cgroup the swap file bypasses the page
         cache where its folder allows: the limit counts the page cache too, and the
         budget has already taken the room it would need (ResNet-18 through the page
         cache was killed by the kernel at 80 and 94 MiB, its swap reads finding no page
         to charge; with O_DIRECT it trains at both)."""
-        from nntrainer_cli.runtime.measure import memory_limit, release_free_memory
+        from nntrainer_cli.runtime.measure import release_free_memory
         from nntrainer_cli.runtime.swap_io import direct_io_works
 
         whole = self.plain()
-        budget, how = machine_budget()
+        room = machine_budget()
+        budget, how = room.budget, room.how
         if budget >= whole.plan.peak_bytes:
             return replace(whole, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB "
                                        f"({how}); the plan's "
                                        f"{whole.plan.peak_bytes / 2**20:.1f} MiB fits it: no swap")
         direct = ""
-        if how.startswith("cgroup") and not self.swap.direct \
-                and direct_io_works(self.swap.directory):
-            self.swap = replace(self.swap, direct=True)
-            direct = "; the swap file bypasses the page cache, which the limit counts"
-        limit, source = memory_limit()
-        self._ceiling = (limit - AUTO_MARGIN, f"{source} {limit / 2**20:.1f} MiB")
-        for attempt in range(AUTO_PASSES):
+        if room.cgroup:
+            self._ceiling = (room.limit - AUTO_MARGIN, room.limited_by)
+            if not self.swap.direct and direct_io_works(self.swap.directory):
+                self.swap = replace(self.swap, direct=True)
+                direct = "; the swap file bypasses the page cache, which the limit counts"
+        for _ in range(AUTO_PASSES):
             if budget <= 0:
                 raise ConfigError(f"auto: no memory is left for training ({how})",
                                   key="--memory-budget")
             found = self._chosen(self._within(budget))
             release_free_memory()
-            left, how = machine_budget()
-            if found.plan.arena_bytes <= left or attempt == AUTO_PASSES - 1:
-                break
-            budget, found = left, None   # room for the next search's objects
-        return replace(found, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB "
-                                   f"({how}){direct}")
+            left = machine_budget()
+            if found.plan.arena_bytes <= left.budget:
+                return replace(found, auto=f"--memory-budget auto: {budget / 2**20:.1f} MiB "
+                                           f"({how}){direct}")
+            budget, how, found = left.budget, left.how, None   # room for the next search
+        raise ConfigError(f"auto: after {AUTO_PASSES} searches the plan still does not fit "
+                          f"what planning leaves ({how})", key="--memory-budget")
 
     def _check_ceiling(self) -> None:
-        """Under auto, before each candidate: one line and exit 2 once the search's
-        objects take the margin, rather than the kernel's kill. Near its swap floor
+        """Under auto in a memory cgroup, before each candidate: one line and exit 2
+        once the search's objects take the margin, rather than the kernel's kill. Near its swap floor
         the 784 MLP's search tries plans of 600 slots, each held 6 MiB while its swap
         was planned, and was killed at 33 MiB. Checked before a candidate's plan and
         before its swap schedule: each step takes less than the margin."""

@@ -16,7 +16,7 @@ import pytest
 
 from nntrainer_cli import pipeline
 from nntrainer_cli.errors import ConfigError
-from nntrainer_cli.runtime import measure
+from nntrainer_cli.runtime import measure, swap_io
 
 from helpers import REPO, run
 
@@ -30,6 +30,7 @@ def machine(monkeypatch):
     def set_to(limit, held):
         monkeypatch.setattr(measure, "memory_limit", lambda: (limit, "cgroup v1 memory limit"))
         monkeypatch.setattr(measure, "held_bytes", lambda: held)
+        monkeypatch.setattr(swap_io, "direct_io_works", lambda folder: False)
     return set_to
 
 
@@ -70,6 +71,7 @@ def searches_hold(monkeypatch, room: int, growth: list[int]) -> None:
     monkeypatch.setattr(measure, "memory_limit",
                         lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
     monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB + sum(growth[:done[0]]))
+    monkeypatch.setattr(swap_io, "direct_io_works", lambda folder: False)
 
 
 def test_what_planning_holds_is_left_out_of_the_budget(monkeypatch):
@@ -92,19 +94,49 @@ def test_planned_again_until_what_planning_holds_leaves_room(monkeypatch):
     assert p.plan.swap.budget == room - room // 4 and p.plan.swap.peak <= room - room // 4
 
 
+def test_a_plan_that_never_fits_what_planning_leaves_is_one_line(monkeypatch):
+    """When every search leaves more than its plan can spare, auto stops after its
+    last search with one line rather than train a plan that does not fit."""
+    room = pipeline.prepare(MLP).plan.peak_bytes * 3 // 4
+    searches_hold(monkeypatch, room, [0])
+    arena = pipeline.prepare(MLP, budget="auto").plan.swap.peak
+    monkeypatch.setattr(pipeline, "AUTO_PASSES", 1)
+    searches_hold(monkeypatch, room, [room - arena + 1])   # leaves one byte too few
+    with pytest.raises(ConfigError, match=r"auto: after 1 searches the plan still does not "
+                       r"fit what planning leaves \(cgroup v1 memory limit"):
+        pipeline.prepare(MLP, budget="auto")
+
+
 def test_a_search_that_takes_the_margin_is_one_line(monkeypatch):
     """Planning near a swap floor can hold more than the margin: auto stops with one
     line once it has, rather than go on until the kernel kills the process."""
     room = pipeline.prepare(MLP).plan.peak_bytes // 2
-    monkeypatch.setattr(measure, "memory_limit",
-                        lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
-    calls = []   # the first, before the search; then one before each candidate
-    monkeypatch.setattr(measure, "held_bytes",
-                        lambda: 40 * MIB + (room + 1 if calls.append(1) or len(calls) > 2 else 0))
+    searches_hold(monkeypatch, room, [])
+    searching, search = [], pipeline.Planning._within
+
+    def first_search(self, budget):
+        searching.append(budget)
+        return search(self, budget)
+    monkeypatch.setattr(pipeline.Planning, "_within", first_search)
+    monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB + (room + 1 if searching else 0))
     with pytest.raises(ConfigError, match=r"auto: planning within this process's memory "
                        r"limit \(cgroup v1 memory limit [\d.]+ MiB\) holds [\d.]+ MiB, leaving "
                        r"less than the 8 MiB margin for training; give it more memory"):
         pipeline.prepare(MLP, budget="auto")
+
+
+def test_auto_outside_a_cgroup_neither_checks_planning_nor_bypasses_the_cache(monkeypatch):
+    """Without a memory cgroup the limit is the RAM available, not a wall the kernel
+    kills at: no ceiling on planning, and the swap file goes through the page cache."""
+    room = pipeline.prepare(MLP).plan.peak_bytes // 2
+    monkeypatch.setattr(measure, "memory_limit", lambda: (
+        40 * MIB + pipeline.AUTO_MARGIN + room, "what it holds plus the available RAM"))
+    held = iter([40 * MIB, 40 * MIB])   # before and after the one search; no more reads
+    monkeypatch.setattr(measure, "held_bytes", lambda: next(held))
+    planning = pipeline.Planning(MLP, budget="auto")
+    p = planning.prepared()
+    assert p.plan.swap is not None and not p.swap.direct
+    assert planning._ceiling is None and not planning.swap.direct
 
 
 @pytest.mark.parametrize("limited_by,folder_allows,direct", [
@@ -114,24 +146,24 @@ def test_a_search_that_takes_the_margin_is_one_line(monkeypatch):
 def test_under_a_memory_cgroup_the_swap_file_bypasses_the_page_cache(
         monkeypatch, limited_by, folder_allows, direct):
     """A cgroup's limit counts the swap file's page cache, and auto's budget has taken
-    that room: the swap file is opened with O_DIRECT, where its folder allows it."""
-    from nntrainer_cli.runtime import swap_io
-
+    that room: the swap file is opened with O_DIRECT, where its folder allows it. The
+    choice is the plan's: the Planning is as given afterwards."""
     room = pipeline.prepare(MLP).plan.peak_bytes // 2
     monkeypatch.setattr(measure, "memory_limit",
                         lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, limited_by))
     monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB)
     monkeypatch.setattr(swap_io, "direct_io_works", lambda folder: folder_allows)
-    p = pipeline.prepare(MLP, budget="auto")
+    planning = pipeline.Planning(MLP, budget="auto")
+    p = planning.prepared()
+    assert planning._ceiling is None and not planning.swap.direct
     assert p.swap.direct == direct
     assert p.auto.endswith("; the swap file bypasses the page cache, which the limit "
                            "counts") == direct
 
 
 def test_direct_io_is_probed_in_the_swap_folder(tmp_path, monkeypatch):
-    """The probe opens a file of its own there with O_DIRECT, and removes it."""
-    from nntrainer_cli.runtime import swap_io
-
+    """The probe writes and reads a block of a file of its own there with O_DIRECT,
+    and removes it."""
     assert not swap_io.direct_io_works(str(tmp_path / "missing"))
     real = os.open
     opened = []
@@ -147,6 +179,11 @@ def test_direct_io_is_probed_in_the_swap_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", real)
     swap_io.direct_io_works(str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+    def failing(fd, buffers, at):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(os, "pwritev", failing)   # the flag taken, the I/O refused
+    assert not swap_io.direct_io_works(str(tmp_path)) and os.listdir(tmp_path) == []
 
 
 def test_nothing_left_is_one_line(machine):

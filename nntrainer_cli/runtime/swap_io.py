@@ -15,7 +15,9 @@ operation under O_DIRECT, go to the thread, which overlaps the wait with compute
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import mmap
 import os
 import queue
 import tempfile
@@ -26,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nntrainer_cli.errors import DataError
+from nntrainer_cli.plan.swap_plan import DIRECT_IO_BLOCK
 
 NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+: read only what the page cache holds
 
@@ -40,8 +43,8 @@ def check_swap_dir(directory: str) -> None:
 
 
 def direct_io_works(directory: str) -> bool:
-    """Whether a file in `directory` can be opened with O_DIRECT (some file systems
-    refuse it)."""
+    """Whether a file in `directory` takes O_DIRECT writes and reads of a block (some
+    file systems refuse the flag, some the I/O)."""
     if not hasattr(os, "O_DIRECT"):
         return False
     try:
@@ -49,13 +52,19 @@ def direct_io_works(directory: str) -> bool:
     except OSError:
         return False
     os.close(fd)
+    block = mmap.mmap(-1, DIRECT_IO_BLOCK)   # page-aligned, as O_DIRECT needs
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_DIRECT))
-        return True
+        fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        try:
+            return os.pwritev(fd, [block], 0) == os.preadv(fd, [block], 0) == len(block)
+        finally:
+            os.close(fd)
     except OSError:
         return False
     finally:
-        os.unlink(path)
+        block.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 class Job(NamedTuple):
