@@ -17,7 +17,7 @@ from nntrainer_cli.layers.base import Phase
 CLIP_SLOT_NODE = "(clipped layers)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     index: int
     node: str

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     size: int
     first: int

@@ -33,7 +33,7 @@ class SwapOptions:
         return DIRECT_IO_BLOCK if self.direct else ALIGN
 
 
-@dataclass
+@dataclass(slots=True)   # thousands per plan: a __dict__ each doubled them
 class Residency:
     tensor: str
     kind: str
@@ -46,7 +46,7 @@ class Residency:
     offset: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transfer:
     """Stays that lie back to back in the swap file and move at the same time: one
     system call. Numbered per iteration in the order they are issued."""
@@ -56,7 +56,7 @@ class Transfer:
     stays: tuple[tuple[int, int], ...]   # (arena offset, bytes) of each, in file order
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SlotSwaps:
     loads: tuple[Transfer, ...]   # issued as the slot starts
     wait: int                     # the slot runs once transfers 1..wait are done (0: none)
