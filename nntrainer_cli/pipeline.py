@@ -184,11 +184,11 @@ class Planning(BudgetSearch):
         """Within what the machine leaves, measured once the plan exists: planning a
         large model holds MiBs of objects (a 50-layer MLP's: about 6 MiB), so a plan
         found before they counted is made again within what is left after them, until
-        it fits (else one line, after AUTO_PASSES searches). Under a memory cgroup the swap file bypasses the page
-        cache where its folder allows: the limit counts the page cache too, and the
-        budget has already taken the room it would need (ResNet-18 through the page
-        cache was killed by the kernel at 80 and 94 MiB, its swap reads finding no page
-        to charge; with O_DIRECT it trains at both)."""
+        it fits (else one line, after AUTO_PASSES searches). Under a memory cgroup the
+        swap file bypasses the page cache where its folder allows: the limit counts the
+        page cache too, and the budget has already taken the room it would need
+        (ResNet-18 through the page cache was killed by the kernel at 80 and 94 MiB,
+        its swap reads finding no page to charge; with O_DIRECT it trains at both)."""
         from nntrainer_cli.runtime.measure import release_free_memory
         from nntrainer_cli.runtime.swap_io import direct_io_works
 
@@ -221,10 +221,11 @@ class Planning(BudgetSearch):
 
     def _check_ceiling(self) -> None:
         """Under auto in a memory cgroup, before each candidate: one line and exit 2
-        once the search's objects take the margin, rather than the kernel's kill. Near its swap floor
-        the 784 MLP's search tries plans of 600 slots, each held 6 MiB while its swap
-        was planned, and was killed at 33 MiB. Checked before a candidate's plan and
-        before its swap schedule: each step takes less than the margin."""
+        once the search's objects take the margin, rather than the kernel's kill. Near
+        its swap floor the 784 MLP's search tries plans of 600 slots, each held 6 MiB
+        while its swap was planned, and was killed at 33 MiB. Checked before a
+        candidate's plan and before its swap schedule: each step takes less than the
+        margin (the largest seen, 7 MiB, only just)."""
         if self._ceiling is None:
             return
         from nntrainer_cli.runtime.measure import held_bytes
