@@ -72,6 +72,8 @@ def searches_hold(monkeypatch, room: int, growth: list[int]) -> None:
                         lambda: (40 * MIB + pipeline.AUTO_MARGIN + room, "cgroup v1 memory limit"))
     monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB + sum(growth[:done[0]]))
     monkeypatch.setattr(swap_io, "direct_io_works", lambda folder: False)
+    # a margin to scale: half of it may go to a plan over what is left
+    monkeypatch.setattr(pipeline, "AUTO_MARGIN", 16 * 1024)
 
 
 def test_what_planning_holds_is_left_out_of_the_budget(monkeypatch):
@@ -94,6 +96,18 @@ def test_planned_again_until_what_planning_holds_leaves_room(monkeypatch):
     assert p.plan.swap.budget == room - room // 4 and p.plan.swap.peak <= room - room // 4
 
 
+def test_a_plan_a_little_over_what_is_left_runs(monkeypatch):
+    """A search fills its budget, and measuring again finds a little less left: a plan
+    over by less than half the margin runs rather than be searched for again."""
+    room = pipeline.prepare(MLP).plan.peak_bytes * 3 // 4
+    searches_hold(monkeypatch, room, [0])
+    arena = pipeline.prepare(MLP, budget="auto").plan.swap.peak
+    over = room - arena + 4 * 1024   # leaves the arena 4 KiB short: under half the margin
+    searches_hold(monkeypatch, room, [over, room])   # (a second search would find no room)
+    p = pipeline.prepare(MLP, budget="auto")
+    assert p.plan.swap.budget == room and p.plan.swap.peak == arena
+
+
 def test_a_plan_that_never_fits_what_planning_leaves_is_one_line(monkeypatch):
     """When every search leaves more than its plan can spare, auto stops after its
     last search with one line rather than train a plan that does not fit."""
@@ -101,7 +115,7 @@ def test_a_plan_that_never_fits_what_planning_leaves_is_one_line(monkeypatch):
     searches_hold(monkeypatch, room, [0])
     arena = pipeline.prepare(MLP, budget="auto").plan.swap.peak
     monkeypatch.setattr(pipeline, "AUTO_PASSES", 1)
-    searches_hold(monkeypatch, room, [room - arena + 1])   # leaves one byte too few
+    searches_hold(monkeypatch, room, [room - arena + 8 * 1024 + 1])   # one byte too few
     with pytest.raises(ConfigError, match=r"auto: after 1 searches the plan still does not "
                        r"fit what planning leaves \(cgroup v1 memory limit"):
         pipeline.prepare(MLP, budget="auto")
@@ -121,7 +135,7 @@ def test_a_search_that_takes_the_margin_is_one_line(monkeypatch):
     monkeypatch.setattr(measure, "held_bytes", lambda: 40 * MIB + (room + 1 if searching else 0))
     with pytest.raises(ConfigError, match=r"auto: planning within this process's memory "
                        r"limit \(cgroup v1 memory limit [\d.]+ MiB\) holds [\d.]+ MiB, leaving "
-                       r"less than the 8 MiB margin for training; give it more memory"):
+                       r"less than the [\d.]+ MiB margin for training; give it more memory"):
         pipeline.prepare(MLP, budget="auto")
 
 
