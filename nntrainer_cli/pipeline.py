@@ -85,13 +85,26 @@ AUTO_PASSES = 4
 
 
 class Room(NamedTuple):
-    """What `--memory-budget auto` finds: the budget; how it was found, for the user;
-    the limit it came from, named; and whether that is a memory cgroup's."""
+    """What `--memory-budget auto` finds: the budget, from the limit (and where that
+    came from) less what the process holds and AUTO_MARGIN."""
     budget: int
-    how: str
     limit: int
-    limited_by: str
-    cgroup: bool
+    source: str
+    held: int
+
+    @property
+    def limited_by(self) -> str:
+        return f"{self.source} {self.limit / 2**20:.1f} MiB"
+
+    @property
+    def how(self) -> str:
+        """How the budget was found, for the user."""
+        return (f"{self.limited_by}, less this process's {self.held / 2**20:.1f} MiB and a "
+                f"{AUTO_MARGIN / 2**20:.1f} MiB margin")
+
+    @property
+    def cgroup(self) -> bool:
+        return self.source.startswith("cgroup")
 
 
 def machine_budget() -> Room:
@@ -101,11 +114,7 @@ def machine_budget() -> Room:
 
     limit, source = memory_limit()
     held = held_bytes()
-    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-    limited_by = f"{source} {mib(limit)}"
-    return Room(limit - held - AUTO_MARGIN, f"{limited_by}, less this process's "
-                f"{mib(held)} and a {mib(AUTO_MARGIN)} margin", limit, limited_by,
-                source.startswith("cgroup"))
+    return Room(limit - held - AUTO_MARGIN, limit, source, held)
 
 
 class Planning(BudgetSearch):
@@ -133,7 +142,7 @@ class Planning(BudgetSearch):
             cfg, parse_size(budget) if budget is not None else None, lookahead, swap_dir,
             direct)
         self._as_written: Prepared | None = None
-        self._ceiling: tuple[int, str] | None = None   # auto: what planning may hold
+        self._limit: Room | None = None   # auto in a cgroup: what planning is checked against
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
               parts: int = 1, derivative_first: bool = False,
@@ -166,7 +175,7 @@ class Planning(BudgetSearch):
             return self._prepared()
         finally:   # the plan of the graph as written is not held while training unless
             # chosen; auto's choices end with it
-            self._as_written, self._ceiling, self.swap = None, None, given
+            self._as_written, self._limit, self.swap = None, None, given
 
     def _prepared(self) -> Prepared:
         b = self.budget
@@ -201,7 +210,7 @@ class Planning(BudgetSearch):
                                        f"{whole.plan.peak_bytes / 2**20:.1f} MiB fits it: no swap")
         direct = ""
         if room.cgroup:
-            self._ceiling = (room.limit - AUTO_MARGIN, room.limited_by)
+            self._limit = room
             if not self.swap.direct and direct_io_works(self.swap.directory):
                 self.swap = replace(self.swap, direct=True)
                 direct = "; the swap file bypasses the page cache, which the limit counts"
@@ -230,14 +239,14 @@ class Planning(BudgetSearch):
         while its swap was planned, and was killed at 33 MiB. Checked before a
         candidate's plan and before its swap schedule: each step takes less than the
         margin (the largest seen, 7 MiB, only just)."""
-        if self._ceiling is None:
+        if self._limit is None:
             return
         from nntrainer_cli.runtime.measure import held_bytes
 
-        ceiling, limit = self._ceiling
         held = held_bytes()
-        if held > ceiling:
-            raise ConfigError(f"auto: planning within this process's memory limit ({limit}) "
+        if held > self._limit.limit - AUTO_MARGIN:
+            raise ConfigError(f"auto: planning within this process's memory limit "
+                              f"({self._limit.limited_by}) "
                               f"holds {held / 2**20:.1f} MiB, leaving less than the "
                               f"{AUTO_MARGIN / 2**20:.1f} MiB margin for training; give it "
                               "more memory", key="--memory-budget")

@@ -150,7 +150,7 @@ def test_auto_outside_a_cgroup_neither_checks_planning_nor_bypasses_the_cache(mo
     planning = pipeline.Planning(MLP, budget="auto")
     p = planning.prepared()
     assert p.plan.swap is not None and not p.swap.direct
-    assert planning._ceiling is None and not planning.swap.direct
+    assert planning._limit is None and not planning.swap.direct
 
 
 @pytest.mark.parametrize("limited_by,folder_allows,direct", [
@@ -169,7 +169,7 @@ def test_under_a_memory_cgroup_the_swap_file_bypasses_the_page_cache(
     monkeypatch.setattr(swap_io, "direct_io_works", lambda folder: folder_allows)
     planning = pipeline.Planning(MLP, budget="auto")
     p = planning.prepared()
-    assert planning._ceiling is None and not planning.swap.direct
+    assert planning._limit is None and not planning.swap.direct
     assert p.swap.direct == direct
     assert p.auto.endswith("; the swap file bypasses the page cache, which the limit "
                            "counts") == direct

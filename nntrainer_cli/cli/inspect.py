@@ -58,7 +58,8 @@ def fits_here(plan) -> str:
     --memory-budget auto would do."""
     from nntrainer_cli.pipeline import machine_budget
 
-    room, how = machine_budget()[:2]
+    found = machine_budget()
+    room, how = found.budget, found.how
     arena = plan.arena_bytes
     if arena <= room:
         return f"this machine: {room / 2**20:.1f} MiB for training ({how}); the arena fits"
