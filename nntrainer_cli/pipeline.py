@@ -46,6 +46,9 @@ def parse_size(text: str) -> Budget:
     if not m or m.group(2) not in UNITS or float(m.group(1)) * UNITS[m.group(2)] < 1:
         raise ConfigError(f"expected a size of at least one byte like 64MiB, 1.5GB, 500000, "
                           f"50% or auto, got {text!r}", key="--memory-budget")
+    if not m.group(2) and "." in m.group(1):   # 1.5 bytes: a share meant, most likely
+        raise ConfigError(f"a bare number is whole bytes, got {text!r}; for a share of the "
+                          f"plan write {m.group(1)}%", key="--memory-budget")
     return Budget(bytes=int(float(m.group(1)) * UNITS[m.group(2)]))
 
 
@@ -99,7 +102,7 @@ class Room(NamedTuple):
     @property
     def how(self) -> str:
         """How the budget was found, for the user."""
-        return (f"{self.limited_by}, less this process's {self.held / 2**20:.1f} MiB and a "
+        return (f"{self.limited_by}, less this process's {self.held / 2**20:.1f} MiB and an "
                 f"{AUTO_MARGIN / 2**20:.1f} MiB margin")
 
     @property

@@ -42,7 +42,9 @@ CASES = [  # (change to GOOD, extra args, text the error must contain)
     (("path = train.dat", "path = missing.dat"), (), "[train_set] path: data file not found"),
     (None, ("--save", "/proc/nope/w.bin"), "cannot write weights"),
     (None, ("--init-weights", "{tmp}/short.bin"), "short.bin has 12 bytes"),
-    (None, ("--init-weights", "{tmp}/none.bin"), "cannot read weights file"),
+    (None, ("--init-weights", "{tmp}/none.bin"), "none.bin' does not exist"),
+    (None, ("--init-weights", "{tmp}/m.ini"), "m.ini is a model config, not a weights file"),
+    (None, ("--init-weights", "{tmp}/c.ckpt"), "c.ckpt is a checkpoint: give it with --resume"),
     # found by fuzzing the command line: each was a traceback, exit 1 or exit 0 before
     (None, ("--seed", "-1"), "--seed"),
     (("input_layers = conv\n[b]", "input_layers = conv(1)\n[b]"), (),
@@ -64,6 +66,11 @@ CASES = [  # (change to GOOD, extra args, text the error must contain)
     (None, ("--set", "model.batch_size=1000"), "--set [model] batch_size: the training set "
      "has 4 records, fewer than one batch of 1000"),
     (None, ("--memory-budget", "0.5"), "at least one byte"),
+    (None, ("--memory-budget", "1.5"), "a bare number is whole bytes, got '1.5'; for a share "
+     "of the plan write 1.5%"),
+    (("[Model]", "[Modle]"), (), "m.ini:1 [modle]: no [Model] section: is this one meant"),
+    (("type = adam", "type = sgd\nbeta1 = 0.9"), (),
+     "m.ini:7 [optimizer] beta1: a key of adam, adamw, not of sgd: remove it"),
     (None, ("--save", ""), "an empty path"),
     (None, ("--report", ""), "an empty path"),
     (None, ("--init-weights", "{tmp}/long.bin"), "does not fit this model"),
@@ -75,6 +82,7 @@ def test_each_kind_of_bad_input(tmp_path, change, args, message):
     (tmp_path / "train.dat").write_bytes(b"\0" * 4 * (16 + 3) * 4)
     (tmp_path / "short.bin").write_bytes(b"\0" * 12)
     (tmp_path / "long.bin").write_bytes(b"\0" * 4 * 86 + b"x")   # the 86 weights, and a byte
+    (tmp_path / "c.ckpt").write_bytes(b"PK")
     text = GOOD if change is None else GOOD.replace(*change, 1)
     assert change is None or text != GOOD, "the change did not apply"
     model = tmp_path / "m.ini"
@@ -254,11 +262,40 @@ def test_yaml_errors_name_the_column_and_the_layer(tmp_path):
 def test_weights_or_an_onnx_model_given_as_the_model_say_what_to_do(tmp_path):
     for name, hint in [("m.onnx", "nntrainer import m.onnx -o model.ini"),
                        ("w.bin", "give it with --init-weights"),
-                       ("w.safetensors", "give it with --init-weights")]:
+                       ("w.safetensors", "give it with --init-weights"),
+                       ("c.ckpt", "a checkpoint, not a model config: give it with --resume")]:
         (tmp_path / name).write_bytes(b"\x08\x0e:@\x00")
         res = run("train", str(tmp_path / name))
         errors = [l for l in res.output.splitlines() if l.startswith("error:")]
         assert res.exit_code == 2 and len(errors) == 1 and hint in errors[0], res.output
+
+
+def test_set_with_an_empty_value_removes_a_key(tmp_path):
+    """Switching Adam to SGD from the command line: Adam's keys are refused by SGD, and
+    an empty value takes each away."""
+    (tmp_path / "train.dat").write_bytes(b"\0" * 4 * (16 + 3) * 4)
+    model = tmp_path / "m.ini"
+    model.write_text(GOOD.replace("type = adam", "type = adam\nbeta1 = 0.9"))
+    to_sgd = ("--set", "optimizer.type=sgd")
+    assert "beta1: a key of adam" in run("train", str(model), "-q", *to_sgd).output
+    res = run("train", str(model), "-q", "--no-run-dir", *to_sgd, "--set", "optimizer.beta1=")
+    assert res.exit_code == 0, res.output
+
+
+def test_usage_errors_are_one_line_with_a_hint(tmp_path, tiny_model):
+    res = run("convert", tiny_model)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "Missing option '--to'. Choose from: yaml, ini" in res.output
+    res = run("train", tiny_model, "--debug")
+    assert res.exit_code == 2 and "--debug goes before the command" in res.output
+    res = run("import", tiny_model, "-o", str(tmp_path / "x.ini"))
+    assert res.exit_code == 2 and "a model config already" in res.output, res.output
+    res = run("eval", tiny_model, "--weights", tiny_model)
+    assert res.exit_code == 2 and "is a model config, not a weights file" in res.output
+    (tmp_path / "long.bin").write_bytes(b"\0" * 4 * 67 + b"x")   # SGD: no Adam state to name
+    res = run("eval", tiny_model, "--weights", str(tmp_path / "long.bin"), "--data",
+              str(tmp_path / "train.dat"))
+    assert res.exit_code == 2 and "weights take 268, counters 8" in res.output, res.output
 
 
 def test_model_files_that_are_not_files(tmp_path):

@@ -40,7 +40,7 @@ def test_a_plan_that_fits_runs_without_swap(machine):
     assert p.plan.swap is None and p.swap is None
     room = 200 * MIB - 40 * MIB - pipeline.AUTO_MARGIN
     assert p.auto == (f"--memory-budget auto: {room / MIB:.1f} MiB (cgroup v1 memory limit "
-                      f"200.0 MiB, less this process's 40.0 MiB and a "
+                      f"200.0 MiB, less this process's 40.0 MiB and an "
                       f"{pipeline.AUTO_MARGIN / MIB:.1f} MiB margin); the plan's "
                       f"{p.plan.peak_bytes / MIB:.1f} MiB fits it: no swap")
 
@@ -144,7 +144,7 @@ def test_auto_outside_a_cgroup_neither_checks_planning_nor_bypasses_the_cache(mo
     kills at: no ceiling on planning, and the swap file goes through the page cache."""
     room = pipeline.prepare(MLP).plan.peak_bytes // 2
     monkeypatch.setattr(measure, "memory_limit", lambda: (
-        40 * MIB + pipeline.AUTO_MARGIN + room, "what it holds plus the available RAM"))
+        40 * MIB + pipeline.AUTO_MARGIN + room, "RAM available to this process"))
     held = iter([40 * MIB, 40 * MIB])   # before and after the one search; no more reads
     monkeypatch.setattr(measure, "held_bytes", lambda: next(held))
     planning = pipeline.Planning(MLP, budget="auto")
@@ -155,7 +155,7 @@ def test_auto_outside_a_cgroup_neither_checks_planning_nor_bypasses_the_cache(mo
 
 @pytest.mark.parametrize("limited_by,folder_allows,direct", [
     ("cgroup v1 memory limit", True, True), ("cgroup v2 memory.max", True, True),
-    ("cgroup v1 memory limit", False, False), ("what it holds plus the available RAM", True,
+    ("cgroup v1 memory limit", False, False), ("RAM available to this process", True,
                                                False)])
 def test_under_a_memory_cgroup_the_swap_file_bypasses_the_page_cache(
         monkeypatch, limited_by, folder_allows, direct):

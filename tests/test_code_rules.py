@@ -14,7 +14,7 @@ from helpers import REPO
 
 PACKAGE = os.path.join(REPO, "nntrainer_cli")
 # Each stage may import only from stages before it (and from itself).
-STAGES = ["errors", "files", "config", "layers", "graph", "optim", "plan", "runtime",
+STAGES = ["errors", "sizes", "files", "config", "layers", "graph", "optim", "plan", "runtime",
           "report", "exchange", "budget_search", "pipeline", "cli", "__main__"]
 LINE_BUDGET = 350
 

@@ -70,7 +70,7 @@ def test_mixed_case_tabs_and_comments(tmp_path):
     ("", "", "empty"),
     ("[Optimizer]\ntype=sgd\n", "", "no [Model]"),
     ("[Model]\nbatch_size=1\n[Optimizer]\ntype=adamx\n", "4 [optimizer] type", "did you mean 'adam'"),
-    ("[Model]\nbatch_size=1\n[Optimizer]\ntype=sgd\nbeta1=0.9\n", "5 [optimizer] beta1", "unknown key"),
+    ("[Model]\nbatch_size=1\n[Optimizer]\ntype=sgd\nbeta1=0.9\n", "5 [optimizer] beta1", "a key of adam, adamw, not of sgd"),
 ])
 def test_errors_name_file_line_section_key(tmp_path, text, where, message):
     path = write(tmp_path, text)

@@ -108,4 +108,4 @@ def test_inference_input_errors(tmp_path):
               "-o", str(tmp_path / "p.txt"))
     assert res.exit_code == 2 and "use .npy or .csv" in res.output
     res = run("eval", DIGITS, "-w", str(tmp_path / "missing.bin"))
-    assert res.exit_code == 2 and "cannot read weights file" in res.output
+    assert res.exit_code == 2 and "missing.bin' does not exist" in res.output

@@ -110,10 +110,12 @@ def test_bad_checkpoints_and_flags_are_refused(tmp_path):
     (tmp_path / "m.ini").write_text(frozen_conv(DIGITS, SGD))
     model, ckpt = str(tmp_path / "m.ini"), tmp_path / "c.ckpt"
     assert run("train", model, "-q", "--epochs", "1", "--checkpoint", str(ckpt)).exit_code == 0
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"")
     cases = [
         (["--resume", str(ckpt), "-b", "16"], "written for another model or batch size"),
-        (["--save-every", "5"], "--save-every needs a checkpoint path"),
-        (["--resume", str(ckpt), "--init-weights", str(ckpt)], "both set the weights"),
+        (["--save-every", "5"], "--save-every: needs a checkpoint path"),
+        (["--resume", str(ckpt), "--init-weights", str(weights)], "both set the weights"),
         (["--resume", str(tmp_path / "none.ckpt")], "no checkpoint at"),
     ]
     (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:300])

@@ -210,7 +210,7 @@ def test_a_budget_run_shows_its_resident_arena_and_what_it_swapped(tmp_path):
     assert not (folder / "report.html").exists()
     rep = json.loads((folder / "report.json").read_text())
     arena = rep["memory"]["swap"]["resident_peak_bytes"]
-    from nntrainer_cli.report.tables import human
+    from nntrainer_cli.sizes import human
     assert f"resident arena (under the budget)</td><td class=\"n\">{human(arena)}" in r.output
     assert "tensors go to the swap file" in r.output
     assert 'viewBox="0 0' in r.output   # the memory map scales to the page

@@ -25,7 +25,27 @@ class FilePath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class WeightsPath(FilePath):
+    """An existing weights file (checked before planning), refused with the flag that
+    takes it when it is a model config, a checkpoint or an ONNX model."""
+
+    OTHER = {".ini": "a model config", ".yaml": "a model config", ".yml": "a model config",
+             ".ckpt": "a checkpoint: give it with --resume",
+             ".onnx": "an ONNX model: `nntrainer import` makes a config and weights of it"}
+
+    def __init__(self):
+        super().__init__(exists=True, dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        other = self.OTHER.get(os.path.splitext(str(value))[1].lower())
+        if other:
+            self.fail(f"{value} is {other}, not a weights file (.bin or .safetensors)",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
 FILE = FilePath(dir_okay=False)
+WEIGHTS = WeightsPath()
 DATA = FilePath()   # a data file, or a folder of images per class
 
 
@@ -77,7 +97,9 @@ class OneLineErrors(click.Group):
                 click.echo(e.ctx.get_help())
                 sys.exit(0)
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-            fail(f"{e.format_message()}{hint}", 2)
+            if isinstance(e, click.NoSuchOption) and e.option_name == "--debug":
+                hint = " (--debug goes before the command: nntrainer --debug COMMAND ...)"
+            fail(f"{' '.join(e.format_message().split())}{hint}", 2)
         except click.ClickException as e:
             fail(e.format_message(), e.exit_code)
         except click.Abort:
@@ -114,4 +136,5 @@ weights_map_opt = click.option(
          "out), to load a PyTorch state_dict.")
 set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                         help="Override a value of the model file, e.g. --set "
-                             "model.batch_size=16 or --set fc1.unit=64 (repeatable).")
+                             "model.batch_size=16 or --set fc1.unit=64 (repeatable); an "
+                             "empty VALUE removes the key.")

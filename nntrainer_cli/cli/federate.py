@@ -9,7 +9,7 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable
 
-from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, model_arg,
+from .common import (FILE, WEIGHTS, batch_opt, budget_opt, fail, handle_errors, model_arg,
                      planner_opt, set_opt, warn)
 from .train import require_training, run_and_report, run_folder
 
@@ -57,7 +57,7 @@ from .train import require_training, run_and_report, run_folder
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for the initial weights, the split, and client k's shuffling "
                    "(seed + k).")
-@click.option("--init-weights", type=FILE,
+@click.option("--init-weights", type=WEIGHTS,
               help="Start the global model from this weights file (.bin or .safetensors).")
 @click.option("--save", type=FILE,
               help="Save the global weights here after every round (atomic); default: "

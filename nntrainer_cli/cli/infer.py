@@ -12,9 +12,10 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
-from .common import DATA, FILE, batch_opt, handle_errors, model_arg, set_opt, warn, weights_map_opt
+from .common import (DATA, FILE, WEIGHTS, batch_opt, handle_errors, model_arg, set_opt, warn,
+                     weights_map_opt)
 
-_weights_opt = click.option("--weights", "-w", type=FILE, required=True,
+_weights_opt = click.option("--weights", "-w", type=WEIGHTS, required=True,
                             help="Trained weights: NNTrainer .bin or .safetensors.")
 
 

@@ -17,10 +17,10 @@ from .common import (FILE, MODEL_EXTENSIONS, batch_opt, budget_opt, fail, lookah
 
 @click.command()
 @model_arg
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "svg"]), default="text",
-              show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "svg"]),
               help="Readable tables, one JSON object, or an SVG memory map (time across, "
-                   "arena offset down; open it in a browser).")
+                   "arena offset down; open it in a browser). Default: by the extension "
+                   "of --output (.json, .svg), else text.")
 @batch_opt
 @planner_opt
 @budget_opt
@@ -37,6 +37,9 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
 
     if output:
         check_writable(output)
+    if fmt is None:
+        ext = os.path.splitext(output or "")[1].lower().lstrip(".")
+        fmt = ext if ext in ("json", "svg") else "text"
     p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
                 require_loss=False, budget=budget,
                 lookahead=lookahead)
@@ -101,11 +104,14 @@ def _model_files(paths) -> list[str]:
 @handle_errors
 def check(paths, batch_size):
     """Parse, build, infer shapes and plan every model in PATHS (files or folders,
-    default: configs/) without training. Missing data files are warnings.
+    default: configs/ in the current folder) without training. Missing data files, and
+    a model with a loss but no training data, are warnings.
     Exits 2 if any model fails."""
     from nntrainer_cli.pipeline import prepare
-    from nntrainer_cli.report.tables import human
+    from nntrainer_cli.sizes import human
 
+    if not paths and not os.path.isdir("configs"):
+        fail("no configs/ folder here, the default: give the model files or folders", 2)
     files = _model_files(paths or ["configs"])
     if not files:
         fail(f"no model files ({', '.join(MODEL_EXTENSIONS)}) in {' '.join(paths or ['configs'])}", 2)
@@ -118,6 +124,9 @@ def check(paths, batch_size):
             click.echo(f"error: {e}")
             continue
         notes = list(p.cfg.warnings)
+        if p.graph.training and "train" not in p.cfg.data:   # plans, but `train` refuses it
+            notes.append(f"{path}: no training data, so `train` refuses it: add [train_set] "
+                         "with path = FILE, or pass --set train_set.path=FILE")
         for loc in p.cfg.data.values():
             data_path = p.cfg.resolve(loc.section, loc.key)
             if loc.kind == "dir" and not os.path.isdir(data_path):

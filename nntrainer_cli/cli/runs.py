@@ -58,7 +58,8 @@ def compare(run_dirs, fmt):
     error and left out (exit 2); the others are still shown."""
     from nntrainer_cli.errors import UserError
     from nntrainer_cli.report.run_folder import Run
-    from nntrainer_cli.report.tables import human, table
+    from nntrainer_cli.report.tables import table
+    from nntrainer_cli.sizes import human
 
     rows, bad = [], []
     for d in run_dirs:

@@ -10,7 +10,7 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
-from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead_opt,
+from .common import (FILE, WEIGHTS, batch_opt, budget_opt, fail, handle_errors, lookahead_opt,
                      model_arg, planner_opt, set_opt, warn, weights_map_opt)
 
 
@@ -22,7 +22,7 @@ from .common import (FILE, batch_opt, budget_opt, fail, handle_errors, lookahead
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed for weight initialization and shuffling.")
 @click.option("--no-shuffle", is_flag=True, help="Read training data in file order.")
-@click.option("--init-weights", type=FILE,
+@click.option("--init-weights", type=WEIGHTS,
               help="Start from this weights file: NNTrainer's .bin, or .safetensors with "
                    "tensors named as in the plan (fc1:weight, ...).")
 @click.option("--save", type=FILE,
@@ -129,7 +129,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         resume = checkpoint if os.path.isfile(checkpoint) else None
     checkpoint = checkpoint or resume
     if save_every and not checkpoint:
-        raise ConfigError("--save-every needs a checkpoint path: --checkpoint FILE",
+        raise ConfigError("needs a checkpoint path to write to: add --checkpoint FILE",
                           key="--save-every")
     if resume and init_weights:
         raise ConfigError("--resume and --init-weights both set the weights: give one",

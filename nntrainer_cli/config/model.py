@@ -4,6 +4,7 @@ for the graph builder, which knows the layer types."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +128,8 @@ class ModelConfig:
 
 def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
     """`SECTION.KEY=VALUE` from the command line. It changes a section the file has;
-    only the non-layer sections ([Optimizer], [train_set], ...) may be added this way."""
+    only the non-layer sections ([Optimizer], [train_set], ...) may be added this way.
+    An empty VALUE removes the key (an Adam-only key once --set makes the type sgd)."""
     for item in overrides:
         where = ConfigError("expected SECTION.KEY=VALUE", file="--set", key=item)
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -149,7 +151,10 @@ def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
             if name in ("train_set", "valid_set", "test_set"):
                 section.entries["type"] = Entry("type", "file", 0, "--set")
             sections.append(section)
-        section.entries[key] = Entry(key, value.strip(), 0, "--set")
+        if value.strip():
+            section.entries[key] = Entry(key, value.strip(), 0, "--set")
+        else:
+            section.entries.pop(key, None)
 
 
 def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] = ()) -> list[Section]:
@@ -207,8 +212,13 @@ def _optimizer(cfg: ModelConfig, sections: dict[str, Section]) -> None:
         raise section.error(f"unknown optimizer {type_entry.value!r}"
                             f"{P.did_you_mean(cfg.optimizer, OPTIMIZER_SCHEMAS)}; "
                             f"expected one of {', '.join(OPTIMIZER_SCHEMAS)}", "type")
-    cfg.optimizer_props = P.parse_section(section, OPTIMIZER_SCHEMAS[cfg.optimizer],
-                                          ignore=("type",))
+    schema = OPTIMIZER_SCHEMAS[cfg.optimizer]
+    for key in section.entries:
+        takes = [name for name, other in OPTIMIZER_SCHEMAS.items() if key in other]
+        if key != "type" and key not in schema and takes:
+            raise section.error(f"a key of {', '.join(takes)}, not of {cfg.optimizer}: remove "
+                                f"it (--set optimizer.{key}= does)", key)
+    cfg.optimizer_props = P.parse_section(section, schema, ignore=("type",))
     cfg.optimizer_section = section
     sched = sections.get("learningratescheduler")
     if sched is not None:
@@ -310,6 +320,9 @@ def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
     by_name = {s.name: s for s in sections}
     model_section = by_name.get("model")
     if model_section is None:
+        close = difflib.get_close_matches("model", by_name, n=1, cutoff=0.6)
+        if close:   # a misspelt [Model]: point at it
+            raise by_name[close[0]].error("no [Model] section: is this one meant to be it?")
         raise ConfigError("no [Model] section", file=path, line=1)
     model = P.parse_section(model_section, MODEL_SCHEMA)
     cfg = ModelConfig(path=path, sections=sections, model=model, model_section=model_section)

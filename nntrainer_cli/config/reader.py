@@ -18,7 +18,8 @@ MAX_MODEL_BYTES = 16 << 20   # NNTrainer's biggest model files are a few KiB
 WEIGHTS = "a weights file, not a model config: give it with --init-weights"
 NOT_CONFIGS = {".onnx": "an ONNX model, not a model config: `nntrainer import {name} -o "
                         "model.ini` writes one",
-               ".bin": WEIGHTS, ".safetensors": WEIGHTS}
+               ".bin": WEIGHTS, ".safetensors": WEIGHTS,
+               ".ckpt": "a checkpoint, not a model config: give it with --resume"}
 
 
 def read_model_file(path: str) -> list[Section]:

@@ -40,7 +40,10 @@ def _load(path: str):
     except FileNotFoundError:
         raise ConfigError("no such file", file=path) from None
     except Exception as e:  # protobuf's DecodeError and kin: not an ONNX file
-        raise ConfigError(f"not a readable ONNX model ({type(e).__name__})", file=path) from None
+        ours = path.lower().endswith((".ini", ".yaml", ".yml"))
+        raise ConfigError("a model config already: train, plan or convert it as it is" if ours
+                          else f"not a readable ONNX model ({type(e).__name__})",
+                          file=path) from None
     _check_external_data(path, model, external_data_helper)
     try:
         external_data_helper.load_external_data_for_model(model, os.path.dirname(path) or ".")

@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from nntrainer_cli.layers.base import Phase
+from nntrainer_cli.sizes import human
 
 from .planners import Item, check_valid, lower_bound, plan_offsets
 from .specs import RECORD_KINDS, TensorSet, TensorSpec
@@ -310,5 +311,5 @@ def _refusal(budget: int, floor: SwapPlan, ts: TensorSet, lookahead: int) -> Swa
     return SwapRefusal(
         budget, floor.peak, lookahead,
         f"the busiest slot, {t} ({ts.slots[t].node} {ts.slots[t].phase}), holds "
-        + ", ".join(f"{r.tensor} ({r.bytes / 1024:.0f} KiB)" for r in held[:3]),
+        + ", ".join(f"{r.tensor} ({human(r.bytes)})" for r in held[:3]),
         tuple(r.tensor for r in held))

@@ -8,7 +8,7 @@ import math
 from html import escape
 
 from .run_folder import Run
-from .tables import human
+from nntrainer_cli.sizes import human
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; color: #222; margin: 0 auto; max-width: 980px;

@@ -9,7 +9,9 @@ from html import escape
 from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 
-from .tables import human, tile_groups
+from nntrainer_cli.sizes import human
+
+from .tables import tile_groups
 
 COLOURS = {
     "input": "#8c564b", "label": "#c49c94", "weight": "#1f77b4", "optimizer_state": "#aec7e8",

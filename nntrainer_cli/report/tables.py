@@ -9,16 +9,7 @@ from nntrainer_cli.layers.base import Phase
 from nntrainer_cli.plan import MemoryPlan
 from nntrainer_cli.runtime.inference import InferenceReport
 from nntrainer_cli.runtime.results import MemoryFigures, TrainReport
-
-
-def human(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from nntrainer_cli.sizes import human
 
 
 def table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:

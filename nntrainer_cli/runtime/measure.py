@@ -154,7 +154,7 @@ def memory_limit() -> tuple[int, str]:
     available = _kib_field("/proc/meminfo", "MemAvailable")
     if available is None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"
-    return available + held_bytes(), "what it holds plus the available RAM"
+    return available + held_bytes(), "RAM available to this process"
 
 
 READ_SIZE = 1 << 14

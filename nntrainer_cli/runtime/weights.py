@@ -145,5 +145,6 @@ def load(ex: Executor, path: str, names: dict | None = None) -> str | None:
         if tag == b"adam" and 0 < other <= 2 * need and other % 8 == 0:  # m and v floats
             return (f"{path}: weights loaded; its Adam state is for other trainable weights "
                     "than this model's, so Adam starts afresh")
+        adam = f", optional Adam state {state_bytes}" if state else ""
         raise DataError(f"weights file {path} has {size} bytes, which does not fit this model: "
-                        f"weights take {need}, optional Adam state {state_bytes}, counters 8")
+                        f"weights take {need}{adam}, counters 8")
