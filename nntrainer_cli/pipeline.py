@@ -43,12 +43,15 @@ def parse_size(text: str) -> Budget:
         raise ConfigError(f"a share of the plan must be over 0% and at most 100%, got "
                           f"{text!r}", key="--memory-budget")
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
+    if m and not m.group(2) and "." in m.group(1):   # 1.5 bytes: a share or a unit meant
+        n = m.group(1)
+        meant = f"{n}%" if 0 < float(n) <= 100 else f"{n}MiB"
+        raise ConfigError(f"a bare number is whole bytes, got {text!r}; for "
+                          f"{'a share of the plan' if meant.endswith('%') else 'MiB'} write "
+                          f"{meant}", key="--memory-budget")
     if not m or m.group(2) not in UNITS or float(m.group(1)) * UNITS[m.group(2)] < 1:
         raise ConfigError(f"expected a size of at least one byte like 64MiB, 1.5GB, 500000, "
                           f"50% or auto, got {text!r}", key="--memory-budget")
-    if not m.group(2) and "." in m.group(1):   # 1.5 bytes: a share meant, most likely
-        raise ConfigError(f"a bare number is whole bytes, got {text!r}; for a share of the "
-                          f"plan write {m.group(1)}%", key="--memory-budget")
     return Budget(bytes=int(float(m.group(1)) * UNITS[m.group(2)]))
 
 

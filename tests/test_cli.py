@@ -120,12 +120,14 @@ def test_check_configs_and_broken_files(tmp_path, tiny_model):
     missing.write_text(open(tiny_model).read().replace("train.dat", "gone.dat"))
     res = run("check", str(missing))
     assert res.exit_code == 0 and "warning:" in res.output and "gone.dat" in res.output
-    # a model `train` would refuse for want of data plans, with a warning
-    nodata = tmp_path / "nosection.ini"
-    nodata.write_text(open(tiny_model).read().replace(
-        "[train_set]\ntype = file\npath = train.dat\n", ""))
-    res = run("check", str(nodata))
-    assert res.exit_code == 0 and "no training data, so `train` refuses it" in res.output
+    # run where there is no configs/ folder, the default
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        res = run("check")
+    finally:
+        os.chdir(here)
+    assert res.exit_code == 2 and "no configs/ folder here, the default" in res.output
 
 
 @pytest.mark.parametrize("mutate,args,message", [
@@ -217,7 +219,7 @@ def test_plan_svg_draws_every_tensor(tmp_path):
 
 
 def test_plan_takes_its_format_from_the_output_name(tmp_path):
-    for name, kind in (("p.json", "json"), ("p.svg", "svg"), ("p.txt", "text")):
+    for name, kind in (("p.json", "json"), ("p.svg", "svg"), ("p.txt", "text"), ("p", "text")):
         res = run("plan", DIGITS, "-o", str(tmp_path / name))
         assert res.exit_code == 0 and f"({kind}, " in res.output, res.output
     assert json.loads((tmp_path / "p.json").read_text())["peak_bytes"] > 0

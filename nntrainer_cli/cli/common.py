@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import traceback
 
@@ -29,18 +30,19 @@ class WeightsPath(FilePath):
     """An existing weights file (checked before planning), refused with the flag that
     takes it when it is a model config, a checkpoint or an ONNX model."""
 
-    OTHER = {".ini": "a model config", ".yaml": "a model config", ".yml": "a model config",
-             ".ckpt": "a checkpoint: give it with --resume",
-             ".onnx": "an ONNX model: `nntrainer import` makes a config and weights of it"}
+    OTHER = {".ckpt": "; `train --resume` reads a checkpoint",
+             ".onnx": "; `nntrainer import` makes a model config and weights of an ONNX model",
+             ".ini": "", ".yaml": "", ".yml": ""}
+    KIND = {".ckpt": "a checkpoint", ".onnx": "an ONNX model"}
 
     def __init__(self):
         super().__init__(exists=True, dir_okay=False)
 
     def convert(self, value, param, ctx):
-        other = self.OTHER.get(os.path.splitext(str(value))[1].lower())
-        if other:
-            self.fail(f"{value} is {other}, not a weights file (.bin or .safetensors)",
-                      param, ctx)
+        ext = os.path.splitext(str(value))[1].lower()
+        if ext in self.OTHER:
+            self.fail(f"{value} is {self.KIND.get(ext, 'a model config')}, not a weights file "
+                      f"(.bin or .safetensors){self.OTHER[ext]}", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -99,7 +101,8 @@ class OneLineErrors(click.Group):
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             if isinstance(e, click.NoSuchOption) and e.option_name == "--debug":
                 hint = " (--debug goes before the command: nntrainer --debug COMMAND ...)"
-            fail(f"{' '.join(e.format_message().split())}{hint}", 2)
+            one = re.sub(r"[ \t]*\n\s*", " ", e.format_message())   # a list of choices
+            fail(f"{one}{hint}", 2)
         except click.ClickException as e:
             fail(e.format_message(), e.exit_code)
         except click.Abort:
@@ -136,5 +139,4 @@ weights_map_opt = click.option(
          "out), to load a PyTorch state_dict.")
 set_opt = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                         help="Override a value of the model file, e.g. --set "
-                             "model.batch_size=16 or --set fc1.unit=64 (repeatable); an "
-                             "empty VALUE removes the key.")
+                             "model.batch_size=16 or --set fc1.unit=64 (repeatable).")

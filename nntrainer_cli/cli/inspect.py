@@ -104,8 +104,8 @@ def _model_files(paths) -> list[str]:
 @handle_errors
 def check(paths, batch_size):
     """Parse, build, infer shapes and plan every model in PATHS (files or folders,
-    default: configs/ in the current folder) without training. Missing data files, and
-    a model with a loss but no training data, are warnings.
+    default: configs/ in the current folder) without training. Missing data files are
+    warnings.
     Exits 2 if any model fails."""
     from nntrainer_cli.pipeline import prepare
     from nntrainer_cli.sizes import human
@@ -124,9 +124,6 @@ def check(paths, batch_size):
             click.echo(f"error: {e}")
             continue
         notes = list(p.cfg.warnings)
-        if p.graph.training and "train" not in p.cfg.data:   # plans, but `train` refuses it
-            notes.append(f"{path}: no training data, so `train` refuses it: add [train_set] "
-                         "with path = FILE, or pass --set train_set.path=FILE")
         for loc in p.cfg.data.values():
             data_path = p.cfg.resolve(loc.section, loc.key)
             if loc.kind == "dir" and not os.path.isdir(data_path):

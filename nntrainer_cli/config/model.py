@@ -128,8 +128,7 @@ class ModelConfig:
 
 def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
     """`SECTION.KEY=VALUE` from the command line. It changes a section the file has;
-    only the non-layer sections ([Optimizer], [train_set], ...) may be added this way.
-    An empty VALUE removes the key (an Adam-only key once --set makes the type sgd)."""
+    only the non-layer sections ([Optimizer], [train_set], ...) may be added this way."""
     for item in overrides:
         where = ConfigError("expected SECTION.KEY=VALUE", file="--set", key=item)
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -151,10 +150,7 @@ def apply_overrides(sections: list[Section], overrides: list[str]) -> None:
             if name in ("train_set", "valid_set", "test_set"):
                 section.entries["type"] = Entry("type", "file", 0, "--set")
             sections.append(section)
-        if value.strip():
-            section.entries[key] = Entry(key, value.strip(), 0, "--set")
-        else:
-            section.entries.pop(key, None)
+        section.entries[key] = Entry(key, value.strip(), 0, "--set")
 
 
 def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] = ()) -> list[Section]:
@@ -213,11 +209,17 @@ def _optimizer(cfg: ModelConfig, sections: dict[str, Section]) -> None:
                             f"{P.did_you_mean(cfg.optimizer, OPTIMIZER_SCHEMAS)}; "
                             f"expected one of {', '.join(OPTIMIZER_SCHEMAS)}", "type")
     schema = OPTIMIZER_SCHEMAS[cfg.optimizer]
-    for key in section.entries:
+    for key in list(section.entries):   # another optimizer's key
         takes = [name for name, other in OPTIMIZER_SCHEMAS.items() if key in other]
-        if key != "type" and key not in schema and takes:
-            raise section.error(f"a key of {', '.join(takes)}, not of {cfg.optimizer}: remove "
-                                f"it (--set optimizer.{key}= does)", key)
+        if key == "type" or key in schema or not takes:
+            continue
+        why = f"a key of {', '.join(takes)}, not of {cfg.optimizer}"
+        if type_entry is None or not type_entry.source or section.entries[key].source:
+            raise section.error(why, key)
+        # --set changed the type: the file's keys for the one it had go, with a warning
+        cfg.warnings.append(str(section.error(f"{why} (--set made it {cfg.optimizer}): "
+                                              "ignored", key)))
+        del section.entries[key]
     cfg.optimizer_props = P.parse_section(section, schema, ignore=("type",))
     cfg.optimizer_section = section
     sched = sections.get("learningratescheduler")
@@ -320,7 +322,9 @@ def load_config(path: str, overrides: list[str] = ()) -> ModelConfig:
     by_name = {s.name: s for s in sections}
     model_section = by_name.get("model")
     if model_section is None:
-        close = difflib.get_close_matches("model", by_name, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            "model", [n for n, sec in by_name.items() if "type" not in sec.entries], n=1,
+            cutoff=0.6)
         if close:   # a misspelt [Model]: point at it
             raise by_name[close[0]].error("no [Model] section: is this one meant to be it?")
         raise ConfigError("no [Model] section", file=path, line=1)

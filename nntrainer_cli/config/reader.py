@@ -19,7 +19,7 @@ WEIGHTS = "a weights file, not a model config: give it with --init-weights"
 NOT_CONFIGS = {".onnx": "an ONNX model, not a model config: `nntrainer import {name} -o "
                         "model.ini` writes one",
                ".bin": WEIGHTS, ".safetensors": WEIGHTS,
-               ".ckpt": "a checkpoint, not a model config: give it with --resume"}
+               ".ckpt": "a checkpoint, not a model config: `train MODEL --resume` reads it"}
 
 
 def read_model_file(path: str) -> list[Section]:

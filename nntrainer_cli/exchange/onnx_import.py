@@ -29,6 +29,9 @@ DEFAULT_BATCH = 32
 
 
 def _load(path: str):
+    if path.lower().endswith((".ini", ".yaml", ".yml")):
+        raise ConfigError("a model config already: train, plan or convert it as it is",
+                          file=path)
     try:
         import onnx
         from onnx import external_data_helper, numpy_helper
@@ -40,10 +43,7 @@ def _load(path: str):
     except FileNotFoundError:
         raise ConfigError("no such file", file=path) from None
     except Exception as e:  # protobuf's DecodeError and kin: not an ONNX file
-        ours = path.lower().endswith((".ini", ".yaml", ".yml"))
-        raise ConfigError("a model config already: train, plan or convert it as it is" if ours
-                          else f"not a readable ONNX model ({type(e).__name__})",
-                          file=path) from None
+        raise ConfigError(f"not a readable ONNX model ({type(e).__name__})", file=path) from None
     _check_external_data(path, model, external_data_helper)
     try:
         external_data_helper.load_external_data_for_model(model, os.path.dirname(path) or ".")
