@@ -7,7 +7,7 @@ with tracemalloc for the measured peak, and three times without it for the time
 (tracing slows small kernels; the fastest counts, and the three rounds go over all
 budgets in turn).
 
-    python benchmarks/swap.py [--direct] [--json benchmarks/results/swap.json] [MODEL ...]
+    python benchmarks/swap.py [--direct] [--batch-size N] [--json FILE.json] [MODEL ...]
 
 Default models: configs/*.ini, benchmarks/models/wide_mlp.ini and mlp_784.ini, each for
 as many epochs as make its run without swap last 2 s (one epoch of the digits MLP takes
@@ -18,7 +18,9 @@ thread's time on swap I/O: copying loads the page cache holds (and stores) itsel
 waiting for the background thread; "loads cache/thread" counts the tensors loaded each
 way (a load the thread made had to wait for the disk, or came while the thread was
 busy). --direct opens the swap file with O_DIRECT, so reads come from the disk, not the
-page cache. Prints the Markdown table used in the README."""
+page cache. --batch-size N runs every model at batch N instead of its own (how the cost
+of micro-batches depends on the work each part does). Prints the Markdown table used in
+the README."""
 
 from __future__ import annotations
 
@@ -85,14 +87,16 @@ def same(row: dict) -> str:
     return "NO"
 
 
-def bench(model: str, work: str, direct: bool) -> list[dict]:
+def bench(model: str, work: str, direct: bool, batch: int | None) -> list[dict]:
     """One model: a traced run per budget (measured peak, weights), then ROUNDS rounds
     of untraced runs over all budgets, keeping each one's fastest: the rounds spread a
     shared VM's drifting speed over every budget alike."""
     label = os.path.relpath(model, REPO)
-    one = train(model, work, "probe", ["--epochs", "1", "--no-tracemalloc"])["seconds"]
-    epochs = ["--epochs", str(max(1, math.ceil(MIN_SECONDS / one)))]
-    label += f" ({epochs[1]} epoch{'s' if epochs[1] != '1' else ''})"
+    sized = ["-b", str(batch)] if batch else []
+    one = train(model, work, "probe", ["--epochs", "1", "--no-tracemalloc", *sized])["seconds"]
+    epochs = ["--epochs", str(max(1, math.ceil(MIN_SECONDS / one))), *sized]
+    label += f" ({epochs[1]} epoch{'s' if epochs[1] != '1' else ''}" + \
+        (f", batch {batch})" if batch else ")")
     swap = ["--swap-dir", work] + (["--swap-direct"] if direct else [])
     runs = {"none": epochs}
     for share in SHARES:
@@ -147,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*")
     ap.add_argument("--direct", action="store_true", help="O_DIRECT swap file")
+    ap.add_argument("--batch-size", type=int, help="every model at this batch size")
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args()
     models = args.models or sorted(glob.glob(os.path.join(REPO, "configs", "*.ini"))) + \
@@ -157,10 +162,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     with tempfile.TemporaryDirectory() as work:
         for model in models:
-            rows += bench(model, work, args.direct)
+            rows += bench(model, work, args.direct, args.batch_size)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"direct": args.direct, "runs": rows}, f, indent=2)
+            json.dump({"direct": args.direct, "batch_size": args.batch_size, "runs": rows}, f,
+                      indent=2)
 
 
 if __name__ == "__main__":
