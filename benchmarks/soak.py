@@ -45,7 +45,8 @@ def api_run(model: str) -> None:
     """One epoch through the Python API, as an app would train without the CLI."""
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.pipeline import prepare
-    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
+    from nntrainer_cli.runtime.data import open_datasets
+    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions
 
     p = prepare(model)
     data = open_datasets(p.cfg, p.graph)

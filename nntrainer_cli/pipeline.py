@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import tempfile
@@ -136,10 +137,8 @@ class Planning(BudgetSearch):
         if any(s.get("backbone") for s in cfg.layers):   # ONNX backbones, with their weights
             from nntrainer_cli.exchange.onnx_backbone import splice_backbones
             splice_backbones(cfg)
-        self.build = lambda level, tiles=None, parts=1: build_graph(
-            cfg, batch_size, require_loss, frugal=level, inference=inference, tiles=tiles,
-            micro_batches=parts)
-        self.graph = self.build(0)   # a model that does not build fails here, first
+        self.options = (batch_size, require_loss, inference)
+        self._use(cfg)   # a model that does not build fails here, first
         self.optimizer = make_optimizer(cfg.optimizer, cfg.optimizer_props) \
             if cfg.optimizer and not inference else None
         self.state = self.optimizer.state if self.optimizer else ()
@@ -149,6 +148,33 @@ class Planning(BudgetSearch):
             direct)
         self._as_written: Prepared | None = None
         self._limit: Room | None = None   # auto in a cgroup: what planning is checked against
+
+    def _use(self, cfg: ModelConfig) -> None:
+        batch_size, require_loss, inference = self.options
+        self.cfg = cfg
+        self.build = lambda level, tiles=None, parts=1: build_graph(
+            cfg, batch_size, require_loss, frugal=level, inference=inference, tiles=tiles,
+            micro_batches=parts)
+        self.graph = self.build(0)
+
+    def head_plan(self, found: Prepared) -> Prepared | None:
+        """For a plan that swaps, of a model whose frozen prefix's output the feature
+        cache keeps: the plan of the model without that prefix (graph/frozen.py) within
+        the same budget, which the epochs the cache serves run instead (the prefix's
+        activations in the first epoch set the plan's split and tiles: the transfer
+        model at 25% ran its head in 2 parts with every layer in 2 tiles). None where
+        there is no such prefix, or its plan does not fit."""
+        from nntrainer_cli.graph.frozen import frozen_prefix, head_config
+
+        prefix = frozen_prefix(found.graph)
+        cfg = head_config(found.cfg, found.graph, prefix) if prefix else None
+        if cfg is None or found.swap is None:
+            return None
+        head = copy.copy(self)
+        head._use(cfg)
+        head._as_written, head._limit, head.swap = None, None, found.swap
+        plan = head._within(found.swap.budget)
+        return plan if isinstance(plan, Prepared) else None
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,
               parts: int = 1, derivative_first: bool = False,

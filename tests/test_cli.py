@@ -58,7 +58,8 @@ def test_train_prints_summary(tmp_path, tiny_model):
 def test_in_place_changes_memory_not_results(tmp_path, tiny_model):
     from nntrainer_cli.optim.schedulers import make_schedule
     from nntrainer_cli.pipeline import prepare
-    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
+    from nntrainer_cli.runtime.data import open_datasets
+    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions
 
     weights = []
     for in_place in (True, False):

@@ -31,7 +31,7 @@ def _open(model, data, batch_size, overrides, need_labels=True):
     from nntrainer_cli.runtime.data import class_names, open_dataset
     from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tables import has_column
-    from nntrainer_cli.runtime.trainer import record_shapes
+    from nntrainer_cli.runtime.data import record_shapes
 
     p = prepare(model, overrides=overrides, batch_size=batch_size, require_loss=False,
                 inference=True)

@@ -87,7 +87,8 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
     from nntrainer_cli.pipeline import Planning
     from nntrainer_cli.runtime.swap_io import check_swap_dir
     from nntrainer_cli.runtime.tensor_files import read_weights_map
-    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions, open_datasets
+    from nntrainer_cli.runtime.data import open_datasets
+    from nntrainer_cli.runtime.trainer import Trainer, TrainOptions
 
     planning = Planning(model, overrides=overrides, batch_size=batch_size, planner=planner,
                         budget=budget, lookahead=lookahead, swap_dir=swap_dir,
@@ -150,6 +151,10 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
         folder.start(model, overrides, p.plan, click.get_current_context())
     warn([note for ds in data.values() for note in ds.notes], quiet)
     epochs = epochs or cfg.model["epochs"]
+    # the feature cache's epochs under their own plan: not with --profile, which times
+    # one plan's slots
+    head = planning.head_plan(p) if p.swap and not no_cache and epochs > 1 and not profile \
+        else None
     opts = TrainOptions(epochs=epochs, seed=seed,
                         shuffle=not no_shuffle, quiet=quiet, save=save, save_best=save_best,
                         init_weights=init_weights, swap=p.swap,
@@ -157,7 +162,7 @@ def train(model, epochs, batch_size, planner, seed, no_shuffle, init_weights, sa
                         trace_memory=not no_trace, cache_features=not no_cache,
                         checkpoint=checkpoint, save_every=save_every, resume=resume,
                         on_epoch=folder.epoch if folder else None, profile=profile)
-    trainer = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts)
+    trainer = Trainer(cfg, p.graph, p.plan, p.optimizer, make_schedule(cfg), data, opts, head)
     run_and_report(trainer, p.plan, list(data.values()), report_path, folder, quiet, epochs,
                    "epochs")
 

@@ -1,11 +1,15 @@
 """The frozen prefix of a model: the layers before the first trainable one whose
 output for a record depends on that record alone (no dropout, augmentation, batch
 statistics or per-batch normalization among them). Its output, where it meets the
-trainable part, can be computed once per record and reused in later epochs."""
+trainable part, can be computed once per record and reused in later epochs, when the
+model without it (`head_config`) is all that trains."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from nntrainer_cli.config import ModelConfig
+from nntrainer_cli.config.sections import Entry, Section
 
 from .graph import LayerGraph
 
@@ -32,3 +36,23 @@ def frozen_prefix(graph: LayerGraph) -> FrozenPrefix | None:
     if len(cut) != 1 or not any(graph.by_name[f].ctx.weights for f in frozen):
         return None
     return FrozenPrefix(frozenset(frozen), cut.pop())
+
+
+def head_config(cfg: ModelConfig, graph: LayerGraph, prefix: FrozenPrefix) -> ModelConfig | None:
+    """The model without its frozen prefix: the section whose output is the boundary
+    becomes an input layer of that output's shape, and the prefix's other sections go.
+    None where the boundary is not the whole of one section's output (a layer's second
+    output, or a section whose realized layers run on both sides)."""
+    node, index = prefix.boundary
+    names = {s.name for s in cfg.layers}
+    section = node if node in names else node.rsplit("/", 1)[0]
+    own = [n.name for n in graph.nodes if n.name == section or n.name.startswith(section + "/")]
+    if index or section not in names or not set(own) <= prefix.nodes:
+        return None
+    at = next(s for s in cfg.layers if s.name == section)
+    shape = ":".join(str(d) for d in graph.by_name[node].ctx.output_shapes[index][1:])
+    entries = {"type": Entry("type", "input", at.line), "input_shape": Entry(
+        "input_shape", shape, at.line)}
+    layers = [Section(s.name, s.line, s.file, entries) if s is at else s
+              for s in cfg.layers if s is at or s.name not in prefix.nodes]
+    return replace(cfg, layers=layers, backbone_weights={})

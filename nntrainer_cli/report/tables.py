@@ -222,6 +222,12 @@ def train_summary(report: TrainReport) -> str:
         fc = report.feature_cache
         rows.append(["cached features", f"{human(fc['bytes'])} in {fc['where']}, after "
                                         f"[{fc['boundary']}] ({len(fc['layers'])} layers)"])
+        if "head_plan" in fc:   # the epochs after the first ran the rest alone
+            h = fc["head_plan"]
+            cut = ", ".join([f"{n}×{k}" for n, k in h["tiles"].items()] +
+                            [f"{h['micro_batches']} micro-batches"] * (h["micro_batches"] > 1))
+            rows.append(["epochs 2+: the rest's own plan", f"{human(h['arena_bytes'])} resident"
+                         + (f", {cut}" if cut else "")])
     rows += [["process peak RSS", human(m.rss_peak_bytes)],
              ["time", f"{report.seconds:.1f} s"],
              ["weights", f"saved to {report.weights}" if report.weights

@@ -14,7 +14,9 @@ import os
 
 import numpy as np
 
+from nntrainer_cli.config import ModelConfig
 from nntrainer_cli.errors import ZIP_READ_ERRORS, DataError
+from nntrainer_cli.graph import LayerGraph
 
 from .dataset import LARGE, ArrayDataset, Dataset
 from .images import EXTENSIONS, ImageFolderDataset, class_folders, holds_clients
@@ -237,3 +239,31 @@ class NpzDataset(ArrayDataset):
         self.count = len(x)
         self.order = np.arange(self.count, dtype=np.int64)
 
+
+def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
+    """The shape of a record of every model input, and the size of every loss's label."""
+    return ([n.ctx.input_shapes[0][1:] for n in graph.inputs],
+            [int(np.prod(n.layer.label_shape(n.ctx)[1:])) for n in graph.losses])
+
+
+def open_datasets(cfg: ModelConfig, graph: LayerGraph, train: bool = True,
+                  classes: list[str] | None = None) -> dict[str, Dataset]:
+    """Every data section, the training set first: class names it gives (folders, CSV
+    class names) number the classes of the others. Without `train` (its path holds
+    federated clients' data), `classes` number them."""
+    inputs, labels = record_shapes(graph)
+    out: dict[str, Dataset] = {}
+    try:
+        for split in sorted(cfg.data, key=lambda s: s != "train"):
+            if split == "train" and not train:
+                continue
+            loc = cfg.data[split]
+            classes = out["train"].classes if "train" in out else classes
+            out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels,
+                                      loc.error, kind=loc.kind, label_column=loc.label_column,
+                                      classes=classes)
+    except BaseException:
+        for ds in out.values():
+            ds.close()
+        raise
+    return out

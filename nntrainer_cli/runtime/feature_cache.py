@@ -114,11 +114,23 @@ class FeatureCache:
         for labels, view in zip(self.labels, self.label[part]):
             np.take(labels, rows, axis=0, out=view, mode="clip")
 
+    def feed(self, rows: np.ndarray, views) -> None:
+        """These records' features and labels into the head's plan's input and label
+        views (runtime/head_run.py)."""
+        for cached, view in zip([self.features, *self.labels], views):
+            np.take(cached, rows, axis=0, out=view, mode="clip")
+
     def _load(self, part: int) -> None:
         """(mode="clip": the rows are in range, and the default, "raise", makes the
         whole output in a temporary first)"""
         np.take(self.features, self.rows[part], axis=0, out=self.boundary[part], mode="clip")
 
-    def figures(self) -> dict:
-        return {"layers": self.layers, "boundary": self.prefix.boundary[0], "bytes": self.bytes,
-                "where": self.where}
+    def figures(self, head: MemoryPlan | None = None) -> dict:
+        """`head`: the plan the cached epochs ran under, when they had their own."""
+        out = {"layers": self.layers, "boundary": self.prefix.boundary[0], "bytes": self.bytes,
+               "where": self.where}
+        if head:
+            out["head_plan"] = {"arena_bytes": head.arena_bytes, "tiles": head.tiles,
+                                "micro_batches": head.micro_batches,
+                                "bytes_in": head.swap.bytes_in, "bytes_out": head.swap.bytes_out}
+        return out

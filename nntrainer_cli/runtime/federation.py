@@ -24,7 +24,8 @@ from .data import class_names, client_entries, open_dataset
 from .dataset import Dataset
 from .executor import Executor
 from .results import ClientResult, EpochResult, FederationFigures, TestResult
-from .trainer import Trainer, open_datasets, record_shapes
+from .data import open_datasets, record_shapes
+from .trainer import Trainer
 
 
 @dataclass(frozen=True)

@@ -216,10 +216,10 @@ class SwapIO:
         self.file.close()
 
 
-def open_swap(plan, options) -> SwapIO | None:
-    """The run's swap file and I/O thread when its plan swaps (else None); the caller
-    closes it."""
+def open_swap(plan, options, size: int = 0) -> SwapIO | None:
+    """The run's swap file (of at least `size` bytes: another plan shares it) and I/O
+    thread when its plan swaps (else None); the caller closes it."""
     if plan.swap is None:
         return None
-    return SwapIO(SwapFile(options.directory, plan.swap.file_bytes, options.direct),
+    return SwapIO(SwapFile(options.directory, max(plan.swap.file_bytes, size), options.direct),
                   inline=not options.direct)

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from nntrainer_cli.config import ModelConfig
 from nntrainer_cli.errors import ConfigError, DataError, TrainingError
-from nntrainer_cli.graph import LayerGraph
 from nntrainer_cli.graph.frozen import frozen_prefix
 from nntrainer_cli.plan import MemoryPlan, SwapOptions
 from .measure import NoTrace, RssDelta, TracedPeak, rss_now_bytes, rss_peak_bytes
@@ -22,9 +20,9 @@ from .results import (BestEpoch, EpochResult, EpochState, MemoryFigures, TestRes
 
 from . import checkpoint
 from . import weights as weights_io
-from .data import open_dataset
 from .dataset import Dataset
 from .feature_cache import FeatureCache
+from .head_run import HeadRun
 from .executor import Executor, allocate_arena, kernel_settings
 from .profile import profile
 from .stopping import StopRequests
@@ -54,38 +52,12 @@ class TrainOptions:
     profile: bool = False     # time every slot of the training steps
 
 
-def record_shapes(graph: LayerGraph) -> tuple[list[tuple], list[int]]:
-    """The shape of a record of every model input, and the size of every loss's label."""
-    return ([n.ctx.input_shapes[0][1:] for n in graph.inputs],
-            [int(np.prod(n.layer.label_shape(n.ctx)[1:])) for n in graph.losses])
-
-
-def open_datasets(cfg: ModelConfig, graph: LayerGraph, train: bool = True,
-                  classes: list[str] | None = None) -> dict[str, Dataset]:
-    """Every data section, the training set first: class names it gives (folders, CSV
-    class names) number the classes of the others. Without `train` (its path holds
-    federated clients' data), `classes` number them."""
-    inputs, labels = record_shapes(graph)
-    out: dict[str, Dataset] = {}
-    try:
-        for split in sorted(cfg.data, key=lambda s: s != "train"):
-            if split == "train" and not train:
-                continue
-            loc = cfg.data[split]
-            classes = out["train"].classes if "train" in out else classes
-            out[split] = open_dataset(cfg.resolve(loc.section, loc.key), inputs, labels,
-                                      loc.error, kind=loc.kind, label_column=loc.label_column,
-                                      classes=classes)
-    except BaseException:
-        for ds in out.values():
-            ds.close()
-        raise
-    return out
-
-
 class Trainer:
-    def __init__(self, cfg, graph, plan: MemoryPlan, optimizer, schedule, data, opts: TrainOptions):
+    def __init__(self, cfg, graph, plan: MemoryPlan, optimizer, schedule, data, opts: TrainOptions,
+                 head=None):
         self.cfg, self.graph, self.plan = cfg, graph, plan
+        self.head = head   # the feature cache's epochs' own plan (Planning.head_plan)
+        self.switch: HeadRun | None = None
         self.optimizer, self.schedule = optimizer, schedule
         self.data, self.opts = data, opts
         self.cache: FeatureCache | None = None
@@ -164,18 +136,22 @@ class Trainer:
         """One optimizer step from the batch at `start`, read part by part as the step
         reaches it (or from the feature cache); its mean loss and correct rows. Timed
         without the reading."""
-        cache, size, reading = self.cache, self.graph.batch_size, 0.0
+        cache, size, reading = self.cache, ex.graph.batch_size, 0.0
         read = self._reader(ds, start)
+        head = self.switch is not None and ex is self.switch.head
 
         def feed(part: int, views) -> None:
             nonlocal reading
             r0, at = time.perf_counter(), start + part * size
-            if cache is not None and cache.ready:
-                cache.read(part, ds.indices(at, size))
-            else:
+            if cache is None:
                 read(part, views)
-                if cache is not None:
-                    cache.took(part, ds.indices(at, size))
+            elif not cache.ready:
+                read(part, views)
+                cache.took(part, ds.indices(at, size))
+            elif head:   # the head's plan reads the features as its input
+                cache.feed(ds.indices(at, size), views)
+            else:
+                cache.read(part, ds.indices(at, size))
             reading += time.perf_counter() - r0
         s0 = time.perf_counter()
         loss, correct = ex.train_step(iteration, feed, rows)
@@ -203,15 +179,20 @@ class Trainer:
         with kernel_settings(), RssDelta() as rss, \
                 (TracedPeak() if opts.trace_memory else NoTrace()) as traced:
             self.traced = traced
-            arena = allocate_arena(plan, opts.swap)
+            plans = [plan] + ([self.head.plan] if self.head else [])
+            arena = allocate_arena(max(plans, key=lambda q: q.arena_bytes), opts.swap)
             traced.exclude_since_here()
-            io = open_swap(plan, opts.swap)
+            io = open_swap(plan, opts.swap, max(q.swap.file_bytes if q.swap else 0 for q in plans))
             try:
                 ex = Executor(self.graph, plan, self.optimizer, self.schedule, arena,
                               np.random.default_rng([opts.seed, 1]), io)
                 if opts.profile:   # made before measuring resumes: bookkeeping
                     ex.slot_seconds = np.zeros(len(plan.slots))
                 self.cache = self._feature_cache(ex)   # outside the arena: reported apart
+                if self.head and self.cache:
+                    self.switch = HeadRun(ex, Executor(
+                        self.head.graph, self.head.plan, self.optimizer, self.schedule,
+                        arena, ex.rng, io), opts.swap.directory)
                 traced.resume()
                 with self.stops:
                     self._train(ex, report, rng, init_rng)
@@ -220,6 +201,8 @@ class Trainer:
             finally:
                 if io is not None:
                     io.close()
+                if self.switch is not None:
+                    self.switch.close()
         swap = swap_figures(plan, io)
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
@@ -229,7 +212,8 @@ class Trainer:
                                       traced.peaks_apart["loader"],
                                       traced.peaks_apart["writer"] if opts.checkpoint else None)
         report.classes = self.train_sets[0].classes
-        report.feature_cache = self.cache.figures() if self.cache else None
+        report.feature_cache = self.cache.figures(self.switch and self.switch.head.plan) \
+            if self.cache else None
         done = self.step_seconds[:self.steps_done]
         timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done
         report.step_seconds_median = float(np.median(timed)) if len(timed) else None
@@ -267,7 +251,11 @@ class Trainer:
                 self._log(note)
         for epoch in range(epoch, opts.epochs + 1):
             e0 = time.perf_counter()
-            loss, acc, iteration = self._epoch(ex, epoch, rng, iteration, first, sums)
+            run = self.switch if self.switch and self.cache.ready else None
+            loss, acc, iteration = self._epoch(run.to_head() if run else ex, epoch, rng,
+                                               iteration, first, sums)
+            if run:
+                run.to_full()
             first, sums = 0, (0.0, 0, 0)
             row = EpochResult(epoch, loss, acc)
             if "valid" in self.data:
@@ -298,6 +286,9 @@ class Trainer:
         the weights, optimizer state, record order and both random generators."""
         if not self.opts.checkpoint:
             return
+        if self.switch is not None and ex is self.switch.head:   # written by the full model
+            with self.switch.full_model() as full:
+                return self._checkpoint(full, rng, position)
         epoch, batch, iteration, sums = position
         meta = {"epoch": epoch, "batch": batch, "iteration": iteration, "sums": list(sums),
                 # vars, not asdict: asdict makes tuples per call that the interpreter
