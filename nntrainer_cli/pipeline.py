@@ -170,10 +170,14 @@ class Planning(BudgetSearch):
         cfg = head_config(found.cfg, found.graph, prefix) if prefix else None
         if cfg is None or found.swap is None:
             return None
+        # as little memory as can be (budget 0): no more than the full model's arena, not
+        # the head's least, whose tiles would cost time and change sums
+        budget = found.swap.budget or found.plan.swap.peak
         head = copy.copy(self)
         head._use(cfg)
-        head._as_written, head._limit, head.swap = None, None, found.swap
-        plan = head._within(found.swap.budget)
+        head._as_written, head._limit = None, None
+        head.swap = replace(found.swap, budget=budget)
+        plan = head._within(budget)
         return plan if isinstance(plan, Prepared) else None
 
     def plain(self, level: int = 0, tiles: dict[str, int] | None = None,

@@ -111,3 +111,21 @@ def test_training_the_cached_epochs_under_the_heads_plan(tmp_path):
     res = run("train", model, "--memory-budget", BUDGET, "--swap-dir", str(tmp_path),
               "--epochs", "2", "--no-run-dir")
     assert "epochs 2+: the rest's own plan" in res.output
+
+
+def test_as_little_memory_as_can_be_keeps_the_same_bits(tmp_path):
+    """NNTrainer's memory_swap (no budget: as little as can be) keeps results bit for bit;
+    the head then gets no more than the full model's arena, not its own least, whose
+    tiles would change sums."""
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS))
+    model = str(tmp_path / "m.ini")
+    for name, extra in (("plain", []), ("swap", ["--set", "model.memory_swap=true",
+                                                 "--swap-dir", str(tmp_path)])):
+        res = run("train", model, "-q", "--save", str(tmp_path / f"{name}.bin"), "--report",
+                  str(tmp_path / f"{name}.json"), *extra)
+        assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "swap.json").read_text())
+    head = report["feature_cache"]["head_plan"]
+    assert head["tiles"] == {} and head["micro_batches"] == 1
+    assert head["arena_bytes"] <= report["memory"]["swap"]["resident_peak_bytes"]
+    assert (tmp_path / "swap.bin").read_bytes() == (tmp_path / "plain.bin").read_bytes()

@@ -31,24 +31,26 @@ from .common import (FILE, MODEL_EXTENSIONS, batch_opt, budget_opt, fail, lookah
 @handle_errors
 def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
     """Print MODEL's memory plan: execution order, tensors, offsets, peak."""
-    from nntrainer_cli.pipeline import prepare
+    from nntrainer_cli.pipeline import Planning
     from nntrainer_cli.report.svg import plan_svg
-    from nntrainer_cli.report.tables import plan_json, plan_text
+    from nntrainer_cli.report.tables import head_json, head_text, plan_json, plan_text
 
     if output:
         check_writable(output)
     if fmt is None:
         ext = os.path.splitext(output or "")[1].lower().lstrip(".")
         fmt = ext if ext in ("json", "svg") else "text"
-    p = prepare(model, overrides=overrides, batch_size=batch_size, planner=planner,
-                require_loss=False, budget=budget,
-                lookahead=lookahead)
+    planning = Planning(model, overrides=overrides, batch_size=batch_size, planner=planner,
+                        require_loss=False, budget=budget, lookahead=lookahead)
+    p = planning.prepared()
+    head = planning.head_plan(p)   # what train runs from epoch 2 (the feature cache's)
     warn(p.cfg.warnings)
     if fmt == "text" and not output:   # whether it fits this machine as it is
         click.echo(p.auto or fits_here(p.plan), err=True)
-    text = {"json": lambda: json.dumps(plan_json(p.plan, model), indent=2),
+    text = {"json": lambda: json.dumps({**plan_json(p.plan, model), **head_json(head)},
+                                       indent=2),
             "svg": lambda: plan_svg(p.plan, model),
-            "text": lambda: plan_text(p.plan, model)}[fmt]()
+            "text": lambda: plan_text(p.plan, model) + head_text(head)}[fmt]()
     if output:
         write_text(output, text)
         click.echo(f"wrote {output} ({fmt}, {len(text.encode()) / 1024:.1f} KiB)", err=True)

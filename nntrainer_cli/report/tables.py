@@ -94,6 +94,28 @@ def plan_text(plan: MemoryPlan, model: str) -> str:
     return text + (swap_text(plan) if plan.swap else "")
 
 
+def head_text(head) -> str:
+    """`plan` under a budget, of a model whose frozen prefix's output train caches: the
+    plan its epochs from the second run under (Planning.head_plan)."""
+    if head is None:
+        return ""
+    tiles = ", ".join(tile_groups(head.plan.tiles))
+    return (f"\nfrom epoch 2, with the frozen prefix's output cached, the layers after "
+            f"[{head.graph.nodes[0].name}] run alone under their own plan: batch "
+            f"{batch_text(head.plan)}, {'tiled: ' + tiles if tiles else 'untiled'}\n"
+            f"{swap_summary(head.plan)}\n")
+
+
+def head_json(head) -> dict:
+    if head is None:
+        return {}
+    p = head.plan
+    return {"head_plan": {"input": head.graph.nodes[0].name, "resident_peak_bytes": p.arena_bytes,
+                          "tiles": p.tiles, "micro_batches": p.micro_batches,
+                          "accumulate": p.accumulate, "bytes_in": p.swap.bytes_in,
+                          "bytes_out": p.swap.bytes_out}}
+
+
 def swap_summary(plan: MemoryPlan) -> str:
     sw = plan.swap
     return (f"swap: budget {human(sw.budget)}, resident arena {human(sw.peak)}, "
@@ -224,10 +246,10 @@ def train_summary(report: TrainReport) -> str:
                                         f"[{fc['boundary']}] ({len(fc['layers'])} layers)"])
         if "head_plan" in fc:   # the epochs after the first ran the rest alone
             h = fc["head_plan"]
-            cut = ", ".join([f"{n}×{k}" for n, k in h["tiles"].items()] +
-                            [f"{h['micro_batches']} micro-batches"] * (h["micro_batches"] > 1))
-            rows.append(["epochs 2+: the rest's own plan", f"{human(h['arena_bytes'])} resident"
-                         + (f", {cut}" if cut else "")])
+            cut = tile_groups(h["tiles"]) + [f"{h['micro_batches']} micro-batches"] * (
+                h["micro_batches"] > 1)
+            rows.append(["epochs 2+: the rest's own plan", ", ".join(
+                [f"{human(h['arena_bytes'])} resident", *cut])])
     rows += [["process peak RSS", human(m.rss_peak_bytes)],
              ["time", f"{report.seconds:.1f} s"],
              ["weights", f"saved to {report.weights}" if report.weights
