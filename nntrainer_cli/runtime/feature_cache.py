@@ -48,7 +48,8 @@ class FeatureCache:
         label_shapes = [(count,) + v.shape[1:] for v in ex.data_views[0][at:]]
         sizes = [int(np.prod(s)) for s in [feature_shape, *label_shapes]]
         self.bytes = 4 * sum(sizes)
-        room = plan.swap.budget - plan.swap.peak if plan.swap else plan.peak_bytes
+        # the arena may be the head's plan's, when larger (runtime/head_run.py)
+        room = plan.swap.budget - ex.arena.nbytes if plan.swap else plan.peak_bytes
         self.where = "memory" if self.bytes <= room else "file"
         if self.where == "memory":
             whole = np.empty(self.bytes // 4, np.float32)
