@@ -85,9 +85,11 @@ def test_switching_moves_every_weight_and_state_whole_both_ways(tmp_path):
 
 def test_training_the_cached_epochs_under_the_heads_plan(tmp_path):
     """Same weights as the full model's plan in every epoch, within the summation order
-    its micro-batches change; checkpoints written in a head's epoch (by the full model,
-    and back) change no bit."""
-    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS))
+    its micro-batches change, and the same validation figures (the head evaluates the
+    validation set from the cache); checkpoints written in a head's epoch (by the full
+    model, and back) change no bit."""
+    valid = DIGITS.replace("train.dat", "valid.dat")
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS, extra=f"[valid_set]\npath = {valid}"))
     model, out = str(tmp_path / "m.ini"), {}
     flags = {"head": [], "checkpoints": ["--checkpoint", str(tmp_path / "c.ckpt"),
                                          "--save-every", "7"],
@@ -108,6 +110,11 @@ def test_training_the_cached_epochs_under_the_heads_plan(tmp_path):
     assert not np.array_equal(weights, other)   # the head's sums ran in another order
     assert np.abs(weights - other).max() <= 1e-5 * np.abs(other).max()
     assert report["memory"]["swap"]["bytes_in"] > 0
+    one = out["full plan"][0]
+    for a, b in zip(report["epochs"], one["epochs"]):
+        assert a["val_accuracy"] == b["val_accuracy"]
+        assert abs(a["val_loss"] - b["val_loss"]) <= 1e-5 * b["val_loss"]
+    assert cache["bytes"] == one["feature_cache"]["bytes"] + 180 * (64 + 10) * 4   # valid too
     res = run("train", model, "--memory-budget", BUDGET, "--swap-dir", str(tmp_path),
               "--epochs", "2", "--no-run-dir")
     assert "epochs 2+: the rest's own plan" in res.output

@@ -35,7 +35,7 @@ class FeatureCache:
     view the prefix's output is complete in, its label views (one per loss), and the
     records in them."""
 
-    def __init__(self, ex, prefix: FrozenPrefix, plan: MemoryPlan, count: int):
+    def __init__(self, ex, prefix: FrozenPrefix, plan: MemoryPlan, count: int, valid: int = 0):
         node, index = prefix.boundary
         ns = plan.tensors.node_slots
         self.ex, self.prefix = ex, prefix
@@ -43,6 +43,9 @@ class FeatureCache:
         self.boundary = [c.outputs[index] for c in ex.fwd_ctx[node]]
         self.prefix_slots = sorted(s for n in prefix.nodes for s in ns[n].all(Phase.FORWARD))
         self.layers = sorted(prefix.nodes, key=lambda n: ns[n].forward)
+        # the validation set's records after the training set's: `valid` of them, for
+        # the head's own plan to evaluate (runtime/head_run.py)
+        self.valid_at, count = count, count + valid
         feature_shape = (count,) + self.boundary[0].shape[1:]
         at = len(ex.graph.inputs)   # the labels (one per loss) come after the inputs
         label_shapes = [(count,) + v.shape[1:] for v in ex.data_views[0][at:]]
@@ -83,10 +86,10 @@ class FeatureCache:
         self.features[rows] = self.boundary[part]
         self.filled[rows] = True
 
-    def complete(self, ds: Dataset) -> None:
-        """After epoch 1: compute the records no full batch held, then switch to the
-        cache for every later epoch."""
-        ex, missing = self.ex, np.flatnonzero(~self.filled)
+    def complete(self, ds: Dataset, valid: Dataset | None = None) -> None:
+        """After epoch 1: compute the records no full batch held (and with `valid`, the
+        validation set's), then switch to the cache for every later epoch."""
+        ex, missing = self.ex, np.flatnonzero(~self.filled[:self.valid_at])
         size, last = len(self.boundary[0]), self.slots[-1]
         steps = list(ex.train_steps)
         for slot in range(last):   # slots up to the boundary: only the prefix computes
@@ -100,6 +103,13 @@ class FeatureCache:
                 records = rows[part * size:(part + 1) * size]
                 ds.read_records(records, views)
                 self.took(part, records)
+            ex.run_first(last + 1, feed)
+        for start in range(0, valid.count if valid else 0, batch):
+
+            def feed(part, views, start=start):   # (a partial batch repeats the first)
+                records = valid.indices(start + part * size, size)
+                valid.read_records(records, views)
+                self.took(part, self.valid_at + records)
             ex.run_first(last + 1, feed)
         ex.train_steps[:] = steps
         for slot in self.prefix_slots:

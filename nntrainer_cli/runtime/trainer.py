@@ -75,9 +75,14 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
     def _evaluate(self, ex: Executor, ds: Dataset) -> tuple[float, float]:
+        """The head's plan evaluates the validation set from the feature cache."""
         batch, loss, correct, batches = self.graph.step_batch, 0.0, 0, 0
+        size, cache = ex.graph.batch_size, self.cache
         for start, rows in ds.batches(batch, drop_last=False):
-            l, c = ex.eval_step(rows, self._reader(ds, start))
+            read = (lambda part, views, start=start: cache.feed(  # noqa: E731
+                cache.valid_at + ds.indices(start + part * size, size), views)) \
+                if self.switch and ex is self.switch.head else self._reader(ds, start)
+            l, c = ex.eval_step(rows, read)
             loss, correct, batches = loss + l * rows, correct + c, batches + rows
         return loss / batches, correct / batches
 
@@ -128,7 +133,7 @@ class Trainer:
                 self.stops.check()
         cache = self.cache
         if cache is not None and not cache.ready:
-            cache.complete(ds)
+            cache.complete(ds, self.data.get("valid") if self.head else None)
         return loss_sum / seen, correct / seen, iteration
 
     def _step(self, ex: Executor, ds: Dataset, start: int, rows: int,
@@ -232,8 +237,9 @@ class Trainer:
         epoch to use it)."""
         if not self.opts.cache_features or self.opts.epochs < 2:
             return None
-        prefix = frozen_prefix(self.graph)
-        return FeatureCache(ex, prefix, self.plan, self.data["train"].count) if prefix else None
+        prefix, valid = frozen_prefix(self.graph), self.data.get("valid")
+        return FeatureCache(ex, prefix, self.plan, self.data["train"].count,
+                            valid.count if valid and self.head else 0) if prefix else None
 
     def _train(self, ex: Executor, report: TrainReport, rng, init_rng) -> None:
         """Initialize (or load, or resume) the weights, run the epochs, evaluate; fills
@@ -252,14 +258,14 @@ class Trainer:
         for epoch in range(epoch, opts.epochs + 1):
             e0 = time.perf_counter()
             run = self.switch if self.switch and self.cache.ready else None
-            loss, acc, iteration = self._epoch(run.to_head() if run else ex, epoch, rng,
-                                               iteration, first, sums)
-            if run:
-                run.to_full()
+            now = run.to_head() if run else ex
+            loss, acc, iteration = self._epoch(now, epoch, rng, iteration, first, sums)
             first, sums = 0, (0.0, 0, 0)
             row = EpochResult(epoch, loss, acc)
             if "valid" in self.data:
-                row.val_loss, row.val_accuracy = self._evaluate(ex, self.data["valid"])
+                row.val_loss, row.val_accuracy = self._evaluate(now, self.data["valid"])
+            if run:
+                run.to_full()
             row.seconds = time.perf_counter() - e0
             report.epochs.append(row)
             self._tell(ex, row, iteration)
