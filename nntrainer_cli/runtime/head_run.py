@@ -8,8 +8,9 @@ Both executors use the same arena bytes and swap file, one at a time. Switching 
 the weights and optimizer state through a file of their own, by name: leaving the full
 model, all of its tensors go out (the head's epochs overwrite the bytes of the
 prefix's too), and the head reads its own; coming back, the head's go out and the
-full model reads them all. Validation, the test set, weight files and checkpoints use
-the full model, as without the head's plan."""
+full model reads them all. The head also evaluates the validation set, whose features
+the cache computes at the end of epoch 1; the test set, weight files and checkpoints
+use the full model, as without the head's plan."""
 
 from __future__ import annotations
 
