@@ -163,12 +163,16 @@ class Planning(BudgetSearch):
         the same budget, which the epochs the cache serves run instead (the prefix's
         activations in the first epoch set the plan's split and tiles: the transfer
         model at 25% ran its head in 2 parts with every layer in 2 tiles). None where
-        there is no such prefix, or its plan does not fit."""
+        there is no such prefix, or its plan does not fit; and under `auto` or direct
+        I/O, which measure memory as a small device would: the weights' moves between
+        the plans go through the page cache, and auto's room was measured without it."""
         from nntrainer_cli.graph.frozen import frozen_prefix, head_config
 
+        if found.swap is None or found.swap.direct or found.auto:
+            return None
         prefix = frozen_prefix(found.graph)
         cfg = head_config(found.cfg, found.graph, prefix) if prefix else None
-        if cfg is None or found.swap is None:
+        if cfg is None:
             return None
         # as little memory as can be (budget 0): no more than the full model's arena, not
         # the head's least, whose tiles would cost time and change sums

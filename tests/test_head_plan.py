@@ -134,5 +134,32 @@ def test_as_little_memory_as_can_be_keeps_the_same_bits(tmp_path):
     report = json.loads((tmp_path / "swap.json").read_text())
     head = report["feature_cache"]["head_plan"]
     assert head["tiles"] == {} and head["micro_batches"] == 1
-    assert head["arena_bytes"] <= report["memory"]["swap"]["resident_peak_bytes"]
+    assert head["resident_peak_bytes"] <= report["memory"]["swap"]["resident_peak_bytes"]
     assert (tmp_path / "swap.bin").read_bytes() == (tmp_path / "plain.bin").read_bytes()
+
+
+def test_a_resumed_run_is_the_uninterrupted_one(tmp_path):
+    """Resumed after epoch 1, the cache is filled first, so the resumed epochs run under
+    the head's plan as the uninterrupted run's did: the same bits."""
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS))
+    common = [str(tmp_path / "m.ini"), "-q", "--memory-budget", BUDGET, "--swap-dir",
+              str(tmp_path), "--no-run-dir"]
+    ckpt = str(tmp_path / "c.ckpt")
+    assert run("train", *common, "--save", str(tmp_path / "u.bin")).exit_code == 0
+    assert run("train", *common, "--epochs", "1", "--checkpoint", ckpt).exit_code == 0
+    res = run("train", *common, "--resume", ckpt, "--save", str(tmp_path / "r.bin"),
+              "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    assert "head_plan" in json.loads((tmp_path / "r.json").read_text())["feature_cache"]
+    assert (tmp_path / "r.bin").read_bytes() == (tmp_path / "u.bin").read_bytes()
+
+
+def test_no_head_plan_where_memory_is_measured_as_a_device_would(tmp_path):
+    """Under --swap-direct (and auto) the moves between the plans would go through the
+    page cache, which those runs keep out: one plan, as before."""
+    (tmp_path / "m.ini").write_text(frozen_conv(DIGITS))
+    planning = Planning(str(tmp_path / "m.ini"), budget="60%", swap_dir=str(tmp_path),
+                        direct=True)   # (whole 4 KiB blocks: 30% cannot be met)
+    assert planning.head_plan(planning.prepared()) is None
+    buffered = Planning(str(tmp_path / "m.ini"), budget="60%", swap_dir=str(tmp_path))
+    assert buffered.head_plan(buffered.prepared()) is not None

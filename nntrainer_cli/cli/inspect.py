@@ -43,7 +43,8 @@ def plan(model, fmt, batch_size, planner, budget, lookahead, output, overrides):
     planning = Planning(model, overrides=overrides, batch_size=batch_size, planner=planner,
                         require_loss=False, budget=budget, lookahead=lookahead)
     p = planning.prepared()
-    head = planning.head_plan(p)   # what train runs from epoch 2 (the feature cache's)
+    # what train runs from epoch 2 (the feature cache's), where there is one
+    head = planning.head_plan(p) if p.cfg.model["epochs"] > 1 else None
     warn(p.cfg.warnings)
     if fmt == "text" and not output:   # whether it fits this machine as it is
         click.echo(p.auto or fits_here(p.plan), err=True)

@@ -249,7 +249,7 @@ def train_summary(report: TrainReport) -> str:
             cut = tile_groups(h["tiles"]) + [f"{h['micro_batches']} micro-batches"] * (
                 h["micro_batches"] > 1)
             rows.append(["epochs 2+: the rest's own plan", ", ".join(
-                [f"{human(h['arena_bytes'])} resident", *cut])])
+                [f"{human(h['resident_peak_bytes'])} resident", *cut])])
     rows += [["process peak RSS", human(m.rss_peak_bytes)],
              ["time", f"{report.seconds:.1f} s"],
              ["weights", f"saved to {report.weights}" if report.weights

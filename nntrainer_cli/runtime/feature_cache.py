@@ -141,7 +141,7 @@ class FeatureCache:
         out = {"layers": self.layers, "boundary": self.prefix.boundary[0], "bytes": self.bytes,
                "where": self.where}
         if head:
-            out["head_plan"] = {"arena_bytes": head.arena_bytes, "tiles": head.tiles,
+            out["head_plan"] = {"resident_peak_bytes": head.arena_bytes, "tiles": head.tiles,
                                 "micro_batches": head.micro_batches,
                                 "bytes_in": head.swap.bytes_in, "bytes_out": head.swap.bytes_out}
         return out

@@ -57,13 +57,17 @@ class HeadRun:
         for name, start, tensor in self.parts[ex]:
             with ex.persistent(tensor, write=not out) as arr:
                 view = arr.reshape(-1).view("B")   # a fresh view: see write_tensors
-                try:
-                    done = os.pwrite(fd, view, self.at[name] + start) if out else \
-                        os.preadv(fd, [view], self.at[name] + start)
-                except OSError as e:
-                    raise DataError(f"switching to the head's plan: {e.strerror}") from None
-                if done != len(view):
-                    raise DataError("switching to the head's plan: a short write or read")
+                at, done = self.at[name] + start, 0
+                while done < len(view):   # (a call moves at most about 2 GiB)
+                    try:
+                        n = os.pwrite(fd, view[done:], at + done) if out else \
+                            os.preadv(fd, [view[done:]], at + done)
+                    except OSError as e:
+                        raise DataError(f"switching to the head's plan: {e.strerror}") \
+                            from None
+                    if n == 0:
+                        raise DataError("switching to the head's plan: the file ended early")
+                    done += n
 
     def to_head(self) -> Executor:
         self._move(self.full, out=True)

@@ -208,7 +208,7 @@ class Trainer:
                     io.close()
                 if self.switch is not None:
                     self.switch.close()
-        swap = swap_figures(plan, io)
+        swap = swap_figures(plan, io, self.head.plan.arena_bytes if self.switch else 0)
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
                                       rss.delta, rss.reset, swap,
@@ -251,6 +251,8 @@ class Trainer:
         epoch, first, iteration, sums = 1, 0, 0, (0.0, 0, 0)
         if opts.resume:
             epoch, first, iteration, sums = self._resume(ex, rng)
+            if epoch > 1 and self.switch:   # the head's plan from here, as uninterrupted
+                self.cache.complete(self.data["train"], self.data.get("valid"))
         elif opts.init_weights:
             note = weights_io.load(ex, opts.init_weights, opts.weights_map)
             if note:
