@@ -104,6 +104,7 @@ def test_training_the_cached_epochs_under_the_heads_plan(tmp_path):
     report, weights = out["head"]
     cache = report["feature_cache"]
     assert cache["head_plan"]["micro_batches"] == 1 < report["memory"]["swap"]["micro_batches"]
+    assert cache["head_plan"]["exchanged_bytes"] > 0   # the switches, reported
     assert "head_plan" not in out["full plan"][0]["feature_cache"]
     assert np.array_equal(weights, out["checkpoints"][1])
     other = out["full plan"][1]

@@ -1,14 +1,14 @@
-"""Cached features: the frozen prefix's output for every training record, kept from the
-first epoch so that later epochs run only the trainable part (NNTrainer's transfer
-learning apps do this by hand). Epoch 1 stores each batch's boundary tensor right
-after the slot that computes it, and computes the records its dropped last batch left
-out; from epoch 2 the prefix's forward slots do nothing, the boundary slot (one per
+"""Cached features: the frozen prefix's output for every training record (and, for the
+head's own plan, every validation record), kept from the first epoch so that later
+epochs run only the trainable part (NNTrainer's transfer learning apps do this by
+hand). Epoch 1 stores each batch's boundary tensor right after the slot that computes
+it, and computes the records its dropped last batch left out; from epoch 2 the prefix's forward slots do nothing, the boundary slot (one per
 micro-batch) copies its rows from the cache, and the labels come from the cache too,
 so the data set is not read again.
 
 The cache lives outside the arena: in memory when it is no bigger than the plan
 itself (under a budget: than what the budget leaves beside the arena), else in a file
-(unlinked at once, like the swap file). Under swap the schedule's loads and stores run
+(unlinked at once, like the swap file, and beside it). Under swap the schedule's loads and stores run
 as planned around the slots that now do nothing, so it stays valid. Each cached value
 is exactly what the prefix computed for that record, so results equal running the
 prefix every epoch up to the summation order of a batch's matrix products."""
@@ -57,7 +57,8 @@ class FeatureCache:
         if self.where == "memory":
             whole = np.empty(self.bytes // 4, np.float32)
         else:
-            with tempfile.TemporaryFile(prefix="nntrainer-features-") as f:
+            with tempfile.TemporaryFile(prefix="nntrainer-features-",   # beside the swap file
+                                        dir=ex.io.file.directory if ex.io else None) as f:
                 f.truncate(self.bytes)
                 whole = np.memmap(f, np.float32, "w+", shape=(self.bytes // 4,))
         ends = np.cumsum(sizes)
@@ -136,12 +137,14 @@ class FeatureCache:
         whole output in a temporary first)"""
         np.take(self.features, self.rows[part], axis=0, out=self.boundary[part], mode="clip")
 
-    def figures(self, head: MemoryPlan | None = None) -> dict:
-        """`head`: the plan the cached epochs ran under, when they had their own."""
+    def figures(self, switch=None) -> dict:
+        """`switch`: the HeadRun whose plan the cached epochs ran under, if any."""
         out = {"layers": self.layers, "boundary": self.prefix.boundary[0], "bytes": self.bytes,
                "where": self.where}
-        if head:
+        if switch:
+            head = switch.head.plan
             out["head_plan"] = {"resident_peak_bytes": head.arena_bytes, "tiles": head.tiles,
                                 "micro_batches": head.micro_batches,
-                                "bytes_in": head.swap.bytes_in, "bytes_out": head.swap.bytes_out}
+                                "bytes_in": head.swap.bytes_in, "bytes_out": head.swap.bytes_out,
+                                "exchanged_bytes": switch.moved}
         return out

@@ -51,6 +51,7 @@ class HeadRun:
             raise AssertionError("the head's plan has tensors the model lacks")   # a bug
         self.file = tempfile.TemporaryFile(prefix="nntrainer-head-", dir=directory)
         self.file.truncate(end)
+        self.moved = 0   # bytes written and read at the switches
 
     def _move(self, ex: Executor, out: bool) -> None:
         fd = self.file.fileno()
@@ -68,6 +69,7 @@ class HeadRun:
                     if n == 0:
                         raise DataError("switching to the head's plan: the file ended early")
                     done += n
+                self.moved += done
 
     def to_head(self) -> Executor:
         self._move(self.full, out=True)

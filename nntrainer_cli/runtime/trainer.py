@@ -217,8 +217,7 @@ class Trainer:
                                       traced.peaks_apart["loader"],
                                       traced.peaks_apart["writer"] if opts.checkpoint else None)
         report.classes = self.train_sets[0].classes
-        report.feature_cache = self.cache.figures(self.switch and self.switch.head.plan) \
-            if self.cache else None
+        report.feature_cache = self.cache.figures(self.switch) if self.cache else None
         done = self.step_seconds[:self.steps_done]
         timed = done[WARMUP_STEPS:] if len(done) > WARMUP_STEPS else done
         report.step_seconds_median = float(np.median(timed)) if len(timed) else None
@@ -251,7 +250,7 @@ class Trainer:
         epoch, first, iteration, sums = 1, 0, 0, (0.0, 0, 0)
         if opts.resume:
             epoch, first, iteration, sums = self._resume(ex, rng)
-            if epoch > 1 and self.switch:   # the head's plan from here, as uninterrupted
+            if 1 < epoch <= opts.epochs and self.switch:   # the head's plan, as uninterrupted
                 self.cache.complete(self.data["train"], self.data.get("valid"))
         elif opts.init_weights:
             note = weights_io.load(ex, opts.init_weights, opts.weights_map)
@@ -265,6 +264,8 @@ class Trainer:
             first, sums = 0, (0.0, 0, 0)
             row = EpochResult(epoch, loss, acc)
             if "valid" in self.data:
+                if run is None and self.switch and self.cache.ready:   # epoch 1 cached it
+                    run, now = self.switch, self.switch.to_head()
                 row.val_loss, row.val_accuracy = self._evaluate(now, self.data["valid"])
             if run:
                 run.to_full()
