@@ -15,12 +15,11 @@ use the full model, as without the head's plan."""
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 
 from nntrainer_cli.errors import DataError
 
 from .executor import Executor
+from .swap_io import Job, SwapFile
 
 
 def pieces(ex: Executor) -> list[tuple[str, int, str]]:
@@ -49,27 +48,19 @@ class HeadRun:
             end += full.plan.specs[tensor].nbytes
         if not {name for name, _, _ in self.parts[head]} <= set(self.at):
             raise AssertionError("the head's plan has tensors the model lacks")   # a bug
-        self.file = tempfile.TemporaryFile(prefix="nntrainer-head-", dir=directory)
-        self.file.truncate(end)
+        self.file = SwapFile(directory, end)   # buffered, unlinked at once, like the swap file
         self.moved = 0   # bytes written and read at the switches
 
     def _move(self, ex: Executor, out: bool) -> None:
-        fd = self.file.fileno()
         for name, start, tensor in self.parts[ex]:
             with ex.persistent(tensor, write=not out) as arr:
                 view = arr.reshape(-1).view("B")   # a fresh view: see write_tensors
-                at, done = self.at[name] + start, 0
-                while done < len(view):   # (a call moves at most about 2 GiB)
-                    try:
-                        n = os.pwrite(fd, view[done:], at + done) if out else \
-                            os.preadv(fd, [view[done:]], at + done)
-                    except OSError as e:
-                        raise DataError(f"switching to the head's plan: {e.strerror}") \
-                            from None
-                    if n == 0:
-                        raise DataError("switching to the head's plan: the file ended early")
-                    done += n
-                self.moved += done
+                try:
+                    self.file.move(Job.of("out" if out else "in", self.at[name] + start, [view]))
+                except OSError as e:
+                    raise DataError(f"switching to the head's plan: {e.strerror or e}") \
+                        from None
+                self.moved += len(view)
 
     def to_head(self) -> Executor:
         self._move(self.full, out=True)
