@@ -67,7 +67,7 @@ def infer(model: str, graph: LayerGraph, plan: MemoryPlan, weights: str, ds: Dat
                 io.close()
     memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes, plan.naive_bytes,
                            traced.peak, rss_peak_bytes(), rss.delta, rss.reset,
-                           swap_figures(plan, io),
+                           swap_figures(plan, io, arena.nbytes),
                            ds.held_bytes, traced.peaks_apart["loader"])
     has_loss = bool(graph.losses)
     return InferenceReport(model, weights, data, ds.count,

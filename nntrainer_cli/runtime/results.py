@@ -71,13 +71,12 @@ class SwapFigures:
     direct: bool = False           # the swap file bypassed the page cache (O_DIRECT)
 
 
-def swap_figures(plan, io, arena: int = 0) -> SwapFigures | None:
+def swap_figures(plan, io, arena: int) -> SwapFigures | None:
     """What a run's swap planned and did (None without swap); `arena`: the bytes
-    allocated, where a second plan's were more (runtime/head_run.py)."""
+    allocated (a second plan's, where larger: runtime/head_run.py)."""
     if plan.swap is None:
         return None
-    return SwapFigures(plan.swap.budget, max(plan.swap.peak, arena), plan.swap.lookahead,
-                       plan.frugal,
+    return SwapFigures(plan.swap.budget, arena, plan.swap.lookahead, plan.frugal,
                        io.moved_in, io.moved_out, io.waited, io.inline_seconds,
                        io.loads_inline, io.loads_background, plan.swap.bytes_in,
                        plan.swap.bytes_out, plan.tiles, plan.micro_batches,

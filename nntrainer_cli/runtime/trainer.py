@@ -208,7 +208,7 @@ class Trainer:
                     io.close()
                 if self.switch is not None:
                     self.switch.close()
-        swap = swap_figures(plan, io, self.head.plan.arena_bytes if self.switch else 0)
+        swap = swap_figures(plan, io, arena.nbytes)
         report.memory = MemoryFigures(plan.peak_bytes, plan.lower_bound_bytes,
                                       plan.naive_bytes, traced.peak, rss_peak_bytes(),
                                       rss.delta, rss.reset, swap,
