@@ -11,10 +11,9 @@ import traceback
 
 import click
 
+from nntrainer_cli.config.reader import MODEL_EXTENSIONS
 from nntrainer_cli.errors import TrainingError, UserError
 from nntrainer_cli.plan import PLANNER_NAMES
-
-MODEL_EXTENSIONS = (".ini", ".yaml", ".yml")
 
 
 class FilePath(click.Path):
@@ -30,10 +29,10 @@ class WeightsPath(FilePath):
     """An existing weights file (checked before planning), refused with the flag that
     takes it when it is a model config, a checkpoint or an ONNX model."""
 
-    OTHER = {".ckpt": "; `train --resume` reads a checkpoint",
-             ".onnx": "; `nntrainer import` makes a model config and weights of an ONNX model",
-             ".ini": "", ".yaml": "", ".yml": ""}
-    KIND = {".ckpt": "a checkpoint", ".onnx": "an ONNX model"}
+    OTHER = {".ckpt": ("a checkpoint", "; `train --resume` reads a checkpoint"),
+             ".onnx": ("an ONNX model",
+                       "; `nntrainer import` makes a model config and weights of an ONNX model"),
+             **{ext: ("a model config", "") for ext in MODEL_EXTENSIONS}}
 
     def __init__(self):
         super().__init__(exists=True, dir_okay=False)
@@ -41,8 +40,9 @@ class WeightsPath(FilePath):
     def convert(self, value, param, ctx):
         ext = os.path.splitext(str(value))[1].lower()
         if ext in self.OTHER:
-            self.fail(f"{value} is {self.KIND.get(ext, 'a model config')}, not a weights file "
-                      f"(.bin or .safetensors){self.OTHER[ext]}", param, ctx)
+            kind, hint = self.OTHER[ext]
+            self.fail(f"{value} is {kind}, not a weights file (.bin or .safetensors){hint}",
+                      param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -9,7 +9,7 @@ import click
 from nntrainer_cli.errors import ConfigError
 from nntrainer_cli.files import check_writable, write_text
 
-from .common import FILE, model_arg, handle_errors
+from .common import FILE, MODEL_EXTENSIONS, model_arg, handle_errors
 
 
 @click.command()
@@ -28,7 +28,7 @@ def convert(model, fmt, output):
     from nntrainer_cli.config.writers import leading_comments, rebase, to_ini, to_yaml
     from nntrainer_cli.pipeline import prepare
 
-    if output and output.lower().endswith((".yaml", ".yml", ".ini")) and \
+    if output and output.lower().endswith(MODEL_EXTENSIONS) and \
             output.lower().endswith(".ini") != (fmt == "ini"):
         raise ConfigError(f"--to {fmt} but {output} is named as the other format; the file "
                           "would not read back", key="--output")

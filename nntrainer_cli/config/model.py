@@ -12,7 +12,7 @@ from typing import Any
 from nntrainer_cli.errors import ConfigError
 
 from . import props as P
-from .reader import read_model_file
+from .reader import MODEL_EXTENSIONS, read_model_file
 from .sections import Entry, Section
 
 SPECIAL = ("model", "optimizer", "learningratescheduler", "dataset", "train_set", "valid_set",
@@ -163,7 +163,7 @@ def _splice_backbones(sections: list[Section], top: str, seen: tuple[str, ...] =
             out.append(s)
             continue
         path = entry.path(base)
-        if not path.lower().endswith((".ini", ".yaml", ".yml", ".onnx")):
+        if not path.lower().endswith((*MODEL_EXTENSIONS, ".onnx")):
             raise s.error(f"backbone {entry.value!r} is not an INI, YAML or ONNX model; "
                           "TensorFlow Lite and NNStreamer backbones are not supported",
                           "backbone")

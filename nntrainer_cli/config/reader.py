@@ -13,6 +13,7 @@ from .sections import Section
 from .yaml_file import parse_yaml
 
 
+MODEL_EXTENSIONS = (".ini", ".yaml", ".yml")   # what a model file is named; YAML by the last two
 MAX_MODEL_BYTES = 16 << 20   # NNTrainer's biggest model files are a few KiB
 
 WEIGHTS = "a weights file, not a model config: give it with --init-weights"

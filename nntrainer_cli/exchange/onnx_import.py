@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nntrainer_cli.config.reader import MODEL_EXTENSIONS
 from nntrainer_cli.config.sections import Entry, Section
 from nntrainer_cli.errors import ConfigError
 
@@ -29,7 +30,7 @@ DEFAULT_BATCH = 32
 
 
 def _load(path: str):
-    if path.lower().endswith((".ini", ".yaml", ".yml")):
+    if path.lower().endswith(MODEL_EXTENSIONS):
         raise ConfigError("a model config already: train, plan or convert it as it is",
                           file=path)
     try:
